@@ -1,0 +1,45 @@
+"""Workbench: remote handles to private datasets; only privacy-safe answers come back.
+
+>>> import workbench as wb
+>>> node = wb.connect()            # the embedded demo node  # doctest: +SKIP
+>>> node.dataset("patients").count().release(epsilon=0.1)  # doctest: +SKIP
+"""
+
+from ._version import __version__
+from .client import GroupBy, Node, Preview, Query, RemoteDataset, connect
+from .errors import (
+    BudgetExceeded,
+    ComputationFailed,
+    ConnectionFailed,
+    InvalidQuery,
+    NotAuthenticated,
+    NotAuthorized,
+    NotFound,
+    NotSupported,
+    PayloadTooLarge,
+    PrivacyError,
+    ProtocolMismatch,
+    WorkbenchError,
+)
+
+__all__ = [
+    "BudgetExceeded",
+    "ComputationFailed",
+    "ConnectionFailed",
+    "GroupBy",
+    "InvalidQuery",
+    "Node",
+    "NotAuthenticated",
+    "NotAuthorized",
+    "NotFound",
+    "NotSupported",
+    "PayloadTooLarge",
+    "Preview",
+    "PrivacyError",
+    "ProtocolMismatch",
+    "Query",
+    "RemoteDataset",
+    "WorkbenchError",
+    "__version__",
+    "connect",
+]

@@ -1,0 +1,181 @@
+"""A connection to one node over HTTP (or in-process, for the embedded demo node)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import pandas as pd
+
+from .._version import __version__
+from ..config import token_for
+from ..errors import ConnectionFailed, NotSupported, WorkbenchError, error_class_for
+from ..protocol import PROTOCOL_HEADER, PROTOCOL_VERSION, DatasetInfo, GrantInfo, HistoryEntry, NodeInfo
+
+DEFAULT_TIMEOUT = httpx.Timeout(300.0, connect=10.0)
+
+
+class Node:
+    """A node you are connected to. Create one with :func:`workbench.connect`."""
+
+    def __init__(self, http: httpx.Client, url: str, embedded: bool = False, owner: Any = None):
+        self._http = http
+        self.url = url
+        self.embedded = embedded
+        self._owner = owner  # keeps an embedded node's service alive as long as the handle
+        self._info: NodeInfo | None = None
+
+    # ---------------------------------------------------------------- transport
+
+    def request(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
+                retries: int = 2) -> Any:
+        """Send one request; wire errors come back as the matching :class:`WorkbenchError`."""
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(method, "/v1" + path, json=json, params=params)
+                break
+            except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, httpx.ConnectTimeout) as exc:
+                attempt += 1
+                if attempt > retries:
+                    raise ConnectionFailed(f"Cannot reach the node at {self.url}: {exc}") from None
+                time.sleep(0.2 * attempt)
+            except httpx.TimeoutException:
+                raise ConnectionFailed(f"The node at {self.url} did not answer in time.") from None
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+                code, message = body["code"], body["message"]
+            except Exception:  # noqa: BLE001 - not one of ours
+                raise WorkbenchError(f"The node answered HTTP {response.status_code}.",
+                                     code="internal_error") from None
+            raise error_class_for(code)(message, code=code, details=body.get("details"))
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return response.json()
+        return response.text
+
+    # ---------------------------------------------------------------- node-level calls
+
+    def info(self) -> dict:
+        """Node name, software and protocol versions, and who you are here."""
+        info = NodeInfo.model_validate(self.request("GET", "/me"))
+        self._info = info
+        return info.model_dump()
+
+    @property
+    def name(self) -> str:
+        if self._info is None:
+            self.info()
+        return self._info.name
+
+    def catalog(self) -> pd.DataFrame:
+        """Every dataset's public description: name, tier, description, licence, version, columns."""
+        rows = []
+        for raw in self.request("GET", "/catalog"):
+            info = DatasetInfo.model_validate(raw)
+            rows.append({"name": info.name, "tier": info.tier, "description": info.description,
+                         "licence": info.licence, "columns": len(info.columns),
+                         "privacy_unit": info.privacy_unit.id_column or "row",
+                         "budget_epsilon": info.budget.epsilon if info.budget else None,
+                         "version": info.version})
+        return pd.DataFrame(rows, columns=["name", "tier", "description", "licence", "columns", "privacy_unit",
+                                           "budget_epsilon", "version"])
+
+    def dataset(self, name: str, *, purpose: str | None = None, grant_id: int | None = None):
+        """A handle to a remote dataset. It holds public metadata only, never rows.
+
+        ``purpose=`` (or ``grant_id=``) picks which of your grants its releases spend.
+        """
+        from .dataset import RemoteDataset
+
+        info = DatasetInfo.model_validate(self.request("GET", f"/datasets/{_quote(name)}"))
+        if purpose is not None and grant_id is None:
+            matches = [g for g in self._grant_models() if g.dataset == name and g.purpose == purpose and not g.revoked]
+            if not matches:
+                from ..errors import NotAuthorized
+                raise NotAuthorized(f"You have no grant on '{name}' for purpose {purpose!r}.", code="no_grant")
+            grant_id = matches[-1].grant_id
+        return RemoteDataset(self, info, grant_id=grant_id)
+
+    def _grant_models(self) -> list[GrantInfo]:
+        return [GrantInfo.model_validate(g) for g in self.request("GET", "/grants")]
+
+    def grants(self) -> pd.DataFrame:
+        """Your grants: budget, spent and left, purpose, expiry."""
+        rows = [g.model_dump() for g in self._grant_models()]
+        return pd.DataFrame(rows, columns=list(GrantInfo.model_fields))
+
+    def history(self, limit: int = 500) -> pd.DataFrame:
+        """Your releases and replays on this node, newest first."""
+        rows = [HistoryEntry.model_validate(h).model_dump()
+                for h in self.request("GET", "/history", params={"limit": limit})]
+        return pd.DataFrame(rows, columns=list(HistoryEntry.model_fields))
+
+    def requests(self) -> pd.DataFrame:
+        """Your access requests and their status."""
+        try:
+            rows = self.request("GET", "/requests")
+        except WorkbenchError as exc:
+            if exc.code in ("not_found", "method_not_allowed"):
+                raise NotSupported("This node does not support access requests yet.", code="not_supported") from None
+            raise
+        return pd.DataFrame(rows)
+
+    def audit(self) -> list[dict]:
+        """The audit log as records (auditors and owners: all; analysts: their own)."""
+        import json
+
+        text = self.request("GET", "/audit")
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def close(self) -> None:
+        self._http.close()
+        if self._owner is not None and hasattr(self._owner, "close"):
+            self._owner.close()
+
+    def __enter__(self) -> "Node":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = "embedded demo node" if self.embedded else self.url
+        return f"<workbench.Node {where}>"
+
+    def _repr_html_(self) -> str:
+        from .display import node_html
+
+        return node_html(self)
+
+
+def _quote(name: str) -> str:
+    from urllib.parse import quote
+
+    return quote(name, safe="")
+
+
+def connect(url: str | None = None, token: str | None = None, *, timeout: float = 300.0) -> Node:
+    """Connect to a node.
+
+    ``connect("http://host:port")`` talks HTTP; the token comes from ``token=``,
+    ``WORKBENCH_TOKEN`` or the config file (see :mod:`workbench.config`).
+    ``connect()`` starts the embedded demo node in this process (same app,
+    in-process transport): no server needed, state kept under ``$WORKBENCH_HOME``.
+    """
+    if url is None:
+        from .embedded import connect_embedded
+
+        return connect_embedded()
+    url = url.rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ConnectionFailed(f"A node address starts with http:// or https://, not {url!r}.")
+    headers = {PROTOCOL_HEADER: PROTOCOL_VERSION, "User-Agent": f"workbench/{__version__}"}
+    found = token_for(url, token)
+    if found:
+        headers["Authorization"] = f"Bearer {found}"
+    http = httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0))
+    node = Node(http, url)
+    node.request("GET", "/info")  # fail fast, with a clear error, if nothing answers there
+    return node

@@ -1,0 +1,1 @@
+"""Demo data and demo node configurations (three hospitals and an open dataset)."""

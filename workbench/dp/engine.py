@@ -1,0 +1,407 @@
+"""Compile a :class:`~workbench.protocol.DPQuery` to OpenDP's Polars API and run it.
+
+Runs inside a worker process (see :mod:`workbench.node.worker`), so a native
+abort in OpenDP or Polars cannot take the node down. Only public metadata
+(column types, bounds, categories, ``max_rows``, the privacy unit) shapes the
+query; the data file is touched only by ``release``.
+
+Privacy guarantee: ``release`` returns the output of one OpenDP measurement
+whose privacy map, checked by OpenDP at ``d_in = max_contributions`` (the
+node verified that no identifier exceeds it), is at most the requested
+``(epsilon, delta)``. Everything the result carries besides the noisy values
+(intervals, bins, keys) is computed from public metadata and the noisy values
+only (post-processing). ``preview`` touches no data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import OrderedDict
+from typing import Any
+
+import polars as pl
+
+from ..errors import InvalidQuery
+from ..protocol import DatasetInfo, DPQuery
+
+_POLARS_TYPES = {"int": pl.Int64, "float": pl.Float64, "category": pl.String, "bool": pl.Boolean, "string": pl.String,
+                 "id": pl.String}
+MAX_PUBLIC_KEYS = 10_000
+MAX_BINS = 1_000
+QUANTILE_CANDIDATES = 1_001
+
+
+def _opendp():
+    import opendp.prelude as dp
+
+    dp.enable_features("contrib")
+    return dp
+
+
+# ----------------------------------------------------------------- validation (public metadata only)
+
+
+def validate(info: DatasetInfo, query: DPQuery, delta: float) -> None:
+    """Refuse a query the public metadata cannot support, before any budget moves."""
+    kind = query.kind
+    if kind == "count":
+        if query.column is not None:
+            _column(info, query.column)
+    else:
+        if query.column is None:
+            raise InvalidQuery(f"A {kind} needs a column.", code="invalid_query")
+        col = _column(info, query.column)
+        if kind in ("sum", "mean", "quantile"):
+            if col.type not in ("int", "float"):
+                raise InvalidQuery(f"Column '{col.name}' is {col.type}; a {kind} needs a numeric column.",
+                                   code="wrong_type")
+            if col.bounds is None:
+                raise InvalidQuery(f"Column '{col.name}' has no public bounds; the owner must declare them.",
+                                   code="bad_bounds")
+        if kind == "quantile" and query.quantile is None:
+            raise InvalidQuery("A quantile needs 'quantile' in (0, 1).", code="invalid_query")
+        if kind == "histogram":
+            _histogram_bins(col, query.bins)
+    if query.kind != "quantile" and query.quantile is not None:
+        raise InvalidQuery("'quantile' applies only to kind 'quantile'.", code="invalid_query")
+    if query.kind != "histogram" and query.bins is not None:
+        raise InvalidQuery("'bins' applies only to kind 'histogram'.", code="invalid_query")
+    if len(set(query.by)) != len(query.by) or (query.column in query.by):
+        raise InvalidQuery("Group-by columns must be distinct and differ from the measured column.",
+                           code="invalid_query")
+    private_keys = False
+    for name in query.by:
+        col = _column(info, name)
+        if col.type in ("float",):
+            raise InvalidQuery(f"Cannot group by float column '{name}'; use a histogram.", code="wrong_type")
+        if col.categories is None:
+            private_keys = True
+    if private_keys and delta <= 0:
+        raise InvalidQuery(
+            "Grouping by a column without a public category set reveals which groups exist: "
+            "it needs delta > 0 (small groups are suppressed).", code="bad_epsilon")
+    if not private_keys and query.by and _key_count(info, query.by) > MAX_PUBLIC_KEYS:
+        raise InvalidQuery(f"Too many groups (more than {MAX_PUBLIC_KEYS}).", code="invalid_query")
+
+
+def _column(info: DatasetInfo, name: str):
+    col = info.column(name)
+    if col is None:
+        raise InvalidQuery(f"Unknown column '{name}' in dataset '{info.name}'.", code="unknown_column")
+    return col
+
+
+def _key_count(info: DatasetInfo, by: list[str]) -> int:
+    return math.prod(len(info.column(b).categories) for b in by)
+
+
+def _histogram_bins(col, bins) -> list[float] | None:
+    """Public bin edges for a numeric column (None for a categorical histogram)."""
+    if col.type in ("category", "bool"):
+        if bins is not None:
+            raise InvalidQuery("A categorical histogram takes no bins.", code="invalid_query")
+        return None
+    if col.type not in ("int", "float"):
+        raise InvalidQuery(f"Cannot make a histogram of {col.type} column '{col.name}'.", code="wrong_type")
+    if col.bounds is None:
+        raise InvalidQuery(f"Column '{col.name}' has no public bounds.", code="bad_bounds")
+    lo, hi = col.bounds
+    if bins is None:
+        bins = 10
+    if isinstance(bins, int):
+        if not 1 <= bins <= MAX_BINS:
+            raise InvalidQuery(f"bins must be between 1 and {MAX_BINS}.", code="invalid_query")
+        width = (hi - lo) / bins
+        return [lo + i * width for i in range(bins)] + [hi]
+    edges = [float(e) for e in bins]
+    if not 2 <= len(edges) <= MAX_BINS + 1 or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise InvalidQuery("Bin edges must be 2 or more strictly increasing numbers.", code="bad_bounds")
+    return edges
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def _bin_labels(edges: list[float]) -> list[str]:
+    labels = [f"[{_fmt(a)}, {_fmt(b)})" for a, b in zip(edges, edges[1:])]
+    labels[-1] = labels[-1][:-1] + "]"
+    return labels
+
+
+# ----------------------------------------------------------------- compilation
+
+
+def _lazyframe(path: str, file_format: str, info: DatasetInfo) -> pl.LazyFrame:
+    wanted = {c.name: _POLARS_TYPES[c.type] for c in info.columns}
+    if file_format == "csv":
+        lf = pl.scan_csv(path, schema_overrides=wanted)
+    else:
+        lf = pl.scan_parquet(path)
+    return lf.select([pl.col(n).cast(t) for n, t in wanted.items()])
+
+
+def _filled(col) -> pl.Expr:
+    """A numeric column with nulls (and NaN) imputed to the middle of its public bounds."""
+    lo, hi = col.bounds
+    expr = pl.col(col.name)
+    if col.type == "int":
+        mid = int((lo + hi) // 2)
+        return expr.fill_null(mid)
+    mid = (lo + hi) / 2.0
+    return expr.fill_nan(mid).fill_null(mid)
+
+
+def _bounds(col) -> tuple:
+    lo, hi = col.bounds
+    return (int(math.ceil(lo)), int(math.floor(hi))) if col.type == "int" else (float(lo), float(hi))
+
+
+def _candidates(col) -> list:
+    lo, hi = _bounds(col)
+    if col.type == "int" and hi - lo + 1 <= QUANTILE_CANDIDATES:
+        return list(range(lo, hi + 1))
+    step = (hi - lo) / (QUANTILE_CANDIDATES - 1)
+    values = [lo + i * step for i in range(QUANTILE_CANDIDATES)]
+    return sorted({int(round(v)) for v in values}) if col.type == "int" else values
+
+
+class _Plan:
+    """The pieces of one compiled query: group keys, aggregates, how to read the result."""
+
+    def __init__(self, info: DatasetInfo, query: DPQuery):
+        dp = _opendp()
+        self.query = query
+        self.by = list(query.by)
+        self.with_columns: list[pl.Expr] = []
+        self.keys: pl.DataFrame | None = None
+        kind = query.kind
+        col = info.column(query.column) if query.column else None
+        self.bounds = tuple(col.bounds) if col is not None and col.bounds else (0.0, 0.0)
+        if kind == "histogram":
+            edges = _histogram_bins(col, query.bins)
+            if edges is None:
+                self.by.append(col.name)
+            else:
+                labels = _bin_labels(edges)
+                lo, hi = edges[0], edges[-1]
+                expr = pl.col(col.name)
+                expr = expr.fill_nan(lo) if col.type == "float" else expr
+                expr = expr.fill_null(lo).cast(pl.Float64).clip(lo, hi)
+                # cut() is right-closed by default; left_closed puts the upper bound in an extra bin we fold back.
+                cut = expr.cut(edges[1:-1], labels=labels, left_closed=True).cast(pl.String)
+                self.with_columns.append(cut.alias("bin"))
+                self.by.append("bin")
+                self._bin_labels = labels
+        if kind in ("count", "histogram"):
+            self.aggs = [dp.len(signed=True).alias("count")]
+        elif kind == "sum":
+            self.aggs = [_filled(col).dp.sum(_bounds(col)).alias("sum")]
+        elif kind == "mean":
+            self.aggs = [_filled(col).dp.sum(_bounds(col)).alias("sum"), dp.len(signed=True).alias("count")]
+        else:
+            self.aggs = [_filled(col).dp.quantile(query.quantile, _candidates(col)).alias("quantile")]
+        key_columns: dict[str, list] = {}
+        public = True
+        for name in self.by:
+            if name == "bin":
+                key_columns[name] = self._bin_labels
+                continue
+            categories = info.column(name).categories
+            if categories is None:
+                public = False
+                break
+            key_columns[name] = list(categories)
+        if self.by and public:
+            product = list(itertools.product(*key_columns.values()))
+            self.keys = pl.DataFrame(
+                {n: pl.Series(n, [row[i] for row in product], dtype=_key_type(info, n)) for i, n in
+                 enumerate(key_columns)})
+        self.public_keys = public
+
+    def lazy(self, frame):
+        if self.with_columns:
+            frame = frame.with_columns(self.with_columns)
+        if self.by:
+            frame = frame.group_by(self.by).agg(self.aggs)
+            if self.keys is not None:
+                frame = frame.with_keys(self.keys)
+            return frame
+        return frame.select(self.aggs)
+
+
+def _key_type(info: DatasetInfo, name: str):
+    if name == "bin":
+        return pl.String
+    return _POLARS_TYPES[info.column(name).type]
+
+
+# ----------------------------------------------------------------- calibration with a per-shape cache
+
+_MEASUREMENTS: "OrderedDict[str, Any]" = OrderedDict()
+_CACHE_SIZE = 512
+
+
+def _context(lf, info: DatasetInfo, epsilon: float, delta: float):
+    dp = _opendp()
+    # max_rows is public: it bounds every group's length too.
+    margins = [dp.polars.Margin(by=[], max_length=info.max_rows)]
+    loss = dp.loss_of(epsilon=epsilon, delta=delta) if delta > 0 else dp.loss_of(epsilon=epsilon)
+    return dp.Context.compositor(
+        data=lf,
+        privacy_unit=dp.unit_of(contributions=info.privacy_unit.max_contributions),
+        privacy_loss=loss,
+        split_evenly_over=1,
+        margins=margins,
+    )
+
+
+def _resolve(query, cache_key: str):
+    """An OpenDP measurement for ``query`` that OpenDP itself checks meets its (d_in, d_out).
+
+    OpenDP's own ``resolve`` binary-searches the noise scale (~30 privacy-map
+    evaluations). Under pure DP the Laplace map is linear in 1/scale, so one
+    evaluation at scale 1 gives the scale; the result is re-checked by OpenDP,
+    and falls back to OpenDP's search if the check fails. Measurements are
+    cached per query shape (dataset version + spec + loss).
+    """
+    dp = _opendp()
+    inner = object.__getattribute__(query, "_query")
+    plan = object.__getattribute__(query, "polars_plan")
+    input_domain, input_metric = inner._chain
+    d_in, d_out = inner._d_in, inner._d_out
+    cached = _MEASUREMENTS.get(cache_key)
+    if cached is not None and cached.check(d_in, d_out):
+        _MEASUREMENTS.move_to_end(cache_key)
+        return cached
+
+    def make(scale):
+        return dp.m.make_private_lazyframe(input_domain=input_domain, input_metric=input_metric,
+                                           output_measure=inner._output_measure, lazyframe=plan, global_scale=scale)
+
+    measurement = None
+    if getattr(inner._output_measure.type, "origin", None) != "Approximate":
+        try:
+            eps_at_one = make(1.0).map(d_in)
+            scale = eps_at_one / d_out if eps_at_one > 0 else 0.0
+            for _ in range(8):
+                candidate = make(scale)
+                if candidate.check(d_in, d_out):
+                    measurement = candidate
+                    break
+                scale = scale * 1.000001 + 1e-12
+        except Exception:  # noqa: BLE001 - any surprise falls back to OpenDP's own search
+            measurement = None
+    if measurement is None:
+        measurement = query.resolve()
+    _MEASUREMENTS[cache_key] = measurement
+    if len(_MEASUREMENTS) > _CACHE_SIZE:
+        _MEASUREMENTS.popitem(last=False)
+    return measurement
+
+
+# ----------------------------------------------------------------- entry point (worker side)
+
+
+def run(task: dict) -> dict:
+    """Preview or release one DP query. ``task`` is plain data built by the node."""
+    dp = _opendp()
+    from opendp.accuracy import summarize_polars_measurement
+
+    info = DatasetInfo.model_validate(task["info"])
+    query = DPQuery.model_validate(task["query"])
+    epsilon, delta, alpha = float(task["epsilon"]), float(task["delta"]), float(task["alpha"])
+    validate(info, query, delta)
+    plan = _Plan(info, query)
+    if not plan.public_keys and delta <= 0:
+        raise InvalidQuery("Private group keys need delta > 0.", code="bad_epsilon")
+    lf = _lazyframe(task["path"], task["format"], info)
+    ctx = _context(lf, info, epsilon, delta)
+    dp_query = plan.lazy(ctx.query())
+    measurement = _resolve(dp_query, task["cache_key"])
+    # Mean intervals combine two statistics: each is bounded at alpha/2 (union bound).
+    stat_alpha = alpha / 2 if query.kind == "mean" else alpha
+    summary = summarize_polars_measurement(measurement, stat_alpha)
+    accuracy = _accuracy_rows(summary, stat_alpha)
+    if task["mode"] == "preview":
+        return {"accuracy": accuracy, "note": _note(query, plan, summary)}
+    frame = ctx(measurement).collect()
+    return {"accuracy": accuracy, "table": _table(query, plan, frame, summary), "note": _note(query, plan, summary)}
+
+
+def _accuracy_rows(summary: pl.DataFrame, alpha: float) -> list[dict]:
+    rows = []
+    for row in summary.iter_rows(named=True):
+        acc = row.get("accuracy")
+        rows.append({"statistic": row["column"],
+                     "accuracy": None if acc is None or (isinstance(acc, float) and math.isnan(acc)) else float(acc),
+                     "alpha": alpha})
+    return rows
+
+
+def _acc(summary: pl.DataFrame, column: str) -> float | None:
+    row = summary.filter(pl.col("column") == column)
+    if row.height == 0 or "accuracy" not in row.columns:
+        return None
+    value = row["accuracy"][0]
+    return None if value is None else float(value)
+
+
+def _note(query: DPQuery, plan: _Plan, summary: pl.DataFrame) -> str:
+    notes = []
+    if "threshold" in summary.columns:
+        threshold = summary["threshold"].drop_nulls()
+        if len(threshold):
+            notes.append(f"Groups with a noisy count below {int(threshold[0])} are suppressed (private key set).")
+    if query.kind == "quantile":
+        notes.append("Quantiles use the exponential mechanism over public candidates between the column's bounds; "
+                     "OpenDP gives no closed-form interval for them.")
+    if query.kind == "mean":
+        notes.append("Mean = noisy sum / noisy count; the interval combines both 95% bounds (conservative).")
+    return " ".join(notes)
+
+
+def _table(query: DPQuery, plan: _Plan, frame: pl.DataFrame, summary: pl.DataFrame) -> dict:
+    out = frame.select(plan.by) if plan.by else pl.DataFrame()
+    if plan.by:
+        out = frame.sort(plan.by).select(plan.by)
+        frame = frame.sort(plan.by)
+    kind = query.kind
+    if kind in ("count", "histogram", "sum"):
+        name = "sum" if kind == "sum" else "count"
+        est = frame[name].cast(pl.Float64)
+        acc = _acc(summary, name)
+        out = out.with_columns(est.alias("estimate"), (est - acc).alias("lower"), (est + acc).alias("upper"))
+    elif kind == "mean":
+        s, c = frame["sum"].cast(pl.Float64), frame["count"].cast(pl.Float64)
+        a_s, a_c = _acc(summary, "sum"), _acc(summary, "count")
+        bounds = plan.bounds
+        est, lower, upper = [], [], []
+        for sv, cv in zip(s.to_list(), c.to_list()):
+            e, lo, hi = _mean_interval(sv, cv, a_s, a_c, bounds)
+            est.append(e), lower.append(lo), upper.append(hi)
+        out = out.with_columns(pl.Series("estimate", est, dtype=pl.Float64),
+                               pl.Series("lower", lower, dtype=pl.Float64),
+                               pl.Series("upper", upper, dtype=pl.Float64),
+                               c.alias("noisy_count"))
+    else:
+        out = out.with_columns(frame["quantile"].cast(pl.Float64).alias("estimate"),
+                               pl.lit(None, dtype=pl.Float64).alias("lower"),
+                               pl.lit(None, dtype=pl.Float64).alias("upper"))
+    return {"columns": out.columns, "data": [list(r) for r in out.iter_rows()]}
+
+
+def _mean_interval(s: float, c: float, a_s: float | None, a_c: float | None, bounds: tuple[float, float]):
+    """Post-processing: the mean and an interval from the noisy sum and count, their public
+    accuracies and the column's public bounds (a mean always lies within them)."""
+    lo, hi = bounds
+    if c is None or s is None or c <= 0:
+        return None, float(lo), float(hi)
+    estimate = min(max(s / c, lo), hi)
+    if a_s is None or a_c is None or c - a_c <= 0:
+        return estimate, float(lo), float(hi)
+    lo_count, hi_count = c - a_c, c + a_c
+    lo_sum, hi_sum = s - a_s, s + a_s
+    candidates = [lo_sum / lo_count, lo_sum / hi_count, hi_sum / lo_count, hi_sum / hi_count]
+    return estimate, max(min(candidates), lo), min(max(candidates), hi)

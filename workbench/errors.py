@@ -1,0 +1,142 @@
+"""The exception tree, drawn once.
+
+Every error a node returns is JSON ``{"code": ..., "message": ...}`` with a
+stable ``code``; the client re-raises it as the same class::
+
+    WorkbenchError                      (root; catch this to catch all)
+    ├── ConnectionFailed   node_unreachable
+    ├── ProtocolMismatch   protocol_unsupported
+    ├── NotAuthenticated   not_authenticated
+    ├── NotAuthorized      not_authorized, no_grant, grant_expired
+    │   └── PrivacyError   privacy_violation
+    ├── BudgetExceeded     budget_exceeded, dataset_budget_exceeded
+    ├── InvalidQuery       invalid_query, unknown_column, bad_bounds,
+    │                      bad_epsilon, wrong_type, invalid_body
+    ├── NotFound           unknown_dataset, not_found
+    ├── PayloadTooLarge    payload_too_large
+    ├── NotSupported       not_supported
+    └── ComputationFailed  computation_failed, computation_timeout, internal_error
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BudgetExceeded",
+    "ComputationFailed",
+    "ConnectionFailed",
+    "InvalidQuery",
+    "NotAuthenticated",
+    "NotAuthorized",
+    "NotFound",
+    "NotSupported",
+    "PayloadTooLarge",
+    "PrivacyError",
+    "ProtocolMismatch",
+    "WorkbenchError",
+    "error_class_for",
+]
+
+
+class WorkbenchError(Exception):
+    """Root of every Workbench error. ``code`` is stable; ``message`` is for people."""
+
+    status: int = 500
+    default_code: str = "internal_error"
+
+    def __init__(self, message: str, code: str | None = None, details: dict | None = None):
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+        self.details = details or {}
+
+    def to_json(self) -> dict:
+        body = {"code": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+class ConnectionFailed(WorkbenchError):
+    status = 503
+    default_code = "node_unreachable"
+
+
+class ProtocolMismatch(WorkbenchError):
+    status = 400
+    default_code = "protocol_unsupported"
+
+
+class NotAuthenticated(WorkbenchError):
+    status = 401
+    default_code = "not_authenticated"
+
+
+class NotAuthorized(WorkbenchError):
+    status = 403
+    default_code = "not_authorized"
+
+
+class PrivacyError(NotAuthorized):
+    status = 403
+    default_code = "privacy_violation"
+
+
+class BudgetExceeded(WorkbenchError):
+    status = 409
+    default_code = "budget_exceeded"
+
+
+class InvalidQuery(WorkbenchError):
+    status = 422
+    default_code = "invalid_query"
+
+
+class NotFound(WorkbenchError):
+    status = 404
+    default_code = "not_found"
+
+
+class PayloadTooLarge(WorkbenchError):
+    status = 413
+    default_code = "payload_too_large"
+
+
+class NotSupported(WorkbenchError):
+    status = 501
+    default_code = "not_supported"
+
+
+class ComputationFailed(WorkbenchError):
+    status = 503
+    default_code = "computation_failed"
+
+
+_BY_CODE: dict[str, type[WorkbenchError]] = {
+    "node_unreachable": ConnectionFailed,
+    "protocol_unsupported": ProtocolMismatch,
+    "not_authenticated": NotAuthenticated,
+    "not_authorized": NotAuthorized,
+    "no_grant": NotAuthorized,
+    "grant_expired": NotAuthorized,
+    "privacy_violation": PrivacyError,
+    "budget_exceeded": BudgetExceeded,
+    "dataset_budget_exceeded": BudgetExceeded,
+    "invalid_query": InvalidQuery,
+    "unknown_column": InvalidQuery,
+    "bad_bounds": InvalidQuery,
+    "bad_epsilon": InvalidQuery,
+    "wrong_type": InvalidQuery,
+    "invalid_body": InvalidQuery,
+    "unknown_dataset": NotFound,
+    "not_found": NotFound,
+    "payload_too_large": PayloadTooLarge,
+    "not_supported": NotSupported,
+    "computation_failed": ComputationFailed,
+    "computation_timeout": ComputationFailed,
+    "internal_error": ComputationFailed,
+}
+
+
+def error_class_for(code: str) -> type[WorkbenchError]:
+    """The exception class the client raises for a wire error ``code``."""
+    return _BY_CODE.get(code, WorkbenchError)

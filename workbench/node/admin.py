@@ -1,0 +1,101 @@
+"""The owner's administrative actions: users, tokens and grants.
+
+Used by the CLI (directly on the node's state) and by the owner-only API.
+Every action is written to the audit log in the same transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import select
+
+from ..errors import InvalidQuery, NotFound
+from ..protocol import GrantInfo
+from . import audit
+from .auth import ROLES, TokenAuthority
+from .store import Grant, Store, User
+
+
+def add_user(store: Store, authority: TokenAuthority, name: str, role: str, actor: str = "owner-cli") -> str:
+    """Create a user and return their first token (shown once, never stored)."""
+    if role not in ROLES:
+        raise InvalidQuery(f"Unknown role {role!r}; choose one of {', '.join(ROLES)}.", code="invalid_query")
+    if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise InvalidQuery("A user name is 1-64 letters, digits, '-', '_' or '.'.", code="invalid_query")
+    with store.transaction() as session:
+        if session.execute(select(User).where(User.name == name)).scalar_one_or_none() is not None:
+            raise InvalidQuery(f"User {name!r} already exists; use 'user token' to issue a new token.",
+                               code="invalid_query")
+        user = User(name=name, role=role, token_version=1)
+        session.add(user)
+        session.flush()
+        audit.append(session, actor, "user_add", None, user=name, role=role)
+        return authority.issue(user)
+
+
+def issue_token(store: Store, authority: TokenAuthority, name: str, revoke_old: bool = False,
+                actor: str = "owner-cli", ttl_s: float | None = None) -> str:
+    with store.transaction() as session:
+        user = session.execute(select(User).where(User.name == name)).scalar_one_or_none()
+        if user is None:
+            raise NotFound(f"No user {name!r}.", code="not_found")
+        if revoke_old:
+            user.token_version += 1
+        audit.append(session, actor, "token_issue", None, user=name, revoked_old=revoke_old)
+        return authority.issue(user, ttl_s=ttl_s)
+
+
+def list_users(store: Store) -> list[dict]:
+    with store.transaction() as session:
+        return [{"name": u.name, "role": u.role, "disabled": u.disabled, "created_at": u.created_at}
+                for u in session.execute(select(User).order_by(User.id)).scalars()]
+
+
+def add_grant(store: Store, user: str, dataset: str, purpose: str, epsilon: float, delta: float = 0.0,
+              expires_days: float | None = None, actor: str = "owner-cli", known_datasets: set[str] | None = None
+              ) -> GrantInfo:
+    if not (0 < epsilon <= 1000) or not (0 <= delta < 1):
+        raise InvalidQuery("A grant needs 0 < epsilon <= 1000 and 0 <= delta < 1.", code="bad_epsilon")
+    if not purpose.strip():
+        raise InvalidQuery("A grant needs a purpose.", code="invalid_query")
+    if known_datasets is not None and dataset not in known_datasets:
+        raise NotFound(f"Unknown dataset '{dataset}'.", code="unknown_dataset")
+    expires = datetime.now(timezone.utc) + timedelta(days=expires_days) if expires_days else None
+    with store.transaction() as session:
+        if session.execute(select(User).where(User.name == user)).scalar_one_or_none() is None:
+            raise NotFound(f"No user {user!r}.", code="not_found")
+        grant = Grant(user_name=user, dataset=dataset, purpose=purpose.strip(), epsilon=epsilon, delta=delta,
+                      expires_at=expires, created_by=actor)
+        session.add(grant)
+        session.flush()
+        audit.append(session, actor, "grant_add", dataset, grant_id=grant.id, user=user, purpose=grant.purpose,
+                     epsilon=epsilon, delta=delta, expires_at=expires)
+        return grant_info(grant)
+
+
+def revoke_grant(store: Store, grant_id: int, actor: str = "owner-cli") -> None:
+    with store.transaction() as session:
+        grant = session.get(Grant, grant_id, with_for_update=True)
+        if grant is None:
+            raise NotFound(f"No grant {grant_id}.", code="not_found")
+        grant.revoked = True
+        audit.append(session, actor, "grant_revoke", grant.dataset, grant_id=grant_id, user=grant.user_name)
+
+
+def grant_info(grant: Grant) -> GrantInfo:
+    return GrantInfo(
+        grant_id=grant.id, user=grant.user_name, dataset=grant.dataset, purpose=grant.purpose,
+        epsilon=grant.epsilon, delta=grant.delta, epsilon_spent=grant.epsilon_spent, delta_spent=grant.delta_spent,
+        epsilon_left=max(grant.epsilon - grant.epsilon_spent, 0.0), delta_left=max(grant.delta - grant.delta_spent, 0.0),
+        expires_at=grant.expires_at, revoked=grant.revoked)
+
+
+def list_grants(store: Store, user: str | None = None, dataset: str | None = None) -> list[GrantInfo]:
+    with store.transaction() as session:
+        stmt = select(Grant).order_by(Grant.id)
+        if user is not None:
+            stmt = stmt.where(Grant.user_name == user)
+        if dataset is not None:
+            stmt = stmt.where(Grant.dataset == dataset)
+        return [grant_info(g) for g in session.execute(stmt).scalars()]

@@ -1,0 +1,131 @@
+"""The node's HTTP application (FastAPI), served under ``/v1``.
+
+The OpenAPI document at ``/v1/openapi.json`` is the node's API catalogue.
+Every error is JSON ``{"code", "message"}``; bodies over the configured size
+are refused before they are read; unknown protocol versions are refused in
+one sentence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .._version import __version__
+from ..errors import WorkbenchError
+from ..protocol import PROTOCOL_HEADER, SUPPORTED_PROTOCOLS
+from .service import NodeService
+
+log = logging.getLogger(__name__)
+
+
+def error_response(status: int, code: str, message: str, details: dict | None = None) -> JSONResponse:
+    body = {"code": code, "message": message}
+    if details:
+        body["details"] = details
+    return JSONResponse(body, status_code=status)
+
+
+class BodyLimit:
+    """Pure ASGI middleware: refuse request bodies larger than ``limit`` bytes (413), declared or streamed."""
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        too_large = error_response(413, "payload_too_large", f"Request bodies are limited to {self.limit} bytes.")
+        if declared is not None:
+            try:
+                if int(declared) > self.limit:
+                    return await too_large(scope, receive, send)
+            except ValueError:
+                return await error_response(400, "invalid_body", "Bad Content-Length.")(scope, receive, send)
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await too_large(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(service: NodeService) -> FastAPI:
+    from . import routes
+    from ..dp import node_routes as dp_routes
+
+    app = FastAPI(
+        title=f"Workbench node: {service.name}",
+        version=__version__,
+        description="A Workbench data node. Rows stay here; only DP aggregates and other approved releases leave.",
+        openapi_url="/v1/openapi.json",
+        docs_url="/v1/docs",
+        redoc_url=None,
+    )
+    app.state.service = service
+
+    @app.middleware("http")
+    async def protocol_check(request: Request, call_next):
+        asked = request.headers.get(PROTOCOL_HEADER)
+        if asked is not None and asked not in SUPPORTED_PROTOCOLS:
+            return error_response(
+                400, "protocol_unsupported",
+                f"This node speaks Workbench protocol {', '.join(SUPPORTED_PROTOCOLS)}, not {asked[:16]!r}; "
+                "upgrade the side that is older.")
+        return await call_next(request)
+
+    @app.exception_handler(WorkbenchError)
+    async def _workbench_error(_request: Request, exc: WorkbenchError):
+        return error_response(exc.status, exc.code, exc.message, exc.details or None)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError):
+        problems = []
+        for err in exc.errors()[:10]:
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            problems.append(f"{where}: {err.get('msg', 'invalid')}"[:200])
+        return error_response(422, "invalid_body", "The request does not match the API: " + "; ".join(problems))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException):
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+
+    @app.exception_handler(RecursionError)
+    async def _too_deep(_request: Request, _exc: RecursionError):
+        return error_response(422, "invalid_body", "The request body is nested too deeply.")
+
+    @app.exception_handler(json.JSONDecodeError)
+    async def _bad_json(_request: Request, _exc: json.JSONDecodeError):
+        return error_response(422, "invalid_body", "The request body is not valid JSON.")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception):
+        log.exception("unexpected error", exc_info=exc)
+        return error_response(500, "internal_error", "The node hit an internal error; the owner can see it in the logs.")
+
+    app.include_router(routes.router, prefix="/v1")
+    app.include_router(dp_routes.router, prefix="/v1")
+    app.add_middleware(BodyLimit, limit=service.config.node.max_body_bytes)
+    return app

@@ -1,0 +1,95 @@
+"""The privacy ledger: grants, the datasets' lifetime caps, and charges.
+
+``reserve`` is the only function that moves budget. In one transaction it
+locks the dataset's cap row and the grant row (in that order), checks that the
+new charge fits under both, records the charge as ``reserved`` and appends the
+audit record. A crash after that commit leaves the charge in place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..errors import BudgetExceeded, InvalidQuery, NotAuthorized
+from . import audit
+from .store import Charge, DatasetBudget, Grant
+
+#: Slack for floating-point sums of epsilons (10 x 0.1 must fit a budget of 1.0).
+TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class Cost:
+    epsilon: float
+    delta: float = 0.0
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+def grant_is_live(grant: Grant) -> bool:
+    expires = _aware(grant.expires_at)
+    return not grant.revoked and (expires is None or expires > datetime.now(timezone.utc))
+
+
+def choose_grant(session: Session, user: str, dataset: str, grant_id: int | None) -> Grant:
+    """The grant a release spends: the one named, or the user's only live grant for the dataset."""
+    if grant_id is not None:
+        grant = session.get(Grant, grant_id)
+        if grant is None or grant.user_name != user or grant.dataset != dataset:
+            raise NotAuthorized(f"You have no grant {grant_id} for dataset '{dataset}'.", code="no_grant")
+        if not grant_is_live(grant):
+            raise NotAuthorized(f"Grant {grant_id} has expired or was revoked.", code="grant_expired")
+        return grant
+    grants = [g for g in session.execute(
+        select(Grant).where(Grant.user_name == user, Grant.dataset == dataset).order_by(Grant.id)).scalars()
+        if grant_is_live(g)]
+    if not grants:
+        raise NotAuthorized(f"You have no live grant for dataset '{dataset}'; ask its owner for access.",
+                            code="no_grant")
+    if len(grants) > 1:
+        ids = ", ".join(str(g.id) for g in grants)
+        raise InvalidQuery(f"You have several grants for '{dataset}' ({ids}); name one with grant_id= or purpose=.",
+                           code="grant_ambiguous")
+    return grants[0]
+
+
+def reserve(session: Session, user: str, dataset: str, version: str, channel: str, spec_hash: str, cost: Cost,
+            grant_id: int | None, request_id: str | None) -> Charge:
+    """Lock, check and record a charge against a grant and the dataset's lifetime cap."""
+    cap = session.get(DatasetBudget, dataset, with_for_update=True)
+    grant = choose_grant(session, user, dataset, grant_id)
+    grant = session.get(Grant, grant.id, with_for_update=True, populate_existing=True)
+    eps_left = grant.epsilon - grant.epsilon_spent
+    delta_left = grant.delta - grant.delta_spent
+    if cost.epsilon > eps_left + TOLERANCE or cost.delta > delta_left + TOLERANCE * 1e-6:
+        raise BudgetExceeded(
+            f"This release costs epsilon={cost.epsilon:g}, delta={cost.delta:g}; grant {grant.id} has "
+            f"epsilon={max(eps_left, 0):g}, delta={max(delta_left, 0):g} left.",
+            code="budget_exceeded", details={"grant_id": grant.id, "epsilon_left": max(eps_left, 0.0),
+                                             "delta_left": max(delta_left, 0.0)})
+    if cap is None:
+        raise NotAuthorized(f"Dataset '{dataset}' has no budget configured.", code="not_authorized")
+    if (cost.epsilon > cap.epsilon_cap - cap.epsilon_spent + TOLERANCE
+            or cost.delta > cap.delta_cap - cap.delta_spent + TOLERANCE * 1e-6):
+        raise BudgetExceeded(f"Dataset '{dataset}' has reached its lifetime privacy budget.",
+                             code="dataset_budget_exceeded")
+    grant.epsilon_spent += cost.epsilon
+    grant.delta_spent += cost.delta
+    cap.epsilon_spent += cost.epsilon
+    cap.delta_spent += cost.delta
+    charge = Charge(grant_id=grant.id, user_name=user, dataset=dataset, dataset_version=version, channel=channel,
+                    spec_hash=spec_hash, epsilon=cost.epsilon, delta=cost.delta, state="reserved",
+                    request_id=request_id)
+    session.add(charge)
+    session.flush()
+    audit.append(session, user, "reserve", dataset, charge_id=charge.id, grant_id=grant.id, channel=channel,
+                 epsilon=cost.epsilon, delta=cost.delta, spec_hash=spec_hash)
+    return charge

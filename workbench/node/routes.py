@@ -1,0 +1,201 @@
+"""The node's general endpoints: identity, catalogue, budgets, grants, history, audit, open rows."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from .._version import __version__
+from ..errors import NotAuthenticated
+from ..protocol import (PROTOCOL_VERSION, SUPPORTED_PROTOCOLS, BudgetInfo, DatasetInfo, GrantInfo, HistoryEntry,
+                        NodeInfo, RowsResponse, Table)
+from . import admin, audit
+from .auth import Principal
+from .catalog import DatasetEntry, scan
+from .gate import check_not_private
+from .ledger import choose_grant
+from .service import NodeService
+
+router = APIRouter()
+
+
+def service_of(request: Request) -> NodeService:
+    return request.app.state.service
+
+
+def principal_of(request: Request) -> Principal:
+    """Authenticate the bearer token (every endpoint but /info and /health needs one)."""
+    service = service_of(request)
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise NotAuthenticated("Send your token as 'Authorization: Bearer <token>'.", code="not_authenticated")
+    try:
+        principal = service.authority.verify(token.strip())
+    except NotAuthenticated as exc:
+        with service.store.transaction() as session:
+            audit.append(session, "anonymous", "auth_failed", None, reason=exc.message,
+                         client=request.client.host if request.client else None)
+        raise
+    if service.first_use(principal.token_id):
+        with service.store.transaction() as session:
+            audit.append(session, principal.name, "login", None, role=principal.role, token_id=principal.token_id)
+    return principal
+
+
+Service = Annotated[NodeService, Depends(service_of)]
+Caller = Annotated[Principal, Depends(principal_of)]
+
+
+def dataset_entry(service: NodeService, name: str) -> DatasetEntry:
+    return service.catalog.get(name)
+
+
+@router.get("/health", tags=["node"])
+def health(service: Service) -> dict:
+    """Liveness: the node answers and its database responds."""
+    with service.store.transaction():
+        pass
+    return {"status": "ok", "node": service.name, "worker_crashes": service.pool.crashes}
+
+
+@router.get("/info", response_model=NodeInfo, tags=["node"])
+def info(service: Service) -> NodeInfo:
+    """The node's name, software version and protocol versions (no token needed)."""
+    return NodeInfo(name=service.name, version=__version__, protocol=PROTOCOL_VERSION,
+                    protocols=list(SUPPORTED_PROTOCOLS))
+
+
+@router.get("/me", response_model=NodeInfo, tags=["node"])
+def me(service: Service, caller: Caller) -> NodeInfo:
+    """Who the token belongs to, and the node's versions."""
+    return NodeInfo(name=service.name, version=__version__, protocol=PROTOCOL_VERSION,
+                    protocols=list(SUPPORTED_PROTOCOLS), user=caller.name, role=caller.role)
+
+
+@router.get("/catalog", response_model=list[DatasetInfo], tags=["catalogue"])
+def catalog(service: Service, caller: Caller) -> list[DatasetInfo]:
+    """Every dataset's public metadata."""
+    return [e.info for e in service.catalog.entries()]
+
+
+@router.get("/datasets/{name}", response_model=DatasetInfo, tags=["catalogue"])
+def dataset(name: str, service: Service, caller: Caller) -> DatasetInfo:
+    """One dataset's public metadata: columns, types, bounds, categories, privacy unit, licence."""
+    return dataset_entry(service, name).info
+
+
+@router.get("/datasets/{name}/budget", response_model=BudgetInfo, tags=["budget"])
+def budget(name: str, service: Service, caller: Caller,
+           grant_id: Annotated[int | None, Query(ge=1)] = None) -> BudgetInfo:
+    """What the caller's grant on this dataset has left, and the dataset's lifetime budget left."""
+    entry = dataset_entry(service, name)
+    ds_eps, ds_delta = service.gate.dataset_left(entry.name)
+    with service.store.transaction() as session:
+        grant = choose_grant(session, caller.name, entry.name, grant_id)
+        info = admin.grant_info(grant)
+    return BudgetInfo(dataset=entry.name, grant_id=info.grant_id, purpose=info.purpose,
+                      epsilon_left=info.epsilon_left, delta_left=info.delta_left,
+                      epsilon_spent=info.epsilon_spent, delta_spent=info.delta_spent,
+                      dataset_epsilon_left=ds_eps, dataset_delta_left=ds_delta)
+
+
+@router.get("/datasets/{name}/rows", response_model=RowsResponse, tags=["open data"])
+def rows(name: str, service: Service, caller: Caller,
+         limit: Annotated[int, Query(ge=1, le=1_000_000)] = 100_000) -> RowsResponse:
+    """The rows of an open-tier dataset, with its licence. Any other tier: ``privacy_violation``."""
+    entry = dataset_entry(service, name)
+    try:
+        check_not_private(entry)
+    except Exception as exc:
+        service.gate.refuse(caller, entry.name, exc, action="read_rows")
+        raise
+    frame = scan(entry.config).select(list(entry.config.columns)).head(limit).collect()
+    with service.store.transaction() as session:
+        audit.append(session, caller.name, "open_read", entry.name, rows=frame.height, licence=entry.info.licence,
+                     dataset_version=entry.version)
+    return RowsResponse(dataset=entry.name, licence=entry.info.licence, dataset_version=entry.version,
+                        table=Table(columns=frame.columns, data=[list(r) for r in frame.iter_rows()]))
+
+
+@router.get("/grants", response_model=list[GrantInfo], tags=["budget"])
+def grants(service: Service, caller: Caller, user: str | None = None, dataset: str | None = None) -> list[GrantInfo]:
+    """The caller's grants (owners and auditors may list anyone's)."""
+    if caller.role not in ("owner", "auditor"):
+        user = caller.name
+    return admin.list_grants(service.store, user=user, dataset=dataset)
+
+
+class GrantRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user: str = Field(max_length=64)
+    dataset: str = Field(max_length=64)
+    purpose: str = Field(min_length=1, max_length=500)
+    epsilon: float = Field(gt=0, le=1000)
+    delta: float = Field(0.0, ge=0, lt=1)
+    expires_days: float | None = Field(None, gt=0, le=3650)
+
+
+@router.post("/grants", response_model=GrantInfo, tags=["admin"])
+def create_grant(body: GrantRequest, service: Service, caller: Caller) -> GrantInfo:
+    """Owner only: grant a user a budget on a dataset for a purpose."""
+    caller.require("owner")
+    return admin.add_grant(service.store, body.user, body.dataset, body.purpose, body.epsilon, body.delta,
+                           body.expires_days, actor=caller.name, known_datasets=set(service.config.datasets))
+
+
+@router.delete("/grants/{grant_id}", tags=["admin"])
+def delete_grant(grant_id: int, service: Service, caller: Caller) -> dict:
+    """Owner only: revoke a grant (its spending stays on the dataset's lifetime budget)."""
+    caller.require("owner")
+    admin.revoke_grant(service.store, grant_id, actor=caller.name)
+    return {"revoked": grant_id}
+
+
+class UserRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=64)
+    role: str
+
+
+@router.post("/users", tags=["admin"])
+def create_user(body: UserRequest, service: Service, caller: Caller) -> dict:
+    """Owner only: add a user; the response carries their token, shown this once."""
+    caller.require("owner")
+    token = admin.add_user(service.store, service.authority, body.name, body.role, actor=caller.name)
+    return {"name": body.name, "role": body.role, "token": token}
+
+
+@router.get("/history", response_model=list[HistoryEntry], tags=["budget"])
+def history(service: Service, caller: Caller,
+            limit: Annotated[int, Query(ge=1, le=10_000)] = 500) -> list[HistoryEntry]:
+    """The caller's own releases and replays, newest first (from the audit log)."""
+    out = []
+    for rec in audit.records(service.store, actor=caller.name, actions=("release", "replay"), limit=limit):
+        d = rec["details"]
+        out.append(HistoryEntry(release_id=d.get("release_id", 0), time=rec["ts"], dataset=rec["dataset"] or "",
+                                channel=d.get("channel", ""), kind=d.get("kind", ""), epsilon=d.get("epsilon", 0.0),
+                                delta=d.get("delta", 0.0), grant_id=d.get("grant_id"),
+                                replayed=rec["action"] == "replay"))
+    return out
+
+
+@router.get("/audit", tags=["audit"], response_class=PlainTextResponse)
+def audit_export(service: Service, caller: Caller,
+                 limit: Annotated[int | None, Query(ge=1)] = None) -> PlainTextResponse:
+    """Auditors and owners: the audit log as JSON lines, oldest first. Analysts: their own records."""
+    actor = None if caller.role in ("owner", "auditor") else caller.name
+    import json as _json
+    lines = [_json.dumps(r, default=str) for r in reversed(list(audit.records(service.store, actor=actor, limit=limit)))]
+    return PlainTextResponse("\n".join(lines) + ("\n" if lines else ""), media_type="application/x-ndjson")
+
+
+@router.get("/audit/verify", tags=["audit"])
+def audit_verify(service: Service, caller: Caller) -> dict:
+    """Auditors and owners: walk the hash chain."""
+    caller.require("owner", "auditor")
+    result = audit.verify(service.store)
+    return {"ok": result.ok, "records": result.records, "first_bad_seq": result.first_bad_seq, "reason": result.reason}

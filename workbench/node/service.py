@@ -1,0 +1,51 @@
+"""One node's moving parts, wired together: state, catalogue, identity, gate, workers."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from .auth import TokenAuthority
+from .catalog import Catalog
+from .gate import ReleaseGate
+from .settings import NodeConfig
+from .store import Store
+from .worker import WorkerPool
+
+log = logging.getLogger(__name__)
+
+
+class NodeService:
+    def __init__(self, config: NodeConfig, start_workers: bool = True):
+        self.config = config
+        config.node.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(config.database_url)
+        self.catalog = Catalog(config)
+        self.store.sync_dataset_budgets(
+            {name: (ds.budget.epsilon, ds.budget.delta) for name, ds in config.datasets.items() if ds.tier == "private"})
+        self.authority = TokenAuthority(config.node.name, config.node.state_dir, self.store, config.node.token_ttl_days)
+        self.gate = ReleaseGate(self.store)
+        self.pool = WorkerPool(config.node.workers, config.node.query_timeout_s)
+        self._seen_tokens: set[str] = set()
+        self._seen_lock = threading.Lock()
+        kept = self.gate.recover()
+        if kept:
+            log.warning("%d reservations from an interrupted run were kept as charged", kept)
+        if start_workers:
+            threading.Thread(target=self.pool.warm, daemon=True, name="workbench-warm").start()
+
+    @property
+    def name(self) -> str:
+        return self.config.node.name
+
+    def first_use(self, token_id: str) -> bool:
+        """True the first time this process sees a token id (a 'login' in the audit log)."""
+        with self._seen_lock:
+            if token_id in self._seen_tokens:
+                return False
+            self._seen_tokens.add(token_id)
+            return True
+
+    def close(self) -> None:
+        self.pool.close()
+        self.store.dispose()

@@ -1,0 +1,214 @@
+"""Wire models shared by the client and the node.
+
+Everything the client sends is validated against these pydantic models
+(``extra="forbid"``: unknown fields are refused). This module imports neither
+FastAPI nor the database so both sides can use it.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+PROTOCOL_VERSION = "1"
+SUPPORTED_PROTOCOLS = ("1",)
+PROTOCOL_HEADER = "X-Workbench-Protocol"
+
+#: Column and dataset names: identifiers only, so no path, SQL or expression syntax ever reaches Polars.
+Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+DatasetName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")]
+RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_\-]{8,64}$")]
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+Finite = Annotated[float, AfterValidator(_finite)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- errors
+
+
+class ErrorBody(Strict):
+    code: str
+    message: str
+    details: dict[str, Any] | None = None
+
+
+# ---------------------------------------------------------------- catalogue
+
+
+class ColumnInfo(Strict):
+    name: Identifier
+    type: Literal["int", "float", "category", "bool", "string", "id"]
+    description: str = ""
+    bounds: tuple[Finite, Finite] | None = None
+    categories: list[str | int | bool] | None = None
+
+
+class PrivacyUnit(Strict):
+    """Who is protected: one row, or one person identified by ``id_column``
+    who contributes at most ``max_contributions`` rows (checked by the node)."""
+
+    id_column: Identifier | None = None
+    max_contributions: int = Field(1, ge=1, le=10_000)
+
+
+class Budget(Strict):
+    epsilon: float
+    delta: float = 0.0
+
+
+class DatasetInfo(Strict):
+    name: DatasetName
+    tier: Literal["open", "private"]
+    description: str = ""
+    licence: str = ""
+    version: str = ""
+    max_rows: int
+    privacy_unit: PrivacyUnit = PrivacyUnit()
+    budget: Budget | None = None
+    columns: list[ColumnInfo]
+
+    def column(self, name: str) -> ColumnInfo | None:
+        return next((c for c in self.columns if c.name == name), None)
+
+
+class NodeInfo(Strict):
+    name: str
+    version: str
+    protocol: str
+    protocols: list[str]
+    user: str | None = None
+    role: str | None = None
+
+
+# ---------------------------------------------------------------- grants and history
+
+
+class GrantInfo(Strict):
+    grant_id: int
+    user: str
+    dataset: str
+    purpose: str
+    epsilon: float
+    delta: float
+    epsilon_spent: float
+    delta_spent: float
+    epsilon_left: float
+    delta_left: float
+    expires_at: datetime | None = None
+    revoked: bool = False
+
+
+class BudgetInfo(Strict):
+    dataset: str
+    grant_id: int | None
+    purpose: str | None
+    epsilon_left: float
+    delta_left: float
+    epsilon_spent: float
+    delta_spent: float
+    dataset_epsilon_left: float
+    dataset_delta_left: float
+
+
+class HistoryEntry(Strict):
+    release_id: int
+    time: datetime
+    dataset: str
+    channel: str
+    kind: str
+    epsilon: float
+    delta: float
+    grant_id: int | None
+    replayed: bool
+
+
+# ---------------------------------------------------------------- DP channel
+
+
+class DPQuery(Strict):
+    """A DP aggregate, described as data. The node compiles it to OpenDP itself.
+
+    ``kind``: count, sum, mean, quantile (``quantile`` in (0, 1); median is 0.5)
+    or histogram (``bins``: a number of equal-width bins over the column's public
+    bounds, or explicit public edges). ``by``: group-by columns; groups with a
+    public category set are released for every key; otherwise the key set is
+    private and the release needs a delta (groups below a threshold are dropped).
+    """
+
+    kind: Literal["count", "sum", "mean", "quantile", "histogram"]
+    column: Identifier | None = None
+    by: list[Identifier] = Field(default_factory=list, max_length=4)
+    quantile: float | None = Field(None, gt=0.0, lt=1.0)
+    bins: int | list[Finite] | None = None
+
+
+class DPRequest(Strict):
+    protocol: str = PROTOCOL_VERSION
+    query: DPQuery
+    epsilon: Finite = Field(gt=0.0, le=100.0)
+    delta: Finite = Field(0.0, ge=0.0, lt=0.01)
+    grant_id: int | None = Field(None, ge=1)
+    request_id: RequestId | None = None
+
+
+class Accuracy(Strict):
+    statistic: str
+    accuracy: float | None
+    alpha: float
+
+
+class DPPreview(Strict):
+    dataset: str
+    dataset_version: str
+    query: DPQuery
+    epsilon: float
+    delta: float
+    grant_id: int | None
+    alpha: float
+    accuracy: list[Accuracy]
+    note: str = ""
+    budget_left_before: Budget | None = None
+    budget_left_after: Budget | None = None
+    would_replay: bool = False
+
+
+class Table(Strict):
+    columns: list[str]
+    data: list[list[Any]]
+
+
+class DPRelease(Strict):
+    release_id: int
+    dataset: str
+    dataset_version: str
+    query: DPQuery
+    epsilon: float
+    delta: float
+    epsilon_charged: float
+    delta_charged: float
+    grant_id: int | None
+    replayed: bool
+    released_at: datetime
+    alpha: float
+    table: Table
+    budget_left: Budget | None = None
+
+
+class RowsResponse(Strict):
+    dataset: str
+    licence: str
+    dataset_version: str
+    table: Table
