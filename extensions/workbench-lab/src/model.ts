@@ -215,6 +215,7 @@ export class WorkbenchModel implements IDisposable {
 
   /** Fetch everything now (the refresh button), schema included. */
   async refresh(): Promise<void> {
+    this._requestsUnsupported.clear();
     if (this._selectedDataset !== null) {
       void this._fetchSchema();
     }
@@ -298,12 +299,20 @@ export class WorkbenchModel implements IDisposable {
         return { data: null, error: toErrorInfo(error) };
       }
     };
+    // A node without access requests says so once; ask again only on an
+    // explicit refresh (no 501 in the console every few seconds).
+    const unsupported = this._requestsUnsupported.get(node);
     const [catalog, grants, history, requests] = await Promise.all([
       fetchSection<IDatasetSummary[]>('catalog', 'datasets'),
       fetchSection<IGrant[]>('grants', 'grants'),
       fetchSection<IRelease[]>('history', 'releases'),
-      fetchSection<IAccessRequest[]>('requests', 'requests')
+      unsupported
+        ? Promise.resolve<ISection<IAccessRequest[]>>({ data: null, error: unsupported })
+        : fetchSection<IAccessRequest[]>('requests', 'requests')
     ]);
+    if (requests.error?.code === 'not_supported') {
+      this._requestsUnsupported.set(node, requests.error);
+    }
     if (generation !== this._generation || node !== this._selectedNode) {
       return; // a newer fetch or another node took over
     }
@@ -340,6 +349,7 @@ export class WorkbenchModel implements IDisposable {
   private _generation = 0;
   private _lastUpdated: Date | null = null;
   private _poll: Poll;
+  private _requestsUnsupported = new Map<string, IErrorInfo>();
   private _selectedNode: string | null = null;
   private _selectedDataset: string | null = null;
   private _nodes: ISection<INodeStatus[]> = emptySection();

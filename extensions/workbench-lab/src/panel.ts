@@ -90,12 +90,40 @@ export function formatAmount(value: unknown): string {
   return String(Number(x.toFixed(3)));
 }
 
+function formatBounds(value: unknown): string {
+  if (Array.isArray(value) && value.length === 2) {
+    return `${formatAmount(value[0])} – ${formatAmount(value[1])}`;
+  }
+  return formatValue(value);
+}
+
+function formatPrivacyUnit(value: unknown): string {
+  if (value === null || value === undefined) {
+    return 'one row';
+  }
+  if (typeof value === 'string') {
+    return value;
+  }
+  const unit = value as { id_column?: string | null; max_contributions?: number };
+  const max = unit.max_contributions ?? 1;
+  if (!unit.id_column) {
+    return max > 1 ? `up to ${max} rows` : 'one row';
+  }
+  return `one ${unit.id_column} (up to ${max} row${max === 1 ? '' : 's'})`;
+}
+
 function formatTime(value: unknown): string {
   if (value === null || value === undefined || value === '') {
     return '—';
   }
   const date = new Date(String(value));
-  return Number.isNaN(date.getTime()) ? String(value) : date.toLocaleString();
+  if (Number.isNaN(date.getTime())) {
+    return String(value);
+  }
+  const today = new Date().toDateString() === date.toDateString();
+  return today
+    ? date.toLocaleTimeString()
+    : date.toLocaleString(undefined, { dateStyle: 'short', timeStyle: 'short' });
 }
 
 function formatValue(value: unknown): string {
@@ -267,6 +295,13 @@ export class WorkbenchPanel extends Widget {
     );
   }
 
+  /** What an empty section says while the node is down (the banner says why). */
+  private _staleNotice(section: ISection<unknown>, stale: boolean): HTMLElement | null {
+    return stale && section.data === null
+      ? notice('Not available while the node is unreachable.')
+      : null;
+  }
+
   /** A section's error: shown inline unless the banner already says it. */
   private _sectionError(
     section: ISection<unknown>,
@@ -346,7 +381,10 @@ export class WorkbenchPanel extends Widget {
   private _renderCatalog(stale: boolean): Child[] {
     const m = this.model;
     const section = m.catalog;
-    const out: Child[] = [this._sectionError(section, stale)];
+    const out: Child[] = [
+      this._sectionError(section, stale),
+      this._staleNotice(section, stale)
+    ];
     if (section.data === null) {
       if (!section.error) {
         out.push(notice(m.selectedNode ? 'Loading…' : 'No node selected.'));
@@ -416,28 +454,32 @@ export class WorkbenchPanel extends Widget {
     if (info.description) {
       box.appendChild(h('p', {}, String(info.description)));
     }
-    const facts: string[] = [];
-    if (info.privacy_unit !== undefined && info.privacy_unit !== null) {
-      facts.push(`Privacy unit: ${formatValue(info.privacy_unit)}`);
+    const facts: HTMLElement[] = [];
+    facts.push(h('span', {}, `Privacy unit: ${formatPrivacyUnit(info.privacy_unit)}`));
+    const version = info.version ?? summary.version;
+    if (version !== undefined && version !== null && version !== '') {
+      const text = String(version);
+      facts.push(
+        h(
+          'span',
+          { title: text },
+          `Version: ${text.length > 22 ? text.slice(0, 20) + '…' : text}`
+        )
+      );
     }
-    if (summary.version !== undefined && summary.version !== null) {
-      facts.push(`Version: ${summary.version}`);
-    }
-    if (facts.length) {
-      box.appendChild(h('p', { class: 'jp-WorkbenchPanel-muted' }, facts.join(' · ')));
-    }
+    box.appendChild(h('p', { class: 'jp-WorkbenchPanel-facts jp-WorkbenchPanel-muted' }, ...facts));
     const rows = (info.columns ?? []).map(c =>
       h(
         'tr',
         { title: c.description ? String(c.description) : '' },
-        h('td', {}, c.name),
+        h('td', { class: 'jp-WorkbenchPanel-colName' }, c.name),
         h('td', {}, formatValue(c.type)),
         h(
           'td',
           {},
           c.categories && c.categories.length
             ? c.categories.map(x => String(x)).join(', ')
-            : formatValue(c.bounds)
+            : formatBounds(c.bounds)
         )
       )
     );
@@ -446,7 +488,10 @@ export class WorkbenchPanel extends Widget {
   }
 
   private _renderGrants(section: ISection<IGrant[]>, stale: boolean): Child[] {
-    const out: Child[] = [this._sectionError(section, stale)];
+    const out: Child[] = [
+      this._sectionError(section, stale),
+      this._staleNotice(section, stale)
+    ];
     if (section.data === null) {
       if (!section.error) {
         out.push(notice('Loading…'));
@@ -531,7 +576,7 @@ export class WorkbenchPanel extends Widget {
     section: ISection<IAccessRequest[]>,
     stale: boolean
   ): Child[] {
-    if (section.error?.code === 'not_supported') {
+    if (section.error?.code === 'not_supported' && !stale) {
       return [
         h(
           'div',
@@ -540,7 +585,10 @@ export class WorkbenchPanel extends Widget {
         )
       ];
     }
-    const out: Child[] = [this._sectionError(section, stale)];
+    const out: Child[] = [
+      this._sectionError(section, stale),
+      this._staleNotice(section, stale)
+    ];
     if (section.data === null) {
       if (!section.error) {
         out.push(notice('Loading…'));
@@ -576,7 +624,10 @@ export class WorkbenchPanel extends Widget {
   }
 
   private _renderHistory(section: ISection<IRelease[]>, stale: boolean): Child[] {
-    const out: Child[] = [this._sectionError(section, stale)];
+    const out: Child[] = [
+      this._sectionError(section, stale),
+      this._staleNotice(section, stale)
+    ];
     if (section.data === null) {
       if (!section.error) {
         out.push(notice('Loading…'));
@@ -594,7 +645,10 @@ export class WorkbenchPanel extends Widget {
     const rows = releases.map(r =>
       h(
         'tr',
-        { class: 'jp-WorkbenchPanel-release', title: r.grant_id ? `grant ${r.grant_id}` : '' },
+        {
+          class: 'jp-WorkbenchPanel-release',
+          title: `${r.time ?? ''}${r.grant_id ? ` · grant ${r.grant_id}` : ''}`
+        },
         h('td', {}, formatTime(r.time)),
         h('td', {}, formatValue(r.dataset)),
         h(
