@@ -11,11 +11,14 @@ stable ``code``; the client re-raises it as the same class::
     │   └── PrivacyError   privacy_violation
     ├── BudgetExceeded     budget_exceeded, dataset_budget_exceeded
     ├── InvalidQuery       invalid_query, unknown_column, bad_bounds,
-    │                      bad_epsilon, wrong_type, invalid_body
+    │                      bad_epsilon, wrong_type, invalid_body,
+    │                      invalid_config, request_id_conflict,
+    │                      grant_ambiguous, method_not_allowed
     ├── NotFound           unknown_dataset, not_found
     ├── PayloadTooLarge    payload_too_large
     ├── NotSupported       not_supported
-    └── ComputationFailed  computation_failed, computation_timeout, internal_error
+    └── ComputationFailed  computation_failed, computation_timeout,
+                           dataset_unavailable, internal_error
 """
 
 from __future__ import annotations
@@ -127,11 +130,16 @@ _BY_CODE: dict[str, type[WorkbenchError]] = {
     "bad_epsilon": InvalidQuery,
     "wrong_type": InvalidQuery,
     "invalid_body": InvalidQuery,
+    "invalid_config": InvalidQuery,
+    "request_id_conflict": InvalidQuery,
+    "grant_ambiguous": InvalidQuery,
+    "method_not_allowed": InvalidQuery,
     "unknown_dataset": NotFound,
     "not_found": NotFound,
     "payload_too_large": PayloadTooLarge,
     "not_supported": NotSupported,
     "computation_failed": ComputationFailed,
+    "dataset_unavailable": ComputationFailed,
     "computation_timeout": ComputationFailed,
     "internal_error": ComputationFailed,
 }

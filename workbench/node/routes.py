@@ -9,7 +9,7 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from .._version import __version__
-from ..errors import NotAuthenticated
+from ..errors import NotAuthenticated, PrivacyError
 from ..protocol import (PROTOCOL_VERSION, SUPPORTED_PROTOCOLS, BudgetInfo, DatasetInfo, GrantInfo, HistoryEntry,
                         NodeInfo, RowsResponse, Table)
 from . import admin, audit
@@ -110,8 +110,8 @@ def rows(name: str, service: Service, caller: Caller,
     entry = dataset_entry(service, name)
     try:
         check_not_private(entry)
-    except Exception as exc:
-        service.gate.refuse(caller, entry.name, exc, action="read_rows")
+    except PrivacyError as exc:
+        service.gate.refuse(caller, entry.name, exc, attempted="read_rows")
         raise
     frame = scan(entry.config).select(list(entry.config.columns)).head(limit).collect()
     with service.store.transaction() as session:

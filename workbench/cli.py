@@ -1,0 +1,271 @@
+"""The ``workbench`` command line (noun-verb subcommands).
+
+Secrets never travel as flags: tokens are printed once to stdout, or read from
+files / the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from ._version import __version__
+from .errors import WorkbenchError
+
+
+def _service(config_path: str, start_workers: bool = False):
+    from .node.service import NodeService
+    from .node.settings import NodeConfig
+
+    return NodeService(NodeConfig.load(config_path), start_workers=start_workers)
+
+
+config_option = click.option("--config", "config_path", required=True, envvar="WORKBENCH_NODE_CONFIG",
+                             type=click.Path(exists=True, dir_okay=False),
+                             help="The node's TOML config (or $WORKBENCH_NODE_CONFIG).")
+
+
+@click.group()
+@click.version_option(__version__, prog_name="workbench")
+def main() -> None:
+    """Workbench: remote handles to private data; only privacy-safe answers leave a node."""
+
+
+# ---------------------------------------------------------------- node
+
+
+@main.group()
+def node() -> None:
+    """Run and administer a data node."""
+
+
+@node.command("serve")
+@config_option
+@click.option("--host", default=None, help="Interface to bind (default from config: 127.0.0.1).")
+@click.option("--port", default=None, type=int, help="Port (default from config: 8765).")
+@click.option("--log-level", default="warning", show_default=True)
+def node_serve(config_path: str, host: str | None, port: int | None, log_level: str) -> None:
+    """Serve the node's API (/v1, OpenAPI at /v1/openapi.json)."""
+    import uvicorn
+
+    from .node.app import create_app
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    service = _service(config_path, start_workers=True)
+    app = create_app(service)
+    host = host or service.config.node.host
+    port = port or service.config.node.port
+    click.echo(f"workbench node {service.name!r} serving on http://{host}:{port}/v1", err=True)
+    try:
+        # access_log off: request lines carry no tokens, but keep logs to what the owner needs.
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    finally:
+        service.close()
+
+
+@node.command("check")
+@config_option
+def node_check(config_path: str) -> None:
+    """Validate the config and each dataset against its public metadata."""
+    service = _service(config_path)
+    try:
+        for entry in service.catalog.entries():
+            click.echo(f"ok       {entry.name:20s} {entry.info.tier:8s} {entry.version}")
+        problems = service.catalog.problems()
+        for name, problem in problems.items():
+            click.echo(f"PROBLEM  {name:20s} {problem}")
+    finally:
+        service.close()
+    sys.exit(1 if problems else 0)
+
+
+@node.group("user")
+def user() -> None:
+    """Users of this node (owner, analyst, auditor)."""
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["analyst", "owner", "auditor"]), required=True)
+@config_option
+def user_add(name: str, role: str, config_path: str) -> None:
+    """Add a user and print their token once (give it to them privately)."""
+    from .node import admin
+
+    service = _service(config_path)
+    try:
+        click.echo(admin.add_user(service.store, service.authority, name, role))
+    finally:
+        service.close()
+
+
+@user.command("token")
+@click.argument("name")
+@click.option("--revoke-old", is_flag=True, help="Invalidate every earlier token of this user.")
+@click.option("--ttl-days", type=float, default=None, help="Token lifetime (default from config).")
+@config_option
+def user_token(name: str, revoke_old: bool, ttl_days: float | None, config_path: str) -> None:
+    """Issue a new token for a user (printed once)."""
+    from .node import admin
+
+    service = _service(config_path)
+    try:
+        click.echo(admin.issue_token(service.store, service.authority, name, revoke_old=revoke_old,
+                                     ttl_s=None if ttl_days is None else ttl_days * 86400))
+    finally:
+        service.close()
+
+
+@user.command("list")
+@config_option
+def user_list(config_path: str) -> None:
+    from .node import admin
+
+    service = _service(config_path)
+    try:
+        for u in admin.list_users(service.store):
+            click.echo(f"{u['name']:20s} {u['role']:8s} {'disabled' if u['disabled'] else ''}")
+    finally:
+        service.close()
+
+
+@node.command("grant")
+@click.argument("name")
+@click.argument("dataset")
+@click.option("--purpose", required=True, help="What the analyst may use the data for.")
+@click.option("--epsilon", type=float, required=True)
+@click.option("--delta", type=float, default=0.0, show_default=True)
+@click.option("--expires-days", type=float, default=None, help="Days until the grant expires (default: never).")
+@config_option
+def node_grant(name: str, dataset: str, purpose: str, epsilon: float, delta: float, expires_days: float | None,
+               config_path: str) -> None:
+    """Grant user NAME a privacy budget on DATASET for a purpose."""
+    from .node import admin
+
+    service = _service(config_path)
+    try:
+        grant = admin.add_grant(service.store, name, dataset, purpose, epsilon, delta, expires_days,
+                                known_datasets=set(service.config.datasets))
+        click.echo(f"grant {grant.grant_id}: {name} on {dataset} for {purpose!r}: epsilon={epsilon:g} delta={delta:g}")
+    finally:
+        service.close()
+
+
+@node.command("grants")
+@config_option
+@click.option("--user", default=None)
+def node_grants(config_path: str, user: str | None) -> None:
+    """List grants with what each has spent and left."""
+    from .node import admin
+
+    service = _service(config_path)
+    try:
+        for g in admin.list_grants(service.store, user=user):
+            state = "revoked" if g.revoked else ""
+            click.echo(f"{g.grant_id:4d} {g.user:12s} {g.dataset:16s} eps {g.epsilon_spent:.3g}/{g.epsilon:.3g} "
+                       f"delta {g.delta_spent:.2g}/{g.delta:.2g} {g.purpose!r} {state}")
+    finally:
+        service.close()
+
+
+@node.command("revoke")
+@click.argument("grant_id", type=int)
+@config_option
+def node_revoke(grant_id: int, config_path: str) -> None:
+    """Revoke a grant."""
+    from .node import admin
+
+    service = _service(config_path)
+    try:
+        admin.revoke_grant(service.store, grant_id)
+        click.echo(f"grant {grant_id} revoked")
+    finally:
+        service.close()
+
+
+@node.group("audit")
+def audit_group() -> None:
+    """The hash-chained audit log."""
+
+
+@audit_group.command("verify")
+@config_option
+def audit_verify(config_path: str) -> None:
+    """Walk the hash chain; exit 1 if any record was changed, removed or reordered."""
+    from .node import audit
+
+    service = _service(config_path)
+    try:
+        result = audit.verify(service.store)
+    finally:
+        service.close()
+    if result.ok:
+        click.echo(f"audit log OK: {result.records} records, chain intact")
+    else:
+        click.echo(f"audit log TAMPERED at record {result.first_bad_seq}: {result.reason}", err=True)
+        sys.exit(1)
+
+
+@audit_group.command("export")
+@config_option
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default="-", help="File (default stdout).")
+def audit_export(config_path: str, output: str) -> None:
+    """Export the audit log as JSON lines, oldest first."""
+    from .node import audit
+
+    service = _service(config_path)
+    try:
+        rows = list(audit.records(service.store))
+    finally:
+        service.close()
+    with click.open_file(output, "w") as fh:
+        for rec in reversed(rows):
+            fh.write(json.dumps(rec, default=str) + "\n")
+
+
+# ---------------------------------------------------------------- analyst side
+
+
+@main.command("login")
+@click.argument("url")
+@click.option("--name", default=None, help="A name for this node in your config (default: the node's name).")
+def login(url: str, name: str | None) -> None:
+    """Store a token for the node at URL (read from $WORKBENCH_TOKEN or typed, hidden)."""
+    from . import connect
+    from .config import save_connection
+
+    token = os.environ.get("WORKBENCH_TOKEN") or click.prompt("Token", hide_input=True)
+    node_handle = connect(url, token=token)
+    info = node_handle.info()
+    path = save_connection(name or info["name"], url, token)
+    click.echo(f"Saved {info['name']} ({url}) as user {info['user']} in {path}")
+
+
+@main.command("demo")
+@click.option("--lab/--no-lab", default=True, help="Also start JupyterLab with the notebooks.")
+@click.option("--port", default=8765, show_default=True, help="First node port (three nodes: port..port+2).")
+@click.option("--lab-port", default=8888, show_default=True)
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="Where demo data and state live (default $WORKBENCH_HOME/demo).")
+def demo(lab: bool, port: int, lab_port: int, root: str | None) -> None:
+    """Start three demo hospital nodes (and JupyterLab with the teaching notebooks)."""
+    from .demo.launcher import run_demo
+
+    sys.exit(run_demo(lab=lab, first_port=port, lab_port=lab_port, root=Path(root) if root else None))
+
+
+def _entry() -> None:
+    try:
+        main(standalone_mode=True)
+    except WorkbenchError as exc:
+        click.echo(f"error ({exc.code}): {exc.message}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    _entry()
