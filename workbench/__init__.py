@@ -7,6 +7,7 @@
 
 from ._version import __version__
 from .client import GroupBy, Node, Preview, Query, RemoteDataset, connect
+from .client.federation import FederatedDataset, Federation, federation
 from .errors import (
     BudgetExceeded,
     ComputationFailed,
@@ -26,6 +27,8 @@ __all__ = [
     "BudgetExceeded",
     "ComputationFailed",
     "ConnectionFailed",
+    "FederatedDataset",
+    "Federation",
     "GroupBy",
     "InvalidQuery",
     "Node",
@@ -42,4 +45,5 @@ __all__ = [
     "WorkbenchError",
     "__version__",
     "connect",
+    "federation",
 ]

@@ -13,7 +13,7 @@ stable ``code``; the client re-raises it as the same class::
     ├── InvalidQuery       invalid_query, unknown_column, bad_bounds,
     │                      bad_epsilon, wrong_type, invalid_body,
     │                      invalid_config, request_id_conflict,
-    │                      grant_ambiguous, method_not_allowed
+    │                      grant_ambiguous, method_not_allowed, schema_mismatch
     ├── NotFound           unknown_dataset, not_found
     ├── PayloadTooLarge    payload_too_large
     ├── NotSupported       not_supported
@@ -133,6 +133,7 @@ _BY_CODE: dict[str, type[WorkbenchError]] = {
     "invalid_config": InvalidQuery,
     "request_id_conflict": InvalidQuery,
     "grant_ambiguous": InvalidQuery,
+    "schema_mismatch": InvalidQuery,
     "method_not_allowed": InvalidQuery,
     "unknown_dataset": NotFound,
     "not_found": NotFound,
