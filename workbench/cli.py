@@ -259,6 +259,39 @@ def demo(lab: bool, port: int, lab_port: int, root: str | None) -> None:
     sys.exit(run_demo(lab=lab, first_port=port, lab_port=lab_port, root=Path(root) if root else None))
 
 
+# ---------------------------------------------------------------- HE aggregator
+
+
+@main.group()
+def aggregator() -> None:
+    """Run the secure-aggregation server (adds nodes' ciphertexts; holds no key)."""
+
+
+@aggregator.command("serve")
+@click.option("--state", "state_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder with the node registry (nodes.json).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8780, show_default=True, type=int)
+@click.option("--name", default="aggregator", show_default=True)
+@click.option("--min-parties", default=2, show_default=True, type=int)
+def aggregator_serve(state_dir: str, host: str, port: int, name: str, min_parties: int) -> None:
+    """Serve the aggregator's API (/v1)."""
+    from .he.aggregator import serve
+
+    click.echo(f"workbench aggregator {name!r} serving on http://{host}:{port}/v1", err=True)
+    serve(Path(state_dir), host=host, port=port, name=name, min_parties=min_parties)
+
+
+@aggregator.command("add-node")
+@click.argument("name")
+@click.option("--state", "state_dir", required=True, type=click.Path(file_okay=False))
+def aggregator_add_node(name: str, state_dir: str) -> None:
+    """Register node NAME (or rotate its token); prints the token for that node's owner, once."""
+    from .he.aggregator import add_node
+
+    click.echo(add_node(Path(state_dir), name))
+
+
 def _entry() -> None:
     try:
         main(standalone_mode=True)

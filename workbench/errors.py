@@ -7,18 +7,22 @@ stable ``code``; the client re-raises it as the same class::
     ├── ConnectionFailed   node_unreachable
     ├── ProtocolMismatch   protocol_unsupported
     ├── NotAuthenticated   not_authenticated
-    ├── NotAuthorized      not_authorized, no_grant, grant_expired
+    ├── NotAuthorized      not_authorized, no_grant, grant_expired,
+    │                      untrusted_aggregator
     │   └── PrivacyError   privacy_violation
     ├── BudgetExceeded     budget_exceeded, dataset_budget_exceeded
     ├── InvalidQuery       invalid_query, unknown_column, bad_bounds,
     │                      bad_epsilon, wrong_type, invalid_body,
     │                      invalid_config, request_id_conflict,
-    │                      grant_ambiguous, method_not_allowed, schema_mismatch
+    │                      grant_ambiguous, method_not_allowed, schema_mismatch,
+    │                      bad_context, bad_ciphertext, would_overflow,
+    │                      session_closed
     ├── NotFound           unknown_dataset, not_found
     ├── PayloadTooLarge    payload_too_large
     ├── NotSupported       not_supported
     └── ComputationFailed  computation_failed, computation_timeout,
-                           dataset_unavailable, internal_error
+                           dataset_unavailable, internal_error,
+                           session_incomplete
 """
 
 from __future__ import annotations
@@ -121,6 +125,7 @@ _BY_CODE: dict[str, type[WorkbenchError]] = {
     "not_authorized": NotAuthorized,
     "no_grant": NotAuthorized,
     "grant_expired": NotAuthorized,
+    "untrusted_aggregator": NotAuthorized,
     "privacy_violation": PrivacyError,
     "budget_exceeded": BudgetExceeded,
     "dataset_budget_exceeded": BudgetExceeded,
@@ -135,6 +140,10 @@ _BY_CODE: dict[str, type[WorkbenchError]] = {
     "grant_ambiguous": InvalidQuery,
     "schema_mismatch": InvalidQuery,
     "method_not_allowed": InvalidQuery,
+    "bad_context": InvalidQuery,
+    "bad_ciphertext": InvalidQuery,
+    "would_overflow": InvalidQuery,
+    "session_closed": InvalidQuery,
     "unknown_dataset": NotFound,
     "not_found": NotFound,
     "payload_too_large": PayloadTooLarge,
@@ -143,6 +152,7 @@ _BY_CODE: dict[str, type[WorkbenchError]] = {
     "dataset_unavailable": ComputationFailed,
     "computation_timeout": ComputationFailed,
     "internal_error": ComputationFailed,
+    "session_incomplete": ComputationFailed,
 }
 
 

@@ -1,7 +1,7 @@
 """A federation: one question asked of several nodes' same-named datasets.
 
 The channels add their methods in their own modules (DP combination in
-:mod:`workbench.federation_dp`, HE secure sums and regression in
+:mod:`workbench.federated_dp`, HE secure sums and regression in
 :mod:`workbench.he`, federated learning in :mod:`workbench.fl`); this module
 only holds the nodes and checks that the datasets agree on their public schema.
 """
@@ -70,6 +70,63 @@ class FederatedDataset:
     def budget(self) -> dict[str, dict]:
         """Each node's remaining budget for your grant, by node URL."""
         return {h.node.url: h.budget() for h in self.handles}
+
+    # ---------------------------------------------------------------- federated DP (workbench.federated_dp)
+
+    def count(self):
+        """Rows over every node: a federated query (``.preview(epsilon)``, ``.release(epsilon)``)."""
+        from ..federated_dp import federated_query
+
+        return federated_query(self, kind="count")
+
+    def sum(self, column: str):
+        """Sum of a column over every node (values clipped to the public bounds)."""
+        from ..federated_dp import federated_query
+
+        return federated_query(self, kind="sum", column=column)
+
+    def mean(self, column: str):
+        """Pooled mean: summed noisy sums over summed noisy counts."""
+        from ..federated_dp import federated_query
+
+        return federated_query(self, kind="mean", column=column)
+
+    def quantile(self, column: str, p: float):
+        """Pooled ``p``-quantile, read off a federated histogram over the public bounds."""
+        from ..federated_dp import federated_quantile
+
+        return federated_quantile(self, column, p)
+
+    def median(self, column: str):
+        return self.quantile(column, 0.5)
+
+    def histogram(self, column: str, bins: int | list[float] | None = None):
+        """Counts per bin or category, summed over every node."""
+        from ..federated_dp import federated_query
+
+        return federated_query(self, kind="histogram", column=column, bins=bins)
+
+    def group_by(self, *columns: str):
+        """Counts, sums and means per group over every node."""
+        from ..federated_dp import FederatedGroupBy
+
+        if not columns:
+            raise InvalidQuery("group_by needs at least one column.", code="invalid_query")
+        return FederatedGroupBy(self, list(columns))
+
+    # ---------------------------------------------------------------- secure aggregation (workbench.he)
+
+    def secure_sum(self, columns: list[str] | str, epsilon: float, **options):
+        """Noisy totals computed under encryption: only the total decrypts (see :func:`workbench.he.client.secure_sum`)."""
+        from ..he.client import secure_sum
+
+        return secure_sum(self, columns, epsilon, **options)
+
+    def linear_regression(self, y: str, x: list[str] | str, epsilon: float, **options):
+        """Federated OLS from encrypted, DP-noised X'X and X'y (see :func:`workbench.he.client.linear_regression`)."""
+        from ..he.client import linear_regression
+
+        return linear_regression(self, y, x, epsilon, **options)
 
     def __repr__(self) -> str:
         return f"<FederatedDataset {self.name!r} on {len(self.handles)} nodes>"

@@ -127,5 +127,8 @@ def create_app(service: NodeService) -> FastAPI:
 
     app.include_router(routes.router, prefix="/v1")
     app.include_router(dp_routes.router, prefix="/v1")
+    from ..he import node_routes as he_routes
+
+    app.include_router(he_routes.router, prefix="/v1")
     app.add_middleware(BodyLimit, limit=service.config.node.max_body_bytes)
     return app

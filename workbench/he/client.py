@@ -1,0 +1,303 @@
+"""The analyst's half of secure aggregation: keys, session, decryption of the total only.
+
+The kernel creates a BFV key pair, sends only the public context to the
+aggregator, asks each node to contribute (each node charges its own ledger
+and sends its ciphertext to the aggregator, not to us), then fetches and
+decrypts the one summed ciphertext. No node's partial ever reaches the kernel.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import numpy as np
+import pandas as pd
+
+from ..errors import BudgetExceeded, ConnectionFailed, InvalidQuery, WorkbenchError, error_class_for
+from ..protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
+from . import params
+from .spec import (ContributeResponse, EncodingPlan, HEOp, HEPreview, NoiseMode, SessionCreated, SessionResult,
+                   noise_half_width, plan)
+
+if TYPE_CHECKING:
+    from ..client.dataset import RemoteDataset
+    from ..client.federation import FederatedDataset
+
+ENV_AGGREGATOR = "WORKBENCH_AGGREGATOR"
+
+
+class AggregatorClient:
+    """HTTP calls to an aggregator (JSON errors re-raised as Workbench errors)."""
+
+    def __init__(self, url: str, timeout: float = 300.0):
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=10.0),
+                                  headers={PROTOCOL_HEADER: PROTOCOL_VERSION})
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def request(self, method: str, path: str, json: Any = None, headers: dict | None = None) -> dict:
+        try:
+            response = self._http.request(method, "/v1" + path, json=json, headers=headers)
+        except httpx.HTTPError as exc:
+            raise ConnectionFailed(f"Cannot reach the aggregator at {self.url}: {type(exc).__name__}.") from None
+        self.bytes_sent += len(response.request.content or b"")
+        self.bytes_received += len(response.content)
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+                code, message = body["code"], body["message"]
+            except Exception:  # noqa: BLE001
+                raise WorkbenchError(f"The aggregator answered HTTP {response.status_code}.",
+                                     code="internal_error") from None
+            raise error_class_for(code)(f"Aggregator: {message}", code=code, details=body.get("details"))
+        return response.json()
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def _aggregator_url(handles: list["RemoteDataset"], given: str | None) -> str:
+    """The aggregator: given, or $WORKBENCH_AGGREGATOR, or the one every node trusts."""
+    if given or os.environ.get(ENV_AGGREGATOR):
+        return (given or os.environ[ENV_AGGREGATOR]).rstrip("/")
+    common: set[str] | None = None
+    for h in handles:
+        urls = {a["url"] for a in _node_call(h, "GET", "/he/aggregators")["aggregators"]}
+        common = urls if common is None else common & urls
+    if not common:
+        raise InvalidQuery("No aggregator is trusted by every node: pass aggregator='http://...' (one the node "
+                           "owners trust) or set $WORKBENCH_AGGREGATOR.", code="untrusted_aggregator")
+    if len(common) > 1:
+        raise InvalidQuery(f"Several aggregators are trusted by every node ({sorted(common)}); pass aggregator=.",
+                           code="invalid_query")
+    return common.pop()
+
+
+def _node_call(handle: "RemoteDataset", method: str, path: str, json: Any = None, retries: int = 2) -> Any:
+    try:
+        return handle.node.request(method, path, json=json, retries=retries)
+    except ConnectionFailed as exc:
+        raise ConnectionFailed(f"Node {handle.node.url} is unreachable: {exc.message}",
+                               details={"node": handle.node.url}) from None
+
+
+@dataclass
+class SecureAggregate:
+    """A decrypted total and everything needed to read it."""
+
+    plan: EncodingPlan
+    totals: list[int]
+    parties: list[str]
+    nodes: list[str]
+    aggregator: str
+    session_id: str
+    contributions: list[ContributeResponse]
+    bytes: dict = field(default_factory=dict)
+
+    def values(self) -> np.ndarray:
+        return np.array([t / 10 ** d for t, d in zip(self.totals, self.plan.decimals)], dtype=float)
+
+    def attrs(self) -> dict:
+        return {"nodes": self.nodes, "parties": self.parties, "aggregator": self.aggregator,
+                "session_id": self.session_id, "mode": self.plan.mode,
+                "epsilon": self.plan.epsilon,
+                "epsilon_charged": {c_node: c.epsilon_charged for c_node, c in zip(self.nodes, self.contributions)},
+                "replayed": {c_node: c.replayed for c_node, c in zip(self.nodes, self.contributions)},
+                "release_ids": {c_node: c.release_id for c_node, c in zip(self.nodes, self.contributions)},
+                "bytes": self.bytes, "params": params.params_doc()}
+
+
+def secure_aggregate(fds: "FederatedDataset", op: HEOp, epsilon: float, *, mode: NoiseMode = "distributed",
+                     aggregator: str | None = None) -> SecureAggregate:
+    """Run one secure-aggregation session over every node of ``fds``; returns the decrypted noisy total.
+
+    Privacy guarantee: each node charges ``epsilon`` to your grant there and
+    releases only a ciphertext, to the aggregator. In ``distributed`` mode the
+    decrypted total is epsilon-DP if every node is honest (the noise shares add
+    up to one discrete Laplace); in ``conservative`` mode each node's share is
+    epsilon-DP on its own. You never receive a single node's partial.
+    """
+    if mode not in ("distributed", "conservative"):
+        raise InvalidQuery("mode is 'distributed' or 'conservative'.", code="invalid_query")
+    handles = list(fds.handles)
+    if len(handles) < 2:
+        raise InvalidQuery("A secure sum needs at least two nodes.", code="privacy_violation")
+    k = len(handles)
+    # Say the price and check every node first: nothing is charged if one is down or refuses.
+    local_plan = plan(fds.schema, op, k, epsilon, mode)
+    url = _aggregator_url(handles, aggregator)
+    for h in handles:
+        body = {"op": op.model_dump(mode="json"), "epsilon": epsilon, "mode": mode, "parties": k}
+        if h.grant_id is not None:
+            body["grant_id"] = h.grant_id
+        preview = HEPreview.model_validate(_node_call(h, "POST", h._path("/he/preview"), json=body))
+        if preview.epsilon_left_before is not None and preview.epsilon_left_before < epsilon:
+            raise BudgetExceeded(f"Your grant on {h.node.url} has epsilon {preview.epsilon_left_before:g} left, "
+                                 f"less than {epsilon:g}; nothing was charged on any node.", code="budget_exceeded",
+                                 details={"node": h.node.url})
+    parties = [h.node.name for h in handles]
+    context = params.new_context()
+    public = params.public_bytes(context)
+    agg = AggregatorClient(url)
+    try:
+        created = SessionCreated.model_validate(agg.request("POST", "/sessions", json={
+            "dataset": fds.name, "op": op.model_dump(mode="json"), "epsilon": epsilon, "mode": mode,
+            "parties": parties, "context": params.b64encode(public)}))
+
+        def ask(h: "RemoteDataset") -> ContributeResponse:
+            body = {"aggregator_url": url, "session_id": created.session_id, "request_id": uuid.uuid4().hex}
+            if h.grant_id is not None:
+                body["grant_id"] = h.grant_id
+            return ContributeResponse.model_validate(
+                _node_call(h, "POST", h._path("/he/contribute"), json=body, retries=3))
+
+        with ThreadPoolExecutor(max_workers=min(8, k)) as pool:
+            futures = [pool.submit(ask, h) for h in handles]
+            replies, failures, charged = [], [], []
+            for h, f in zip(handles, futures):
+                try:
+                    replies.append(f.result())
+                    charged.append(h.node.url)
+                except WorkbenchError as exc:
+                    failures.append((h.node.url, exc))
+        if failures:
+            url0, exc = failures[0]
+            raise type(exc)(f"Node {url0} did not contribute: {exc.message} "
+                            f"(other nodes may have been charged; repeat the call to replay their part for free).",
+                            code=exc.code, details={"node": url0, "failed": [u for u, _ in failures],
+                                                    "charged": charged})
+        result = SessionResult.model_validate(agg.request(
+            "GET", f"/sessions/{created.session_id}/result", headers={"X-Result-Token": created.result_token}))
+        raw = params.b64decode(result.ciphertext, params.MAX_CIPHERTEXT_BYTES, "ciphertext")
+        import tenseal as ts
+
+        totals = [int(v) for v in ts.bfv_vector_from(context, raw).decrypt()][:len(local_plan.slots)]
+        sizes = {"context": len(public), "ciphertext_per_node": replies[0].ciphertext_bytes if replies else 0,
+                 "analyst_sent": agg.bytes_sent, "analyst_received": agg.bytes_received}
+    finally:
+        agg.close()
+    return SecureAggregate(local_plan, totals, parties, [h.node.url for h in handles], url, created.session_id,
+                           replies, sizes)
+
+
+def _rounding_slack(p: EncodingPlan, rows: int) -> list[float]:
+    """Per slot, in output units: the most per-row rounding can move a total (0.5 unit per row per node)."""
+    return [0.0 if d == 0 else p.parties * rows * 0.5 / 10 ** d for d in p.decimals]
+
+
+def secure_sum(fds: "FederatedDataset", columns: list[str] | str, epsilon: float, *, count: bool = False,
+               mode: NoiseMode = "distributed", aggregator: str | None = None, alpha: float = 0.05) -> pd.DataFrame:
+    """Noisy totals of ``columns`` over every node, computed under encryption.
+
+    Returns one row per column (and ``count``): ``estimate``, ``lower``,
+    ``upper`` (a ``1 - alpha`` interval for the noise and fixed-point rounding,
+    per statistic; clipping to the public bounds is not included).
+
+    Privacy guarantee: see :func:`secure_aggregate`; epsilon is split evenly
+    over the columns, and every node is charged ``epsilon`` once.
+    """
+    columns = [columns] if isinstance(columns, str) else list(columns)
+    op = HEOp(kind="sum", columns=columns, count=count)
+    agg = secure_aggregate(fds, op, epsilon, mode=mode, aggregator=aggregator)
+    p = agg.plan
+    values = agg.values()
+    half = [h / 10 ** d for h, d in zip(noise_half_width(p, alpha), p.decimals)]
+    slack = _rounding_slack(p, fds.schema.max_rows)
+    frame = pd.DataFrame({"statistic": [f"sum({c})" for c in columns] + (["count"] if count else []),
+                          "estimate": values, "lower": values - np.array(half) - np.array(slack),
+                          "upper": values + np.array(half) + np.array(slack)})
+    frame.attrs.update(agg.attrs())
+    frame.attrs.update({"kind": "secure_sum", "alpha": alpha, "columns": columns})
+    return frame
+
+
+# ---------------------------------------------------------------- regression
+
+
+def _unpack(p: EncodingPlan, values: np.ndarray, n_x: int) -> tuple[np.ndarray, np.ndarray, float]:
+    q = n_x + 1
+    xx = np.zeros((q, q))
+    i = 0
+    for r in range(q):
+        for c in range(r, q):
+            xx[r, c] = xx[c, r] = values[i]
+            i += 1
+    xy = values[i:i + q]
+    yy = float(values[i + q])
+    return xx, xy, yy
+
+
+def _nearest_pd(a: np.ndarray, floor: float) -> tuple[np.ndarray, bool]:
+    """Symmetric ``a`` with eigenvalues raised to at least ``floor`` (noise can break positive definiteness)."""
+    w, v = np.linalg.eigh((a + a.T) / 2)
+    if w.min() >= floor:
+        return a, False
+    return (v * np.maximum(w, floor)) @ v.T, True
+
+
+def solve_regression(p: EncodingPlan, values: np.ndarray, x: list[str]) -> dict:
+    """OLS from noisy standardized sufficient statistics, mapped back to the original units (post-processing)."""
+    xx, xy, yy = _unpack(p, values, len(x))
+    n = xx[0, 0]
+    q = len(x) + 1
+    if n <= q + 1:
+        raise InvalidQuery("Too few rows (noisy count) for this regression.", code="invalid_query")
+    xx_pd, repaired = _nearest_pd(xx, floor=max(1.0, 1e-6 * n))
+    beta = np.linalg.solve(xx_pd, xy)
+    rss = max(yy - 2 * beta @ xy + beta @ xx_pd @ beta, 1e-12 * n)
+    sigma2 = rss / (n - q)
+    cov = sigma2 * np.linalg.inv(xx_pd)
+    # z_y = (y - c_y)/h_y, z_j = (x_j - c_j)/h_j  =>  y = c_y + h_y (b0 + sum b_j (x_j - c_j)/h_j)
+    c_y, h_y = p.centres[0], p.halves[0]
+    cs, hs = np.array(p.centres[1:]), np.array(p.halves[1:])
+    t = np.zeros((q, q))
+    t[0, 0] = h_y
+    t[0, 1:] = -h_y * cs / hs
+    t[1:, 1:] = np.diag(h_y / hs)
+    coef = t @ beta
+    coef[0] += c_y
+    cov_orig = t @ cov @ t.T
+    return {"coef": coef, "se": np.sqrt(np.maximum(np.diag(cov_orig), 0)), "n": n, "sigma": math.sqrt(sigma2) * h_y,
+            "repaired": repaired, "cov": cov_orig}
+
+
+def linear_regression(fds: "FederatedDataset", y: str, x: list[str] | str, epsilon: float, *,
+                      mode: NoiseMode = "distributed", aggregator: str | None = None,
+                      alpha: float = 0.05) -> pd.DataFrame:
+    """Federated OLS of ``y`` on ``x`` (with intercept) from HE-aggregated, DP-noised X'X and X'y.
+
+    Every variable is clipped to its public bounds and standardized with them
+    (``(v - mid) / half_range``, so each product lies in [-1, 1]); each node
+    packs the upper triangle of Z'Z, Z'y and y'y in one ciphertext, with noise.
+    The kernel solves the normal equations and maps the coefficients back to the
+    original units. Standard errors are the classical OLS ones computed from the
+    noisy statistics (``sigma^2 (X'X)^-1``): they ignore the DP noise and the
+    clipping, so treat them as approximate (see docs/federation.md).
+
+    Privacy guarantee: as :func:`secure_aggregate`; epsilon is split evenly over
+    the packed statistics; each node is charged ``epsilon`` once.
+    """
+    x = [x] if isinstance(x, str) else list(x)
+    op = HEOp(kind="linreg", y=y, x=x)
+    agg = secure_aggregate(fds, op, epsilon, mode=mode, aggregator=aggregator)
+    fit = solve_regression(agg.plan, agg.values(), x)
+    from scipy import stats
+
+    q = len(x) + 1
+    dof = max(fit["n"] - q, 1)
+    z = float(stats.t.ppf(1 - alpha / 2, dof))
+    frame = pd.DataFrame({"coef": fit["coef"], "std_err": fit["se"],
+                          "lower": fit["coef"] - z * fit["se"], "upper": fit["coef"] + z * fit["se"]},
+                         index=pd.Index(["intercept"] + x, name="term"))
+    frame.attrs.update(agg.attrs())
+    frame.attrs.update({"kind": "linear_regression", "y": y, "x": x, "n_noisy": float(fit["n"]),
+                        "sigma": fit["sigma"], "alpha": alpha, "xx_repaired": fit["repaired"],
+                        "note": "Standard errors ignore the DP noise and clipping: approximate."})
+    return frame

@@ -1,0 +1,214 @@
+"""The node half of secure aggregation: trusted aggregators, preview, and contribute.
+
+``POST /datasets/{name}/he/contribute`` (analyst): the node reads the session
+(op, epsilon, noise mode, parties, public context) from an aggregator its owner
+trusts, vets the context in a worker, charges the analyst's grant through the
+gate (channel ``he``), computes its noisy contribution in a worker, encrypts it
+under the analyst's public key and sends the ciphertext *to the aggregator*.
+The analyst's response names the release and the ciphertext's hash, never a
+value or a ciphertext.
+
+Privacy guarantee: see :mod:`workbench.he.node_compute`. The contribution is
+charged (epsilon, 0) before it is computed; the identical question (same op,
+mode, epsilon, party set and aggregator) replays the stored noisy values,
+re-encrypted under the new session's key, for free, so repeating a session
+reveals nothing new.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import httpx
+from fastapi import APIRouter
+
+from ..errors import (ComputationFailed, ConnectionFailed, InvalidQuery, NotAuthorized, NotFound, WorkbenchError,
+                      error_class_for)
+from ..node.catalog import DatasetEntry
+from ..node.ledger import Cost, choose_grant
+from ..node.routes import Caller, Service
+from ..node.service import NodeService
+from ..protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
+from .params import params_doc
+from .spec import (AggregatorEntry, ContributeRequest, ContributeResponse, HEPreview, HEPreviewRequest, SessionSpec,
+                   plan)
+
+router = APIRouter(tags=["he"])
+MIN_PARTIES = 2
+_lock = threading.Lock()
+
+
+# ---------------------------------------------------------------- trusted aggregators (owner-managed)
+
+
+def _trust_file(service: NodeService) -> Path:
+    return service.config.node.state_dir / "he_aggregators.json"
+
+
+def trusted(service: NodeService) -> dict[str, dict]:
+    path = _trust_file(service)
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save(service: NodeService, entries: dict) -> None:
+    path = _trust_file(service)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(entries, fh)
+    os.replace(tmp, path)
+
+
+@router.get("/he/aggregators")
+def list_aggregators(service: Service, caller: Caller) -> dict:
+    """The aggregators this node's owner trusts (URLs only), and the pinned HE parameters."""
+    return {"aggregators": [{"name": n, "url": e["url"]} for n, e in sorted(trusted(service).items())],
+            "params": params_doc(), "min_parties": MIN_PARTIES}
+
+
+@router.put("/he/aggregators/{name}")
+def put_aggregator(name: str, body: AggregatorEntry, service: Service, caller: Caller) -> dict:
+    """Owner only: trust an aggregator (its URL, and the token this node presents to it)."""
+    caller.require("owner")
+    if not name.replace("-", "").replace("_", "").isalnum() or len(name) > 64:
+        raise InvalidQuery("Aggregator names are letters, digits, '-' and '_'.", code="invalid_query")
+    with _lock:
+        entries = trusted(service)
+        entries[name] = {"url": body.url.rstrip("/"), "token": body.token}
+        _save(service, entries)
+    from ..node import audit
+
+    with service.store.transaction() as session:
+        audit.append(session, caller.name, "he_aggregator_trusted", None, name=name, url=body.url.rstrip("/"))
+    return {"name": name, "url": body.url.rstrip("/")}
+
+
+@router.delete("/he/aggregators/{name}")
+def delete_aggregator(name: str, service: Service, caller: Caller) -> dict:
+    """Owner only: stop trusting an aggregator."""
+    caller.require("owner")
+    with _lock:
+        entries = trusted(service)
+        if entries.pop(name, None) is None:
+            raise NotFound(f"No trusted aggregator named {name!r}.", code="not_found")
+        _save(service, entries)
+    return {"removed": name}
+
+
+def _aggregator_for(service: NodeService, url: str) -> dict:
+    url = url.rstrip("/")
+    for entry in trusted(service).values():
+        if entry["url"] == url:
+            return entry
+    raise NotAuthorized(f"This node does not trust the aggregator at {url[:100]}; its owner must add it "
+                        "(PUT /v1/he/aggregators/NAME).", code="untrusted_aggregator")
+
+
+def _call(entry: dict, method: str, path: str, json_body: dict | None = None) -> dict:
+    headers = {"Authorization": f"Bearer {entry['token']}", PROTOCOL_HEADER: PROTOCOL_VERSION}
+    try:
+        response = httpx.request(method, entry["url"] + "/v1" + path, json=json_body, headers=headers,
+                                 timeout=httpx.Timeout(60.0, connect=5.0))
+    except httpx.HTTPError as exc:
+        raise ConnectionFailed(f"The node cannot reach the aggregator at {entry['url']}: {type(exc).__name__}.",
+                               code="node_unreachable") from None
+    if response.status_code >= 400:
+        try:
+            body = response.json()
+            code, message = str(body["code"]), str(body["message"])[:300]
+        except Exception:  # noqa: BLE001
+            raise ComputationFailed(f"The aggregator answered HTTP {response.status_code}.") from None
+        raise error_class_for(code)(f"Aggregator: {message}", code=code)
+    try:
+        return response.json()
+    except ValueError:
+        raise ComputationFailed("The aggregator's answer is not JSON.") from None
+
+
+# ---------------------------------------------------------------- preview and contribute
+
+
+def _epsilon_cap(service: NodeService, epsilon: float) -> None:
+    limit = service.config.node.max_epsilon_per_release
+    if epsilon > limit:
+        raise InvalidQuery(f"This node caps one release at epsilon={limit:g}.", code="bad_epsilon")
+
+
+def _task(entry: DatasetEntry, op: dict, enc: dict) -> dict:
+    return {"info": entry.info.model_dump(mode="json"), "op": op, "plan": enc, "path": str(entry.path),
+            "format": entry.config.file_format}
+
+
+@router.post("/datasets/{name}/he/preview", response_model=HEPreview)
+def he_preview(name: str, body: HEPreviewRequest, service: Service, caller: Caller) -> HEPreview:
+    """The encoding, noise scales and price of a secure-aggregation contribution. Spends nothing."""
+    entry = service.catalog.get(name)
+    caller.require("analyst", "owner")
+    _epsilon_cap(service, body.epsilon)
+    enc = plan(entry.info, body.op, body.parties, body.epsilon, body.mode)
+    left = grant_id = None
+    if entry.info.tier == "private":
+        with service.store.transaction() as session:
+            grant = choose_grant(session, caller.name, entry.name, body.grant_id)
+            grant_id, left = grant.id, max(grant.epsilon - grant.epsilon_spent, 0.0)
+    return HEPreview(dataset=entry.name, dataset_version=entry.version, epsilon=body.epsilon, grant_id=grant_id,
+                     epsilon_left_before=left, slots=enc.slots, decimals=enc.decimals, noise_scale=enc.noise_scale,
+                     max_abs_per_node=enc.max_abs_per_node, params=params_doc())
+
+
+@router.post("/datasets/{name}/he/contribute", response_model=ContributeResponse)
+def contribute(name: str, body: ContributeRequest, service: Service, caller: Caller) -> ContributeResponse:
+    """Charge, compute, encrypt and send this node's noisy contribution to the session's aggregator."""
+    entry = service.catalog.get(name)
+    caller.require("analyst", "owner")
+    try:
+        aggregator = _aggregator_for(service, body.aggregator_url)
+    except WorkbenchError as exc:
+        service.gate.refuse(caller, entry.name, exc, channel="he", attempted="contribute")
+        raise
+    try:
+        spec = SessionSpec.model_validate(_call(aggregator, "GET", f"/sessions/{body.session_id}"))
+    except ValueError:
+        raise ComputationFailed("The aggregator's session description is malformed.") from None
+    if spec.dataset != entry.name:
+        raise InvalidQuery(f"The session is about dataset {spec.dataset!r}, not {entry.name!r}.",
+                           code="invalid_query")
+    if spec.you not in spec.parties or len(set(spec.parties)) != len(spec.parties):
+        raise InvalidQuery("This node is not a party of that session.", code="invalid_query")
+    if len(spec.parties) < MIN_PARTIES:
+        raise NotAuthorized(f"A secure sum needs at least {MIN_PARTIES} parties, so no single node's value can be "
+                            "decrypted.", code="privacy_violation")
+    _epsilon_cap(service, spec.epsilon)
+    enc = plan(entry.info, spec.op, len(spec.parties), spec.epsilon, spec.mode)
+    checked = service.pool.run("workbench.he.params:check_context", {"context": spec.context})
+    if checked["context_sha256"] != spec.context_sha256:
+        raise InvalidQuery("The session's context does not match its hash.", code="bad_context")
+    op = spec.op.model_dump(mode="json")
+    question = {"op": op, "mode": spec.mode, "parties": sorted(spec.parties), "aggregator": aggregator["url"],
+                "plan": enc.model_dump(mode="json")}
+    task = _task(entry, op, enc.model_dump(mode="json"))
+    outcome = service.gate.release(
+        caller, entry, "he", f"secure_{spec.op.kind}", question, Cost(spec.epsilon, 0.0),
+        compute=lambda: service.pool.run("workbench.he.node_compute:noisy_contribution", task),
+        grant_id=body.grant_id, request_id=body.request_id)
+    # Charged above; only now is the (noisy) contribution encrypted and released, to the aggregator only.
+    sealed = service.pool.run("workbench.he.params:encrypt",
+                              {"context": spec.context, "values": outcome.result["values"]})
+    try:
+        _call(aggregator, "POST", f"/sessions/{body.session_id}/contributions", {"ciphertext": sealed["ciphertext"]})
+    except WorkbenchError as exc:
+        raise ComputationFailed(f"The contribution was charged but the aggregator refused it ({exc.code}); "
+                                "asking again in a new session with the same parties replays it for free.",
+                                code="computation_failed") from None
+    return ContributeResponse(dataset=entry.name, dataset_version=entry.version, session_id=body.session_id,
+                              release_id=outcome.release_id, replayed=outcome.replayed, epsilon=outcome.cost.epsilon,
+                              epsilon_charged=outcome.charged.epsilon, grant_id=outcome.grant_id,
+                              ciphertext_sha256=sealed["sha256"], ciphertext_bytes=sealed["bytes"])
