@@ -1,0 +1,84 @@
+"""One node's part of one training round, run in a worker process next to the data.
+
+Privacy guarantee: for a privacy unit that contributes at most ``k`` rows,
+every value this function returns is post-processing of Gaussian mechanisms
+on sums with bounded L2 sensitivity (add/remove one person):
+
+* the row count (sensitivity ``k``), noise ``N(0, (k·σ_count)²)`` — first round only;
+* the metric sums of the incoming model (per-row loss clipped to [0, 1] after
+  scaling, and correct/incorrect: sensitivity ``k·√2``), noise ``k·√2·σ_metrics``;
+* each local step's sum of per-row gradients clipped to L2 norm ``C``
+  (sensitivity ``k·C``), noise ``k·C·σ_grad`` per coordinate.
+
+The σ's come from :func:`workbench.fl.accountant.plan_job`, which composes
+them exactly (Gaussian DP); the node charges the round through the gate before
+this runs. The un-noised sums never leave this function. Noise is drawn from a
+generator seeded by the OS (``secrets``), never from global NumPy state.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from .trainers import FeatureMap, get_trainer
+
+__all__ = ["local_round"]
+
+
+def _load(payload: dict, fmap: FeatureMap) -> tuple[np.ndarray, np.ndarray]:
+    columns = list(dict.fromkeys([*fmap.x, fmap.y]))
+    if payload["format"] == "csv":
+        lf = pl.scan_csv(payload["path"])
+    else:
+        lf = pl.scan_parquet(payload["path"])
+    frame = lf.select(columns).collect()
+    raw = {c: frame[c].to_numpy() if frame[c].dtype.is_numeric() else frame[c].to_list() for c in fmap.x}
+    X = fmap.transform(raw)
+    y = fmap.target(frame[fmap.y].to_list())
+    keep = ~np.isnan(y)  # rows without a target are skipped (a public rule, applied the same everywhere)
+    return X[keep], y[keep]
+
+
+def local_round(payload: dict[str, Any]) -> dict[str, Any]:
+    """Noisy local training from the incoming global weights; returns only noised quantities."""
+    trainer = get_trainer(payload["model"])
+    fmap = FeatureMap.from_dict(payload["features"])
+    hp = payload["hyperparameters"]
+    k = float(payload["max_contributions"])
+    rng = np.random.default_rng(secrets.randbits(128))
+    X, y = _load(payload, fmap)
+    weights = [np.asarray(w, dtype=float) for w in payload["weights"]]
+
+    count = payload.get("count")
+    if count is None:
+        count = float(len(y) + rng.normal(0.0, k * payload["sigma_count"]))
+    n_hat = max(count, 1.0)
+
+    # Metrics of the incoming (global) model on this node's rows: noisy sums / noisy count.
+    sums = trainer.per_example_metrics(weights, X, y).sum(axis=0) if len(y) else np.zeros(2)
+    sums = sums + rng.normal(0.0, k * math.sqrt(2) * payload["sigma_metrics"], size=2)
+    metrics = {"loss": float(max(sums[0], 0.0) * trainer.loss_cap / n_hat)}
+    if trainer.task == "classification":
+        metrics["accuracy"] = float(min(max(sums[1] / n_hat, 0.0), 1.0))
+
+    # Local steps of noisy full-batch gradient descent (per-row clipping, Gaussian noise on the sum).
+    clip = hp["clip_norm"]
+    velocity = np.zeros(fmap.dim + 1)
+    for _ in range(payload["local_steps"]):
+        grads = trainer.per_example_grads(weights, X, y) if len(y) else np.zeros((0, fmap.dim + 1))
+        norms = np.linalg.norm(grads, axis=1)
+        grads = grads * np.minimum(1.0, clip / np.maximum(norms, 1e-12))[:, None]
+        total = grads.sum(axis=0) + rng.normal(0.0, k * clip * payload["sigma_grad"], size=fmap.dim + 1)
+        step = total / n_hat
+        step[:-1] += hp["l2"] * weights[0]
+        velocity = hp["momentum"] * velocity + step
+        weights[0] = weights[0] - hp["learning_rate"] * velocity[:-1]
+        weights[1] = weights[1] - hp["learning_rate"] * velocity[-1:]
+    bound = hp["weight_bound"]
+    weights = [np.clip(w, -bound, bound) for w in weights]
+    return {"weights": [w.tolist() for w in weights], "count": float(count), "metrics": metrics}

@@ -1,0 +1,224 @@
+"""The built-in trainers: models an owner can review, chosen by name with JSON hyperparameters.
+
+The analyst sends a trainer *name* and a small JSON object of hyperparameters;
+no code crosses the boundary. Each trainer is plain NumPy here, so an owner can
+read all of it. Features are scaled to [-1, 1] by the columns' PUBLIC bounds
+(bools to -1/1, categories one-hot from their PUBLIC category list); nothing
+about the scaling is derived from the data.
+
+Per-example gradients are computed in closed form, so the node can clip each
+person's contribution (DP-SGD style) before adding noise (see
+:func:`workbench.fl.local.local_round`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import InvalidQuery
+from ..protocol import ColumnInfo, DatasetInfo
+
+__all__ = ["Hyperparameters", "TRAINERS", "Trainer", "FeatureMap", "feature_map", "get_trainer"]
+
+
+class Hyperparameters(BaseModel):
+    """What an analyst may tune (JSON). Everything else is fixed by the trainer."""
+
+    model_config = ConfigDict(extra="forbid")
+    learning_rate: float = Field(2.0, gt=0, le=20)
+    local_steps: int = Field(10, ge=1, le=50)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    clip_norm: float = Field(1.0, gt=0, le=100)
+    l2: float = Field(1e-3, ge=0, le=10)
+    weight_bound: float = Field(8.0, gt=0, le=64)
+
+
+@dataclass(frozen=True)
+class FeatureMap:
+    """How raw columns become model inputs in [-1, 1] (public: bounds and categories only)."""
+
+    x: tuple[str, ...]
+    names: tuple[str, ...]
+    specs: tuple[tuple, ...]  # per x column: ("num", lo, hi) | ("bool",) | ("cat", categories)
+    y: str
+    y_spec: tuple
+
+    def as_dict(self) -> dict:
+        return {"x": list(self.x), "names": list(self.names), "specs": [list(s) for s in self.specs],
+                "y": self.y, "y_spec": list(self.y_spec)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureMap":
+        return cls(tuple(d["x"]), tuple(d["names"]), tuple(tuple(s) for s in d["specs"]), d["y"], tuple(d["y_spec"]))
+
+    @property
+    def dim(self) -> int:
+        return len(self.names)
+
+    def transform(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        """Raw column arrays → an (n, dim) float matrix in [-1, 1]; missing values become 0."""
+        parts = []
+        for name, spec in zip(self.x, self.specs):
+            raw = columns[name]
+            if spec[0] == "num":
+                lo, hi = spec[1], spec[2]
+                v = np.asarray(raw, dtype=float)
+                v = np.clip(2 * (v - lo) / (hi - lo) - 1, -1, 1)
+                parts.append(np.nan_to_num(v, nan=0.0)[:, None])
+            elif spec[0] == "bool":
+                v = np.array([np.nan if r is None else float(bool(r)) for r in raw], dtype=float)
+                parts.append(np.nan_to_num(2 * v - 1, nan=0.0)[:, None])
+            else:
+                cats = list(spec[1])
+                block = np.zeros((len(raw), len(cats)))
+                index = {c: i for i, c in enumerate(cats)}
+                for row, value in enumerate(raw):
+                    i = index.get(value)
+                    if i is not None:
+                        block[row, i] = 1.0
+                parts.append(block)
+        return np.hstack(parts) if parts else np.zeros((len(next(iter(columns.values()))), 0))
+
+    def target(self, raw) -> np.ndarray:
+        """The target column → floats: {0, 1} for classification, [-1, 1] for regression (NaN if missing)."""
+        kind = self.y_spec[0]
+        if kind == "binary":
+            positive = self.y_spec[1]
+            return np.array([np.nan if r is None else float(r == positive) for r in raw], dtype=float)
+        lo, hi = self.y_spec[1], self.y_spec[2]
+        v = np.array([np.nan if r is None else float(r) for r in raw], dtype=float)
+        return np.clip(2 * (v - lo) / (hi - lo) - 1, -1, 1)
+
+    def untarget(self, value: np.ndarray) -> np.ndarray:
+        """Regression predictions back to the target's units."""
+        lo, hi = self.y_spec[1], self.y_spec[2]
+        return (np.asarray(value) + 1) / 2 * (hi - lo) + lo
+
+
+def _column(info: DatasetInfo, name: str) -> ColumnInfo:
+    for column in info.columns:
+        if column.name == name:
+            return column
+    raise InvalidQuery(f"Dataset '{info.name}' has no column '{name}'.", code="unknown_column")
+
+
+def _x_spec(column: ColumnInfo) -> tuple[tuple, list[str]]:
+    if column.type in ("int", "float"):
+        if column.bounds is None:
+            raise InvalidQuery(f"Column '{column.name}' has no public bounds; a model cannot use it.",
+                               code="bad_bounds")
+        return ("num", float(column.bounds[0]), float(column.bounds[1])), [column.name]
+    if column.type == "bool":
+        return ("bool",), [column.name]
+    if column.type == "category" and column.categories:
+        if len(column.categories) > 64:
+            raise InvalidQuery(f"Column '{column.name}' has too many categories for a feature.", code="wrong_type")
+        return ("cat", list(column.categories)), [f"{column.name}={c}" for c in column.categories]
+    raise InvalidQuery(f"Column '{column.name}' ({column.type}) cannot be a model feature.", code="wrong_type")
+
+
+def feature_map(info: DatasetInfo, task: str, x: list[str], y: str) -> FeatureMap:
+    """Validate features and target against the PUBLIC schema and build the scaling."""
+    if not x:
+        raise InvalidQuery("Name at least one feature in x=[...].", code="invalid_query")
+    if y in x:
+        raise InvalidQuery(f"The target '{y}' cannot also be a feature.", code="invalid_query")
+    if len(set(x)) != len(x):
+        raise InvalidQuery("A feature is named twice in x.", code="invalid_query")
+    specs, names = [], []
+    for name in x:
+        column = _column(info, name)
+        if column.name == info.privacy_unit.id_column or column.type in ("id", "string"):
+            raise InvalidQuery(f"Column '{name}' is an identifier or free text; it cannot be a feature.",
+                               code="wrong_type")
+        spec, cols = _x_spec(column)
+        specs.append(spec)
+        names.extend(cols)
+    target = _column(info, y)
+    if task == "classification":
+        if target.type == "bool":
+            y_spec = ("binary", True)
+        elif target.type == "category" and target.categories and len(target.categories) == 2:
+            y_spec = ("binary", target.categories[1])
+        elif target.type == "int" and target.bounds is not None and tuple(target.bounds) == (0, 1):
+            y_spec = ("binary", 1)
+        else:
+            raise InvalidQuery(f"Logistic regression needs a two-valued target; '{y}' is {target.type}.",
+                               code="wrong_type")
+    else:
+        if target.type not in ("int", "float") or target.bounds is None:
+            raise InvalidQuery(f"Linear regression needs a numeric target with public bounds; '{y}' is not.",
+                               code="wrong_type")
+        y_spec = ("num", float(target.bounds[0]), float(target.bounds[1]))
+    return FeatureMap(tuple(x), tuple(names), tuple(specs), y, y_spec)
+
+
+# ---------------------------------------------------------------- the models
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1 + np.tanh(0.5 * z))
+
+
+@dataclass(frozen=True)
+class Trainer:
+    """A generalized linear model: weights = [coefficients (dim,), intercept (1,)]."""
+
+    name: str
+    task: str  # "classification" | "regression"
+    #: per-record loss is clipped to [0, loss_cap] before it is summed (bounded sensitivity)
+    loss_cap: float
+    link: Callable[[np.ndarray], np.ndarray]
+
+    def init(self, dim: int) -> list[np.ndarray]:
+        return [np.zeros(dim), np.zeros(1)]
+
+    def shapes(self, dim: int) -> list[tuple[int, ...]]:
+        return [(dim,), (1,)]
+
+    def predict_raw(self, weights: list[np.ndarray], X: np.ndarray) -> np.ndarray:
+        return self.link(X @ weights[0] + weights[1][0])
+
+    def per_example_grads(self, weights: list[np.ndarray], X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """(n, dim+1): gradient of each record's loss w.r.t. [coefficients, intercept]."""
+        residual = self.predict_raw(weights, X) - y
+        return np.hstack([X * residual[:, None], residual[:, None]])
+
+    def per_example_metrics(self, weights: list[np.ndarray], X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """(n, 2) in [0, 1]: clipped loss / loss_cap, and correct (classification) or 0."""
+        pred = self.predict_raw(weights, X)
+        if self.task == "classification":
+            p = np.clip(pred, 1e-12, 1 - 1e-12)
+            loss = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+            correct = ((pred >= 0.5) == (y >= 0.5)).astype(float)
+        else:
+            loss = (pred - y) ** 2
+            correct = np.zeros_like(loss)
+        return np.stack([np.clip(loss, 0, self.loss_cap) / self.loss_cap, correct], axis=1)
+
+
+TRAINERS: dict[str, Trainer] = {
+    "logistic_regression": Trainer("logistic_regression", "classification", 4.0, _sigmoid),
+    "linear_regression": Trainer("linear_regression", "regression", 4.0, lambda z: z),
+}
+
+
+def get_trainer(name: str) -> Trainer:
+    try:
+        return TRAINERS[name]
+    except KeyError:
+        raise InvalidQuery(f"Unknown model {name!r}; built-in models: {', '.join(sorted(TRAINERS))}. "
+                           "Other Flower apps need the node owner to allow their FAB hash.",
+                           code="fl_unknown_model") from None
+
+
+def hyperparameters(raw: dict[str, Any] | None) -> Hyperparameters:
+    try:
+        return Hyperparameters.model_validate(raw or {})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+        raise InvalidQuery(f"Bad hyperparameters: {problems}", code="invalid_query") from None
