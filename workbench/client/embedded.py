@@ -7,8 +7,11 @@ budgets survive a kernel restart, as they would on a real node.
 from __future__ import annotations
 
 import threading
+import warnings
 
-from starlette.testclient import TestClient
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # starlette nags about httpx; its in-process transport is what we want
+    from starlette.testclient import TestClient
 
 from .._version import __version__
 from ..config import data_home
