@@ -184,6 +184,7 @@ class Stats:
     statuses: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     leaked: int = 0
     wall: float = 0.0
+    cpu: "np.ndarray" = field(default_factory=lambda: np.zeros(2))  # node CPU seconds: (server, workers)
 
 
 class Analyst:
@@ -238,8 +239,30 @@ class Analyst:
         await self.http.aclose()
 
 
+def node_cpu(pid: int | None) -> tuple[float, float]:
+    """CPU seconds used so far by the node's process and by its workers: (server, workers)."""
+    if pid is None:
+        return np.zeros(2)
+    import psutil
+
+    try:
+        main = psutil.Process(pid)
+        own = main.cpu_times()
+        server = own.user + own.system
+        workers = 0.0
+        for child in main.children(recursive=True):
+            try:
+                t = child.cpu_times()
+                workers += t.user + t.system
+            except psutil.Error:
+                pass
+        return np.array([server, workers + own.children_user + own.children_system])
+    except psutil.Error:
+        return np.zeros(2)
+
+
 async def _phase(analysts: list[Analyst], mix: dict[str, float], seconds: float, max_requests: int,
-                 pool: list[dict]) -> Stats:
+                 pool: list[dict], node_pid: int | None = None) -> Stats:
     stats = Stats()
     deadline = time.monotonic() + seconds
     budget = {"left": max_requests}
@@ -256,9 +279,11 @@ async def _phase(analysts: list[Analyst], mix: dict[str, float], seconds: float,
             elif not await a.release_new(stats):
                 await a.replay(stats)
 
+    cpu0 = node_cpu(node_pid)
     t0 = time.perf_counter()
     await asyncio.gather(*(loop(a) for a in analysts))
     stats.wall = time.perf_counter() - t0
+    stats.cpu = node_cpu(node_pid) - cpu0
     return stats
 
 
@@ -286,7 +311,8 @@ async def _warm(analysts: list[Analyst], stats: Stats, n: int) -> None:
 
 
 async def drive(setup: Setup, seconds: float, max_requests: int, seed: int = 0,
-                mix: dict[str, float] | None = None, race_per_analyst: int = 3) -> dict[str, Stats]:
+                mix: dict[str, float] | None = None, race_per_analyst: int = 3,
+                node_pid: int | None = None) -> dict[str, Stats]:
     pool = question_pool()
     rng = random.Random(seed)
     analysts = [Analyst(n, t, setup.url, pool, random.Random(rng.getrandbits(32))) for n, t in setup.analysts.items()]
@@ -294,10 +320,10 @@ async def drive(setup: Setup, seconds: float, max_requests: int, seed: int = 0,
     try:
         phases["warm-up"] = Stats()
         await _warm(analysts, phases["warm-up"], 2)
-        phases["replay"] = await _phase(analysts, {"replay": 1.0}, seconds, max_requests, pool)
-        phases["release"] = await _phase(analysts, {"release": 1.0}, seconds, max_requests, pool)
+        phases["replay"] = await _phase(analysts, {"replay": 1.0}, seconds, max_requests, pool, node_pid)
+        phases["release"] = await _phase(analysts, {"release": 1.0}, seconds, max_requests, pool, node_pid)
         phases["mixed"] = await _phase(analysts, mix or {"preview": 0.6, "replay": 0.3, "release": 0.1}, seconds,
-                                       max_requests, pool)
+                                       max_requests, pool, node_pid)
         phases["race"] = await _race(analysts, race_per_analyst)
     finally:
         await asyncio.gather(*(a.close() for a in analysts))
@@ -370,18 +396,22 @@ def summarize(phases: dict[str, Stats]) -> list[dict]:
     for phase, stats in phases.items():
         for kind, lat in sorted(stats.latencies.items()):
             arr = np.asarray(lat) * 1000
+            total = sum(len(v) for v in stats.latencies.values())
             rows.append({"phase": phase, "kind": kind, "n": len(lat),
                          "per_s": len(lat) / stats.wall if stats.wall else float("nan"),
+                         "server_cpu_ms": 1000 * stats.cpu[0] / total if total else float("nan"),
+                         "worker_cpu_ms": 1000 * stats.cpu[1] / total if total else float("nan"),
                          "p50_ms": float(np.percentile(arr, 50)), "p99_ms": float(np.percentile(arr, 99)),
                          "errors": sum(v for k, v in stats.errors.items() if k.startswith(kind + ":"))})
     return rows
 
 
 def print_table(rows: list[dict], file=sys.stdout) -> None:
-    print(f"{'phase':8s} {'kind':8s} {'n':>7s} {'req/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s} {'refused':>8s}", file=file)
+    print(f"{'phase':8s} {'kind':8s} {'n':>7s} {'req/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s} {'refused':>8s} "
+          f"{'node CPU ms/req':>16s} {'worker CPU ms/req':>18s}", file=file)
     for r in rows:
         print(f"{r['phase']:8s} {r['kind']:8s} {r['n']:7d} {r['per_s']:9.1f} {r['p50_ms']:9.1f} {r['p99_ms']:9.1f} "
-              f"{r['errors']:8d}", file=file)
+              f"{r['errors']:8d} {r['server_cpu_ms']:16.2f} {r['worker_cpu_ms']:18.2f}", file=file)
 
 
 @dataclass
@@ -435,7 +465,7 @@ def run(root: Path, rows: int, analysts: int, seconds: float, max_requests: int,
     setup = prepare(root, rows, analysts, workers=workers, data=data)
     proc = start_node(setup)
     try:
-        phases = asyncio.run(drive(setup, seconds, max_requests, seed=seed))
+        phases = asyncio.run(drive(setup, seconds, max_requests, seed=seed, node_pid=proc.pid))
     finally:
         stop_node(proc)
     ledger = ledger_report(setup.config_path)

@@ -76,7 +76,7 @@ def preview(name: str, body: DPRequest, service: Service, caller: Caller) -> DPP
     before = after = None
     grant_id = None
     if entry.info.tier == "private":
-        with service.store.transaction() as session:
+        with service.store.transaction("read") as session:
             grant = choose_grant(session, caller.name, entry.name, body.grant_id)
             grant_id = grant.id
             before = Budget(epsilon=max(grant.epsilon - grant.epsilon_spent, 0.0),
@@ -102,7 +102,7 @@ def release(name: str, body: DPRequest, service: Service, caller: Caller) -> DPR
         compute=lambda: service.pool.run(ENGINE, task), grant_id=body.grant_id, request_id=body.request_id)
     left = None
     if outcome.grant_id is not None:
-        with service.store.transaction() as session:
+        with service.store.transaction("read") as session:
             grant = session.get(Grant, outcome.grant_id)
             left = Budget(epsilon=max(grant.epsilon - grant.epsilon_spent, 0.0),
                           delta=max(grant.delta - grant.delta_spent, 0.0))

@@ -92,7 +92,7 @@ class TokenAuthority:
                                    code="not_authenticated") from None
         except jwt.PyJWTError:
             raise NotAuthenticated("The token is not valid for this node.", code="not_authenticated") from None
-        with self._store.transaction() as session:
+        with self._store.transaction("read") as session:
             user = session.query(User).filter_by(name=claims["sub"]).one_or_none()
             if user is None or user.disabled or user.token_version != claims.get("ver"):
                 raise NotAuthenticated("The token has been revoked.", code="not_authenticated")

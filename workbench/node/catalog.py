@@ -74,6 +74,7 @@ class Catalog:
 
     def refresh(self) -> None:
         """Re-read any dataset whose file changed since it was last seen."""
+        changed = False
         with self._lock:
             for name, ds in self.config.datasets.items():
                 try:
@@ -96,7 +97,9 @@ class Catalog:
                 self._problems.pop(name, None)
                 self._stamps[name] = stamp
                 self._entries[name] = DatasetEntry(name, ds, ds.public_info(name, version))
-            self._save_cache()
+                changed = True
+            if changed:
+                self._save_cache()
 
     def _version(self, name: str, ds: DatasetConfig, stamp: tuple[int, int]) -> str:
         key = f"{ds.path}|{stamp[0]}|{stamp[1]}"

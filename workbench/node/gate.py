@@ -71,7 +71,7 @@ class ReleaseGate:
 
     def has_answer(self, principal: Principal, entry: DatasetEntry, qhash: str) -> bool:
         """Whether this user already received the answer to this question (a replay would be free)."""
-        with self.store.transaction() as session:
+        with self.store.transaction("read") as session:
             return session.execute(select(Release.id).where(
                 Release.user_name == principal.name, Release.dataset == entry.name,
                 Release.dataset_version == entry.version, Release.spec_hash == qhash)).first() is not None
@@ -112,7 +112,8 @@ class ReleaseGate:
                 self._fail(principal, entry, charge_id, "computation_failed")
                 raise ComputationFailed("The computation failed; the charge for it stands.") from None
             charged = Cost(0.0, 0.0) if free else cost
-            with self.store.transaction() as session:
+            # "light": the charge is already durable; losing this record to a power cut keeps it charged.
+            with self.store.transaction("light") as session:
                 charge = session.get(Charge, charge_id, with_for_update=True)
                 charge.state, charge.finished_at = "committed", utcnow()
                 stored = Release(charge_id=charge_id, user_name=principal.name, dataset=entry.name,
@@ -127,7 +128,7 @@ class ReleaseGate:
 
     def _replay(self, principal: Principal, entry: DatasetEntry, qhash: str, request_id: str | None, channel: str,
                 kind: str) -> Outcome | None:
-        with self.store.transaction() as session:
+        with self.store.transaction("light") as session:  # a replay moves no budget: no fsync
             stored = None
             if request_id is not None:
                 charge = session.execute(select(Charge).where(Charge.user_name == principal.name,
@@ -154,7 +155,7 @@ class ReleaseGate:
 
     def _fail(self, principal: Principal, entry: DatasetEntry, charge_id: int, code: str) -> None:
         """The computation failed after the reservation: the charge stands (conservative)."""
-        with self.store.transaction() as session:
+        with self.store.transaction("light") as session:
             charge = session.get(Charge, charge_id, with_for_update=True)
             charge.state, charge.finished_at = "failed", utcnow()
             audit.append(session, principal.name, "release_failed", entry.name, charge_id=charge_id, code=code)
@@ -170,7 +171,7 @@ class ReleaseGate:
             return len(stale)
 
     def dataset_left(self, dataset: str) -> tuple[float, float]:
-        with self.store.transaction() as session:
+        with self.store.transaction("read") as session:
             cap = session.get(DatasetBudget, dataset)
             if cap is None:
                 return 0.0, 0.0

@@ -9,6 +9,7 @@ serialize instead of overspending.
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -138,8 +139,8 @@ class AuditHead(Base):
 GENESIS_HASH = "0" * 64
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, full sync and serialized writers."""
+def make_engine(url: str, synchronous: str = "FULL", immediate: bool = True) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, full sync (or ``synchronous``) and serialized writers."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -151,39 +152,63 @@ def make_engine(url: str) -> Engine:
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
             cursor.execute("PRAGMA busy_timeout=60000")
             cursor.close()
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn):  # pragma: no cover - driver hook
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
     return create_engine(url, pool_size=20, max_overflow=40, pool_pre_ping=True)
 
 
 class Store:
-    """Owns the engine and hands out transactions."""
+    """Owns the engine and hands out transactions.
+
+    On a SQLite file, writers of this process queue on a Python lock (SQLite's
+    own busy handler sleeps up to 100 ms between retries), and three
+    connection pools serve three kinds of transaction: ``durable`` (the
+    default; fsync at commit: anything that moves budget), ``light`` (no
+    fsync: survives a crash of the node process, may lose its last records on
+    power loss; for records that move no budget, e.g. replays) and ``read``.
+    """
 
     def __init__(self, url: str):
         self.url = url
         self.engine = make_engine(url)
         Base.metadata.create_all(self.engine)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        engines = {"durable": self.engine, "light": self.engine, "read": self.engine}
+        self._write_lock: threading.RLock | None = None
+        if url.startswith("sqlite") and url.split("///", 1)[-1] not in ("", ":memory:"):
+            engines["light"] = make_engine(url, synchronous="NORMAL")
+            engines["read"] = make_engine(url, synchronous="NORMAL", immediate=False)
+            self._write_lock = threading.RLock()
+        self._engines = engines
+        self._makers = {mode: sessionmaker(e, expire_on_commit=False) for mode, e in engines.items()}
+        self._sessions = self._makers["durable"]
         with self.transaction() as session:
             if session.get(AuditHead, 1) is None:
                 session.add(AuditHead(id=1, last_seq=0, last_hash=GENESIS_HASH))
 
     @contextmanager
-    def transaction(self) -> Iterator[Session]:
-        """A session in one transaction: committed on success, rolled back on error."""
-        session = self._sessions()
+    def transaction(self, mode: str = "durable") -> Iterator[Session]:
+        """A session in one transaction: committed on success, rolled back on error.
+
+        ``mode``: ``durable`` (default), ``light`` or ``read`` (see the class docstring).
+        """
+        lock = self._write_lock if mode != "read" else None
+        if lock is not None:
+            lock.acquire()
+        session = self._makers[mode]()
         try:
             with session.begin():
                 yield session
         finally:
             session.close()
+            if lock is not None:
+                lock.release()
 
     def sync_dataset_budgets(self, caps: dict[str, tuple[float, float]]) -> None:
         """Create or update each dataset's lifetime cap from the config (spending is kept)."""
@@ -196,4 +221,5 @@ class Store:
                     row.epsilon_cap, row.delta_cap = eps, delta
 
     def dispose(self) -> None:
-        self.engine.dispose()
+        for engine in {id(e): e for e in self._engines.values()}.values():
+            engine.dispose()
