@@ -34,7 +34,7 @@ def _failure_details(failures) -> dict:
     """The stable error code a node sent back (the forwarder encodes it as JSON in the error text)."""
     for failure in failures:
         text = str(failure if isinstance(failure, BaseException) else getattr(failure[1], "status", failure))
-        match = re.search(r"workbench-error (\{.*?\})", text)
+        match = re.search(r"workbench-error (\{.*\})", text)
         if match:
             try:
                 return json.loads(match.group(1))

@@ -1,9 +1,17 @@
-"""The embedded engine: Flower's simulation runtime (Ray) in this process, nodes reached over HTTP.
+"""The embedded engine: Flower's simulation runtime in this process, nodes reached over HTTP.
 
-Ray is started with few CPUs, no dashboard, loopback only, its files under a
-private temporary folder, and shut down after the job. Embedded demo nodes
-(``wb.connect()``) are served on a loopback port for the job's duration so
-the Ray actors can reach them.
+Flower's simulation runtime (``run_simulation``: in-memory SuperLink state,
+grid and message queues) runs the ServerApp in this process. Its *backend*,
+which executes the ClientApps, is by default a small thread backend
+(``backend="thread"``): our ClientApp only forwards each message to its node
+over HTTP, so Ray's actor processes buy nothing, and on a loaded 2-core
+machine Ray's start-up failed outright (its dashboard agent missed a 16 s
+deadline; see docs/federated_learning.md). ``backend="ray"`` runs Flower's
+stock Ray backend instead: few CPUs, no dashboard, loopback only, files under
+a private temporary folder, shut down after the job.
+
+Embedded demo nodes (``wb.connect()``) are served on a loopback port for the
+job's duration so the ClientApps reach them the same way as remote nodes.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import socket
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator
 
 from .forward import NodeLink, simulation_client_app
@@ -25,7 +33,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["flower_env", "run_simulation_job", "serve_embedded"]
 
-_ray_lock = threading.Lock()
+_sim_lock = threading.Lock()
 
 
 @contextmanager
@@ -48,8 +56,56 @@ def flower_env() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _thread_backend_class():
+    from flwr.clientapp.client_app import ClientAppException
+    from flwr.server.superlink.fleet.vce.backend import Backend
+
+    class ThreadBackend(Backend):
+        """Runs ClientApps in the simulation runtime's own worker threads (no Ray)."""
+
+        def __init__(self, backend_config) -> None:
+            super().__init__(backend_config)
+            init = backend_config.get("init_args", {}) if backend_config else {}
+            self._workers = max(1, int(init.get("num_cpus", 2)))
+            self.app_fn = None
+
+        def build(self, app_fn) -> None:
+            self.app_fn = app_fn
+
+        @property
+        def num_workers(self) -> int:
+            return self._workers
+
+        def is_worker_idle(self) -> bool:
+            return True
+
+        def terminate(self) -> None:
+            pass
+
+        def process_message(self, message, context):
+            try:
+                return self.app_fn()(message=message, context=context), context
+            except Exception as ex:  # noqa: BLE001 - reported to the ServerApp as an error reply
+                raise ClientAppException(str(ex)) from ex
+
+    return ThreadBackend
+
+
+@contextmanager
+def _thread_backend() -> Iterator[None]:
+    """Swap Flower's Ray backend for the thread backend while one simulation runs."""
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+
+    original = raybackend.RayBackend
+    raybackend.RayBackend = _thread_backend_class()
+    try:
+        yield
+    finally:
+        raybackend.RayBackend = original
+
+
 def run_simulation_job(links: list[NodeLink], config: dict, sink: Callable[[dict], None],
-                       num_cpus: int = 2) -> None:
+                       num_cpus: int = 2, backend: str = "thread") -> None:
     """Run one job on Flower's simulation engine; events go to ``sink``."""
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
@@ -60,28 +116,36 @@ def run_simulation_job(links: list[NodeLink], config: dict, sink: Callable[[dict
     def _main(grid, context) -> None:
         run_server(grid, context, config, sink)
 
-    cpus = max(1, min(num_cpus, len(links)))
-    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-               "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False,
-                             "_node_ip_address": "127.0.0.1", "logging_level": logging.ERROR,
-                             "log_to_driver": False, "configure_logging": True}}
-    with _ray_lock, flower_env() as root:
-        backend["init_args"]["_temp_dir"] = os.path.join(root, "ray")
+    if backend not in ("thread", "ray"):
+        raise ValueError("backend must be 'thread' or 'ray'")
+    if backend == "thread":
+        backend_config = {"init_args": {"num_cpus": max(1, len(links))}}
+    else:
+        backend_config = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                          "init_args": {"num_cpus": max(1, min(num_cpus, len(links))), "num_gpus": 0,
+                                        "include_dashboard": False, "_node_ip_address": "127.0.0.1",
+                                        "logging_level": logging.ERROR, "log_to_driver": False}}
+    with _sim_lock, flower_env() as root, ExitStack() as stack:
+        if backend == "thread":
+            stack.enter_context(_thread_backend())
+        else:
+            backend_config["init_args"]["_temp_dir"] = os.path.join(root, "ray")
         flwr_logger = logging.getLogger("flwr")
         level = flwr_logger.level
-        flwr_logger.setLevel(logging.WARNING)
+        flwr_logger.setLevel(logging.CRITICAL)
         try:
             run_simulation(server_app=server_app, client_app=simulation_client_app(links),
-                           num_supernodes=len(links), backend_config=backend)
+                           num_supernodes=len(links), backend_config=backend_config)
         finally:
             flwr_logger.setLevel(level)
-            try:
-                import ray
+            if backend == "ray":
+                try:
+                    import ray
 
-                if ray.is_initialized():
-                    ray.shutdown()
-            except Exception:  # noqa: BLE001
-                pass
+                    if ray.is_initialized():
+                        ray.shutdown()
+                except Exception:  # noqa: BLE001
+                    pass
 
 
 def _free_port() -> int:
