@@ -8,16 +8,21 @@ stable ``code``; the client re-raises it as the same class::
     ├── ProtocolMismatch   protocol_unsupported
     ├── NotAuthenticated   not_authenticated
     ├── NotAuthorized      not_authorized, no_grant, grant_expired,
-    │                      untrusted_aggregator
-    │   └── PrivacyError   privacy_violation
-    ├── BudgetExceeded     budget_exceeded, dataset_budget_exceeded
+    │                      untrusted_aggregator, fl_fab_not_allowed,
+    │                      self_approval, purpose_not_allowed, not_approved
+    │   └── PrivacyError   privacy_violation, fl_secagg_required,
+    │                      fl_secagg_unsafe
+    ├── BudgetExceeded     budget_exceeded, dataset_budget_exceeded,
+    │                      fl_rounds_exhausted
     ├── InvalidQuery       invalid_query, unknown_column, bad_bounds,
     │                      bad_epsilon, wrong_type, invalid_body,
     │                      invalid_config, request_id_conflict,
     │                      grant_ambiguous, method_not_allowed, schema_mismatch,
     │                      bad_context, bad_ciphertext, would_overflow,
-    │                      session_closed
-    ├── NotFound           unknown_dataset, not_found
+    │                      session_closed, fl_unknown_model,
+    │                      fl_message_refused, fl_secagg_needs_nodes,
+    │                      fl_job_stale, not_pending, stale_review
+    ├── NotFound           unknown_dataset, not_found, fl_unknown_job
     ├── PayloadTooLarge    payload_too_large
     ├── NotSupported       not_supported
     └── ComputationFailed  computation_failed, computation_timeout,
@@ -125,6 +130,9 @@ _BY_CODE: dict[str, type[WorkbenchError]] = {
     "not_authorized": NotAuthorized,
     "no_grant": NotAuthorized,
     "grant_expired": NotAuthorized,
+    "self_approval": NotAuthorized,
+    "purpose_not_allowed": NotAuthorized,
+    "not_approved": NotAuthorized,
     "untrusted_aggregator": NotAuthorized,
     "privacy_violation": PrivacyError,
     "budget_exceeded": BudgetExceeded,
@@ -139,6 +147,8 @@ _BY_CODE: dict[str, type[WorkbenchError]] = {
     "request_id_conflict": InvalidQuery,
     "grant_ambiguous": InvalidQuery,
     "schema_mismatch": InvalidQuery,
+    "not_pending": InvalidQuery,
+    "stale_review": InvalidQuery,
     "method_not_allowed": InvalidQuery,
     "bad_context": InvalidQuery,
     "bad_ciphertext": InvalidQuery,
@@ -153,6 +163,16 @@ _BY_CODE: dict[str, type[WorkbenchError]] = {
     "computation_timeout": ComputationFailed,
     "internal_error": ComputationFailed,
     "session_incomplete": ComputationFailed,
+    # federated learning (workbench.fl)
+    "fl_fab_not_allowed": NotAuthorized,
+    "fl_secagg_required": PrivacyError,
+    "fl_secagg_unsafe": PrivacyError,
+    "fl_rounds_exhausted": BudgetExceeded,
+    "fl_unknown_model": InvalidQuery,
+    "fl_message_refused": InvalidQuery,
+    "fl_secagg_needs_nodes": InvalidQuery,
+    "fl_job_stale": InvalidQuery,
+    "fl_unknown_job": NotFound,
 }
 
 

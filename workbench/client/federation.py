@@ -128,6 +128,14 @@ class FederatedDataset:
 
         return linear_regression(self, y, x, epsilon, **options)
 
+    # ---------------------------------------------------------------- federated learning (workbench.fl)
+
+    def train(self, model: str, y: str, x: list[str], **options):
+        """Train a built-in model with Flower; only DP-noised updates leave a node (:func:`workbench.fl.client.train`)."""
+        from ..fl.client import train
+
+        return train(self, model, y, x, **options)
+
     def __repr__(self) -> str:
         return f"<FederatedDataset {self.name!r} on {len(self.handles)} nodes>"
 

@@ -71,6 +71,30 @@ class _TooLarge(Exception):
     pass
 
 
+class ProtocolCheck:
+    """Pure ASGI middleware: refuse a protocol version this node does not speak, in one sentence.
+
+    (Replaces a ``BaseHTTPMiddleware``, which cost a task group and a stream per request.)
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            wanted = PROTOCOL_HEADER.lower().encode()
+            for key, value in scope.get("headers") or []:
+                if key == wanted:
+                    asked = value.decode("latin-1")
+                    if asked not in SUPPORTED_PROTOCOLS:
+                        return await error_response(
+                            400, "protocol_unsupported",
+                            f"This node speaks Workbench protocol {', '.join(SUPPORTED_PROTOCOLS)}, not "
+                            f"{asked[:16]!r}; upgrade the side that is older.")(scope, receive, send)
+                    break
+        return await self.app(scope, receive, send)
+
+
 def create_app(service: NodeService) -> FastAPI:
     from . import routes
     from ..dp import node_routes as dp_routes
@@ -84,16 +108,6 @@ def create_app(service: NodeService) -> FastAPI:
         redoc_url=None,
     )
     app.state.service = service
-
-    @app.middleware("http")
-    async def protocol_check(request: Request, call_next):
-        asked = request.headers.get(PROTOCOL_HEADER)
-        if asked is not None and asked not in SUPPORTED_PROTOCOLS:
-            return error_response(
-                400, "protocol_unsupported",
-                f"This node speaks Workbench protocol {', '.join(SUPPORTED_PROTOCOLS)}, not {asked[:16]!r}; "
-                "upgrade the side that is older.")
-        return await call_next(request)
 
     @app.exception_handler(WorkbenchError)
     async def _workbench_error(_request: Request, exc: WorkbenchError):
@@ -130,5 +144,15 @@ def create_app(service: NodeService) -> FastAPI:
     from ..he import node_routes as he_routes
 
     app.include_router(he_routes.router, prefix="/v1")
+    from ..fl import node_routes as fl_routes
+
+    app.include_router(fl_routes.router, prefix="/v1")
+    app.add_middleware(ProtocolCheck)
+    from . import governance_routes
+
+    app.include_router(governance_routes.router, prefix="/v1")
     app.add_middleware(BodyLimit, limit=service.config.node.max_body_bytes)
+    from .metrics import install as install_metrics
+
+    install_metrics(app, service)  # outermost: counts every request, 413s included (/metrics, /v1/metrics)
     return app

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import InvalidQuery
+from ..fl.config import FLSection
 from ..protocol import Budget, ColumnInfo, DatasetInfo, DatasetName, Identifier, PrivacyUnit
 
 
@@ -82,6 +83,7 @@ class NodeSection(_Config):
 class NodeConfig(_Config):
     node: NodeSection = NodeSection()
     datasets: dict[DatasetName, DatasetConfig] = Field(default_factory=dict)
+    fl: FLSection = FLSection()  # optional [fl] table: SuperNode + allowed Flower apps (workbench.fl.config)
 
     @classmethod
     def load(cls, path: str | Path) -> "NodeConfig":
