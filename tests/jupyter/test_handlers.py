@@ -45,7 +45,7 @@ async def test_nodes_probes_every_configured_node(jp_fetch, three_nodes):
 
     assert nodes["offline"]["status"] == "down"
     assert nodes["offline"]["error"]["code"] == "node_unreachable"
-    assert nodes["badtoken"]["status"] == "down"
+    assert nodes["badtoken"]["status"] == "error"  # reachable, but refused the token
     assert nodes["badtoken"]["error"]["code"] == "not_authenticated"
 
     # Tokens stay in the Jupyter server.

@@ -10,7 +10,7 @@ token, and URLs are shown without credentials.
 
 Endpoints (all ``GET``, all JSON)::
 
-    workbench/nodes                      configured nodes, probed: up/down, version, user, role
+    workbench/nodes                      configured nodes, probed: up/down/error, version, user, role
     workbench/catalog?node=NAME          {"node", "datasets": [catalogue rows]}
     workbench/datasets/<name>?node=NAME  the dataset's public schema (DatasetInfo)
     workbench/grants?node=NAME           {"node", "grants": [my grants with epsilon spent/left]}
@@ -269,6 +269,8 @@ class NodesHandler(BaseHandler):
         try:
             info = await self.run(self.clients.call, conn, lambda node: node.info())
         except wb.WorkbenchError as error:
+            # down: nothing answers; error: the node answered but refused (token, protocol).
+            entry["status"] = "down" if isinstance(error, wb.ConnectionFailed) else "error"
             entry["error"] = {"code": error.code, "message": _redact(str(error), conn)}
             return entry
         except Exception as error:  # a bug or an odd network error: still a readable "down"

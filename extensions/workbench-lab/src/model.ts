@@ -17,7 +17,8 @@ export interface IErrorInfo {
 export interface INodeStatus {
   name: string;
   url: string;
-  status: 'up' | 'down';
+  /** up; down (unreachable); error (reachable, but refused us: token, protocol). */
+  status: 'up' | 'down' | 'error';
   version?: string | null;
   protocol?: string | null;
   user?: string | null;

@@ -267,15 +267,9 @@ export class WorkbenchPanel extends Widget {
     const selected = nodes.find(n => n.name === m.selectedNode);
     const bannerError =
       top ?? (selected && selected.status !== 'up' ? selected.error : null);
+    const haveData = [m.catalog, m.grants, m.history].some(x => x.data !== null);
     this._banner.replaceChildren(
-      ...(bannerError
-        ? [
-            errorBox(
-              bannerError,
-              !!m.nodes.data
-            )
-          ]
-        : [])
+      ...(bannerError ? [errorBox(bannerError, top ? !!m.nodes.data : haveData)] : [])
     );
 
     this._nodes.update([m.nodes, m.selectedNode], () => this._renderNodes());
@@ -298,7 +292,7 @@ export class WorkbenchPanel extends Widget {
   /** What an empty section says while the node is down (the banner says why). */
   private _staleNotice(section: ISection<unknown>, stale: boolean): HTMLElement | null {
     return stale && section.data === null
-      ? notice('Not available while the node is unreachable.')
+      ? notice('Not available (see the message above).')
       : null;
   }
 
@@ -362,7 +356,9 @@ export class WorkbenchPanel extends Widget {
             ]
               .filter(x => x)
               .join(' · ')
-          : 'down'
+          : n.status === 'down'
+            ? 'down'
+            : (ERROR_TITLES[n.error?.code ?? ''] ?? 'error').toLowerCase()
       )
     );
     const select = () => {
@@ -407,7 +403,12 @@ export class WorkbenchPanel extends Widget {
           title: d.description ? String(d.description) : d.name,
           tabindex: '0'
         },
-        h('td', {}, h('span', { class: 'jp-WorkbenchPanel-caret' }, isOpen ? '▾' : '▸'), d.name),
+        h(
+          'td',
+          { class: 'jp-WorkbenchPanel-datasetName' },
+          h('span', { class: 'jp-WorkbenchPanel-caret' }, isOpen ? '▾' : '▸'),
+          d.name
+        ),
         h('td', {}, h('span', { class: 'jp-WorkbenchPanel-tier' }, formatValue(d.tier))),
         h('td', {}, formatValue(d.licence))
       );
@@ -468,22 +469,33 @@ export class WorkbenchPanel extends Widget {
       );
     }
     box.appendChild(h('p', { class: 'jp-WorkbenchPanel-facts jp-WorkbenchPanel-muted' }, ...facts));
-    const rows = (info.columns ?? []).map(c =>
-      h(
+    const rows = (info.columns ?? []).map(c => {
+      const range =
+        c.categories && c.categories.length
+          ? c.categories.map(x => String(x)).join(', ')
+          : c.bounds !== null && c.bounds !== undefined
+            ? formatBounds(c.bounds)
+            : '';
+      return h(
         'tr',
-        { title: c.description ? String(c.description) : '' },
-        h('td', { class: 'jp-WorkbenchPanel-colName' }, c.name),
-        h('td', {}, formatValue(c.type)),
+        { 'data-column': c.name },
         h(
           'td',
           {},
-          c.categories && c.categories.length
-            ? c.categories.map(x => String(x)).join(', ')
-            : formatBounds(c.bounds)
+          h('span', { class: 'jp-WorkbenchPanel-colName' }, c.name),
+          c.description
+            ? h('div', { class: 'jp-WorkbenchPanel-colDesc' }, String(c.description))
+            : null
+        ),
+        h(
+          'td',
+          {},
+          h('span', { class: 'jp-WorkbenchPanel-colType' }, formatValue(c.type)),
+          range ? h('div', { class: 'jp-WorkbenchPanel-colRange' }, range) : null
         )
-      )
-    );
-    box.appendChild(table(['Column', 'Type', 'Bounds / categories'], rows));
+      );
+    });
+    box.appendChild(table(['Column', 'Type and range'], rows));
     return box;
   }
 
