@@ -241,6 +241,8 @@ class FederatedQuery:
         var = np.zeros(bins)
         z_alpha = math.log(1 / alpha)
         for _h, _p, f in frames:
+            # Rows come sorted by their label text ("[10, 11)" before "[2, 3)"): order them by lower edge.
+            f = f.assign(_lo=[float(str(b)[1:].split(",")[0]) for b in f["bin"]]).sort_values("_lo")
             counts += np.clip(f["estimate"].to_numpy(dtype=float), 0, None)
             half = (f["upper"] - f["estimate"]).to_numpy(dtype=float)
             var += 2 * (half / z_alpha) ** 2  # Laplace variance from its alpha half-width

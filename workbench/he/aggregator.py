@@ -233,17 +233,19 @@ class Aggregator:
 # ---------------------------------------------------------------- the app
 
 
+def _aggregator_of(request: Request) -> Aggregator:
+    return request.app.state.aggregator
+
+
+Agg = Annotated[Aggregator, Depends(_aggregator_of)]
+
+
 def create_aggregator_app(aggregator: Aggregator) -> FastAPI:
     app = FastAPI(title=f"Workbench aggregator: {aggregator.name}", version=__version__,
                   description="Adds encrypted contributions from Workbench nodes; holds no decryption key.",
                   openapi_url="/v1/openapi.json", docs_url="/v1/docs", redoc_url=None)
     app.state.aggregator = aggregator
     router = APIRouter(prefix="/v1")
-
-    def agg(request: Request) -> Aggregator:
-        return request.app.state.aggregator
-
-    Agg = Annotated[Aggregator, Depends(agg)]
 
     @app.exception_handler(WorkbenchError)
     async def _wb(_r: Request, exc: WorkbenchError):

@@ -59,7 +59,8 @@ def exact_sums(info: DatasetInfo, op: HEOp, plan: EncodingPlan, lf: pl.LazyFrame
     else:
         names = [op.y] + list(op.x)
         z = {n: (_clipped(info, n) - c) / h for n, c, h in zip(names, plan.centres, plan.halves)}
-        regressors = [pl.lit(1.0)] + [z[n] for n in op.x]
+        one = z[op.y] * 0.0 + 1.0  # a per-row 1 (a bare literal would sum to 1, not to the row count)
+        regressors = [one] + [z[n] for n in op.x]
         terms = [regressors[i] * regressors[j] for i in range(len(regressors)) for j in range(i, len(regressors))]
         terms += [r * z[op.y] for r in regressors] + [z[op.y] * z[op.y]]
         for term, d in zip(terms, plan.decimals):

@@ -1,0 +1,332 @@
+"""Federation end to end: three real node processes and a real aggregator process on loopback."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import polars as pl
+import pytest
+
+import workbench as wb
+from tests.conftest import free_port, launch
+from workbench.he.aggregator import add_node
+
+HOSPITALS = ("hospital_a", "hospital_b", "hospital_c")
+
+
+def _start_aggregator(state: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "aggregator", "serve", "--state", str(state),
+                             "--port", str(port)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(proc.stderr.read().decode()[-2000:])
+        try:
+            if httpx.get(url + "/v1/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise RuntimeError("aggregator did not start")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("federation")
+    from concurrent.futures import ThreadPoolExecutor
+
+    state = root / "aggregator"
+    tokens = {h.replace("_", "-"): add_node(state, h.replace("_", "-")) for h in HOSPITALS}
+    with ThreadPoolExecutor(4) as pool:  # start the four processes side by side
+        agg_future = pool.submit(_start_aggregator, state)
+        nodes = list(pool.map(lambda h: launch(root / h, h), HOSPITALS))
+        proc, agg_url = agg_future.result()
+    for node, name in zip(nodes, tokens):
+        r = httpx.put(f"{node.url}/v1/he/aggregators/main", json={"url": agg_url, "token": tokens[name]},
+                      headers={"Authorization": f"Bearer {node.owner_token}"})
+        assert r.status_code == 200, r.text
+    handles = [wb.connect(n.url, token=n.analyst_token) for n in nodes]
+    data = pl.concat([_read(_data_path(n.config_path)) for n in nodes])
+    yield {"nodes": nodes, "handles": handles, "fed": wb.federation(handles), "agg_url": agg_url, "agg": proc,
+           "pooled": data, "root": root}
+    for h in handles:
+        h.close()
+    for n in nodes:
+        n.stop()
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+
+
+def _data_path(config_path: Path) -> Path:
+    import tomllib
+
+    raw = tomllib.loads(config_path.read_text())
+    return (config_path.parent / raw["datasets"]["patients"]["path"]).resolve()
+
+
+def _read(path: Path) -> pl.DataFrame:
+    return pl.read_csv(path) if path.suffix == ".csv" else pl.read_parquet(path)
+
+
+def _spent(handle, dataset="patients") -> float:
+    return handle.dataset(dataset).budget()["epsilon_spent"]
+
+
+# ---------------------------------------------------------------- federated DP
+
+
+def test_federated_mean_count_charged_once_and_replay_free(env):
+    fed = env["fed"]
+    pooled = env["pooled"]
+    ds = fed.dataset("patients")
+    before = [_spent(h) for h in env["handles"]]
+    preview = ds.mean("age").preview(epsilon=0.2)
+    assert [_spent(h) for h in env["handles"]] == before, "a preview spends nothing"
+    assert set(preview.nodes["node"]) == {n.url for n in env["nodes"]}
+
+    df = ds.mean("age").release(epsilon=0.2)
+    truth = pooled["age"].mean()
+    est = df["estimate"].iloc[0]
+    assert abs(est - truth) < 1.0
+    assert df["lower"].iloc[0] <= truth <= df["upper"].iloc[0]
+    assert df.attrs["nodes"] == [n.url for n in env["nodes"]] and df.attrs["missing_nodes"] == []
+    after = [_spent(h) for h in env["handles"]]
+    assert [a - b for a, b in zip(after, before)] == pytest.approx([0.2] * 3), "each node charged exactly once"
+
+    again = ds.mean("age").release(epsilon=0.2)
+    assert again.attrs["replayed"] and again["estimate"].iloc[0] == est
+    assert [_spent(h) for h in env["handles"]] == pytest.approx(after), "a replay is free"
+
+    count = ds.count().release(epsilon=0.3)
+    assert abs(count["estimate"].iloc[0] - pooled.height) < 150
+    assert count["lower"].iloc[0] <= pooled.height <= count["upper"].iloc[0]
+
+
+def test_federated_group_by_histogram_quantile(env):
+    ds = env["fed"].dataset("patients")
+    pooled = env["pooled"]
+    by_sex = ds.group_by("sex").count().release(epsilon=0.2)
+    truth = dict(pooled.group_by("sex").len().iter_rows())
+    for row in by_sex.itertuples():
+        assert abs(row.estimate - truth[row.sex]) < 150
+        assert row.nodes_reporting == 3
+    hist = ds.histogram("diagnosis").release(epsilon=0.2)
+    assert hist["estimate"].sum() == pytest.approx(pooled.height, abs=400)
+    median = ds.median("age").release(epsilon=0.3)
+    assert abs(median["estimate"].iloc[0] - pooled["age"].median()) < 2.0
+    assert median["lower"].iloc[0] <= median["estimate"].iloc[0] <= median["upper"].iloc[0]
+    means = ds.group_by("smoker").mean("bmi").release(epsilon=0.2)
+    truth_bmi = dict(pooled.group_by("smoker").agg(pl.col("bmi").mean()).iter_rows())
+    for row in means.itertuples():
+        assert abs(row.estimate - truth_bmi[row.smoker]) < 0.5
+
+
+# ---------------------------------------------------------------- secure aggregation (HE)
+
+
+def test_secure_sum_matches_pooled_total(env):
+    ds = env["fed"].dataset("patients")
+    pooled = env["pooled"]
+    before = [_spent(h) for h in env["handles"]]
+    df = ds.secure_sum(["cost", "visits"], epsilon=0.2, count=True)
+    after = [_spent(h) for h in env["handles"]]
+    assert [a - b for a, b in zip(after, before)] == pytest.approx([0.2] * 3)
+    truth = {"sum(cost)": pooled["cost"].sum(), "sum(visits)": pooled["visits"].sum(), "count": pooled.height}
+    for row in df.itertuples():
+        assert row.lower <= truth[row.statistic] <= row.upper, row
+    cost = df.set_index("statistic").loc["sum(cost)", "estimate"]
+    assert abs(cost - truth["sum(cost)"]) / truth["sum(cost)"] < 0.01
+    assert df.attrs["aggregator"] == env["agg_url"] and df.attrs["mode"] == "distributed"
+    assert df.attrs["parties"] == ["hospital-a", "hospital-b", "hospital-c"]
+
+    conservative = ds.secure_sum("visits", epsilon=0.2, mode="conservative")
+    assert conservative["lower"].iloc[0] <= truth["sum(visits)"] <= conservative["upper"].iloc[0]
+
+
+def test_secure_sum_replay_is_free_and_same_total(env):
+    ds = env["fed"].dataset("patients")
+    first = ds.secure_sum("age", epsilon=0.1)
+    spent = [_spent(h) for h in env["handles"]]
+    second = ds.secure_sum("age", epsilon=0.1)
+    assert [_spent(h) for h in env["handles"]] == pytest.approx(spent)
+    assert all(second.attrs["replayed"].values())
+    assert second["estimate"].iloc[0] == first["estimate"].iloc[0], "the same noisy total, re-encrypted"
+    assert second.attrs["session_id"] != first.attrs["session_id"]
+
+
+def test_linear_regression_close_to_pooled_ols(env):
+    ds = env["fed"].dataset("patients")
+    pooled = env["pooled"].with_columns(pl.col("bmi").fill_null(35.0), pl.col("cost").fill_null(25_000.0),
+                                        pl.col("age").fill_null(50))
+    x = np.column_stack([np.ones(pooled.height), pooled["age"].to_numpy(), pooled["bmi"].to_numpy()])
+    y = pooled["cost"].to_numpy()
+    beta, *_ = np.linalg.lstsq(x, y, rcond=None)
+    resid = y - x @ beta
+    se = np.sqrt(np.diag(resid @ resid / (len(y) - 3) * np.linalg.inv(x.T @ x)))
+    before = [_spent(h) for h in env["handles"]]
+    fit = ds.linear_regression(y="cost", x=["age", "bmi"], epsilon=0.5)
+    assert [_spent(h) - b for h, b in zip(env["handles"], before)] == pytest.approx([0.5] * 3)
+    assert list(fit.index) == ["intercept", "age", "bmi"]
+    for term, b, s in zip(fit.index, beta, se):
+        assert abs(fit.loc[term, "coef"] - b) < max(4 * s, 0.05 * abs(b)), (term, fit.loc[term, "coef"], b, s)
+        assert fit.loc[term, "std_err"] == pytest.approx(s, rel=0.5)
+    assert fit.attrs["epsilon_charged"] == {n.url: 0.5 for n in env["nodes"]}
+
+
+# ---------------------------------------------------------------- what flows over the wire
+
+
+def _session(env, op=None, parties=None):
+    from workbench.he import params
+
+    ctx = params.new_context()
+    body = {"dataset": "patients", "op": op or {"kind": "sum", "columns": ["visits"]}, "epsilon": 0.1,
+            "parties": parties or ["hospital-a", "hospital-b", "hospital-c"],
+            "context": params.b64encode(params.public_bytes(ctx))}
+    r = httpx.post(env["agg_url"] + "/v1/sessions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    return ctx, r.json()
+
+
+def test_analyst_never_sees_a_partial_and_aggregator_cannot_decrypt(env):
+    import tenseal as ts
+
+    ctx, created = _session(env)
+    node, handle = env["nodes"][0], env["handles"][0]
+    r = httpx.post(f"{node.url}/v1/datasets/patients/he/contribute",
+                   json={"aggregator_url": env["agg_url"], "session_id": created["session_id"]},
+                   headers={"Authorization": f"Bearer {node.analyst_token}"}, timeout=120)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    # The node's answer to the analyst: hashes and accounting only, no values, no ciphertext.
+    assert set(body) == {"dataset", "dataset_version", "session_id", "release_id", "replayed", "epsilon",
+                         "epsilon_charged", "grant_id", "ciphertext_sha256", "ciphertext_bytes"}
+    assert len(r.content) < 1000
+    # The aggregator will not hand out the total before every party contributed, nor any single ciphertext.
+    result = httpx.get(f"{env['agg_url']}/v1/sessions/{created['session_id']}/result",
+                       headers={"X-Result-Token": created["result_token"]})
+    assert result.status_code == 503 and result.json()["code"] == "session_incomplete"
+    assert "ciphertext" not in result.text
+    # The analyst cannot read the session as if it were a node (no node token), nor forge a contribution.
+    assert httpx.get(f"{env['agg_url']}/v1/sessions/{created['session_id']}").status_code == 401
+    forged = httpx.post(f"{env['agg_url']}/v1/sessions/{created['session_id']}/contributions",
+                        json={"ciphertext": "AAAA"}, headers={"Authorization": "Bearer analyst-guess"})
+    assert forged.status_code == 401
+    # The history endpoint carries no values either.
+    history = handle.history()
+    assert "values" not in history.to_json()
+    # A one-party session is refused at the aggregator.
+    from workbench.he import params
+
+    one = httpx.post(env["agg_url"] + "/v1/sessions", json={
+        "dataset": "patients", "op": {"kind": "sum", "columns": ["visits"]}, "epsilon": 0.1,
+        "parties": ["hospital-a"], "context": params.b64encode(params.public_bytes(ctx))}, timeout=60)
+    assert one.status_code == 403 and one.json()["code"] == "privacy_violation"
+    # The aggregator's view: a ciphertext under the analyst's public context cannot be decrypted with it.
+    pub = ts.context_from(params.public_bytes(ctx))
+    vec = ts.bfv_vector(pub, [123])
+    with pytest.raises(Exception):
+        vec.decrypt()
+
+
+def test_node_refuses_untrusted_aggregator_before_charging(env):
+    node, handle = env["nodes"][1], env["handles"][1]
+    before = _spent(handle)
+    r = httpx.post(f"{node.url}/v1/datasets/patients/he/contribute",
+                   json={"aggregator_url": "http://127.0.0.1:9", "session_id": "x" * 32},
+                   headers={"Authorization": f"Bearer {node.analyst_token}"})
+    assert r.status_code == 403 and r.json()["code"] == "untrusted_aggregator"
+    assert _spent(handle) == before
+
+
+@pytest.mark.parametrize("case", ["secret", "galois", "wrong_params", "garbage", "oversized"])
+def test_crafted_contexts_refused_4xx_and_nodes_keep_serving(env, case):
+    import tenseal as ts
+
+    from workbench.he import params
+
+    if case == "secret":
+        raw = params.new_context().serialize(save_secret_key=True)
+    elif case == "galois":
+        ctx = params.new_context()
+        ctx.generate_galois_keys()
+        pub = ctx.copy()
+        pub.make_context_public()
+        raw = pub.serialize(save_galois_keys=True)
+    elif case == "wrong_params":
+        ctx = ts.context(ts.SCHEME_TYPE.BFV, poly_modulus_degree=4096, plain_modulus=1032193)
+        raw = params.public_bytes(ctx)
+    elif case == "garbage":
+        raw = os.urandom(5000)
+    else:
+        raw = os.urandom(params.MAX_CONTEXT_BYTES + 10)
+    body = {"dataset": "patients", "op": {"kind": "sum", "columns": ["visits"]}, "epsilon": 0.1,
+            "parties": ["hospital-a", "hospital-b"], "context": base64.b64encode(raw).decode()}
+    r = httpx.post(env["agg_url"] + "/v1/sessions", json=body, timeout=60)
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+    assert r.json()["code"] in ("bad_context", "payload_too_large")
+    assert httpx.get(env["agg_url"] + "/v1/health").status_code == 200
+
+
+def test_crafted_ciphertexts_refused_at_the_aggregator(env):
+    from workbench.he import params
+
+    ctx, created = _session(env, parties=["hospital-a", "hospital-b"])
+    token = add_node(env["root"] / "aggregator", "hospital-a")  # rotate: act as node A towards the aggregator
+    try:
+        url = f"{env['agg_url']}/v1/sessions/{created['session_id']}/contributions"
+        auth = {"Authorization": f"Bearer {token}"}
+        import tenseal as ts
+
+        wrong_len = params.b64encode(ts.bfv_vector(ctx, [1, 2, 3]).serialize())
+        good = ts.bfv_vector(ctx, [5]).serialize()
+        flipped = bytearray(good)
+        for i in range(0, len(flipped), 97):
+            flipped[i] ^= 0xFF
+        for text in ["!!!notbase64", params.b64encode(os.urandom(2000)), wrong_len,
+                     params.b64encode(bytes(flipped[:300]))]:
+            r = httpx.post(url, json={"ciphertext": text}, headers=auth, timeout=60)
+            assert 400 <= r.status_code < 500, (r.status_code, r.text)
+        big = httpx.post(url, content=b"{" + b" " * 900_000 + b"}", headers={**auth, "content-type": "application/json"})
+        assert big.status_code == 413
+        assert httpx.get(env["agg_url"] + "/v1/health").status_code == 200
+    finally:
+        # give node A its registration back (the session fixture's token no longer works after the rotation)
+        new = add_node(env["root"] / "aggregator", "hospital-a")
+        node = env["nodes"][0]
+        r = httpx.put(f"{node.url}/v1/he/aggregators/main", json={"url": env["agg_url"], "token": new},
+                      headers={"Authorization": f"Bearer {node.owner_token}"})
+        assert r.status_code == 200
+
+
+# ---------------------------------------------------------------- a node is down (keep last: it stops one)
+
+
+def test_node_down_clear_error_or_partial(env):
+    ds = env["fed"].dataset("patients")
+    env["nodes"][2].stop()
+    before = [_spent(h) for h in env["handles"][:2]]
+    with pytest.raises(wb.ConnectionFailed) as err:
+        ds.mean("visits").release(epsilon=0.1)
+    assert env["nodes"][2].url in str(err.value)
+    assert [_spent(h) for h in env["handles"][:2]] == before, "nothing charged when a node is down"
+    with pytest.raises(wb.ConnectionFailed) as err:
+        ds.secure_sum("visits", epsilon=0.1)
+    assert env["nodes"][2].url in str(err.value)
+    assert [_spent(h) for h in env["handles"][:2]] == before
+    partial = ds.mean("visits").release(epsilon=0.1, allow_partial=True)
+    assert partial.attrs["missing_nodes"] == [env["nodes"][2].url]
+    assert partial.attrs["nodes"] == [n.url for n in env["nodes"][:2]]
