@@ -144,7 +144,13 @@ def create_app(service: NodeService) -> FastAPI:
     from ..he import node_routes as he_routes
 
     app.include_router(he_routes.router, prefix="/v1")
+    from ..fl import node_routes as fl_routes
+
+    app.include_router(fl_routes.router, prefix="/v1")
     app.add_middleware(ProtocolCheck)
+    from . import governance_routes
+
+    app.include_router(governance_routes.router, prefix="/v1")
     app.add_middleware(BodyLimit, limit=service.config.node.max_body_bytes)
     from .metrics import install as install_metrics
 
