@@ -7,7 +7,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,3 +165,49 @@ def app_client(service):
     client.service = service
     yield client
     client.close()
+
+
+# ---------------------------------------------------------------- both SQL backends
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory):
+    """A real PostgreSQL server: the one scripts/test started, or our own throwaway cluster."""
+    from tests import pg
+
+    url = os.environ.get("WORKBENCH_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    if not pg.available():
+        pytest.skip("PostgreSQL is not installed (scripts/setup --test installs it from Debian's packages)")
+    folder = Path(tempfile.mkdtemp(prefix="workbench-pg-"))
+    os.chmod(folder, 0o755)
+    url = pg.start(folder)
+    yield url
+    pg.stop(folder)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path):
+    """A fresh, empty database on each SQL backend (SQLite file; PostgreSQL database)."""
+    if request.param == "sqlite":
+        return None  # the node's default: SQLite in its state folder
+    from tests import pg
+
+    server = request.getfixturevalue("pg_server")
+    return pg.fresh_database(server, f"wb_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def backend_service(tmp_path, db_url):
+    """A NodeService on each SQL backend, with the demo accounts."""
+    from workbench.demo.nodes import ensure_accounts
+    from workbench.node.service import NodeService
+    from workbench.node.settings import NodeConfig
+
+    overrides = {"database_url": db_url} if db_url else {}
+    svc = NodeService(NodeConfig.load(make_config(tmp_path, **overrides)), start_workers=False)
+    svc.accounts = ensure_accounts(svc)
+    yield svc
+    svc.close()

@@ -188,6 +188,164 @@ def node_revoke(grant_id: int, config_path: str) -> None:
         service.close()
 
 
+def _owner(service, name: str):
+    """The owner acting through the CLI: must be an existing owner user (decisions are never anonymous)."""
+    from .errors import NotAuthorized
+    from .node.auth import Principal
+    from .node.store import User
+
+    with service.store.transaction("read") as session:
+        user = session.query(User).filter_by(name=name).one_or_none()
+    if user is None or user.role != "owner" or user.disabled:
+        raise NotAuthorized(f"{name!r} is not an owner of this node.", code="not_authorized")
+    return Principal(name=user.name, role=user.role)
+
+
+as_option = click.option("--as", "as_owner", required=True, envvar="WORKBENCH_OWNER",
+                         help="The owner deciding (an owner user of this node; or $WORKBENCH_OWNER).")
+
+
+@node.command("requests")
+@config_option
+@click.option("--status", type=click.Choice(["pending", "approved", "denied", "withdrawn"]), default=None)
+def node_requests(config_path: str, status: str | None) -> None:
+    """List access requests."""
+    from .node import governance
+    from .node.auth import Principal
+
+    service = _service(config_path)
+    try:
+        for r in governance.list_requests(service.store, Principal("owner-cli", "owner"), status):
+            click.echo(f"{r.request_id:4d} {r.status:9s} {r.user:12s} {r.dataset:14s} eps {r.epsilon:g} "
+                       f"delta {r.delta:g} {r.purpose!r} {r.note!r}" + (f" -> grant {r.grant_id}" if r.grant_id else "")
+                       + (f" ({r.reason})" if r.reason else ""))
+    finally:
+        service.close()
+
+
+@node.command("approve")
+@click.argument("request_id", type=int)
+@as_option
+@config_option
+@click.option("--epsilon", type=float, default=None, help="Grant less than asked (default: as asked).")
+@click.option("--delta", type=float, default=None)
+@click.option("--expires-days", type=float, default=None)
+@click.option("--reason", default="")
+def node_approve(request_id: int, as_owner: str, config_path: str, epsilon, delta, expires_days, reason) -> None:
+    """Approve an access request (creates the grant). Nobody approves their own request."""
+    from .node import governance
+    from .protocol import ApproveBody
+
+    service = _service(config_path)
+    try:
+        info = governance.approve_request(service.store, _owner(service, as_owner), request_id,
+                                          ApproveBody(epsilon=epsilon, delta=delta, expires_days=expires_days,
+                                                      reason=reason))
+        click.echo(f"request {request_id} approved: grant {info.grant_id} for {info.user} on {info.dataset}")
+    finally:
+        service.close()
+
+
+@node.command("deny")
+@click.argument("request_id", type=int)
+@as_option
+@config_option
+@click.option("--reason", required=True, help="Told to the analyst.")
+def node_deny(request_id: int, as_owner: str, config_path: str, reason: str) -> None:
+    """Deny an access request, with a reason."""
+    from .node import governance
+    from .protocol import DenyBody
+
+    service = _service(config_path)
+    try:
+        governance.deny_request(service.store, _owner(service, as_owner), request_id, DenyBody(reason=reason))
+        click.echo(f"request {request_id} denied")
+    finally:
+        service.close()
+
+
+@node.group("reviews")
+def reviews_group() -> None:
+    """Releases that DP does not cover, held for an owner's decision."""
+
+
+@reviews_group.command("list")
+@config_option
+@click.option("--status", type=click.Choice(["pending", "approved", "rejected"]), default="pending",
+              show_default=True)
+def reviews_list(config_path: str, status: str) -> None:
+    from .node import governance
+    from .node.auth import Principal
+
+    service = _service(config_path)
+    try:
+        for r in governance.list_reviews(service.store, Principal("owner-cli", "owner"), status):
+            click.echo(f"{r.review_id:4d} {r.status:9s} {r.user:12s} {r.dataset:14s} {r.channel}/{r.kind}")
+            click.echo("     would release: " + json.dumps(r.summary, default=str)[:2000])
+    finally:
+        service.close()
+
+
+def _decide_review(review_id: int, as_owner: str, config_path: str, approve: bool, reason: str) -> None:
+    from .node import governance
+
+    service = _service(config_path)
+    try:
+        governance.decide_review(service.store, _owner(service, as_owner), review_id, approve, reason)
+        click.echo(f"review {review_id} {'approved' if approve else 'rejected'}")
+    finally:
+        service.close()
+
+
+@reviews_group.command("approve")
+@click.argument("review_id", type=int)
+@as_option
+@config_option
+@click.option("--reason", default="")
+def reviews_approve(review_id: int, as_owner: str, config_path: str, reason: str) -> None:
+    """Let a held release leave (after reading what it contains)."""
+    _decide_review(review_id, as_owner, config_path, True, reason)
+
+
+@reviews_group.command("reject")
+@click.argument("review_id", type=int)
+@as_option
+@config_option
+@click.option("--reason", required=True)
+def reviews_reject(review_id: int, as_owner: str, config_path: str, reason: str) -> None:
+    _decide_review(review_id, as_owner, config_path, False, reason)
+
+
+@node.command("why")
+@click.argument("user_name")
+@click.argument("dataset")
+@config_option
+@click.option("--epsilon", type=float, default=0.1, show_default=True)
+@click.option("--delta", type=float, default=0.0, show_default=True)
+@click.option("--grant-id", type=int, default=None)
+@click.option("--audit-seq", type=int, default=None, help="Also show this audit record (e.g. a refusal).")
+def node_why(user_name: str, dataset: str, config_path: str, epsilon: float, delta: float, grant_id: int | None,
+             audit_seq: int | None) -> None:
+    """Explain why USER releasing on DATASET at this price would be allowed or refused."""
+    from .node import audit, governance
+
+    service = _service(config_path)
+    try:
+        if audit_seq is not None:
+            for rec in audit.records(service.store):
+                if rec["seq"] == audit_seq:
+                    click.echo(f"audit #{rec['seq']} {rec['ts']} {rec['actor']} {rec['action']} {rec['dataset']}: "
+                               f"{json.dumps(rec['details'], default=str)}")
+        result = governance.explain_for(service, user_name, dataset, epsilon, delta, grant_id)
+    finally:
+        service.close()
+    for check in result.checks:
+        click.echo(f"  [{'ok' if check.ok else 'NO'}] {check.check}: {check.detail}")
+    verdict = "ALLOWED" if result.allowed else f"REFUSED ({result.code})"
+    click.echo(f"{verdict}: {user_name} releasing epsilon={epsilon:g}, delta={delta:g} on {dataset}")
+    sys.exit(0 if result.allowed else 1)
+
+
 @node.group("audit")
 def audit_group() -> None:
     """The hash-chained audit log."""

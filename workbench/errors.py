@@ -9,7 +9,8 @@ stable ``code``; the client re-raises it as the same class::
     ├── NotAuthenticated   not_authenticated
     ├── NotAuthorized      not_authorized, no_grant, grant_expired,
     │                      untrusted_aggregator, fl_fab_not_allowed,
-    │                      self_approval, purpose_not_allowed, not_approved
+    │                      self_approval, purpose_not_allowed, not_approved,
+    │                      oidc_no_role, oidc_user_conflict
     │   └── PrivacyError   privacy_violation, fl_secagg_required,
     │                      fl_secagg_unsafe
     ├── BudgetExceeded     budget_exceeded, dataset_budget_exceeded,
@@ -173,6 +174,9 @@ _BY_CODE: dict[str, type[WorkbenchError]] = {
     "fl_secagg_needs_nodes": InvalidQuery,
     "fl_job_stale": InvalidQuery,
     "fl_unknown_job": NotFound,
+    # external identity (workbench.node.oidc)
+    "oidc_no_role": NotAuthorized,
+    "oidc_user_conflict": NotAuthorized,
 }
 
 

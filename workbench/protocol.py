@@ -212,3 +212,78 @@ class RowsResponse(Strict):
     licence: str
     dataset_version: str
     table: Table
+
+
+# ---------------------------------------------------------------- governance
+
+
+class AccessRequestBody(Strict):
+    purpose: str = Field(min_length=3, max_length=500)
+    epsilon: Finite = Field(gt=0.0, le=1000.0)
+    delta: Finite = Field(0.0, ge=0.0, lt=0.01)
+    note: str = Field("", max_length=2000)
+    expires_days: Finite | None = Field(None, gt=0, le=3650)
+
+
+class AccessRequestInfo(Strict):
+    request_id: int
+    user: str
+    dataset: str
+    purpose: str
+    epsilon: float
+    delta: float
+    note: str
+    expires_days: float | None
+    status: Literal["pending", "approved", "denied", "withdrawn"]
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    reason: str = ""
+    grant_id: int | None = None
+    created_at: datetime
+
+
+class ApproveBody(Strict):
+    """An owner may approve with a smaller budget or an expiry."""
+
+    epsilon: Finite | None = Field(None, gt=0.0, le=1000.0)
+    delta: Finite | None = Field(None, ge=0.0, lt=0.01)
+    expires_days: Finite | None = Field(None, gt=0, le=3650)
+    reason: str = Field("", max_length=2000)
+
+
+class DenyBody(Strict):
+    reason: str = Field(min_length=3, max_length=2000)
+
+
+class ReviewInfo(Strict):
+    review_id: int
+    user: str
+    dataset: str
+    dataset_version: str
+    channel: str
+    kind: str
+    spec: dict[str, Any]
+    summary: dict[str, Any] | None = None  # shown to owners (what would leave, privacy metrics)
+    status: Literal["pending", "approved", "rejected"]
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    reason: str = ""
+    created_at: datetime
+
+
+class Check(Strict):
+    check: str
+    ok: bool
+    detail: str
+
+
+class Explanation(Strict):
+    """Why a release by ``user`` on ``dataset`` at this price would be allowed or refused, check by check."""
+
+    user: str
+    dataset: str
+    epsilon: float
+    delta: float
+    allowed: bool
+    code: str | None
+    checks: list[Check]

@@ -112,15 +112,24 @@ class Node:
                 for h in self.request("GET", "/history", params={"limit": limit})]
         return pd.DataFrame(rows, columns=list(HistoryEntry.model_fields))
 
-    def requests(self) -> pd.DataFrame:
-        """Your access requests and their status."""
+    def requests(self, status: str | None = None) -> pd.DataFrame:
+        """Your access requests and their status (owners: everyone's)."""
+        from ..protocol import AccessRequestInfo
+
         try:
-            rows = self.request("GET", "/requests")
+            rows = self.request("GET", "/requests", params={"status": status} if status else None)
         except WorkbenchError as exc:
             if exc.code in ("not_found", "method_not_allowed"):
-                raise NotSupported("This node does not support access requests yet.", code="not_supported") from None
+                raise NotSupported("This node does not support access requests.", code="not_supported") from None
             raise
-        return pd.DataFrame(rows)
+        return pd.DataFrame(rows, columns=list(AccessRequestInfo.model_fields))
+
+    def reviews(self, status: str | None = None) -> pd.DataFrame:
+        """Releases held for an owner's review (yours; owners: everyone's, with what would leave)."""
+        from ..protocol import ReviewInfo
+
+        rows = self.request("GET", "/reviews", params={"status": status} if status else None)
+        return pd.DataFrame(rows, columns=list(ReviewInfo.model_fields))
 
     def audit(self) -> list[dict]:
         """The audit log as records (auditors and owners: all; analysts: their own)."""

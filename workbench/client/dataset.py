@@ -84,6 +84,26 @@ class RemoteDataset:
             raise InvalidQuery("group_by needs at least one column.", code="invalid_query")
         return GroupBy(self, list(columns))
 
+    # ---------------------------------------------------------------- governance
+
+    def request_access(self, purpose: str, epsilon: float, delta: float = 0.0, note: str = "",
+                       expires_days: float | None = None) -> dict:
+        """Ask this dataset's owners for a grant; see its status in ``node.requests()``."""
+        body = {"purpose": purpose, "epsilon": epsilon, "delta": delta, "note": note}
+        if expires_days is not None:
+            body["expires_days"] = expires_days
+        return self.node.request("POST", self._path("/requests"), json=body)
+
+    def explain(self, epsilon: float, delta: float = 0.0) -> pd.DataFrame:
+        """Why a release at this price would be allowed or refused, check by check (spends nothing)."""
+        params = {"dataset": self.name, "epsilon": epsilon, "delta": delta}
+        if self.grant_id is not None:
+            params["grant_id"] = self.grant_id
+        body = self.node.request("GET", "/permissions/explain", params=params)
+        frame = pd.DataFrame(body["checks"])
+        frame.attrs.update({"allowed": body["allowed"], "code": body["code"]})
+        return frame
+
     # ---------------------------------------------------------------- raw rows (open tier only)
 
     def to_pandas(self, limit: int = 1_000_000) -> pd.DataFrame:
