@@ -8,6 +8,7 @@
 from ._version import __version__
 from .client import GroupBy, Node, Preview, Query, RemoteDataset, connect
 from .client.federation import FederatedDataset, Federation, federation
+from .client.login import login
 from .errors import (
     BudgetExceeded,
     ComputationFailed,
@@ -46,4 +47,5 @@ __all__ = [
     "__version__",
     "connect",
     "federation",
+    "login",
 ]

@@ -5,6 +5,10 @@ its user and role and a ``ver`` the owner can bump to revoke every token of
 that user. Only ``EdDSA`` is accepted, with this node's issuer and audience,
 an expiry, and a user that still exists: ``alg=none``, HS256 confusion,
 forged, expired and foreign tokens all get 401.
+
+With an ``[oidc]`` table in the config, a token whose (unverified) ``iss`` is
+that issuer goes to :class:`workbench.node.oidc.OIDCVerifier` instead; every
+other token is checked as one of this node's own.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..errors import NotAuthenticated, NotAuthorized
+from .oidc import OIDCSection, OIDCVerifier
 from .store import Store, User
 
 ROLES = ("owner", "analyst", "auditor")
@@ -31,6 +36,8 @@ class Principal:
     name: str
     role: str
     token_id: str = ""
+    purposes: tuple[str, ...] | None = None  # None: unrestricted; else the purposes this caller may name
+    issuer: str | None = None  # set for callers authenticated by an external OIDC issuer
 
     def require(self, *roles: str) -> None:
         if self.role not in roles:
@@ -55,13 +62,15 @@ def load_or_create_key(state_dir: Path) -> Ed25519PrivateKey:
 
 
 class TokenAuthority:
-    def __init__(self, node_name: str, state_dir: Path, store: Store, ttl_days: float = 90.0):
+    def __init__(self, node_name: str, state_dir: Path, store: Store, ttl_days: float = 90.0,
+                 oidc: OIDCSection | None = None):
         self.issuer = f"workbench-node:{node_name}"
         self.audience = f"workbench:{node_name}"
         self._key = load_or_create_key(state_dir)
         self._public = self._key.public_key()
         self._store = store
         self._ttl = ttl_days * 86400
+        self.oidc = OIDCVerifier(oidc, store) if oidc is not None else None
 
     def issue(self, user: User, ttl_s: float | None = None) -> str:
         now = int(time.time())
@@ -78,6 +87,10 @@ class TokenAuthority:
         return jwt.encode(claims, self._key, algorithm=ALGORITHM)
 
     def verify(self, token: str) -> Principal:
+        if self.oidc is not None and self.oidc.handles(token):
+            who = self.oidc.verify(token)
+            return Principal(name=who.name, role=who.role, token_id=who.token_id, purposes=who.purposes,
+                             issuer=who.issuer)
         try:
             claims = jwt.decode(
                 token,

@@ -42,7 +42,8 @@ def principal_of(request: Request) -> Principal:
         raise
     if service.first_use(principal.token_id):
         with service.store.transaction() as session:
-            audit.append(session, principal.name, "login", None, role=principal.role, token_id=principal.token_id)
+            audit.append(session, principal.name, "login", None, role=principal.role, token_id=principal.token_id,
+                         **({"issuer": principal.issuer} if principal.issuer else {}))
     return principal
 
 

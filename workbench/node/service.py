@@ -23,7 +23,8 @@ class NodeService:
         self.catalog = Catalog(config)
         self.store.sync_dataset_budgets(
             {name: (ds.budget.epsilon, ds.budget.delta) for name, ds in config.datasets.items() if ds.tier == "private"})
-        self.authority = TokenAuthority(config.node.name, config.node.state_dir, self.store, config.node.token_ttl_days)
+        self.authority = TokenAuthority(config.node.name, config.node.state_dir, self.store, config.node.token_ttl_days,
+                                        oidc=config.oidc)
         self.gate = ReleaseGate(self.store)
         self.pool = WorkerPool(config.node.workers, config.node.query_timeout_s)
         self._seen_tokens: set[str] = set()

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ..errors import InvalidQuery
 from ..fl.config import FLSection
 from ..protocol import Budget, ColumnInfo, DatasetInfo, DatasetName, Identifier, PrivacyUnit
+from .oidc import OIDCSection
 
 
 class _Config(BaseModel):
@@ -84,6 +85,7 @@ class NodeConfig(_Config):
     node: NodeSection = NodeSection()
     datasets: dict[DatasetName, DatasetConfig] = Field(default_factory=dict)
     fl: FLSection = FLSection()  # optional [fl] table: SuperNode + allowed Flower apps (workbench.fl.config)
+    oidc: OIDCSection | None = None  # optional [oidc] table: trust an external issuer (workbench.node.oidc)
 
     @classmethod
     def load(cls, path: str | Path) -> "NodeConfig":
