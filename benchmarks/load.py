@@ -292,9 +292,11 @@ async def _race(analysts: list[Analyst], per_analyst: int) -> Stats:
     stats = Stats()
     t0 = time.perf_counter()
     jobs = []
+    shapes = [{"kind": "count", "by": [c]} for c in ("region", "sex", "diagnosis", "smoker", "readmitted")]
+    shapes += [{"kind": "count"}, {"kind": "histogram", "column": "age", "bins": 5}]
     for a in analysts:
         for i in range(per_analyst):
-            body = {"query": {"kind": "count", "by": ["region"]}, "epsilon": RACE_EPSILON + i * 1e-6,
+            body = {"query": shapes[i % len(shapes)], "epsilon": RACE_EPSILON,
                     "request_id": f"race-{a.name}-{i:04d}"}
             jobs.append(a.call("race", "/v1/datasets/tight/dp/release", body, stats))
     await asyncio.gather(*jobs)
