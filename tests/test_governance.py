@@ -175,3 +175,40 @@ def test_64_concurrent_releases_from_8_analysts_never_pass_the_cap(backend_servi
         assert cap.epsilon_spent == pytest.approx(50.0) and cap.epsilon_spent <= cap.epsilon_cap + 1e-9
         assert sum(c.epsilon for c in session.query(Charge).all()) == pytest.approx(50.0)
     assert audit.verify(svc.store).ok
+
+
+def test_real_node_on_postgres_64_concurrent_http_releases(tmp_path, pg_server):
+    """A real node process on PostgreSQL: 8 analysts x 8 concurrent HTTP releases against a cap of 50."""
+    import uuid
+
+    import workbench as wb
+    from tests import pg
+    from tests.conftest import launch
+
+    url = pg.fresh_database(pg_server, f"wb_{uuid.uuid4().hex[:12]}")
+    node = launch(tmp_path, database_url=url, workers=2)
+    try:
+        owner = wb.connect(node.url, token=node.owner_token)
+        tokens = []
+        for i in range(8):
+            made = owner.request("POST", "/users", json={"name": f"p{i}", "role": "analyst"})
+            owner.request("POST", "/grants", json={"user": f"p{i}", "dataset": "patients", "purpose": "load",
+                                                   "epsilon": 10})
+            tokens.append(made["token"])
+        handles = [wb.connect(node.url, token=t).dataset("patients") for t in tokens]
+
+        def one(args):
+            who, i = args
+            try:
+                handles[who].histogram("age", bins=i + 2).release(epsilon=1.0)
+                return "released"
+            except wb.BudgetExceeded as exc:
+                return exc.code
+
+        with ThreadPoolExecutor(64) as pool:
+            results = list(pool.map(one, [(w, i) for w in range(8) for i in range(8)]))
+        assert results.count("released") == 50 and set(results) == {"released", "dataset_budget_exceeded"}
+        verify = owner.request("GET", "/audit/verify")
+        assert verify["ok"]
+    finally:
+        node.stop()
