@@ -6,6 +6,7 @@ one run on the same Parquet file:
 * raw Polars (no privacy),
 * bare OpenDP (a fresh ``dp.Context`` over ``pl.scan_parquet`` and ``release()``,
   as a notebook would do it),
+* OpenDP with a fixed, pre-solved noise scale (what the node's worker runs),
 * the Workbench node (a real ``workbench node serve`` process on loopback: HTTP,
   token check, release gate, SQLite ledger and audit, OpenDP in a worker process),
 
@@ -97,6 +98,26 @@ def bare_opendp(path: Path, kind: str, rows: int):
     return run
 
 
+def fixed_scale_opendp(path: Path, kind: str, rows: int):
+    """Bare OpenDP with the noise scale solved once (the explicit-scale path): same work as the node's
+    worker, minus HTTP, auth, gate and ledger."""
+    import opendp.prelude as dp
+
+    from workbench.dp import engine
+    from workbench.protocol import DatasetInfo, DPQuery
+
+    info = DatasetInfo(name="bench", tier="private", max_rows=rows,
+                       columns=[{"name": n, **c} for n, c in COLUMNS.items()])
+    spec = {"count": {"kind": "count"}, "mean": {"kind": "mean", "column": "cost"},
+            "group-by mean": {"kind": "mean", "column": "cost", "by": ["region"]}}[kind]
+
+    def run(i: int):
+        return engine.run({"info": info.model_dump(mode="json"), "query": spec, "epsilon": 0.5, "delta": 0.0,
+                           "alpha": 0.05, "path": str(path), "format": "parquet", "mode": "release",
+                           "cache_key": f"{path}|{kind}"})
+    return run
+
+
 # ------------------------------------------------------------------ the node
 
 def free_port() -> int:
@@ -166,14 +187,16 @@ def main() -> None:
         node = wb.connect(url, token=token)
         for rows in args.sizes:  # warm the workers and the page cache
             node.dataset(f"d{rows}").count().release(epsilon=9.0)
-        print(f"\n{'rows':>10} {'query':<14} {'polars ms':>10} {'opendp ms':>10} {'node ms':>10} {'node/opendp':>12}")
+        print(f"\n{'rows':>10} {'query':<14} {'polars ms':>10} {'opendp ms':>10} {'fixed ms':>10} {'node ms':>10} "
+              f"{'node/opendp':>12} {'node/fixed':>11}")
         for rows, path in datasets.items():
             for kind in ("count", "mean", "group-by mean"):
                 raw = timed(raw_polars(path, kind), args.repeat)
                 bare = timed(bare_opendp(path, kind, rows), args.repeat)
+                fixed = timed(fixed_scale_opendp(path, kind, rows), args.repeat + 1)
                 via_node = timed(node_release(node, rows, kind), args.repeat)
-                print(f"{rows:>10,} {kind:<14} {raw * 1e3:>10.1f} {bare * 1e3:>10.1f} {via_node * 1e3:>10.1f} "
-                      f"{via_node / bare:>11.2f}x", flush=True)
+                print(f"{rows:>10,} {kind:<14} {raw * 1e3:>10.1f} {bare * 1e3:>10.1f} {fixed * 1e3:>10.1f} "
+                      f"{via_node * 1e3:>10.1f} {via_node / bare:>11.2f}x {via_node / fixed:>10.2f}x", flush=True)
         q = node.dataset(f"d{args.sizes[-1]}").group_by("region").mean("cost")
         q.release(epsilon=1.25)
         replay = timed(lambda i: q.release(epsilon=1.25), max(args.repeat, 20))
