@@ -450,6 +450,52 @@ def aggregator_add_node(name: str, state_dir: str) -> None:
     click.echo(add_node(Path(state_dir), name))
 
 
+# ---------------------------------------------------------------- scheduled analyses (docs/teaching.md)
+
+
+@main.command("schedule")
+@click.argument("notebook", type=click.Path(exists=True, dir_okay=False))
+@click.option("--output", required=True, help="Folder for this run; strftime codes allowed, e.g. 'reports/%Y-%m'.")
+@click.option("-p", "--parameter", "parameters", nargs=2, multiple=True, metavar="NAME VALUE",
+              help="A papermill parameter (repeatable; VALUE parsed as YAML). output_path defaults to the folder.")
+@click.option("--cron", default=None, metavar="'MIN HOUR DOM MON DOW'",
+              help="Print the crontab line that runs this schedule, instead of running it now.")
+def schedule(notebook: str, output: str, parameters: tuple[tuple[str, str], ...], cron: str | None) -> None:
+    """Run a parameterised NOTEBOOK once with papermill into a dated folder; exit 1 with its error if it fails."""
+    import shlex
+    from datetime import datetime
+
+    if cron:
+        args = [sys.executable, "-m", "workbench.cli", "schedule", str(Path(notebook).resolve()), "--output", output]
+        args += [a for name, value in parameters for a in ("-p", name, value)]
+        log = Path(output.split("%", 1)[0] or ".").resolve() / "schedule.log"
+        line = f"{cron} cd {shlex.quote(os.getcwd())} && {shlex.join(args)} >> {shlex.quote(str(log))} 2>&1"
+        click.echo(line.replace("%", r"\%"))  # cron turns an unescaped % into a newline
+        return
+    import papermill
+    import yaml
+
+    folder = Path(datetime.now().strftime(output))
+    folder.mkdir(parents=True, exist_ok=True)
+    def parse(value: str):  # numbers as papermill -p parses them (YAML 1.1 reads 1e-5 as text), else YAML
+        for cast in (int, float):
+            try:
+                return cast(value)
+            except ValueError:
+                pass
+        return None if value == "None" else yaml.safe_load(value)
+
+    values = {name: parse(value) for name, value in parameters}
+    values.setdefault("output_path", str(folder))
+    try:
+        papermill.execute_notebook(notebook, str(folder / Path(notebook).name), parameters=values,
+                                   progress_bar=False)
+    except papermill.PapermillExecutionError as exc:
+        click.echo(f"schedule: {notebook} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}", err=True)
+        sys.exit(1)
+    click.echo(f"schedule: {notebook} ran; results in {folder}")
+
+
 def _entry() -> None:
     try:
         main(standalone_mode=True)
