@@ -116,6 +116,7 @@ def lab(running_node, tmp_path):
         f'import workbench as wb\nnode = wb.connect("{running_node.url}")\nleft = float(node.grants().epsilon_left.iloc[0])\nleft',
         'last = node.dataset("patients").mean("age").release(epsilon=left)\nlast',
         'try:\n    node.dataset("patients").count().release(epsilon=0.1)\nexcept wb.WorkbenchError as error:\n    print(type(error).__name__, error.code)',
+        'try:\n    node.dataset("patients").request_access("follow-up study", epsilon=5.0)\nexcept wb.NotSupported as error:\n    print(error.code)',
     ])))
 
     env = dict(os.environ)
@@ -274,7 +275,9 @@ def test_panel_follows_releases_and_errors(lab, page, running_node):
     expect(gauge.locator(".jp-WorkbenchPanel-spent")).to_have_text("ε 0 spent")
     expect(gauge.locator(".jp-WorkbenchPanel-left")).to_have_text("10 left of 10")
     expect(panel.locator('[data-section="history"]')).to_contain_text("No release yet.")
-    expect(panel.locator('[data-section="requests"]')).to_contain_text("not supported by this node")
+    requests = panel.locator('[data-section="requests"]')
+    expect(requests).to_contain_text(re.compile("not supported by this node|no access request"))
+    supports_requests = "no access request" in requests.inner_text()
     shot(page, "01-catalogue-and-schema")
     patients.click()  # fold the schema away again
     expect(schema).to_have_count(0)
@@ -307,6 +310,9 @@ def test_panel_follows_releases_and_errors(lab, page, running_node):
     expect(gauge.locator(".jp-WorkbenchPanel-left")).to_have_text("budget exhausted", timeout=20_000)
     expect(gauge).to_have_class(re.compile(r"\bjp-mod-exhausted\b"))
     expect(history).to_have_count(2)
+    if supports_requests:  # asked for more budget in the last cell: a pending request
+        expect(requests.locator("tbody tr")).to_have_count(1, timeout=20_000)
+        expect(requests).to_contain_text("pending")
     shot(page, "03-budget-exhausted")
 
     # The same panel in the dark theme (JupyterLab CSS variables only).
@@ -340,5 +346,9 @@ def test_panel_follows_releases_and_errors(lab, page, running_node):
     panel.locator(".jp-WorkbenchPanel-refresh").click()
     expect(banner).to_contain_text("Node unreachable")
     shot(page, "06-node-down")
+    page.evaluate("() => window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})")
+    page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'")
+    page.wait_for_timeout(500)
+    shot(page, "07-node-down-dark")
 
     assert not page.errors, page.errors

@@ -109,11 +109,24 @@ async def test_grants_and_history_follow_a_release(jp_fetch, three_nodes):
 
 
 async def test_requests_answer_or_say_not_supported(jp_fetch, three_nodes):
+    import workbench as wb
+
     status, body, _ = await get(jp_fetch, "requests", node="hospital")
     if status == 501:
         assert_error(status, body, 501, "not_supported")
-    else:
-        assert status == 200 and isinstance(body["requests"], list)
+        return
+    assert status == 200 and isinstance(body["requests"], list)
+    n_before = len(body["requests"])
+    node = wb.connect(three_nodes.url, token=three_nodes.analyst_token)
+    try:
+        node.dataset("patients").request_access("a follow-up study", epsilon=2.0)
+    finally:
+        node.close()
+    status, body, _ = await get(jp_fetch, "requests", node="hospital")
+    assert len(body["requests"]) == n_before + 1
+    newest = max(body["requests"], key=lambda r: r["created_at"])
+    assert newest["dataset"] == "patients" and newest["status"] == "pending"
+    assert newest["epsilon"] == pytest.approx(2.0) and newest["purpose"] == "a follow-up study"
 
 
 async def test_node_errors_keep_their_code(jp_fetch, three_nodes):

@@ -114,12 +114,39 @@ def test_preview_widget_slider_drives_preview():
 
     query = _Query(fail_above=2.0)
     box = preview_widget(query, epsilon=0.5)
-    slider, output, note = box.children
+    slider, table, note = box.children
     assert type(slider).__name__ == "FloatLogSlider"
     assert query.calls == [pytest.approx(0.5)]
+    assert "<td>6</td>" in table.value  # 3 / 0.5
     slider.value = 1.0
     assert query.calls[-1] == pytest.approx(1.0)
+    assert "<td>3</td>" in table.value
     assert "no budget spent" in note.value
     slider.value = 5.0
     assert query.calls[-1] == pytest.approx(5.0)
     assert "budget_exceeded" in note.value and "exceeds" in note.value
+    assert table.value == ""
+
+
+def test_preview_widget_against_a_real_node(shared_node):
+    """The slider previews a real query on a real node and spends nothing."""
+    pytest.importorskip("ipywidgets")
+    import workbench as wb
+    from workbench.jupyter.widgets import preview_widget
+
+    node = wb.connect(shared_node.url, token=shared_node.analyst_token)
+    try:
+        spent_before = node.grants().epsilon_spent.sum()
+        query = node.dataset("patients").count()
+        box = preview_widget(query, epsilon=1.0)
+        slider, table, note = box.children
+        tables = [table.value]
+        slider.value = 0.1
+        tables.append(table.value)
+        assert "count" in tables[0] and "95%" in tables[0]
+        assert tables[0] != tables[1]  # less epsilon, larger expected error
+        assert "ε left after this release" in note.value
+        assert node.grants().epsilon_spent.sum() == spent_before
+        assert query.widget().children[0].value == pytest.approx(1.0)
+    finally:
+        node.close()

@@ -26,9 +26,10 @@ VALUE_COLUMNS = ("estimate", "lower", "upper")
 def accuracy_table(preview: Any) -> Any:
     """The expected-error table of a preview, as a pandas DataFrame.
 
-    Accepts what ``query.preview()`` returns: a DataFrame (returned as is),
-    a ``DPPreview``-like object or dict with an ``accuracy`` list of
-    ``{statistic, accuracy, alpha}``, or anything else (shown as one row).
+    Accepts what ``query.preview()`` returns: the client's ``Preview``
+    (``to_dict()``), a ``DPPreview`` model, a dict with an ``accuracy`` list of
+    ``{statistic, accuracy, alpha}``, a DataFrame (returned as is), or anything
+    else (shown as one row).
     """
     import pandas as pd
 
@@ -36,7 +37,7 @@ def accuracy_table(preview: Any) -> Any:
         return preview
     if hasattr(preview, "to_pandas"):
         return preview.to_pandas()
-    data = preview.model_dump(mode="json") if hasattr(preview, "model_dump") else preview
+    data = _as_dict(preview)
     if isinstance(data, dict) and isinstance(data.get("accuracy"), list):
         frame = pd.DataFrame(data["accuracy"])
         if "alpha" in frame and "accuracy" in frame:
@@ -50,8 +51,21 @@ def accuracy_table(preview: Any) -> Any:
     return pd.DataFrame({"preview": [repr(preview)]})
 
 
+def _as_dict(preview: Any) -> Any:
+    """The preview as plain data: ``Preview.to_dict()``, a model's dump, or itself."""
+    if hasattr(preview, "model_dump"):
+        return preview.model_dump(mode="json")
+    to_dict = getattr(preview, "to_dict", None)
+    if callable(to_dict):
+        try:
+            return to_dict()
+        except TypeError:
+            pass
+    return preview
+
+
 def _budget_note(preview: Any) -> str:
-    data = preview.model_dump(mode="json") if hasattr(preview, "model_dump") else preview
+    data = _as_dict(preview)
     if not isinstance(data, dict):
         return ""
     parts = []
@@ -82,7 +96,6 @@ def preview_widget(
     Privacy guarantee: nothing is released and no budget is spent.
     """
     import ipywidgets as widgets
-    from IPython.display import display
 
     if not min_epsilon > 0 or not max_epsilon > min_epsilon:
         raise ValueError("need 0 < min_epsilon < max_epsilon")
@@ -98,8 +111,10 @@ def preview_widget(
         continuous_update=False,
         layout=widgets.Layout(width="420px"),
     )
+    # HTML widgets (not an Output capture): they render without a kernel
+    # round-trip and are kept in the notebook's saved widget state.
+    table = widgets.HTML(value="")
     note = widgets.HTML(value="")
-    output = widgets.Output()
 
     def show(e: float) -> None:
         import html
@@ -108,17 +123,18 @@ def preview_widget(
             preview = query.preview(epsilon=e)
         except Exception as error:  # WorkbenchError and friends: say it, do not blank
             code = getattr(error, "code", type(error).__name__)
-            note.value = f"<span style='color: var(--jp-error-color1)'><b>{html.escape(str(code))}</b>: {html.escape(str(error))}</span>"
-            output.clear_output()
+            note.value = (
+                f"<span style='color: var(--jp-error-color1)'><b>{html.escape(str(code))}</b>: "
+                f"{html.escape(str(error))}</span>"
+            )
+            table.value = ""
             return
-        note.value = html.escape(_budget_note(preview)) or "Preview only: nothing released, no budget spent."
-        output.clear_output(wait=True)
-        with output:
-            display(accuracy_table(preview))
+        note.value = html.escape(_budget_note(preview) or "Preview only: nothing released, no budget spent.")
+        table.value = accuracy_table(preview).to_html(index=False, float_format=lambda x: f"{x:.4g}", border=0)
 
     slider.observe(lambda change: show(change["new"]), names="value")
     show(slider.value)
-    box = widgets.VBox([slider, output, note])
+    box = widgets.VBox([slider, table, note])
     box.add_class("workbench-preview")
     return box
 

@@ -382,7 +382,7 @@ export class WorkbenchPanel extends Widget {
       this._staleNotice(section, stale)
     ];
     if (section.data === null) {
-      if (!section.error) {
+      if (!section.error && !stale) {
         out.push(notice(m.selectedNode ? 'Loading…' : 'No node selected.'));
       }
       return out;
@@ -505,7 +505,7 @@ export class WorkbenchPanel extends Widget {
       this._staleNotice(section, stale)
     ];
     if (section.data === null) {
-      if (!section.error) {
+      if (!section.error && !stale) {
         out.push(notice('Loading…'));
       }
       return out;
@@ -602,7 +602,7 @@ export class WorkbenchPanel extends Widget {
       this._staleNotice(section, stale)
     ];
     if (section.data === null) {
-      if (!section.error) {
+      if (!section.error && !stale) {
         out.push(notice('Loading…'));
       }
       return out;
@@ -614,8 +614,16 @@ export class WorkbenchPanel extends Widget {
     const rows = section.data.map(r =>
       h(
         'tr',
-        {},
-        h('td', {}, formatValue(r.dataset)),
+        {
+          class: 'jp-WorkbenchPanel-request',
+          title: [r.note, r.reason].filter(x => x).map(x => String(x)).join(' · ')
+        },
+        h(
+          'td',
+          {},
+          formatValue(r.dataset),
+          r.purpose ? h('div', { class: 'jp-WorkbenchPanel-colDesc' }, String(r.purpose)) : null
+        ),
         h('td', {}, formatAmount(r.epsilon)),
         h(
           'td',
@@ -641,7 +649,7 @@ export class WorkbenchPanel extends Widget {
       this._staleNotice(section, stale)
     ];
     if (section.data === null) {
-      if (!section.error) {
+      if (!section.error && !stale) {
         out.push(notice('Loading…'));
       }
       return out;
