@@ -20,6 +20,7 @@
 //   wb-hs256-svc   client_credentials, but its access tokens are HS256-signed with the provider's
 //                  RSA *public* key (PEM) as the HMAC secret and the RSA key's kid: the classic
 //                  algorithm-confusion forgery, produced by the real provider
+//   wb-es256-svc   client_credentials, ES256-signed (needs an EC P-256 key in `jwks`)
 //   wb-device      public client for the device authorization grant (RFC 8628)
 // The device flow's login/consent pages are oidc-provider's built-in development interactions
 // (any login name, any password). Everything is in memory: for tests only.
@@ -45,6 +46,7 @@ const secrets = {
   'wb-nogroup-svc': 'nogroup-secret',
   'wb-short-svc': 'short-secret',
   'wb-hs256-svc': 'hs256-secret',
+  'wb-es256-svc': 'es256-secret',
 };
 const clientGroups = cfg.client_groups ?? {
   'wb-analyst-svc': ['wb-analysts', 'study-diabetes'],
@@ -53,6 +55,7 @@ const clientGroups = cfg.client_groups ?? {
   'wb-nogroup-svc': [],
   'wb-short-svc': ['wb-analysts'],
   'wb-hs256-svc': ['wb-owners'],
+  'wb-es256-svc': ['wb-analysts'],
 };
 const accountGroups = cfg.account_groups ?? { alice: ['wb-analysts'] };
 const audience = cfg.audience ?? 'urn:workbench:test';
@@ -108,9 +111,9 @@ const provider = new Provider(issuer, {
       useGrantedResource: async () => true,
       getResourceServerInfo: async (ctx, resourceIndicator, client) => {
         if (!audiences.has(resourceIndicator)) throw new Provider.errors.InvalidTarget();
-        const sign = client.clientId === 'wb-hs256-svc'
-          ? { alg: 'HS256', key: Buffer.from(publicPem), kid: rsaKey.kid }
-          : { alg: 'RS256' };
+        let sign = { alg: 'RS256' };
+        if (client.clientId === 'wb-hs256-svc') sign = { alg: 'HS256', key: Buffer.from(publicPem), kid: rsaKey.kid };
+        if (client.clientId === 'wb-es256-svc') sign = { alg: 'ES256' };
         return {
           scope: 'workbench',
           audience: resourceIndicator,
