@@ -325,10 +325,10 @@ def test_three_nodes_secure_aggregation_trains_and_charges_each_ledger_per_round
 
 def test_round_refused_on_one_node_stops_the_job_with_its_code(three_nodes):
     fed = wb.federation([wb.connect(n.url, token=n.analyst_token) for n in three_nodes])
-    job = fed.dataset("patients").train(model="logistic_regression", y="readmitted", x=X, rounds=2, epsilon=3.0,
-                                        delta=1e-6, start=False)
+    ds = fed.dataset("patients")
+    job = ds.train(model="logistic_regression", y="readmitted", x=X, rounds=2, epsilon=3.0, delta=1e-6, start=False)
     # after the job was priced, the analyst spends node c's budget elsewhere: its first round no longer fits
-    c = fed.handles[2]
+    c = ds.handles[2]
     left = c.budget()["epsilon"]
     c.count().release(epsilon=left - 0.1)
     before = [_spent(n) for n in three_nodes]

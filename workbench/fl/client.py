@@ -61,7 +61,7 @@ def train(fed: "FederatedDataset", model: str, y: str, x: Sequence[str], *, roun
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
         raise InvalidQuery(f"Bad training request: {problems}", code="invalid_query") from None
     trainer = get_trainer(model)
-    hp = parse_hyperparameters(spec.hyperparameters)
+    hp = parse_hyperparameters(spec.hyperparameters, trainer)
     fmap = feature_map(fed.schema, trainer.task, list(spec.x), spec.y)
     if secure_aggregation and len(fed.handles) < 2:
         raise InvalidQuery("Secure aggregation needs at least two nodes (with one, the sum is the update); "

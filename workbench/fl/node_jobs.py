@@ -101,7 +101,7 @@ class JobRegistry:
         entry = service.catalog.get(name)
         spec = request.spec
         trainer = get_trainer(spec.model)
-        hp = hyperparameters(spec.hyperparameters)
+        hp = hyperparameters(spec.hyperparameters, trainer)
         fmap = feature_map(entry.info, trainer.task, list(spec.x), spec.y)
         limit = service.config.node.max_epsilon_per_release
         if spec.epsilon > limit:

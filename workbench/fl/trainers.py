@@ -29,7 +29,8 @@ class Hyperparameters(BaseModel):
     """What an analyst may tune (JSON). Everything else is fixed by the trainer."""
 
     model_config = ConfigDict(extra="forbid")
-    learning_rate: float = Field(2.0, gt=0, le=20)
+    #: default: the trainer's own (2.0 for logistic, 0.5 for linear regression: 4x the curvature)
+    learning_rate: float | None = Field(None, gt=0, le=20)
     local_steps: int = Field(10, ge=1, le=50)
     momentum: float = Field(0.9, ge=0, lt=1)
     clip_norm: float = Field(1.0, gt=0, le=100)
@@ -173,6 +174,7 @@ class Trainer:
     #: per-record loss is clipped to [0, loss_cap] before it is summed (bounded sensitivity)
     loss_cap: float
     link: Callable[[np.ndarray], np.ndarray]
+    learning_rate: float
 
     def init(self, dim: int) -> list[np.ndarray]:
         return [np.zeros(dim), np.zeros(1)]
@@ -202,8 +204,8 @@ class Trainer:
 
 
 TRAINERS: dict[str, Trainer] = {
-    "logistic_regression": Trainer("logistic_regression", "classification", 4.0, _sigmoid),
-    "linear_regression": Trainer("linear_regression", "regression", 4.0, lambda z: z),
+    "logistic_regression": Trainer("logistic_regression", "classification", 4.0, _sigmoid, 2.0),
+    "linear_regression": Trainer("linear_regression", "regression", 4.0, lambda z: z, 0.5),
 }
 
 
@@ -216,9 +218,13 @@ def get_trainer(name: str) -> Trainer:
                            code="fl_unknown_model") from None
 
 
-def hyperparameters(raw: dict[str, Any] | None) -> Hyperparameters:
+def hyperparameters(raw: dict[str, Any] | None, trainer: Trainer | None = None) -> Hyperparameters:
+    """Validate the analyst's JSON hyperparameters; fill the trainer's defaults."""
     try:
-        return Hyperparameters.model_validate(raw or {})
+        hp = Hyperparameters.model_validate(raw or {})
+        if hp.learning_rate is None and trainer is not None:
+            hp = hp.model_copy(update={"learning_rate": trainer.learning_rate})
+        return hp
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
         raise InvalidQuery(f"Bad hyperparameters: {problems}", code="invalid_query") from None
