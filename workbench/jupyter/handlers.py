@@ -52,6 +52,10 @@ ENDPOINTS = (
     "requests",
 )
 
+#: Seconds a panel read may wait for a node (the library's default, 300 s, is
+#: for releases; the panel only reads, and a hung node must not hold threads).
+NODE_TIMEOUT_S = 30.0
+
 # Calls to nodes block (HTTP); they run here, never on the server's event loop.
 _EXECUTOR = ThreadPoolExecutor(max_workers=8, thread_name_prefix="workbench-jupyter")
 
@@ -179,7 +183,7 @@ class WorkbenchClients:
                 slot = self._slots[conn.name] = _Slot(key)
         with slot.lock:
             if slot.client is None:
-                slot.client = wb.connect(conn.url, token=conn.token)
+                slot.client = wb.connect(conn.url, token=conn.token, timeout=NODE_TIMEOUT_S)
             try:
                 return fn(slot.client)
             except (wb.ConnectionFailed, wb.NotAuthenticated):

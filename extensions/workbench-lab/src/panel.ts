@@ -209,7 +209,14 @@ export class WorkbenchPanel extends Widget {
       title: 'Refresh now',
       'aria-label': 'Refresh'
     });
-    refreshIcon.element({ container: refreshButton, tag: 'span' });
+    refreshButton.appendChild(
+      refreshIcon.element({
+        tag: 'span',
+        elementPosition: 'center',
+        height: '16px',
+        width: '16px'
+      })
+    );
     refreshButton.addEventListener('click', () => void this.model.refresh());
     this._status = h('span', { class: 'jp-WorkbenchPanel-status' });
     this.node.appendChild(
