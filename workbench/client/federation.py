@@ -117,7 +117,8 @@ class FederatedDataset:
     # ---------------------------------------------------------------- secure aggregation (workbench.he)
 
     def secure_sum(self, columns: list[str] | str, epsilon: float, **options):
-        """Noisy totals computed under encryption: only the total decrypts (see :func:`workbench.he.client.secure_sum`)."""
+        """Noisy totals computed under encryption (``protocol="he"``) or secret sharing (``protocol="smpc"``):
+        only the total is revealed (see :func:`workbench.he.client.secure_sum`)."""
         from ..he.client import secure_sum
 
         return secure_sum(self, columns, epsilon, **options)
@@ -127,6 +128,13 @@ class FederatedDataset:
         from ..he.client import linear_regression
 
         return linear_regression(self, y, x, epsilon, **options)
+
+    def evaluate(self, weights, intercept: float | None = None, *, y: str, x: list[str] | str | None = None,
+                 metric: str = "sse", epsilon: float, **options):
+        """A model's total and mean loss over every node, its weights encrypted (see :func:`workbench.he.evaluate.evaluate`)."""
+        from ..he.evaluate import evaluate
+
+        return evaluate(self, weights, intercept, y=y, x=x, metric=metric, epsilon=epsilon, **options)
 
     # ---------------------------------------------------------------- federated learning (workbench.fl)
 

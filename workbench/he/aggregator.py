@@ -13,6 +13,13 @@ registry (``DIR/nodes.json``: node name → sha256 of the node's token, made by
 * ``GET /v1/sessions/{id}/result`` (result token): once *every* party has
   contributed, the sum of their ciphertexts. There is no endpoint that returns
   one party's ciphertext, and a session needs at least two parties.
+* Encrypted model evaluation (``op.kind == "evaluate"``): the session also
+  carries the analyst's weight ciphertexts (CKKS, one per moment), vetted here
+  and handed to the parties with the session description.
+* SMPC sessions (``protocol == "smpc"``, no context): the aggregator only
+  relays the nodes' ephemeral public keys and their *encrypted* shares (routes
+  in :mod:`workbench.smpc.relay`); the partial sums go from each node to the
+  analyst, never through here.
 
 The aggregator sees ciphertexts only; it cannot decrypt them (the secret key
 stays in the analyst's kernel). It must not collude with the analyst: if it
@@ -43,8 +50,10 @@ from ..errors import (ComputationFailed, InvalidQuery, NotAuthenticated, NotAuth
                       WorkbenchError)
 from ..node.app import BodyLimit, error_response
 from ..node.worker import WorkerPool
-from .params import MAX_CIPHERTEXT_BYTES, MAX_CONTEXT_BYTES, params_doc
-from .spec import Contribution, SessionCreate, SessionCreated, SessionResult, SessionSpec
+from .params import (EVAL_MAX_CONTEXT_BYTES, EVAL_SCHEME, MAX_CIPHERTEXT_BYTES, MAX_CONTEXT_BYTES, SCHEME,
+                     eval_params_doc, params_doc)
+from .spec import (MAX_EVAL_MOMENTS, Contribution, SessionCreate, SessionCreated, SessionResult, SessionSpec,
+                   eval_monomials)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +61,23 @@ SESSION_TTL_S = 3600.0
 MAX_SESSIONS = 200
 MIN_PARTIES = 2
 MAX_BODY = 800_000
+#: Opening a session may be larger: an evaluation carries a context and one ~313 KB (base64) weight
+#: ciphertext per moment. Every field is capped again before it is decoded.
+MAX_SESSION_BODY = 600_000 + MAX_EVAL_MOMENTS * 410_000
+EVAL_LENGTH = 2
+
+
+class _Limits:
+    """Body caps by route: ``POST /v1/sessions`` may carry weights; everything else stays small."""
+
+    def __init__(self, app):
+        self.small = BodyLimit(app, limit=MAX_BODY)
+        self.large = BodyLimit(app, limit=MAX_SESSION_BODY)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope.get("path") == "/v1/sessions":
+            return await self.large(scope, receive, send)
+        return await self.small(scope, receive, send)
 
 
 # ---------------------------------------------------------------- registry of nodes
@@ -103,6 +129,11 @@ class Session:
     contributions: dict[str, str] = field(default_factory=dict)
     result: SessionResult | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    scheme: str = "bfv"
+    # SMPC relay state (workbench.smpc.relay): public keys and sealed shares by recipient, then sender.
+    keys: dict[str, str] = field(default_factory=dict)
+    mailboxes: dict[str, dict[str, str]] = field(default_factory=dict)
+    aborted: bool = False
 
 
 class Aggregator:
@@ -153,46 +184,75 @@ class Aggregator:
         if len(parties) < self.min_parties:
             raise NotAuthorized(f"A session needs at least {self.min_parties} parties, so no single node's value "
                                 "can be decrypted.", code="privacy_violation")
-        if len(body.context) > (MAX_CONTEXT_BYTES * 4) // 3 + 8:
-            raise PayloadTooLarge(f"The context is larger than {MAX_CONTEXT_BYTES} bytes.", code="payload_too_large")
-        checked = self.pool.run("workbench.he.params:check_context", {"context": body.context})
         op = body.op
-        length = (len(op.columns) + (1 if op.count else 0)) if op.kind == "sum" else len(linreg_slots(op.x, op.y or ""))
+        scheme = EVAL_SCHEME if op.kind == "evaluate" else SCHEME
+        if op.kind == "sum":
+            length = len(op.columns) + (1 if op.count else 0)
+        elif op.kind == "linreg":
+            length = len(linreg_slots(op.x, op.y or ""))
+        else:
+            length = EVAL_LENGTH
         if length < 1:
             raise InvalidQuery("The op has no slots.", code="invalid_query")
+        if op.kind != "evaluate" and body.weights:
+            raise InvalidQuery("Only an 'evaluate' session carries weights.", code="invalid_query")
+        if body.protocol == "smpc":
+            if op.kind == "evaluate" or body.context:
+                raise InvalidQuery("An SMPC session carries no context and no weights (secure sums and "
+                                   "regression only).", code="invalid_query")
+            context_sha = ""
+        else:
+            cap = MAX_CONTEXT_BYTES if scheme == SCHEME else EVAL_MAX_CONTEXT_BYTES
+            if len(body.context) > (cap * 4) // 3 + 8:
+                raise PayloadTooLarge(f"The context is larger than {cap} bytes.", code="payload_too_large")
+            context_sha = self.pool.run("workbench.he.params:check_context",
+                                        {"context": body.context, "scheme": scheme})["context_sha256"]
+        if op.kind == "evaluate":
+            needed = len(eval_monomials(op))
+            if len(body.weights) != needed:
+                raise InvalidQuery(f"This evaluation needs {needed} weight ciphertexts (one per moment), "
+                                   f"not {len(body.weights)}.", code="bad_ciphertext")
+            for text in body.weights:
+                if len(text) > (MAX_CIPHERTEXT_BYTES * 4) // 3 + 8:
+                    raise PayloadTooLarge(f"A weight ciphertext is larger than {MAX_CIPHERTEXT_BYTES} bytes.",
+                                          code="payload_too_large")
+            self.pool.run("workbench.he.evaluate:check_weights", {"context": body.context, "weights": body.weights,
+                                                                   "moments": needed})
         session_id = secrets.token_urlsafe(24)
         token = secrets.token_urlsafe(32)
-        session = Session(session_id, _hash(token), body, checked["context_sha256"], length)
+        session = Session(session_id, _hash(token), body, context_sha, length, scheme=scheme)
         with self._lock:
             self._expire()
             if len(self.sessions) >= MAX_SESSIONS:
                 raise ComputationFailed("The aggregator has too many open sessions; try again later.",
                                         code="computation_failed")
             self.sessions[session_id] = session
-        self.bytes_in += len(body.context)
+        self.bytes_in += len(body.context) + sum(len(w) for w in body.weights)
         return SessionCreated(session_id=session_id, result_token=token, aggregator=self.name, parties=parties,
-                              context_sha256=checked["context_sha256"], expires_in_s=SESSION_TTL_S)
+                              context_sha256=context_sha, expires_in_s=SESSION_TTL_S)
 
     def spec(self, session_id: str, node: str) -> SessionSpec:
         session = self.get(session_id)
         if node not in session.spec.parties:
             raise NotAuthorized("This node is not a party of that session.", code="not_authorized")
         s = session.spec
-        self.bytes_out += len(s.context)
+        self.bytes_out += len(s.context) + sum(len(w) for w in s.weights)
         return SessionSpec(session_id=session_id, aggregator=self.name, dataset=s.dataset, op=s.op,
                            epsilon=s.epsilon, mode=s.mode, parties=s.parties, you=node, context=s.context,
-                           context_sha256=session.context_sha256)
+                           context_sha256=session.context_sha256, protocol=s.protocol, weights=s.weights)
 
     def contribute(self, session_id: str, node: str, body: Contribution) -> dict:
         session = self.get(session_id)
         if node not in session.spec.parties:
             raise NotAuthorized("This node is not a party of that session.", code="not_authorized")
+        if session.spec.protocol != "he":
+            raise InvalidQuery("This is an SMPC session: it takes shares, not ciphertexts.", code="invalid_query")
         if len(body.ciphertext) > (MAX_CIPHERTEXT_BYTES * 4) // 3 + 8:
             raise PayloadTooLarge(f"The ciphertext is larger than {MAX_CIPHERTEXT_BYTES} bytes.",
                                   code="payload_too_large")
         checked = self.pool.run("workbench.he.params:check_ciphertext",
                                 {"context": session.spec.context, "ciphertext": body.ciphertext,
-                                 "length": session.length})
+                                 "length": session.length, "scheme": session.scheme})
         with session.lock:
             if session.result is not None:
                 raise InvalidQuery("This session's total was already computed; start a new session.",
@@ -210,6 +270,9 @@ class Aggregator:
         session = self.get(session_id)
         if not token or not hmac.compare_digest(_hash(token), session.result_hash):
             raise NotAuthorized("The result token does not match this session.", code="not_authorized")
+        if session.spec.protocol != "he":
+            raise InvalidQuery("An SMPC session has no result here: the nodes' partial sums go to the analyst.",
+                               code="invalid_query")
         with session.lock:
             if session.result is None:
                 waiting = self._waiting(session)
@@ -217,7 +280,7 @@ class Aggregator:
                     raise ComputationFailed(f"Still waiting for contributions from {waiting}.",
                                             code="session_incomplete", details={"waiting_for": waiting})
                 total = self.pool.run("workbench.he.params:add", {
-                    "context": session.spec.context, "length": session.length,
+                    "context": session.spec.context, "length": session.length, "scheme": session.scheme,
                     "ciphertexts": [session.contributions[p] for p in session.spec.parties]})
                 session.result = SessionResult(session_id=session_id, parties=session.spec.parties,
                                                ciphertext=total["ciphertext"], sha256=total["sha256"],
@@ -274,8 +337,8 @@ def create_aggregator_app(aggregator: Aggregator) -> FastAPI:
     @router.get("/info")
     def info(a: Agg) -> dict:
         """Name, pinned HE parameters, registered parties, minimum parties per session."""
-        return {"name": a.name, "version": __version__, "params": params_doc(), "min_parties": a.min_parties,
-                "parties": sorted(load_registry(a.state))}
+        return {"name": a.name, "version": __version__, "params": params_doc(), "eval_params": eval_params_doc(),
+                "protocols": ["he", "smpc"], "min_parties": a.min_parties, "parties": sorted(load_registry(a.state))}
 
     @router.post("/sessions", response_model=SessionCreated)
     def create(body: SessionCreate, a: Agg) -> SessionCreated:
@@ -293,8 +356,11 @@ def create_aggregator_app(aggregator: Aggregator) -> FastAPI:
     def result(session_id: str, request: Request, a: Agg) -> SessionResult:
         return a.result(session_id, request.headers.get("x-result-token"))
 
+    from ..smpc.relay import router as smpc_router
+
     app.include_router(router)
-    app.add_middleware(BodyLimit, limit=MAX_BODY)
+    app.include_router(smpc_router, prefix="/v1")
+    app.add_middleware(_Limits)
     return app
 
 

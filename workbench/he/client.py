@@ -98,39 +98,35 @@ class SecureAggregate:
     nodes: list[str]
     aggregator: str
     session_id: str
-    contributions: list[ContributeResponse]
+    contributions: list[Any]
     bytes: dict = field(default_factory=dict)
+    protocol: str = "he"
+    result_ciphertext: str | None = None  # evaluate: the summed CKKS ciphertext, decrypted by the caller
+    context: Any = field(default=None, repr=False)  # the secret context (HE), kept in the kernel
 
     def values(self) -> np.ndarray:
         return np.array([t / 10 ** d for t, d in zip(self.totals, self.plan.decimals)], dtype=float)
 
     def attrs(self) -> dict:
         return {"nodes": self.nodes, "parties": self.parties, "aggregator": self.aggregator,
-                "session_id": self.session_id, "mode": self.plan.mode,
+                "session_id": self.session_id, "mode": self.plan.mode, "protocol": self.protocol,
                 "epsilon": self.plan.epsilon,
                 "epsilon_charged": {c_node: c.epsilon_charged for c_node, c in zip(self.nodes, self.contributions)},
                 "replayed": {c_node: c.replayed for c_node, c in zip(self.nodes, self.contributions)},
                 "release_ids": {c_node: c.release_id for c_node, c in zip(self.nodes, self.contributions)},
-                "bytes": self.bytes, "params": params.params_doc()}
+                "bytes": self.bytes, "params": params.params_doc() if self.protocol == "he" else {}}
 
 
-def secure_aggregate(fds: "FederatedDataset", op: HEOp, epsilon: float, *, mode: NoiseMode = "distributed",
-                     aggregator: str | None = None) -> SecureAggregate:
-    """Run one secure-aggregation session over every node of ``fds``; returns the decrypted noisy total.
-
-    Privacy guarantee: each node charges ``epsilon`` to your grant there and
-    releases only a ciphertext, to the aggregator. In ``distributed`` mode the
-    decrypted total is epsilon-DP if every node is honest (the noise shares add
-    up to one discrete Laplace); in ``conservative`` mode each node's share is
-    epsilon-DP on its own. You never receive a single node's partial.
-    """
+def preflight(fds: "FederatedDataset", op: HEOp, epsilon: float, mode: NoiseMode, aggregator: str | None,
+              protocol: str = "he") -> tuple[list["RemoteDataset"], EncodingPlan, str]:
+    """Check every node (price, budget, encoding) before anything is charged; returns handles, plan, aggregator."""
     if mode not in ("distributed", "conservative"):
         raise InvalidQuery("mode is 'distributed' or 'conservative'.", code="invalid_query")
     handles = list(fds.handles)
     if len(handles) < 2:
-        raise InvalidQuery("A secure sum needs at least two nodes.", code="privacy_violation")
+        raise InvalidQuery("A secure sum needs at least two nodes (an embedded wb.connect() node cannot run one: "
+                           "use `workbench demo` or real nodes and an aggregator).", code="privacy_violation")
     k = len(handles)
-    # Say the price and check every node first: nothing is charged if one is down or refuses.
     local_plan = plan(fds.schema, op, k, epsilon, mode)
     url = _aggregator_url(handles, aggregator)
     for h in handles:
@@ -142,14 +138,45 @@ def secure_aggregate(fds: "FederatedDataset", op: HEOp, epsilon: float, *, mode:
             raise BudgetExceeded(f"Your grant on {h.node.url} has epsilon {preview.epsilon_left_before:g} left, "
                                  f"less than {epsilon:g}; nothing was charged on any node.", code="budget_exceeded",
                                  details={"node": h.node.url})
+    return handles, local_plan, url
+
+
+def ask_all(handles: list["RemoteDataset"], ask) -> list:
+    """Call ``ask(handle)`` on every node in parallel; one failure raises, naming who was charged."""
+    with ThreadPoolExecutor(max_workers=min(8, len(handles))) as pool:
+        futures = [pool.submit(ask, h) for h in handles]
+        replies, failures, charged = [], [], []
+        for h, f in zip(handles, futures):
+            try:
+                replies.append(f.result())
+                charged.append(h.node.url)
+            except WorkbenchError as exc:
+                failures.append((h.node.url, exc))
+    if failures:
+        url0, exc = failures[0]
+        raise type(exc)(f"Node {url0} did not contribute: {exc.message} "
+                        f"(other nodes may have been charged; repeat the call to replay their part for free).",
+                        code=exc.code, details={"node": url0, "failed": [u for u, _ in failures],
+                                                "charged": charged})
+    return replies
+
+
+def run_he_session(fds: "FederatedDataset", op: HEOp, epsilon: float, *, mode: NoiseMode = "distributed",
+                   aggregator: str | None = None, context=None, public: bytes | None = None,
+                   weights: list[str] | None = None, scheme: str = params.SCHEME) -> SecureAggregate:
+    """Open an HE session, have every node contribute, and fetch the summed ciphertext (not decrypted)."""
+    handles, local_plan, url = preflight(fds, op, epsilon, mode, aggregator)
+    if context is None:
+        context = params.new_context()
+        public = params.public_bytes(context)
     parties = [h.node.name for h in handles]
-    context = params.new_context()
-    public = params.public_bytes(context)
     agg = AggregatorClient(url)
     try:
-        created = SessionCreated.model_validate(agg.request("POST", "/sessions", json={
-            "dataset": fds.name, "op": op.model_dump(mode="json"), "epsilon": epsilon, "mode": mode,
-            "parties": parties, "context": params.b64encode(public)}))
+        body = {"dataset": fds.name, "op": op.model_dump(mode="json"), "epsilon": epsilon, "mode": mode,
+                "parties": parties, "context": params.b64encode(public)}
+        if weights:
+            body["weights"] = weights
+        created = SessionCreated.model_validate(agg.request("POST", "/sessions", json=body))
 
         def ask(h: "RemoteDataset") -> ContributeResponse:
             body = {"aggregator_url": url, "session_id": created.session_id, "request_id": uuid.uuid4().hex}
@@ -158,33 +185,46 @@ def secure_aggregate(fds: "FederatedDataset", op: HEOp, epsilon: float, *, mode:
             return ContributeResponse.model_validate(
                 _node_call(h, "POST", h._path("/he/contribute"), json=body, retries=3))
 
-        with ThreadPoolExecutor(max_workers=min(8, k)) as pool:
-            futures = [pool.submit(ask, h) for h in handles]
-            replies, failures, charged = [], [], []
-            for h, f in zip(handles, futures):
-                try:
-                    replies.append(f.result())
-                    charged.append(h.node.url)
-                except WorkbenchError as exc:
-                    failures.append((h.node.url, exc))
-        if failures:
-            url0, exc = failures[0]
-            raise type(exc)(f"Node {url0} did not contribute: {exc.message} "
-                            f"(other nodes may have been charged; repeat the call to replay their part for free).",
-                            code=exc.code, details={"node": url0, "failed": [u for u, _ in failures],
-                                                    "charged": charged})
+        replies = ask_all(handles, ask)
         result = SessionResult.model_validate(agg.request(
             "GET", f"/sessions/{created.session_id}/result", headers={"X-Result-Token": created.result_token}))
-        raw = params.b64decode(result.ciphertext, params.MAX_CIPHERTEXT_BYTES, "ciphertext")
-        import tenseal as ts
-
-        totals = [int(v) for v in ts.bfv_vector_from(context, raw).decrypt()][:len(local_plan.slots)]
         sizes = {"context": len(public), "ciphertext_per_node": replies[0].ciphertext_bytes if replies else 0,
                  "analyst_sent": agg.bytes_sent, "analyst_received": agg.bytes_received}
     finally:
         agg.close()
-    return SecureAggregate(local_plan, totals, parties, [h.node.url for h in handles], url, created.session_id,
-                           replies, sizes)
+    return SecureAggregate(local_plan, [], parties, [h.node.url for h in handles], url, created.session_id,
+                           replies, sizes, "he", result.ciphertext, context)
+
+
+def secure_aggregate(fds: "FederatedDataset", op: HEOp, epsilon: float, *, mode: NoiseMode = "distributed",
+                     aggregator: str | None = None, protocol: str = "he") -> SecureAggregate:
+    """Run one secure-aggregation session over every node of ``fds``; returns the decrypted noisy total.
+
+    ``protocol="he"``: BFV ciphertexts added by the aggregator, decrypted here.
+    ``protocol="smpc"``: additive secret shares exchanged between the nodes
+    (see :mod:`workbench.smpc`); the nodes' partial sums of shares add up here.
+
+    Privacy guarantee: each node charges ``epsilon`` to your grant there and
+    releases only a ciphertext (to the aggregator) or secret shares (to the
+    other nodes) and a uniformly random partial sum. In ``distributed`` mode
+    the decrypted total is epsilon-DP if every node is honest (the noise shares
+    add up to one discrete Laplace); in ``conservative`` mode each node's share
+    is epsilon-DP on its own. You never receive a single node's partial.
+    """
+    if protocol == "smpc":
+        from ..smpc.client import smpc_aggregate
+
+        return smpc_aggregate(fds, op, epsilon, mode=mode, aggregator=aggregator)
+    if protocol != "he":
+        raise InvalidQuery("protocol is 'he' (homomorphic encryption) or 'smpc' (secret sharing).",
+                           code="invalid_query")
+    out = run_he_session(fds, op, epsilon, mode=mode, aggregator=aggregator)
+    raw = params.b64decode(out.result_ciphertext, params.MAX_CIPHERTEXT_BYTES, "ciphertext")
+    import tenseal as ts
+
+    out.totals = [int(v) for v in ts.bfv_vector_from(out.context, raw).decrypt()][:len(out.plan.slots)]
+    out.result_ciphertext = None
+    return out
 
 
 def _rounding_slack(p: EncodingPlan, rows: int) -> list[float]:
@@ -193,19 +233,23 @@ def _rounding_slack(p: EncodingPlan, rows: int) -> list[float]:
 
 
 def secure_sum(fds: "FederatedDataset", columns: list[str] | str, epsilon: float, *, count: bool = False,
-               mode: NoiseMode = "distributed", aggregator: str | None = None, alpha: float = 0.05) -> pd.DataFrame:
+               mode: NoiseMode = "distributed", aggregator: str | None = None, alpha: float = 0.05,
+               protocol: str = "he") -> pd.DataFrame:
     """Noisy totals of ``columns`` over every node, computed under encryption.
 
     Returns one row per column (and ``count``): ``estimate``, ``lower``,
     ``upper`` (a ``1 - alpha`` interval for the noise and fixed-point rounding,
     per statistic; clipping to the public bounds is not included).
 
+    ``protocol``: ``"he"`` (BFV, added by the aggregator) or ``"smpc"``
+    (additive secret sharing between the nodes); same noise, same charge.
+
     Privacy guarantee: see :func:`secure_aggregate`; epsilon is split evenly
     over the columns, and every node is charged ``epsilon`` once.
     """
     columns = [columns] if isinstance(columns, str) else list(columns)
     op = HEOp(kind="sum", columns=columns, count=count)
-    agg = secure_aggregate(fds, op, epsilon, mode=mode, aggregator=aggregator)
+    agg = secure_aggregate(fds, op, epsilon, mode=mode, aggregator=aggregator, protocol=protocol)
     p = agg.plan
     values = agg.values()
     half = [h / 10 ** d for h, d in zip(noise_half_width(p, alpha), p.decimals)]
@@ -270,7 +314,7 @@ def solve_regression(p: EncodingPlan, values: np.ndarray, x: list[str]) -> dict:
 
 def linear_regression(fds: "FederatedDataset", y: str, x: list[str] | str, epsilon: float, *,
                       mode: NoiseMode = "distributed", aggregator: str | None = None,
-                      alpha: float = 0.05) -> pd.DataFrame:
+                      alpha: float = 0.05, protocol: str = "he") -> pd.DataFrame:
     """Federated OLS of ``y`` on ``x`` (with intercept) from HE-aggregated, DP-noised X'X and X'y.
 
     Every variable is clipped to its public bounds and standardized with them
@@ -286,7 +330,7 @@ def linear_regression(fds: "FederatedDataset", y: str, x: list[str] | str, epsil
     """
     x = [x] if isinstance(x, str) else list(x)
     op = HEOp(kind="linreg", y=y, x=x)
-    agg = secure_aggregate(fds, op, epsilon, mode=mode, aggregator=aggregator)
+    agg = secure_aggregate(fds, op, epsilon, mode=mode, aggregator=aggregator, protocol=protocol)
     fit = solve_regression(agg.plan, agg.values(), x)
     from scipy import stats
 

@@ -42,7 +42,7 @@ def _frame(path: str, file_format: str, info: DatasetInfo) -> pl.LazyFrame:
 
 def _clipped(info: DatasetInfo, name: str) -> pl.Expr:
     col = info.column(name)
-    lo, hi = col.bounds
+    lo, hi = (0.0, 1.0) if col.type == "bool" else col.bounds
     mid = (lo + hi) / 2.0
     expr = pl.col(name).cast(pl.Float64)
     return expr.fill_nan(mid).fill_null(mid).clip(lo, hi)
@@ -56,6 +56,19 @@ def exact_sums(info: DatasetInfo, op: HEOp, plan: EncodingPlan, lf: pl.LazyFrame
             exprs.append((_clipped(info, name) * 10 ** d).round(0).cast(pl.Int64).sum())
         if op.count:
             exprs.append(pl.len().cast(pl.Int64))
+    elif op.kind == "evaluate":
+        from .spec import eval_monomials
+
+        names = [op.y] + list(op.x)
+        z = {n: (_clipped(info, n) - c) / h for n, c, h in zip(names, plan.centres, plan.halves)}
+        one = z[op.y] * 0.0 + 1.0
+        variables = [one] + [z[n] for n in op.x] + [z[op.y]]
+        for exps, d in zip(eval_monomials(op), plan.decimals):
+            term = one
+            for var, e in zip(variables, exps):
+                for _ in range(e):
+                    term = term * var
+            exprs.append((term.clip(-1.0, 1.0) * 10 ** d).round(0).cast(pl.Int64).sum())
     else:
         names = [op.y] + list(op.x)
         z = {n: (_clipped(info, n) - c) / h for n, c, h in zip(names, plan.centres, plan.halves)}

@@ -32,7 +32,7 @@ from ..node.ledger import Cost, choose_grant
 from ..node.routes import Caller, Service
 from ..node.service import NodeService
 from ..protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
-from .params import params_doc
+from .params import EVAL_SCHEME, SCHEME, eval_params_doc, params_doc
 from .spec import (AggregatorEntry, ContributeRequest, ContributeResponse, HEPreview, HEPreviewRequest, SessionSpec,
                    plan)
 
@@ -71,7 +71,8 @@ def _save(service: NodeService, entries: dict) -> None:
 def list_aggregators(service: Service, caller: Caller) -> dict:
     """The aggregators this node's owner trusts (URLs only), and the pinned HE parameters."""
     return {"aggregators": [{"name": n, "url": e["url"]} for n, e in sorted(trusted(service).items())],
-            "params": params_doc(), "min_parties": MIN_PARTIES}
+            "params": params_doc(), "eval_params": eval_params_doc(), "protocols": ["he", "smpc"],
+            "min_parties": MIN_PARTIES}
 
 
 @router.put("/he/aggregators/{name}")
@@ -164,20 +165,21 @@ def he_preview(name: str, body: HEPreviewRequest, service: Service, caller: Call
                      max_abs_per_node=enc.max_abs_per_node, params=params_doc())
 
 
-@router.post("/datasets/{name}/he/contribute", response_model=ContributeResponse)
-def contribute(name: str, body: ContributeRequest, service: Service, caller: Caller) -> ContributeResponse:
-    """Charge, compute, encrypt and send this node's noisy contribution to the session's aggregator."""
-    entry = service.catalog.get(name)
-    caller.require("analyst", "owner")
+def read_session(service: NodeService, entry: DatasetEntry, caller, aggregator_url: str, session_id: str,
+                 protocol: str) -> tuple[dict, SessionSpec]:
+    """The trusted aggregator's description of a session this node is a party of (checked, nothing charged)."""
     try:
-        aggregator = _aggregator_for(service, body.aggregator_url)
+        aggregator = _aggregator_for(service, aggregator_url)
     except WorkbenchError as exc:
-        service.gate.refuse(caller, entry.name, exc, channel="he", attempted="contribute")
+        service.gate.refuse(caller, entry.name, exc, channel=protocol, attempted="contribute")
         raise
     try:
-        spec = SessionSpec.model_validate(_call(aggregator, "GET", f"/sessions/{body.session_id}"))
+        spec = SessionSpec.model_validate(_call(aggregator, "GET", f"/sessions/{session_id}"))
     except ValueError:
         raise ComputationFailed("The aggregator's session description is malformed.") from None
+    if spec.protocol != protocol:
+        raise InvalidQuery(f"That session uses protocol {spec.protocol!r}; ask this node's "
+                           f"/{spec.protocol}/contribute endpoint.", code="invalid_query")
     if spec.dataset != entry.name:
         raise InvalidQuery(f"The session is about dataset {spec.dataset!r}, not {entry.name!r}.",
                            code="invalid_query")
@@ -187,21 +189,44 @@ def contribute(name: str, body: ContributeRequest, service: Service, caller: Cal
         raise NotAuthorized(f"A secure sum needs at least {MIN_PARTIES} parties, so no single node's value can be "
                             "decrypted.", code="privacy_violation")
     _epsilon_cap(service, spec.epsilon)
+    return aggregator, spec
+
+
+def question(spec: SessionSpec, aggregator: dict, enc) -> dict:
+    """The identity of a contribution for the gate (replay): never the key, the weights or the session."""
+    return {"op": spec.op.model_dump(mode="json"), "mode": spec.mode, "parties": sorted(spec.parties),
+            "aggregator": aggregator["url"], "plan": enc.model_dump(mode="json")}
+
+
+@router.post("/datasets/{name}/he/contribute", response_model=ContributeResponse)
+def contribute(name: str, body: ContributeRequest, service: Service, caller: Caller) -> ContributeResponse:
+    """Charge, compute, encrypt and send this node's noisy contribution to the session's aggregator."""
+    entry = service.catalog.get(name)
+    caller.require("analyst", "owner")
+    aggregator, spec = read_session(service, entry, caller, body.aggregator_url, body.session_id, "he")
     enc = plan(entry.info, spec.op, len(spec.parties), spec.epsilon, spec.mode)
-    checked = service.pool.run("workbench.he.params:check_context", {"context": spec.context})
+    evaluate = spec.op.kind == "evaluate"
+    scheme = EVAL_SCHEME if evaluate else SCHEME
+    checked = service.pool.run("workbench.he.params:check_context", {"context": spec.context, "scheme": scheme})
     if checked["context_sha256"] != spec.context_sha256:
         raise InvalidQuery("The session's context does not match its hash.", code="bad_context")
+    if evaluate:  # vet the analyst's weight ciphertexts before anything is charged
+        service.pool.run("workbench.he.evaluate:check_weights",
+                         {"context": spec.context, "weights": spec.weights, "moments": len(enc.slots)})
     op = spec.op.model_dump(mode="json")
-    question = {"op": op, "mode": spec.mode, "parties": sorted(spec.parties), "aggregator": aggregator["url"],
-                "plan": enc.model_dump(mode="json")}
     task = _task(entry, op, enc.model_dump(mode="json"))
     outcome = service.gate.release(
-        caller, entry, "he", f"secure_{spec.op.kind}", question, Cost(spec.epsilon, 0.0),
+        caller, entry, "he", f"secure_{spec.op.kind}", question(spec, aggregator, enc), Cost(spec.epsilon, 0.0),
         compute=lambda: service.pool.run("workbench.he.node_compute:noisy_contribution", task),
         grant_id=body.grant_id, request_id=body.request_id)
     # Charged above; only now is the (noisy) contribution encrypted and released, to the aggregator only.
-    sealed = service.pool.run("workbench.he.params:encrypt",
-                              {"context": spec.context, "values": outcome.result["values"]})
+    if evaluate:
+        sealed = service.pool.run("workbench.he.evaluate:node_evaluate", {
+            "context": spec.context, "weights": spec.weights, "moments": len(enc.slots),
+            "values": outcome.result["values"], "decimals": enc.decimals, "max_rows": entry.info.max_rows})
+    else:
+        sealed = service.pool.run("workbench.he.params:encrypt",
+                                  {"context": spec.context, "values": outcome.result["values"]})
     try:
         _call(aggregator, "POST", f"/sessions/{body.session_id}/contributions", {"ciphertext": sealed["ciphertext"]})
     except WorkbenchError as exc:

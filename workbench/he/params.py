@@ -13,6 +13,16 @@ Parameters (pinned; a context with any other parameters is refused):
 A public context (public key only: no secret key, no galois or relinearisation
 keys, since sums need none) serializes to ~134 KB; one ciphertext to ~89 KB.
 
+Encrypted model evaluation (:mod:`.evaluate`) needs a node to multiply the
+analyst's encrypted weights by its (noisy) moments. The BFV set above has a
+fresh noise budget of only 15 bits (measured with SEAL's
+``invariant_noise_budget``), so it cannot absorb that product. Evaluation uses
+a second pinned set, CKKS ``N = 8192``, coefficient modulus ``[60, 40, 60]``
+bits (one rescale), scale ``2**40``: public context ~364 KB, fresh ciphertext
+~235 KB, a product ~131 KB. Values stay far below the ~2.6e5 where that
+modulus wraps (the client scales the weights to guarantee it), and the
+client rounds what it decrypts (no raw CKKS decryption is ever published).
+
 Everything here that deserializes TenSEAL objects is meant to run in a worker
 process (native code), after the caller has capped the size of the bytes.
 """
@@ -33,6 +43,14 @@ MAX_ABS_TOTAL = (PLAIN_MODULUS - 1) // 2
 MAX_CONTEXT_BYTES = 400_000
 MAX_CIPHERTEXT_BYTES = 300_000
 SCHEME = "bfv"
+#: The CKKS set for encrypted model evaluation.
+EVAL_SCHEME = "ckks"
+EVAL_POLY_MODULUS_DEGREE = 8192
+EVAL_COEFF_BITS = (60, 40, 60)
+EVAL_SCALE_BITS = 40
+EVAL_MAX_CONTEXT_BYTES = 450_000
+#: |value| any evaluation slot may reach before the last modulus (60 bits at scale 2**40) wraps; kept with margin.
+EVAL_MAX_ABS = 1.0e5
 
 
 def params_doc() -> dict:
@@ -40,6 +58,24 @@ def params_doc() -> dict:
     return {"scheme": SCHEME, "poly_modulus_degree": POLY_MODULUS_DEGREE, "coeff_modulus_bits": 109,
             "plain_modulus": PLAIN_MODULUS, "max_abs_total": MAX_ABS_TOTAL, "slots": POLY_MODULUS_DEGREE,
             "max_context_bytes": MAX_CONTEXT_BYTES, "max_ciphertext_bytes": MAX_CIPHERTEXT_BYTES}
+
+
+def eval_params_doc() -> dict:
+    """The pinned CKKS parameters of encrypted model evaluation."""
+    return {"scheme": EVAL_SCHEME, "poly_modulus_degree": EVAL_POLY_MODULUS_DEGREE,
+            "coeff_modulus_bits": list(EVAL_COEFF_BITS), "scale_bits": EVAL_SCALE_BITS,
+            "max_abs_slot": EVAL_MAX_ABS, "max_context_bytes": EVAL_MAX_CONTEXT_BYTES,
+            "max_ciphertext_bytes": MAX_CIPHERTEXT_BYTES}
+
+
+def new_eval_context():
+    """A fresh secret CKKS context for model evaluation (the analyst's kernel only)."""
+    import tenseal as ts
+
+    ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=EVAL_POLY_MODULUS_DEGREE,
+                     coeff_mod_bit_sizes=list(EVAL_COEFF_BITS))
+    ctx.global_scale = 2.0 ** EVAL_SCALE_BITS
+    return ctx
 
 
 def new_context():
@@ -57,14 +93,20 @@ def public_bytes(context) -> bytes:
                             save_relin_keys=False)
 
 
-_REFERENCE_PARMS: list | None = None
+_REFERENCE_PARMS: dict[str, list] = {}
 
 
-def _reference_parms_id() -> list:
-    global _REFERENCE_PARMS
-    if _REFERENCE_PARMS is None:
-        _REFERENCE_PARMS = list(new_context().seal_context().data.key_parms_id())
-    return _REFERENCE_PARMS
+def _reference_parms_id(scheme: str = SCHEME) -> list:
+    if scheme not in _REFERENCE_PARMS:
+        ctx = new_context() if scheme == SCHEME else new_eval_context()
+        _REFERENCE_PARMS[scheme] = list(ctx.seal_context().data.key_parms_id())
+    return _REFERENCE_PARMS[scheme]
+
+
+def _context_cap(scheme: str) -> int:
+    if scheme not in (SCHEME, EVAL_SCHEME):
+        raise InvalidQuery(f"Unknown scheme {scheme!r}.", code="bad_context")
+    return MAX_CONTEXT_BYTES if scheme == SCHEME else EVAL_MAX_CONTEXT_BYTES
 
 
 def b64decode(text: str, limit: int, what: str) -> bytes:
@@ -92,18 +134,19 @@ def sha256(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-def load_public_context(raw: bytes):
+def load_public_context(raw: bytes, scheme: str = SCHEME):
     """Deserialize and vet a context sent by someone else (run in a worker).
 
     Refused (``bad_context``): not loadable, holds a secret key, holds galois or
     relinearisation keys, has no public key, or has other parameters than the
-    pinned ones (scheme, N, coefficient modulus, plain modulus: compared through
-    SEAL's parameter hash).
+    pinned ones of ``scheme`` (scheme, N, coefficient modulus, plain modulus:
+    compared through SEAL's parameter hash).
     """
     import tenseal as ts
 
-    if len(raw) > MAX_CONTEXT_BYTES:
-        raise PayloadTooLarge(f"The context is larger than {MAX_CONTEXT_BYTES} bytes.", code="payload_too_large")
+    cap = _context_cap(scheme)
+    if len(raw) > cap:
+        raise PayloadTooLarge(f"The context is larger than {cap} bytes.", code="payload_too_large")
     try:
         ctx = ts.context_from(raw)
     except Exception:  # noqa: BLE001 - any parse failure is the sender's problem
@@ -117,24 +160,27 @@ def load_public_context(raw: bytes):
         if not ctx.has_public_key():
             raise InvalidQuery("The context has no public key.", code="bad_context")
         parms = list(ctx.seal_context().data.key_parms_id())
+        if scheme == EVAL_SCHEME and ctx.global_scale != 2.0 ** EVAL_SCALE_BITS:
+            raise InvalidQuery(f"The CKKS context's scale is not 2**{EVAL_SCALE_BITS}.", code="bad_context")
     except InvalidQuery:
         raise
     except Exception:  # noqa: BLE001
         raise InvalidQuery("The encryption context could not be read.", code="bad_context") from None
-    if parms != _reference_parms_id():
-        raise InvalidQuery(f"The context's parameters are not the pinned ones ({params_doc()}).", code="bad_context")
+    if parms != _reference_parms_id(scheme):
+        doc = params_doc() if scheme == SCHEME else eval_params_doc()
+        raise InvalidQuery(f"The context's parameters are not the pinned ones ({doc}).", code="bad_context")
     return ctx
 
 
-def load_vector(ctx, raw: bytes, length: int):
-    """Deserialize a BFV vector under ``ctx`` and check it has ``length`` slots in use."""
+def load_vector(ctx, raw: bytes, length: int, scheme: str = SCHEME):
+    """Deserialize a BFV (or, for ``scheme="ckks"``, CKKS) vector under ``ctx``; check it has ``length`` slots in use."""
     import tenseal as ts
 
     if len(raw) > MAX_CIPHERTEXT_BYTES:
         raise PayloadTooLarge(f"The ciphertext is larger than {MAX_CIPHERTEXT_BYTES} bytes.",
                               code="payload_too_large")
     try:
-        vector = ts.bfv_vector_from(ctx, raw)
+        vector = ts.bfv_vector_from(ctx, raw) if scheme == SCHEME else ts.ckks_vector_from(ctx, raw)
         size = vector.size()
     except Exception:  # noqa: BLE001
         raise InvalidQuery("The ciphertext could not be read under the session's context.",
@@ -148,9 +194,10 @@ def load_vector(ctx, raw: bytes, length: int):
 
 
 def check_context(payload: dict[str, Any]) -> dict:
-    """Worker: vet a base64 public context; returns its sha256."""
-    raw = b64decode(payload["context"], MAX_CONTEXT_BYTES, "context")
-    load_public_context(raw)
+    """Worker: vet a base64 public context (of ``payload["scheme"]``, default BFV); returns its sha256."""
+    scheme = payload.get("scheme", SCHEME)
+    raw = b64decode(payload["context"], _context_cap(scheme), "context")
+    load_public_context(raw, scheme)
     return {"context_sha256": sha256(raw), "bytes": len(raw)}
 
 
@@ -168,19 +215,25 @@ def encrypt(payload: dict[str, Any]) -> dict:
 
 def add(payload: dict[str, Any]) -> dict:
     """Worker (aggregator): add ciphertexts of ``length`` slots under a vetted public context."""
-    ctx = load_public_context(b64decode(payload["context"], MAX_CONTEXT_BYTES, "context"))
+    scheme = payload.get("scheme", SCHEME)
+    ctx = load_public_context(b64decode(payload["context"], _context_cap(scheme), "context"), scheme)
     length = int(payload["length"])
     total = None
     for text in payload["ciphertexts"]:
-        vector = load_vector(ctx, b64decode(text, MAX_CIPHERTEXT_BYTES, "ciphertext"), length)
-        total = vector if total is None else total + vector
+        vector = load_vector(ctx, b64decode(text, MAX_CIPHERTEXT_BYTES, "ciphertext"), length, scheme)
+        try:
+            total = vector if total is None else total + vector
+        except Exception:  # noqa: BLE001 - e.g. CKKS scale or level mismatch
+            raise InvalidQuery("The contributions cannot be added (scale or level differ).",
+                               code="bad_ciphertext") from None
     raw = total.serialize()
     return {"ciphertext": b64encode(raw), "sha256": sha256(raw), "bytes": len(raw)}
 
 
 def check_ciphertext(payload: dict[str, Any]) -> dict:
     """Worker (aggregator): vet one ciphertext under the session's context."""
-    ctx = load_public_context(b64decode(payload["context"], MAX_CONTEXT_BYTES, "context"))
+    scheme = payload.get("scheme", SCHEME)
+    ctx = load_public_context(b64decode(payload["context"], _context_cap(scheme), "context"), scheme)
     raw = b64decode(payload["ciphertext"], MAX_CIPHERTEXT_BYTES, "ciphertext")
-    load_vector(ctx, raw, int(payload["length"]))
+    load_vector(ctx, raw, int(payload["length"]), scheme)
     return {"sha256": sha256(raw), "bytes": len(raw)}

@@ -1,7 +1,9 @@
 """HE wire models and the encoding plan, computed from public metadata only.
 
 An :class:`HEOp` says what each node contributes: a vector of column sums
-(``sum``) or the sufficient statistics of a linear regression (``linreg``).
+(``sum``), the sufficient statistics of a linear regression (``linreg``), or
+the moments an encrypted model evaluation needs (``evaluate``, see
+:mod:`workbench.he.evaluate`).
 :func:`plan` turns it, the dataset's public metadata, the number of parties,
 epsilon and the noise mode into an :class:`EncodingPlan`: the slot layout, the
 fixed-point scale of every slot, its sensitivity, its noise scale and the
@@ -11,6 +13,7 @@ the node refuses a plan whose total could wrap modulo the plain modulus.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Literal
 
@@ -25,30 +28,44 @@ NOISE_TAIL = 60.0
 MAX_PARTIES = 64
 MAX_REGRESSORS = 12
 MAX_SUM_COLUMNS = 64
+#: Encrypted evaluation: one weight ciphertext (~235 KB) per moment, so the moment set is capped.
+MAX_EVAL_MOMENTS = 48
 
 
 class HEOp(Strict):
-    """What every node computes: ``sum`` of ``columns`` (+ row count), or ``linreg`` of ``y`` on ``x``."""
+    """What every node computes: ``sum`` of ``columns`` (+ row count), ``linreg`` of ``y`` on ``x``, or the
+    moments of ``(1, x, y)`` that ``evaluate`` needs for ``metric`` (a polynomial of ``degree`` per row)."""
 
-    kind: Literal["sum", "linreg"]
+    kind: Literal["sum", "linreg", "evaluate"]
     columns: list[Identifier] = Field(default_factory=list, max_length=MAX_SUM_COLUMNS)
     count: bool = False
     y: Identifier | None = None
     x: list[Identifier] = Field(default_factory=list, max_length=MAX_REGRESSORS)
+    metric: Literal["sse", "logloss"] | None = None
+    degree: int | None = Field(None, ge=2, le=6)
 
 
 NoiseMode = Literal["distributed", "conservative"]
 
 
+Protocol = Literal["he", "smpc"]
+
+
 class SessionCreate(Strict):
-    """The analyst opens a session at the aggregator (the public context rides along)."""
+    """The analyst opens a session at the aggregator (the public context rides along; none for SMPC).
+
+    For ``op.kind == "evaluate"``, ``weights`` holds one CKKS ciphertext per
+    moment (the analyst's encrypted model, see :mod:`workbench.he.evaluate`).
+    """
 
     dataset: DatasetName
     op: HEOp
     epsilon: Finite = Field(gt=0.0, le=100.0)
     mode: NoiseMode = "distributed"
     parties: list[str] = Field(min_length=1, max_length=MAX_PARTIES)
-    context: str = Field(max_length=600_000)
+    context: str = Field("", max_length=600_000)
+    protocol: Protocol = "he"
+    weights: list[str] = Field(default_factory=list, max_length=MAX_EVAL_MOMENTS)
 
 
 class SessionCreated(Strict):
@@ -73,6 +90,8 @@ class SessionSpec(Strict):
     you: str
     context: str
     context_sha256: str
+    protocol: Protocol = "he"
+    weights: list[str] = Field(default_factory=list, max_length=MAX_EVAL_MOMENTS)
 
 
 class Contribution(Strict):
@@ -162,16 +181,49 @@ class EncodingPlan(Strict):
     halves: list[float] = Field(default_factory=list)
 
 
-def _numeric(info: DatasetInfo, name: str):
+def _numeric(info: DatasetInfo, name: str, allow_bool: bool = False):
     col = info.column(name)
     if col is None:
         raise InvalidQuery(f"Unknown column '{name}' in dataset '{info.name}'.", code="unknown_column")
+    if allow_bool and col.type == "bool":
+        return col.model_copy(update={"bounds": (0.0, 1.0)})
     if col.type not in ("int", "float"):
         raise InvalidQuery(f"Column '{name}' is {col.type}; secure sums and regression need numeric columns.",
                            code="wrong_type")
     if col.bounds is None:
         raise InvalidQuery(f"Column '{name}' has no public bounds; the owner must declare them.", code="bad_bounds")
     return col
+
+
+def eval_variables(op: HEOp) -> list[str]:
+    """The variables of an evaluation's moments: the constant 1, the regressors, then y."""
+    return ["1"] + list(op.x) + [op.y or "y"]
+
+
+def eval_monomials(op: HEOp) -> list[tuple[int, ...]]:
+    """The exponent tuples (over :func:`eval_variables`, total degree ``op.degree``) a node sums for ``evaluate``.
+
+    ``sse``: every monomial of degree 2 (the per-row squared residual is a
+    quadratic in ``(1, x, y)``). ``logloss``: every monomial of degree ``D`` in
+    ``(1, x)`` (for the polynomial of ``z = b + w.x``), plus ``y`` times ``1`` or
+    one ``x_j`` (for ``-y z``). The all-ones monomial (first) counts the rows.
+    """
+    q = len(op.x) + 2
+    degree = op.degree or 2
+    out = []
+    for combo in itertools.combinations_with_replacement(range(q), degree):
+        exps = tuple(combo.count(i) for i in range(q))
+        if op.metric == "logloss":
+            y_exp, x_deg = exps[-1], sum(exps[1:-1])
+            if y_exp > 1 or (y_exp == 1 and x_deg > 1):
+                continue
+        out.append(exps)
+    return out
+
+
+def monomial_name(exps: tuple[int, ...], names: list[str]) -> str:
+    parts = [n if e == 1 else f"{n}^{e}" for n, e in zip(names[1:], exps[1:]) if e]
+    return "*".join(parts) if parts else "1"
 
 
 def linreg_slots(x: list[str], y: str) -> list[str]:
@@ -193,8 +245,8 @@ def plan(info: DatasetInfo, op: HEOp, parties: int, epsilon: float, mode: NoiseM
     if op.kind == "sum":
         if not op.columns and not op.count:
             raise InvalidQuery("A secure sum needs at least one column (or count=True).", code="invalid_query")
-        if op.y is not None or op.x:
-            raise InvalidQuery("'x' and 'y' apply only to kind 'linreg'.", code="invalid_query")
+        if op.y is not None or op.x or op.metric is not None or op.degree is not None:
+            raise InvalidQuery("'x', 'y', 'metric' and 'degree' do not apply to kind 'sum'.", code="invalid_query")
         if len(set(op.columns)) != len(op.columns):
             raise InvalidQuery("Columns must be distinct.", code="invalid_query")
         cols = [_numeric(info, n) for n in op.columns]
@@ -203,9 +255,15 @@ def plan(info: DatasetInfo, op: HEOp, parties: int, epsilon: float, mode: NoiseM
         is_int = [col.type == "int" for col in cols] + ([True] if op.count else [])
         centres: list[float] = []
         halves: list[float] = []
+    elif op.kind == "evaluate":
+        cols, slots, centres, halves = _evaluate_layout(info, op)
+        magnitudes = [1.0] * len(slots)  # every monomial of standardized values lies in [-1, 1]
+        is_int = [False] * len(slots)
     else:
         if op.y is None or not op.x:
             raise InvalidQuery("A regression needs 'y' and at least one 'x'.", code="invalid_query")
+        if op.metric is not None or op.degree is not None:
+            raise InvalidQuery("'metric' and 'degree' apply only to kind 'evaluate'.", code="invalid_query")
         if op.columns or op.count:
             raise InvalidQuery("'columns' and 'count' apply only to kind 'sum'.", code="invalid_query")
         if len(set(op.x)) != len(op.x) or op.y in op.x:
@@ -240,6 +298,36 @@ def plan(info: DatasetInfo, op: HEOp, parties: int, epsilon: float, mode: NoiseM
     return EncodingPlan(slots=slots, decimals=decimals, sensitivity=sensitivity, noise_scale=noise_scale,
                         max_abs_per_node=max_abs, parties=parties, mode=mode, epsilon=epsilon,
                         centres=centres, halves=halves)
+
+
+def _evaluate_layout(info: DatasetInfo, op: HEOp):
+    """Columns, slot names, centres and half-ranges (y first) of an ``evaluate`` op."""
+    if op.y is None or not op.x or op.metric is None or op.degree is None:
+        raise InvalidQuery("An evaluation needs 'y', at least one 'x', a 'metric' and a 'degree'.",
+                           code="invalid_query")
+    if op.columns or op.count:
+        raise InvalidQuery("'columns' and 'count' apply only to kind 'sum'.", code="invalid_query")
+    if len(set(op.x)) != len(op.x) or op.y in op.x:
+        raise InvalidQuery("Regressors must be distinct and differ from y.", code="invalid_query")
+    if op.metric == "sse" and op.degree != 2:
+        raise InvalidQuery("metric 'sse' is a quadratic: degree must be 2.", code="invalid_query")
+    if op.metric == "logloss" and op.degree % 2:
+        raise InvalidQuery("metric 'logloss' needs an even degree (2, 4 or 6) for its softplus polynomial.",
+                           code="invalid_query")
+    y_col = _numeric(info, op.y, allow_bool=True)
+    if op.metric == "logloss" and tuple(y_col.bounds) != (0.0, 1.0) and tuple(y_col.bounds) != (0, 1):
+        raise InvalidQuery(f"metric 'logloss' needs a 0/1 outcome; '{op.y}' has bounds {y_col.bounds}.",
+                           code="bad_bounds")
+    cols = [y_col] + [_numeric(info, n, allow_bool=True) for n in op.x]
+    monomials = eval_monomials(op)
+    if len(monomials) > MAX_EVAL_MOMENTS:
+        raise InvalidQuery(f"This evaluation needs {len(monomials)} moments (at most {MAX_EVAL_MOMENTS}: one "
+                           "encrypted weight each); use fewer regressors or a lower degree.", code="invalid_query")
+    names = eval_variables(op)
+    slots = [monomial_name(m, names) for m in monomials]
+    centres = [(col.bounds[0] + col.bounds[1]) / 2.0 for col in cols]
+    halves = [(col.bounds[1] - col.bounds[0]) / 2.0 for col in cols]
+    return cols, slots, centres, halves
 
 
 def noise_half_width(plan_: EncodingPlan, alpha: float) -> list[float]:

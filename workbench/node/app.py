@@ -144,6 +144,9 @@ def create_app(service: NodeService) -> FastAPI:
     from ..he import node_routes as he_routes
 
     app.include_router(he_routes.router, prefix="/v1")
+    from ..smpc import node_routes as smpc_routes
+
+    app.include_router(smpc_routes.router, prefix="/v1")
     from ..fl import node_routes as fl_routes
 
     app.include_router(fl_routes.router, prefix="/v1")
