@@ -1,0 +1,212 @@
+"""Worker side of DP synthesis: measure marginals with OpenDP, fit a graphical model, sample, report.
+
+Runs inside a dedicated worker process (see :mod:`workbench.synth.jobs`), so
+a native abort, a time-out or a cancellation kills only this fit.
+
+Privacy guarantee: the only access to the data is one OpenDP
+``contingency_table`` measurement (MST, AIM or Fixed from ``dp.mbi``) under
+pure epsilon-DP (``dp.loss_of(epsilon=...)``, Laplace noise, delta = 0) at
+the dataset's privacy unit (``contributions = max_contributions``, which the
+node checks on every dataset version). Keys and bin cuts come from the public
+metadata (:mod:`workbench.synth.domain`), so the set of possible output
+values does not depend on the data. The synthetic rows are sampled from the
+fitted model and the report compares them with the noisy marginals the
+measurement released: both are post-processing of the DP release.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ComputationFailed, InvalidQuery
+from ..protocol import DatasetInfo
+from .domain import Plan, plan as make_plan
+from .report import fidelity_figures
+from .spec import SynthSpec
+
+_POLARS_TYPES = {"int": "Int64", "float": "Float64", "category": "String", "bool": "Boolean", "string": "String"}
+FIT_ITERS = 1000
+
+
+class Progress:
+    """Writes ``{"pid", "phase", "progress"}`` to a file the node polls (throttled, atomic)."""
+
+    def __init__(self, path: str | None):
+        self.path = Path(path) if path else None
+        self._last = 0.0
+        self.write("starting", 0.0, force=True)
+
+    def write(self, phase: str, fraction: float, force: bool = False) -> None:
+        if self.path is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last < 0.3:
+            return
+        self._last = now
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "phase": phase, "progress": round(min(max(fraction, 0.0), 1.0), 4)}))
+        tmp.replace(self.path)
+
+
+def _configure_jax(cache_dir: str | None) -> None:
+    """Compile-time is most of a fit: cheap XLA optimisation and an on-disk compile cache per node."""
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+    import jax
+
+    if cache_dir:
+        try:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            jax.config.update("jax_compilation_cache_dir", cache_dir)
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+            jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+        except Exception:  # noqa: BLE001 - a cache is an optimisation only
+            pass
+
+
+def _scan(task: dict, info: DatasetInfo, columns: list[str]):
+    import polars as pl
+
+    kinds = {c.name: c.type for c in info.columns}
+    wanted = {n: getattr(pl, _POLARS_TYPES[kinds[n]]) for n in columns}
+    if task["format"] == "csv":
+        lf = pl.scan_csv(task["path"], schema_overrides=wanted)
+    else:
+        lf = pl.scan_parquet(task["path"])
+    exprs = []
+    for n, t in wanted.items():
+        e = pl.col(n).cast(t)
+        if kinds[n] == "float":
+            e = e.fill_nan(None)
+        exprs.append(e.alias(n))
+    return lf.select(exprs)
+
+
+def _algorithm(dp, spec: SynthSpec, p: Plan, estimator):
+    Count = dp.mbi.Count
+    if spec.method == "mst":
+        return dp.mbi.MST(estimator=estimator)
+    if spec.method == "aim":
+        rounds = spec.rounds or max(len(p.columns), 2)
+        return dp.mbi.AIM(estimator=estimator, queries=[Count(c) for c in p.cliques], rounds=rounds)
+    # fixed and independent: every public column is keyed, so no separate one-way release is needed
+    return dp.mbi.Fixed(estimator=estimator, queries=[Count(c) for c in p.cliques], oneway="unkeyed")
+
+
+def expected_fits(spec: SynthSpec, p: Plan) -> int:
+    if spec.method == "mst":
+        return 2
+    if spec.method == "aim":
+        return 1 + (spec.rounds or max(len(p.columns), 2))
+    return 1
+
+
+def run(task: dict) -> dict:
+    """Fit and sample one DP synthesizer. ``task`` is plain data built by the node."""
+    progress = Progress(task.get("progress_path"))
+    _configure_jax(task.get("jax_cache"))
+    import opendp.prelude as dp
+    import polars as pl
+
+    from . import _calibration
+
+    dp.enable_features("contrib")
+    _calibration.install()
+    info = DatasetInfo.model_validate(task["info"])
+    spec = SynthSpec.model_validate(task["spec"])
+    epsilon = float(task["epsilon"])
+    p = make_plan(info, spec)
+    fits = {"done": 0, "total": expected_fits(spec, p)}
+
+    from mbi.estimation import mirror_descent
+
+    def estimator(domain, loss_fn, *, potentials=None):
+        k = fits["done"]
+        label = f"fitting model {min(k + 1, fits['total'])} of {fits['total']}" if fits["total"] > 1 else "fitting model"
+
+        def tick(_potentials, _state={"i": 0}):
+            _state["i"] += 1
+            progress.write(label, 0.05 + 0.85 * (k + _state["i"] / FIT_ITERS) / fits["total"])
+
+        progress.write(label, 0.05 + 0.85 * k / fits["total"], force=True)
+        model = mirror_descent(domain, loss_fn, potentials=potentials, iters=FIT_ITERS, callback_fn=tick)
+        fits["done"] = min(k + 1, fits["total"] - 1) if spec.method == "aim" else k + 1
+        return model
+
+    lf = _scan(task, info, p.columns)
+    ctx = dp.Context.compositor(
+        data=lf,
+        privacy_unit=dp.unit_of(contributions=info.privacy_unit.max_contributions),
+        privacy_loss=dp.loss_of(epsilon=epsilon),
+        split_evenly_over=1,
+        margins=[dp.polars.Margin(by=[], max_length=info.max_rows)],
+    )
+    keys = {n: d.keys for n, d in p.domains.items() if d.keys is not None}
+    cuts = {n: d.cuts for n, d in p.domains.items() if d.cuts is not None}
+    progress.write("measuring marginals", 0.02, force=True)
+    try:
+        query = ctx.query().contingency_table(keys=keys, cuts=cuts, algorithm=_algorithm(dp, spec, p, estimator))
+        table = query.release()
+    except dp.OpenDPException as exc:  # the message is about budgets and domains, never data values
+        raise ComputationFailed(f"OpenDP refused the synthesis: {str(exc).strip().splitlines()[-1][:300]}",
+                                code="computation_failed") from None
+    _check_domain(table, p)
+    progress.write("sampling rows", 0.92, force=True)
+    indices = table.model.synthetic_data(int(spec.rows), "sample").df
+    rng = np.random.default_rng()
+    cells = {n: indices[n].to_numpy().astype(np.int64) for n in p.columns}
+    data = {n: p.domains[n].decode(cells[n], rng) for n in p.columns}
+    progress.write("writing the fidelity report", 0.97, force=True)
+    measurements = _released_marginals(table, p)
+    report = fidelity_figures(p, cells, measurements)
+    report.update(method=spec.method, epsilon=epsilon, delta=0.0, rows=int(spec.rows), columns=p.columns,
+                  dropped=p.dropped, privacy_unit=info.privacy_unit.model_dump(mode="json"),
+                  mechanism="OpenDP dp.mbi " + {"mst": "MST", "aim": "AIM", "fixed": "Fixed",
+                                                 "independent": "Fixed (one-way marginals only)"}[spec.method]
+                  + ", pure epsilon-DP (Laplace noise)")
+    rows = [list(r) for r in zip(*(data[n] for n in p.columns))]
+    progress.write("done", 1.0, force=True)
+    return {"table": {"columns": p.columns, "data": rows}, "report": report}
+
+
+def _check_domain(table, p: Plan) -> None:
+    """The fitted model must live on exactly the public cells we declared (keys + null, or bins)."""
+    for n in p.columns:
+        got = table.keys[n].to_list()
+        d = p.domains[n]
+        if d.keys is not None:
+            ok = got[: len(d.keys)] == list(d.keys) and len(got) == len(d.keys) + 1 and got[-1] is None
+        else:
+            ok = len(got) == d.cells
+        if not ok:
+            raise ComputationFailed("The fitted model's domain does not match the public metadata.",
+                                    code="computation_failed")
+
+
+def _released_marginals(table, p: Plan) -> list[dict[str, Any]]:
+    """The noisy marginals OpenDP released (full-identity measurements only), merged per clique by
+    inverse variance. Post-processing of the DP release."""
+    from opendp.extras.mbi._utilities import identity_query_precision
+
+    by_clique: dict[tuple, list] = {}
+    for m in table.marginals.flatten():
+        clique = tuple(m.clique)
+        if not clique or identity_query_precision(m) <= 0:
+            continue
+        by_clique.setdefault(clique, []).append(m)
+    out = []
+    for clique, ms in by_clique.items():
+        if any(c not in p.domains for c in clique):
+            continue
+        weights = np.array([1.0 / float(m.stddev) ** 2 for m in ms])
+        values = sum(w * np.asarray(m.noisy_measurement, dtype=float) for w, m in zip(weights, ms)) / weights.sum()
+        std = float(np.sqrt(1.0 / weights.sum()))
+        out.append({"columns": list(clique), "noisy": values.tolist(), "noise_std": std})
+    out.sort(key=lambda m: (len(m["columns"]), [p.columns.index(c) for c in m["columns"]]))
+    return out
