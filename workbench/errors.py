@@ -10,7 +10,7 @@ stable ``code``; the client re-raises it as the same class::
     ├── NotAuthorized      not_authorized, no_grant, grant_expired,
     │                      untrusted_aggregator, fl_fab_not_allowed,
     │                      self_approval, purpose_not_allowed, not_approved,
-    │                      oidc_no_role, oidc_user_conflict
+    │                      oidc_no_role, oidc_user_conflict, sdv_not_approved
     │   └── PrivacyError   privacy_violation, fl_secagg_required,
     │                      fl_secagg_unsafe
     ├── BudgetExceeded     budget_exceeded, dataset_budget_exceeded,
@@ -22,12 +22,13 @@ stable ``code``; the client re-raises it as the same class::
     │                      bad_context, bad_ciphertext, would_overflow,
     │                      session_closed, fl_unknown_model,
     │                      fl_message_refused, fl_secagg_needs_nodes,
-    │                      fl_job_stale, not_pending, stale_review
-    ├── NotFound           unknown_dataset, not_found, fl_unknown_job
+    │                      fl_job_stale, not_pending, stale_review,
+    │                      too_many_rows
+    ├── NotFound           unknown_dataset, not_found, fl_unknown_job, no_mock
     ├── PayloadTooLarge    payload_too_large
     ├── NotSupported       not_supported
     └── ComputationFailed  computation_failed, computation_timeout,
-                           dataset_unavailable, internal_error,
+                           dataset_unavailable, internal_error, synthesis_cancelled,
                            session_incomplete
 """
 
@@ -157,6 +158,10 @@ _BY_CODE: dict[str, type[WorkbenchError]] = {
     "session_closed": InvalidQuery,
     "unknown_dataset": NotFound,
     "not_found": NotFound,
+    "no_mock": NotFound,
+    "sdv_not_approved": NotAuthorized,
+    "too_many_rows": InvalidQuery,
+    "synthesis_cancelled": ComputationFailed,
     "payload_too_large": PayloadTooLarge,
     "not_supported": NotSupported,
     "computation_failed": ComputationFailed,

@@ -49,6 +49,9 @@ class DatasetConfig(_Config):
     budget: Budget = Budget(epsilon=10.0, delta=1e-6)
     columns: dict[Identifier, ColumnConfig]
     allow_sdv_on_real: bool = False
+    #: Synthetic data (workbench.synth): most rows one synthesis may return, and its time limit.
+    synth_max_rows: int = Field(100_000, ge=1)
+    synth_timeout_s: float = Field(900.0, gt=0)
 
     @property
     def file_format(self) -> str:
@@ -79,6 +82,8 @@ class NodeSection(_Config):
     workers: int = Field(2, ge=1, le=32)
     token_ttl_days: float = Field(90.0, gt=0)
     max_epsilon_per_release: float = Field(10.0, gt=0)
+    #: How many synthesis fits may run at once (each in its own worker process).
+    synth_workers: int = Field(1, ge=1, le=16)
 
 
 class NodeConfig(_Config):

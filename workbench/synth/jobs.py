@@ -1,0 +1,191 @@
+"""Background synthesis jobs on the node: queue, progress, cancellation.
+
+A fit can take minutes, so the release runs in a thread while the client
+polls ``GET /v1/synth/jobs/{id}``. Each job gets its own one-process
+:class:`~workbench.node.worker.WorkerPool`: a time-out, a crash or a
+cancellation kills only that process, and the DP query workers are never
+blocked by a long fit. At most ``[node] synth_workers`` fits run at once; the
+others wait, uncharged, in the queue.
+
+The charge is made by the release gate before the fit starts (inside
+``work``); cancelling a running job kills its worker and the charge stands
+(the gate records the failure). Cancelling a queued job costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..errors import ComputationFailed, NotFound, WorkbenchError
+from ..protocol import ErrorBody
+from .spec import SynthJob, SynthRelease
+
+log = logging.getLogger(__name__)
+
+KEEP_JOBS = 200
+KEEP_SECONDS = 3600.0
+
+
+@dataclass
+class Job:
+    job_id: str
+    user: str
+    dataset: str
+    kind: str
+    request_id: str | None
+    progress_path: Path
+    status: str = "queued"
+    phase: str = "queued"
+    progress: float = 0.0
+    created: float = field(default_factory=time.monotonic)
+    started: float | None = None
+    finished: float | None = None
+    error: ErrorBody | None = None
+    release: SynthRelease | None = None
+    cancel_requested: bool = False
+
+    def view(self) -> SynthJob:
+        phase, progress = self.phase, self.progress
+        if self.status == "running":
+            try:
+                state = json.loads(self.progress_path.read_text())
+                phase, progress = state.get("phase", phase), float(state.get("progress", progress))
+            except (OSError, ValueError):
+                pass
+        end = self.finished or time.monotonic()
+        elapsed = end - self.started if self.started else 0.0
+        return SynthJob(job_id=self.job_id, dataset=self.dataset, kind=self.kind, status=self.status, phase=phase,
+                        progress=progress, elapsed_s=round(elapsed, 2), error=self.error, release=self.release)
+
+    def worker_pid(self) -> int | None:
+        try:
+            return int(json.loads(self.progress_path.read_text())["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+class SynthJobs:
+    """The node's synthesis jobs (in memory; finished answers also live in the gate's release store)."""
+
+    def __init__(self, state_dir: Path, slots: int):
+        self.folder = state_dir / "synth" / "jobs"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.jax_cache = str(state_dir / "synth" / "jax-cache")
+        self._jobs: "OrderedDict[str, Job]" = OrderedDict()
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(slots)
+
+    def submit(self, user: str, dataset: str, kind: str, request_id: str | None,
+               work: Callable[[Job], SynthRelease], queue: bool = True) -> Job:
+        """Start ``work(job)`` in a thread (or reuse the job of a retried ``request_id``)."""
+        with self._lock:
+            self._prune()
+            if request_id is not None:
+                for job in self._jobs.values():
+                    if job.user == user and job.request_id == request_id:
+                        return job
+            job_id = secrets.token_hex(12)
+            job = Job(job_id, user, dataset, kind, request_id, self.folder / f"{job_id}.json")
+            self._jobs[job_id] = job
+        thread = threading.Thread(target=self._run, args=(job, work, queue), daemon=True,
+                                  name=f"workbench-synth-{job_id[:6]}")
+        thread.start()
+        return job
+
+    def _run(self, job: Job, work: Callable[[Job], SynthRelease], queue: bool) -> None:
+        holding = False
+        while queue and not holding and not job.cancel_requested:
+            holding = self._slots.acquire(timeout=0.2)
+        try:
+            if job.cancel_requested:
+                job.status, job.phase = "cancelled", "cancelled before it started (nothing was charged)"
+                job.error = ErrorBody(code="synthesis_cancelled", message="Cancelled before it started; "
+                                      "nothing was charged.")
+                return
+            job.status, job.phase, job.started = "running", "starting", time.monotonic()
+            job.release = work(job)
+            job.status, job.phase, job.progress = "done", "done", 1.0
+        except WorkbenchError as exc:
+            if job.cancel_requested:
+                job.status, job.phase = "cancelled", "cancelled"
+                job.error = ErrorBody(code="synthesis_cancelled",
+                                      message="Cancelled while running; the privacy charge for it stands.")
+            else:
+                job.status, job.phase = "failed", "failed"
+                job.error = ErrorBody(code=exc.code, message=exc.message, details=exc.details or None)
+        except Exception:  # noqa: BLE001 - details go to the owner's log only
+            log.exception("synthesis job %s failed", job.job_id)
+            job.status, job.phase = "failed", "failed"
+            job.error = ErrorBody(code="internal_error", message="The synthesis failed; the owner can see why.")
+        finally:
+            job.finished = time.monotonic()
+            if holding:
+                self._slots.release()
+            try:
+                job.progress_path.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+    def get(self, job_id: str, user: str) -> Job:
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None or job.user != user:
+            raise NotFound("No such synthesis job (jobs are kept for an hour, for the user who started them).",
+                           code="not_found")
+        return job
+
+    def cancel(self, job_id: str, user: str, wait_s: float = 15.0) -> Job:
+        """Stop a job: a queued one never starts (free); a running one's worker is killed (charge stands)."""
+        job = self.get(job_id, user)
+        if job.status in ("done", "failed", "cancelled"):
+            return job
+        job.cancel_requested = True
+        deadline = time.monotonic() + wait_s
+        while job.status == "running" and time.monotonic() < deadline:
+            pid = job.worker_pid()
+            if pid is not None:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                break
+            time.sleep(0.1)
+        while job.status in ("queued", "running") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return job
+
+    def _prune(self) -> None:
+        now = time.monotonic()
+        for job_id in list(self._jobs):
+            job = self._jobs[job_id]
+            old = job.finished is not None and now - job.finished > KEEP_SECONDS
+            if old or (len(self._jobs) > KEEP_JOBS and job.finished is not None):
+                del self._jobs[job_id]
+
+
+_registry_lock = threading.Lock()
+
+
+def jobs_of(service) -> SynthJobs:
+    """The job registry attached to a node service (created on first use)."""
+    with _registry_lock:
+        jobs = getattr(service, "_synth_jobs", None)
+        if jobs is None:
+            slots = getattr(service.config.node, "synth_workers", 1)
+            jobs = SynthJobs(service.config.node.state_dir, slots)
+            service._synth_jobs = jobs
+        return jobs
+
+
+def cancelled_error() -> ComputationFailed:
+    return ComputationFailed("The synthesis was cancelled; the charge for it stands.", code="synthesis_cancelled")
