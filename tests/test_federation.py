@@ -312,6 +312,190 @@ def test_crafted_ciphertexts_refused_at_the_aggregator(env):
         assert r.status_code == 200
 
 
+# ---------------------------------------------------------------- SMPC: the same secure sums by secret sharing
+
+
+def test_smpc_secure_sum_and_regression_match_pooled_truth(env):
+    ds = env["fed"].dataset("patients")
+    pooled = env["pooled"]
+    before = [_spent(h) for h in env["handles"]]
+    df = ds.secure_sum(["cost", "visits"], epsilon=0.2, count=True, protocol="smpc")
+    after = [_spent(h) for h in env["handles"]]
+    assert [a - b for a, b in zip(after, before)] == pytest.approx([0.2] * 3), "each ledger charged once"
+    truth = {"sum(cost)": pooled["cost"].sum(), "sum(visits)": pooled["visits"].sum(), "count": pooled.height}
+    for row in df.itertuples():
+        assert row.lower <= truth[row.statistic] <= row.upper, row
+    assert df.attrs["protocol"] == "smpc" and df.attrs["parties"] == ["hospital-a", "hospital-b", "hospital-c"]
+    again = ds.secure_sum(["cost", "visits"], epsilon=0.2, count=True, protocol="smpc")
+    assert all(again.attrs["replayed"].values()) and list(again["estimate"]) == list(df["estimate"])
+    assert [_spent(h) for h in env["handles"]] == pytest.approx(after), "a replay is free"
+
+    fit = ds.linear_regression(y="cost", x=["age", "bmi"], epsilon=0.5, protocol="smpc")
+    y, X = _pooled_xy(env, "cost", ["age", "bmi"], {"cost": 25_000.0, "age": 50, "bmi": 35.0})
+    design = np.column_stack([np.ones(len(y)), X])
+    beta, *_ = np.linalg.lstsq(design, y, rcond=None)
+    se = np.sqrt(np.diag(((y - design @ beta) ** 2).sum() / (len(y) - 3) * np.linalg.inv(design.T @ design)))
+    for term, b, s in zip(fit.index, beta, se):
+        assert abs(fit.loc[term, "coef"] - b) < max(4 * s, 0.05 * abs(b)), (term, fit.loc[term, "coef"], b, s)
+    assert fit.attrs["protocol"] == "smpc"
+
+
+def test_smpc_partials_are_uniform_and_relay_is_node_only(env):
+    from workbench.smpc import field
+
+    ds = env["fed"].dataset("patients")
+    out = ds.secure_sum("visits", epsilon=0.15, protocol="smpc")
+    from workbench.he.client import secure_aggregate
+    from workbench.he.spec import HEOp
+
+    agg = secure_aggregate(ds, HEOp(kind="sum", columns=["visits"]), 0.15, protocol="smpc")  # replay: free
+    partials = [field.decode(c.partial)[0] for c in agg.contributions]
+    assert sum(partials) == agg.totals[0] == out["estimate"].iloc[0]
+    # Each partial is a uniform field element: none is anywhere near a hospital's visits (< 1e6).
+    assert all(abs(p) > 1e9 for p in partials), partials
+    # The analyst (no node token) cannot read keys, shares or inboxes, nor post to a session.
+    created = httpx.post(env["agg_url"] + "/v1/sessions", json={
+        "dataset": "patients", "op": {"kind": "sum", "columns": ["visits"]}, "epsilon": 0.1,
+        "parties": ["hospital-a", "hospital-b"], "protocol": "smpc"}, timeout=30).json()
+    sid = created["session_id"]
+    for method, path in [("GET", "keys"), ("GET", "inbox"), ("POST", "key"), ("POST", "shares")]:
+        r = httpx.request(method, f"{env['agg_url']}/v1/sessions/{sid}/smpc/{path}", json={},
+                          headers={"Authorization": "Bearer analyst-guess"})
+        assert r.status_code in (401, 422), (path, r.status_code)
+    # No HE result for an SMPC session, and an SMPC session refuses a context.
+    r = httpx.get(f"{env['agg_url']}/v1/sessions/{sid}/result", headers={"X-Result-Token": created["result_token"]})
+    assert r.status_code == 422
+    bad = httpx.post(env["agg_url"] + "/v1/sessions", json={
+        "dataset": "patients", "op": {"kind": "sum", "columns": ["visits"]}, "epsilon": 0.1,
+        "parties": ["hospital-a", "hospital-b"], "protocol": "smpc", "context": "AAAA"}, timeout=30)
+    assert bad.status_code == 422
+
+
+def test_smpc_abort_releases_a_waiting_node(env):
+    import threading
+
+    node = env["nodes"][0]
+    created = httpx.post(env["agg_url"] + "/v1/sessions", json={
+        "dataset": "patients", "op": {"kind": "sum", "columns": ["age"]}, "epsilon": 0.05,
+        "parties": ["hospital-a", "hospital-b"], "protocol": "smpc"}, timeout=30).json()
+    answer = {}
+
+    def ask():
+        answer["r"] = httpx.post(f"{node.url}/v1/datasets/patients/smpc/contribute",
+                                 json={"aggregator_url": env["agg_url"], "session_id": created["session_id"]},
+                                 headers={"Authorization": f"Bearer {node.analyst_token}"}, timeout=90)
+
+    t = threading.Thread(target=ask)
+    started = time.monotonic()
+    t.start()
+    time.sleep(1.5)  # node A has posted its key and waits for hospital-b's
+    r = httpx.post(f"{env['agg_url']}/v1/sessions/{created['session_id']}/abort",
+                   headers={"X-Result-Token": created["result_token"]})
+    assert r.status_code == 200
+    t.join(30)
+    assert time.monotonic() - started < 20
+    assert answer["r"].status_code == 422 and answer["r"].json()["code"] == "session_closed"
+    assert "partial" not in answer["r"].text
+
+
+# ---------------------------------------------------------------- encrypted model evaluation
+
+
+def _pooled_xy(env, y, x, fill):
+    pooled = env["pooled"].with_columns([pl.col(c).fill_null(v) for c, v in fill.items()])
+    return pooled[y].cast(pl.Float64).to_numpy(), np.column_stack([pooled[c].cast(pl.Float64).to_numpy() for c in x])
+
+
+def test_evaluate_sse_matches_plaintext_within_dp_error(env):
+    ds = env["fed"].dataset("patients")
+    y, X = _pooled_xy(env, "cost", ["age", "bmi"], {"cost": 25_000.0, "age": 50, "bmi": 35.0})
+    design = np.column_stack([np.ones(len(y)), X])
+    beta, *_ = np.linalg.lstsq(design, y, rcond=None)
+    truth = float(((y - design @ beta) ** 2).sum())
+    before = [_spent(h) for h in env["handles"]]
+    out = ds.evaluate(beta[1:], beta[0], y="cost", x=["age", "bmi"], metric="sse", epsilon=1.0, alpha=0.01)
+    assert [_spent(h) - b for h, b in zip(env["handles"], before)] == pytest.approx([1.0] * 3)
+    res = out.set_index("statistic")
+    assert res.loc["sse total", "lower"] <= truth <= res.loc["sse total", "upper"], (res, truth)
+    assert abs(res.loc["sse total", "estimate"] - truth) / truth < 0.25
+    assert abs(res.loc["count", "estimate"] - len(y)) < 200
+    assert res.loc["sse mean", "lower"] <= truth / len(y) <= res.loc["sse mean", "upper"]
+    # A second model on the same variables, metric and epsilon: post-processing of the same noisy moments.
+    worse = ds.evaluate({"age": 0.0, "bmi": 0.0}, float(y.mean()), y="cost", metric="sse", epsilon=1.0)
+    assert [_spent(h) - b for h, b in zip(env["handles"], before)] == pytest.approx([1.0] * 3), "free"
+    assert all(worse.attrs["replayed"].values())
+    assert worse.set_index("statistic").loc["sse total", "estimate"] > res.loc["sse total", "estimate"]
+
+
+def test_evaluate_logloss_matches_plaintext_within_dp_and_approximation_error(env):
+    ds = env["fed"].dataset("patients")
+    y, X = _pooled_xy(env, "readmitted", ["age", "visits"], {"age": 50, "visits": 25})
+    design = np.column_stack([np.ones(len(y)), X])
+    w = np.zeros(3)
+    for _ in range(25):  # Newton steps for the pooled logistic fit (the analyst's model)
+        p = 1 / (1 + np.exp(-design @ w))
+        w += np.linalg.solve(design.T @ (design * (p * (1 - p))[:, None]), design.T @ (y - p))
+    z = design @ w
+    truth = float((np.logaddexp(0, z) - y * z).sum())
+    out = ds.evaluate(w[1:], w[0], y="readmitted", x=["age", "visits"], metric="logloss", epsilon=1.0, alpha=0.01)
+    res = out.set_index("statistic")
+    slack = out.attrs["approximation_bound_total"]
+    assert res.loc["logloss total", "lower"] - slack <= truth <= res.loc["logloss total", "upper"] + slack
+    assert abs(res.loc["logloss mean", "estimate"] - truth / len(y)) < 0.05
+    assert out.attrs["degree"] == 4 and out.attrs["moments"] == 18
+
+
+def test_evaluate_yields_aggregates_only_and_bad_weights_are_refused(env):
+    import tenseal as ts
+    from tenseal import sealapi
+
+    from workbench.he import params
+    from workbench.he.spec import eval_monomials, HEOp
+
+    op = HEOp(kind="evaluate", y="cost", x=["age"], metric="sse", degree=2)
+    k = len(eval_monomials(op))
+    ctx = params.new_eval_context()
+    public = params.b64encode(params.public_bytes(ctx))
+    # Crafted weights: every moment's ciphertext packs 4096 distinct values (claiming 2 slots), hoping that
+    # something per row or per moment survives in the other slots.
+    full = ts.ckks_vector(ctx, [float(i % 97) for i in range(4096)]).serialize()
+    crafted = [params.b64encode(b"\x0a\x01\x02" + full[4:])] * k
+    body = {"dataset": "patients", "op": op.model_dump(mode="json"), "epsilon": 0.3,
+            "parties": ["hospital-a", "hospital-b", "hospital-c"], "context": public, "weights": crafted}
+    created = httpx.post(env["agg_url"] + "/v1/sessions", json=body, timeout=120)
+    assert created.status_code == 200, created.text
+    sid = created.json()["session_id"]
+    for node in env["nodes"]:
+        r = httpx.post(f"{node.url}/v1/datasets/patients/he/contribute",
+                       json={"aggregator_url": env["agg_url"], "session_id": sid},
+                       headers={"Authorization": f"Bearer {node.analyst_token}"}, timeout=120)
+        assert r.status_code == 200, r.text
+        assert "values" not in r.json() and len(r.content) < 1000
+    result = httpx.get(f"{env['agg_url']}/v1/sessions/{sid}/result",
+                       headers={"X-Result-Token": created.json()["result_token"]}, timeout=60).json()
+    cipher = ts.ckks_vector_from(ctx, base64.b64decode(result["ciphertext"])).ciphertext()
+    cipher = cipher[0] if isinstance(cipher, list) else cipher
+    plain = sealapi.Plaintext()
+    sealapi.Decryptor(ctx.seal_context().data, ctx.secret_key().data).decrypt(cipher, plain)
+    slots = sealapi.CKKSEncoder(ctx.seal_context().data).decode_double(plain)
+    assert max(abs(v) for v in slots[2:]) < 1e-3, "only two numbers survive the node's product"
+
+    # Weight ciphertexts with bad sizes or parameters: refused with a 4xx before any node is involved.
+    good = params.b64encode(ts.ckks_vector(ctx, [1.0, 0.0]).serialize())
+    wrong_len = params.b64encode(ts.ckks_vector(ctx, [1.0, 0.0, 0.0]).serialize())
+    lower = params.b64encode((ts.ckks_vector(ctx, [1.0, 0.0]) * [1.0, 1.0]).serialize())
+    bfv = params.b64encode(ts.bfv_vector(params.new_context(), [1, 0]).serialize())
+    for weights in ([good] * (k - 1), [good] * (k + 1), [wrong_len] + [good] * (k - 1),
+                    [lower] + [good] * (k - 1), [bfv] + [good] * (k - 1),
+                    ["A" * 500_000] + [good] * (k - 1), ["!!"] + [good] * (k - 1)):
+        r = httpx.post(env["agg_url"] + "/v1/sessions", json={**body, "weights": weights}, timeout=120)
+        assert 400 <= r.status_code < 500, (r.status_code, r.text[:200])
+    bfv_context = httpx.post(env["agg_url"] + "/v1/sessions", timeout=60, json={
+        **body, "weights": [good] * k, "context": params.b64encode(params.public_bytes(params.new_context()))})
+    assert bfv_context.status_code == 422 and bfv_context.json()["code"] == "bad_context"
+    assert httpx.get(env["agg_url"] + "/v1/health").status_code == 200
+
+
 # ---------------------------------------------------------------- a node is down (keep last: it stops one)
 
 
@@ -326,6 +510,8 @@ def test_node_down_clear_error_or_partial(env):
     with pytest.raises(wb.ConnectionFailed) as err:
         ds.secure_sum("visits", epsilon=0.1)
     assert env["nodes"][2].url in str(err.value)
+    with pytest.raises(wb.ConnectionFailed):
+        ds.secure_sum("visits", epsilon=0.1, protocol="smpc")
     assert [_spent(h) for h in env["handles"][:2]] == before
     partial = ds.mean("visits").release(epsilon=0.1, allow_partial=True)
     assert partial.attrs["missing_nodes"] == [env["nodes"][2].url]
