@@ -150,6 +150,9 @@ def create_app(service: NodeService) -> FastAPI:
     from ..fl import node_routes as fl_routes
 
     app.include_router(fl_routes.router, prefix="/v1")
+    from ..synth import node_routes as synth_routes
+
+    app.include_router(synth_routes.router, prefix="/v1")
     app.add_middleware(ProtocolCheck)
     from . import governance_routes
 

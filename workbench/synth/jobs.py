@@ -52,6 +52,7 @@ class Job:
     finished: float | None = None
     error: ErrorBody | None = None
     release: SynthRelease | None = None
+    review: dict | None = None
     cancel_requested: bool = False
 
     def view(self) -> SynthJob:
@@ -65,7 +66,8 @@ class Job:
         end = self.finished or time.monotonic()
         elapsed = end - self.started if self.started else 0.0
         return SynthJob(job_id=self.job_id, dataset=self.dataset, kind=self.kind, status=self.status, phase=phase,
-                        progress=progress, elapsed_s=round(elapsed, 2), error=self.error, release=self.release)
+                        progress=progress, elapsed_s=round(elapsed, 2), error=self.error, release=self.release,
+                        review=self.review)
 
     def worker_pid(self) -> int | None:
         try:
@@ -86,7 +88,7 @@ class SynthJobs:
         self._slots = threading.BoundedSemaphore(slots)
 
     def submit(self, user: str, dataset: str, kind: str, request_id: str | None,
-               work: Callable[[Job], SynthRelease], queue: bool = True) -> Job:
+               work: Callable[[Job], None], queue: bool = True) -> Job:
         """Start ``work(job)`` in a thread (or reuse the job of a retried ``request_id``)."""
         with self._lock:
             self._prune()
@@ -102,7 +104,7 @@ class SynthJobs:
         thread.start()
         return job
 
-    def _run(self, job: Job, work: Callable[[Job], SynthRelease], queue: bool) -> None:
+    def _run(self, job: Job, work: Callable[[Job], None], queue: bool) -> None:
         holding = False
         while queue and not holding and not job.cancel_requested:
             holding = self._slots.acquire(timeout=0.2)
@@ -113,7 +115,7 @@ class SynthJobs:
                                       "nothing was charged.")
                 return
             job.status, job.phase, job.started = "running", "starting", time.monotonic()
-            job.release = work(job)
+            work(job)  # sets job.release (or job.review)
             job.status, job.phase, job.progress = "done", "done", 1.0
         except WorkbenchError as exc:
             if job.cancel_requested:

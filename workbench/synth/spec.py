@@ -100,6 +100,7 @@ class SynthJob(Strict):
     elapsed_s: float = 0.0
     error: ErrorBody | None = None
     release: SynthRelease | None = None
+    review: dict[str, Any] | None = None  # SDV on real rows: the held release waiting for an owner
 
 
 class SDVSpec(Strict):

@@ -1,0 +1,271 @@
+"""The node half of the synthetic-data channel.
+
+* ``POST /datasets/{name}/synth/preview``: the price and the planned noise, spending nothing.
+* ``POST /datasets/{name}/synth/jobs``: start a DP synthesis (202); the gate charges it before the fit.
+* ``GET /synth/jobs/{id}`` / ``DELETE /synth/jobs/{id}``: progress and result / cancel (charge stands).
+* ``POST /datasets/{name}/synth/sdv``: SDV on the real rows, if the owner allows it; held for review.
+* ``GET /datasets/{name}/mock`` and ``GET /synth/mocks``: the public DP mocks, free.
+
+Privacy guarantee: a DP synthesis is one OpenDP measurement under pure
+epsilon-DP at the dataset's privacy unit (see :mod:`workbench.synth.fit`),
+charged through the release gate (channel ``synth``) before it is computed;
+the same spec at the same epsilon on the same dataset version is replayed
+for free. Keys and bins come from the catalogue only. Previews read public
+metadata and the caller's own budget only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fastapi import APIRouter
+
+from ..errors import BudgetExceeded, InvalidQuery, NotAuthorized, WorkbenchError
+from ..node import governance
+from ..node.catalog import DatasetEntry
+from ..node.gate import Outcome, spec_hash
+from ..node.ledger import Cost, choose_grant
+from ..node.routes import Caller, Service
+from ..node.service import NodeService
+from ..node.store import Grant
+from ..node.worker import WorkerPool
+from ..protocol import Budget, Table
+from . import domain, mocks
+from .jobs import Job, jobs_of
+from .spec import (MockInfo, MockRelease, PlannedMeasurement, SDVRequest, SynthJob, SynthPreview, SynthRelease,
+                   SynthRequest, SynthSpec)
+
+router = APIRouter(tags=["synthetic data"])
+FIT = "workbench.synth.fit:run"
+SDV_FIT = "workbench.synth.sdv_real:run"
+CHANNEL = "synth"
+
+
+# ---------------------------------------------------------------- checks (public metadata only)
+
+
+def checked(service: NodeService, name: str, spec: SynthSpec, epsilon: float | None) -> tuple[DatasetEntry,
+                                                                                               domain.Plan]:
+    entry = service.catalog.get(name)
+    limit = service.config.node.max_epsilon_per_release
+    if epsilon is not None and epsilon > limit:
+        raise InvalidQuery(f"This node caps one release at epsilon={limit:g}.", code="bad_epsilon")
+    if spec.rows > entry.config.synth_max_rows:
+        raise InvalidQuery(f"The owner allows at most {entry.config.synth_max_rows} synthetic rows per synthesis "
+                           f"of '{entry.name}'.", code="too_many_rows")
+    return entry, domain.plan(entry.info, spec)
+
+
+def canonical(spec: SynthSpec, plan: domain.Plan) -> dict[str, Any]:
+    """The spec with its columns resolved, so ``columns=None`` and the explicit list are one question."""
+    return spec.model_copy(update={"columns": plan.columns}).model_dump(mode="json")
+
+
+def task(service: NodeService, entry: DatasetEntry, spec: dict, epsilon: float, job: Job | None) -> dict:
+    return {"info": entry.info.model_dump(mode="json"), "path": str(entry.path), "format": entry.config.file_format,
+            "spec": spec, "epsilon": epsilon, "progress_path": str(job.progress_path) if job else None,
+            "jax_cache": jobs_of(service).jax_cache}
+
+
+def run_isolated(target: str, payload: dict, timeout_s: float) -> dict:
+    """Run one fit in a fresh worker process of its own (killed on time-out, crash or cancel)."""
+    pool = WorkerPool(1, timeout_s)
+    try:
+        return pool.run(target, payload, timeout_s=timeout_s)
+    finally:
+        pool.close()
+
+
+def planned(spec: SynthSpec, plan: domain.Plan, epsilon: float, contributions: int) -> tuple[list, str]:
+    """The marginals a method measures and their Laplace noise, from the budget split OpenDP's dp.mbi uses.
+
+    Approximate (the fit reports the exact figures); computed from public metadata only.
+    """
+    d = len(plan.columns)
+    std = lambda eps_each: contributions / eps_each * math.sqrt(2)  # noqa: E731 - Laplace std, sensitivity c
+    out = []
+    if spec.method in ("mst", "aim"):
+        one_eps = epsilon * 0.5 / d
+        out += [PlannedMeasurement(columns=[c], cells=plan.cells((c,)), epsilon=one_eps, noise_std=std(one_eps))
+                for c in plan.columns]
+    if spec.method == "mst":
+        pair_eps = epsilon * 0.5 * 0.9 / max(d - 1, 1)
+        out.append(PlannedMeasurement(columns=["(chosen by MST)"], cells=0, epsilon=pair_eps, noise_std=std(pair_eps),
+                                      adaptive=True))
+        note = (f"MST spends half of epsilon on {d} one-way marginals, 5% on choosing {d - 1} column pairs "
+                "(a spanning tree) and 45% on measuring them.")
+    elif spec.method == "aim":
+        out += [PlannedMeasurement(columns=list(c), cells=plan.cells(c), adaptive=True) for c in plan.cliques]
+        note = ("AIM spends half of epsilon on one-way marginals, then picks marginals from the workload below "
+                "round by round; how much each gets depends on what it picks.")
+    else:
+        each = epsilon / len(plan.cliques)
+        out += [PlannedMeasurement(columns=list(c), cells=plan.cells(c), epsilon=each, noise_std=std(each))
+                for c in plan.cliques]
+        note = ("One DP histogram per column, sampled independently: no correlation is kept."
+                if spec.method == "independent" else
+                f"Fixed measures exactly these {len(plan.cliques)} marginals, epsilon split evenly.")
+    return out, note + " Pure epsilon-DP (Laplace noise, delta = 0)."
+
+
+def _budget_left(service: NodeService, caller, entry: DatasetEntry, grant_id: int | None) -> tuple[int | None,
+                                                                                                   Budget | None]:
+    if entry.info.tier != "private":
+        return None, None
+    with service.store.transaction() as session:
+        grant = choose_grant(session, caller.name, entry.name, grant_id)
+        return grant.id, Budget(epsilon=max(grant.epsilon - grant.epsilon_spent, 0.0),
+                                delta=max(grant.delta - grant.delta_spent, 0.0))
+
+
+# ---------------------------------------------------------------- DP synthesis
+
+
+@router.post("/datasets/{name}/synth/preview", response_model=SynthPreview)
+def preview(name: str, body: SynthRequest, service: Service, caller: Caller) -> SynthPreview:
+    """The price of a synthesis and the noise it will add, before anything is spent."""
+    caller.require("analyst", "owner")
+    entry, plan = checked(service, name, body.spec, body.epsilon)
+    grant_id, before = _budget_left(service, caller, entry, body.grant_id)
+    spec = canonical(body.spec, plan)
+    replay = service.gate.has_answer(caller, entry, spec_hash(CHANNEL, spec, Cost(body.epsilon, 0.0)))
+    after = None
+    if before is not None:
+        after = Budget(epsilon=max(before.epsilon - (0.0 if replay else body.epsilon), 0.0), delta=before.delta)
+    measurements, note = planned(body.spec, plan, body.epsilon, entry.info.privacy_unit.max_contributions)
+    return SynthPreview(dataset=entry.name, dataset_version=entry.version, spec=body.spec, columns=plan.columns,
+                        dropped=plan.dropped, epsilon=body.epsilon, delta=0.0, grant_id=grant_id,
+                        measurements=measurements, note=note, max_rows=entry.config.synth_max_rows,
+                        time_limit_s=entry.config.synth_timeout_s, budget_left_before=before,
+                        budget_left_after=after, would_replay=replay)
+
+
+def release_model(service: NodeService, entry: DatasetEntry, outcome: Outcome, kind: str, dp: bool,
+                  spec: dict) -> SynthRelease:
+    left = None
+    if outcome.grant_id is not None:
+        with service.store.transaction() as session:
+            grant = session.get(Grant, outcome.grant_id)
+            left = Budget(epsilon=max(grant.epsilon - grant.epsilon_spent, 0.0),
+                          delta=max(grant.delta - grant.delta_spent, 0.0))
+    result = outcome.result
+    return SynthRelease(release_id=outcome.release_id, dataset=entry.name, dataset_version=entry.version, kind=kind,
+                        dp=dp, spec=spec, epsilon=outcome.cost.epsilon, delta=outcome.cost.delta,
+                        epsilon_charged=outcome.charged.epsilon, delta_charged=outcome.charged.delta,
+                        grant_id=outcome.grant_id, replayed=outcome.replayed, released_at=outcome.released_at,
+                        table=Table(**result["table"]), report=result["report"], budget_left=left)
+
+
+@router.post("/datasets/{name}/synth/jobs", response_model=SynthJob, status_code=202)
+def start(name: str, body: SynthRequest, service: Service, caller: Caller) -> SynthJob:
+    """Start a DP synthesis. Over budget is refused now, before anything runs; the gate reserves the charge
+    when the fit starts; the same question again is answered from the store for free."""
+    caller.require("analyst", "owner")
+    entry, plan = checked(service, name, body.spec, body.epsilon)
+    spec = canonical(body.spec, plan)
+    cost = Cost(body.epsilon, 0.0)
+    replay = service.gate.has_answer(caller, entry, spec_hash(CHANNEL, spec, cost))
+    if not replay and entry.info.tier == "private":
+        try:
+            _, left = _budget_left(service, caller, entry, body.grant_id)
+            ds_eps, _ = service.gate.dataset_left(entry.name)
+            if body.epsilon > left.epsilon + 1e-9:
+                raise BudgetExceeded(f"This synthesis costs epsilon={body.epsilon:g}; your grant has "
+                                     f"epsilon={left.epsilon:g} left.", code="budget_exceeded",
+                                     details={"epsilon_left": left.epsilon})
+            if body.epsilon > ds_eps + 1e-9:
+                raise BudgetExceeded(f"Dataset '{entry.name}' has reached its lifetime privacy budget.",
+                                     code="dataset_budget_exceeded")
+        except WorkbenchError as exc:
+            service.gate.refuse(caller, entry.name, exc, channel=CHANNEL, kind=body.spec.method,
+                                epsilon=body.epsilon, delta=0.0)
+            raise
+    timeout = entry.config.synth_timeout_s
+    jobs = jobs_of(service)
+
+    def work(job: Job) -> None:
+        payload = task(service, entry, spec, body.epsilon, job)
+        outcome = service.gate.release(caller, entry, CHANNEL, body.spec.method, spec, cost,
+                                       compute=lambda: run_isolated(FIT, payload, timeout),
+                                       grant_id=body.grant_id, request_id=body.request_id)
+        job.release = release_model(service, entry, outcome, body.spec.method, True, spec)
+
+    job = jobs.submit(caller.name, entry.name, body.spec.method, body.request_id, work, queue=not replay)
+    return job.view()
+
+
+@router.get("/synth/jobs/{job_id}", response_model=SynthJob)
+def job_status(job_id: str, service: Service, caller: Caller) -> SynthJob:
+    """A synthesis job's state, progress and (when done) its release. Only its owner sees it."""
+    return jobs_of(service).get(job_id, caller.name).view()
+
+
+@router.delete("/synth/jobs/{job_id}", response_model=SynthJob)
+def cancel(job_id: str, service: Service, caller: Caller) -> SynthJob:
+    """Cancel a job: a queued one never runs (free); a running one's worker is killed and its charge stands."""
+    return jobs_of(service).cancel(job_id, caller.name).view()
+
+
+# ---------------------------------------------------------------- SDV on real rows (non-DP, owner-approved)
+
+
+def sdv_allowed(entry: DatasetEntry) -> None:
+    """Step 1 of the approval: the owner allows SDV on this dataset in its config. Step 2 is the review queue:
+    every fitted result is held until an owner approves it (see :mod:`workbench.node.governance`)."""
+    if not entry.config.allow_sdv_on_real:
+        raise NotAuthorized(f"SDV on the real rows of '{entry.name}' is not a DP release and its owner has not "
+                            "allowed it (allow_sdv_on_real). Use ds.synthesize(...) and syn.fit_sdv(...) instead: "
+                            "SDV on DP synthetic rows stays DP.", code="sdv_not_approved")
+
+
+@router.post("/datasets/{name}/synth/sdv", response_model=SynthJob, status_code=202)
+def sdv_on_real(name: str, body: SDVRequest, service: Service, caller: Caller) -> SynthJob:
+    """Fit an SDV synthesizer on the real rows (allowed datasets only). The result is held in the owners' review
+    queue with SDMetrics privacy metrics; collect it with ``POST /reviews/{id}/collect`` once approved."""
+    caller.require("analyst", "owner")
+    entry = service.catalog.get(name)
+    try:
+        sdv_allowed(entry)
+        if body.spec.rows > entry.config.synth_max_rows:
+            raise InvalidQuery(f"The owner allows at most {entry.config.synth_max_rows} synthetic rows.",
+                               code="too_many_rows")
+        if entry.info.tier == "private":
+            _budget_left(service, caller, entry, body.grant_id)  # a live grant is needed to collect it later
+    except WorkbenchError as exc:
+        service.gate.refuse(caller, entry.name, exc, channel=CHANNEL, kind="sdv_real")
+        raise
+    spec_model = SynthSpec(method="mst", rows=1, columns=body.spec.columns)  # reuse the column checks
+    plan = domain.plan(entry.info, spec_model)
+    spec = body.spec.model_copy(update={"columns": plan.columns}).model_dump(mode="json")
+    timeout = entry.config.synth_timeout_s
+
+    def work(job: Job) -> None:
+        payload = {"info": entry.info.model_dump(mode="json"), "path": str(entry.path),
+                   "format": entry.config.file_format, "spec": spec, "columns": plan.columns,
+                   "progress_path": str(job.progress_path),
+                   "sdv_home": str(service.config.node.state_dir / "synth" / "sdv-home")}
+        result = run_isolated(SDV_FIT, payload, timeout)
+        summary = {"what_leaves": f"{body.spec.rows} rows x {len(plan.columns)} columns from SDV "
+                                  f"{body.spec.synthesizer} fitted on the real rows (not DP)",
+                   "columns": plan.columns, "privacy_metrics": result["report"]["privacy_metrics"]}
+        review = governance.submit_review(service.store, caller, entry, CHANNEL, "sdv_real", spec, summary, result)
+        job.review = review.model_dump(mode="json")
+
+    job = jobs_of(service).submit(caller.name, entry.name, "sdv_real", body.request_id, work)
+    return job.view()
+
+
+# ---------------------------------------------------------------- DP mocks (public, free)
+
+
+@router.get("/datasets/{name}/mock", response_model=MockRelease)
+def mock(name: str, service: Service, caller: Caller) -> MockRelease:
+    """The dataset's public DP mock: the same rows for everyone, free (its owner paid once)."""
+    return mocks.get(service, service.catalog.get(name))
+
+
+@router.get("/synth/mocks", response_model=list[MockInfo])
+def mock_list(service: Service, caller: Caller) -> list[MockInfo]:
+    """Every published DP mock on this node."""
+    return mocks.all_infos(service)
