@@ -61,10 +61,17 @@ def node_serve(config_path: str, host: str | None, port: int | None, log_level: 
     host = host or service.config.node.host
     port = port or service.config.node.port
     click.echo(f"workbench node {service.name!r} serving on http://{host}:{port}/v1", err=True)
+    stop_supernode = None
+    if service.config.fl.superlink:  # [fl] superlink = ...: this node also runs a Flower SuperNode
+        from .fl.deployment import start_node_supernode
+
+        stop_supernode = start_node_supernode(service.config, Path(config_path), host, port)
     try:
         # access_log off: request lines carry no tokens, but keep logs to what the owner needs.
         uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
     finally:
+        if stop_supernode is not None:
+            stop_supernode()
         service.close()
 
 
@@ -346,6 +353,37 @@ def node_why(user_name: str, dataset: str, config_path: str, epsilon: float, del
     sys.exit(0 if result.allowed else 1)
 
 
+@node.group("mock")
+def mock_group() -> None:
+    """Public DP mocks of datasets (free for analysts; paid once from the dataset's budget)."""
+
+
+@mock_group.command("publish")
+@click.argument("dataset")
+@click.option("--epsilon", type=float, required=True, help="Paid once from the dataset's lifetime budget.")
+@click.option("--rows", type=int, default=1000, show_default=True)
+@click.option("--method", type=click.Choice(["mst", "aim", "fixed", "independent"]), default="mst",
+              show_default=True)
+@click.option("--bins", type=int, default=16, show_default=True, help="Bins per numeric column (public bounds).")
+@click.option("--as", "as_owner", default=None, help="The publishing owner (default: the only owner user).")
+@click.option("--progress/--no-progress", default=True)
+@config_option
+def mock_publish(dataset: str, epsilon: float, rows: int, method: str, bins: int, as_owner: str | None,
+                 progress: bool, config_path: str) -> None:
+    """Publish DATASET's DP mock: synthetic rows every user may fetch for free (ds.mock())."""
+    from .synth.mocks import publish_with_progress
+    from .synth.spec import SynthSpec
+
+    service = _service(config_path)
+    try:
+        info = publish_with_progress(service, dataset, SynthSpec(method=method, rows=rows, bins=bins), epsilon,
+                                     as_owner, progress=progress)
+        click.echo(f"published the DP mock of {dataset}: {info.rows} rows, {info.method}, epsilon={info.epsilon:g} "
+                   f"(version {info.dataset_version})")
+    finally:
+        service.close()
+
+
 @node.group("audit")
 def audit_group() -> None:
     """The hash-chained audit log."""
@@ -448,6 +486,41 @@ def aggregator_add_node(name: str, state_dir: str) -> None:
     from .he.aggregator import add_node
 
     click.echo(add_node(Path(state_dir), name))
+
+
+# ---------------------------------------------------------------- federated learning (docs/federated_learning.md)
+
+
+@main.group("fl")
+def fl_group() -> None:
+    """Federated learning with Flower: the SuperLink that nodes' SuperNodes connect to."""
+
+
+@fl_group.command("superlink")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface for the Fleet/Control APIs.")
+@click.option("--port", default=9093, show_default=True, type=int)
+@click.option("--state", "state_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for the SuperLink's database and Flower home.")
+@click.option("--ssl-ca-certfile", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--ssl-certfile", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--auth-list-public-keys", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="CSV of SuperNode public keys: only these SuperNodes may connect (needs TLS).")
+def fl_superlink(host: str, port: int, state_dir: str, ssl_ca_certfile, ssl_certfile, ssl_keyfile,
+                 auth_list_public_keys) -> None:
+    """Run a Flower SuperLink (loopback without TLS is for tests and demos only)."""
+    from .fl.deployment import run_superlink_foreground
+
+    certificates = None
+    if ssl_ca_certfile or ssl_certfile or ssl_keyfile:
+        if not (ssl_ca_certfile and ssl_certfile and ssl_keyfile):
+            raise click.UsageError("TLS needs --ssl-ca-certfile, --ssl-certfile and --ssl-keyfile together.")
+        certificates = (Path(ssl_ca_certfile), Path(ssl_certfile), Path(ssl_keyfile))
+    if host not in ("127.0.0.1", "localhost", "::1") and certificates is None:
+        raise click.UsageError("Off loopback the SuperLink needs TLS (--ssl-*); see docs/federated_learning.md.")
+    click.echo(f"workbench fl superlink on {host}:{port}", err=True)
+    sys.exit(run_superlink_foreground(port, Path(state_dir), host, certificates,
+                                      Path(auth_list_public_keys) if auth_list_public_keys else None))
 
 
 # ---------------------------------------------------------------- scheduled analyses (docs/teaching.md)

@@ -75,8 +75,11 @@ def __getattr__(name: str):  # the FAB names these; build them on first use (flw
 
 
 def flower_env_vars(home: Path) -> dict[str, str]:
+    bin_dir = str(Path(sys.executable).parent)  # flower-superexec, flwr-clientapp, ... of this environment
+    path = os.environ.get("PATH", "")
     return dict(os.environ, FLWR_HOME=str(home), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
-                RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+                RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1",
+                PATH=path if bin_dir in path.split(os.pathsep) else bin_dir + os.pathsep + path)
 
 
 def _bin(name: str) -> str:
@@ -85,7 +88,23 @@ def _bin(name: str) -> str:
 
 
 def stop_group(proc: subprocess.Popen, timeout: float = 10) -> None:
-    """Terminate a process started in its own session, and everything it started."""
+    """Terminate a process started in its own session, and everything it started (even detached children)."""
+    descendants = []
+    try:
+        import psutil
+
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+    except Exception:  # noqa: BLE001 - psutil missing or the process already gone
+        pass
+    _stop_leader(proc, timeout)
+    for child in descendants:
+        try:
+            child.kill()
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+
+def _stop_leader(proc: subprocess.Popen, timeout: float) -> None:
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -146,7 +165,7 @@ def _free_port() -> int:
 
 
 def start_supernode(config, config_path: Path, node_url: str, log_file=None) -> list[subprocess.Popen]:
-    """Start this node's SuperNode (process isolation) and its FAB-checking executor; return both processes."""
+    """Start this node's FAB-checking executor, which starts the SuperNode (process isolation) as its child."""
     from .supernode_key import ensure_key
 
     fl = config.fl
@@ -168,16 +187,14 @@ def start_supernode(config, config_path: Path, node_url: str, log_file=None) -> 
             cmd += ["--auth-supernode-public-key", str(fl.auth_public_key)]
     env = flower_env_vars(state / "flwr")
     out = log_file or subprocess.DEVNULL
-    # one new session and process group for both: stopping the group stops the SuperNode, the executor and
-    # every ClientApp process they started
-    supernode = subprocess.Popen(cmd, env=env, start_new_session=True, cwd=state, stdin=subprocess.DEVNULL,
-                                 stdout=out, stderr=subprocess.STDOUT)
+    # One new session for the executor, which starts the SuperNode as its child: stopping the group stops the
+    # SuperNode, the executor and every ClientApp process they started.
     executor = subprocess.Popen([sys.executable, "-m", "workbench.fl.executor", "--config", str(config_path),
                                  "--runtime-api-address", f"127.0.0.1:{runtime_port}",
-                                 "--parent-pid", str(os.getpid())],
-                                env=env, process_group=supernode.pid, cwd=state, stdin=subprocess.DEVNULL,
+                                 "--parent-pid", str(os.getpid()), "--supernode", json.dumps(cmd)],
+                                env=env, start_new_session=True, cwd=state, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT)
-    return [supernode, executor]
+    return [executor]
 
 
 def start_node_supernode(config, config_path: Path, host: str, port: int) -> Callable[[], None]:
@@ -190,7 +207,7 @@ def start_node_supernode(config, config_path: Path, host: str, port: int) -> Cal
     log.warning("SuperNode for %s connecting to %s (log: %s)", config.node.name, config.fl.superlink, log_path)
 
     def stop() -> None:
-        stop_group(procs[0])
+        stop_group(procs[0], timeout=5)
         for proc in procs[1:]:
             if proc.poll() is None:
                 proc.kill()

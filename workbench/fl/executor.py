@@ -20,7 +20,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--runtime-api-address", required=True)
     parser.add_argument("--parent-pid", type=int, default=None)
+    parser.add_argument("--supernode", default=None, help="JSON command line of the SuperNode to start as a child")
     args = parser.parse_args(argv)
+    if args.supernode:
+        import atexit
+        import json
+        import subprocess
+
+        child = subprocess.Popen(json.loads(args.supernode), stdin=subprocess.DEVNULL)  # same session and group
+        atexit.register(child.kill)
+    if args.parent_pid:
+        _watch_parent(args.parent_pid)
 
     from flwr.supercore.superexec import run_superexec as flower
     from flwr.supercore.superexec.executor import LaunchResult
@@ -44,6 +54,24 @@ def main(argv: list[str] | None = None) -> None:
     flower.AutoExecPlugin.launch_task = guarded_launch
     flower.run_superexec(runtime_api_address=args.runtime_api_address, insecure=True, parent_pid=args.parent_pid,
                          runtime_dependency_install=False)
+
+
+def _watch_parent(pid: int) -> None:
+    """When the node process is gone (even SIGKILLed), take this whole process group down with it."""
+    import os
+    import signal
+    import threading
+    import time
+
+    def watch() -> None:
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os.killpg(0, signal.SIGKILL)
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
 def _audit_refusal(config, fab_hash: str, run_id: int) -> None:
