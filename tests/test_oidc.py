@@ -240,7 +240,7 @@ def test_client_credentials_login_then_grant_then_dp_release(provider, node):
     assert refused.value.code == "no_grant"
 
     # The user row exists since the first login, so the owner grants it like any user.
-    assert "wb-analyst-svc" in cli(node.config, "user", "list")
+    assert users_of(node)["wb-analyst-svc"] == "analyst"
     cli(node.config, "grant", "wb-analyst-svc", "patients", "--purpose", "diabetes study", "--epsilon", "1")
     out = ds.count().release(epsilon=0.2)
     assert abs(out["estimate"].iloc[0] - 20_000) < 500

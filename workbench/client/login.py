@@ -142,7 +142,8 @@ def discover(issuer: str, http: httpx.Client) -> dict:
     doc = _json(response, "discovery document")
     if response.status_code != 200 or doc.get("issuer") != issuer:
         raise NotAuthenticated(f"{url} is not the discovery document of {issuer!r} "
-                               f"(HTTP {response.status_code}, issuer {doc.get('issuer')!r}).", code="not_authenticated")
+                               f"(HTTP {response.status_code}, issuer {doc.get('issuer')!r}).",
+                               code="not_authenticated")
     return doc
 
 

@@ -41,6 +41,7 @@ import httpx
 import jwt
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import DateTime, String, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..errors import NotAuthenticated, NotAuthorized
@@ -292,7 +293,7 @@ class OIDCVerifier:
 
     def handles(self, token: str) -> bool:
         """True if the token claims to come from the configured issuer (checked for real by :meth:`verify`)."""
-        return unverified_issuer(token) == self.section.issuer
+        return len(token) <= MAX_TOKEN_BYTES and unverified_issuer(token) == self.section.issuer
 
     def verify(self, token: str) -> OIDCIdentity:
         s = self.section
@@ -385,6 +386,12 @@ class OIDCVerifier:
 
     def _sync_user(self, identity: OIDCIdentity) -> None:
         """Create or update the user's row; refuse names that belong to someone else."""
+        try:
+            self._sync_user_once(identity)
+        except IntegrityError:  # another process created the same row first (PostgreSQL): read it again
+            self._sync_user_once(identity)
+
+    def _sync_user_once(self, identity: OIDCIdentity) -> None:
         with self._store.transaction("read") as session:
             user = session.execute(select(User).where(User.name == identity.name)).scalar_one_or_none()
             link = session.get(OIDCUser, identity.name)
