@@ -120,3 +120,47 @@ def all_infos(service) -> list[MockInfo]:
         if found is not None:
             out.append(found)
     return out
+
+
+def publish_with_progress(service, dataset: str, spec: SynthSpec, epsilon: float, owner: str | None,
+                          progress: bool = True) -> MockInfo:
+    """:func:`publish`, fitting in a worker process of its own, with a tqdm bar (the owner's CLI)."""
+    import tempfile
+    import threading
+
+    from .node_routes import FIT, canonical, checked, run_isolated
+    from .jobs import jobs_of
+
+    entry, plan = checked(service, dataset, spec, None)
+    spec_dict = canonical(spec, plan)
+    with tempfile.TemporaryDirectory() as tmp:
+        progress_path = Path(tmp) / "progress.json"
+        payload = {"info": entry.info.model_dump(mode="json"), "path": str(entry.path),
+                   "format": entry.config.file_format, "spec": spec_dict, "epsilon": epsilon,
+                   "progress_path": str(progress_path), "jax_cache": jobs_of(service).jax_cache}
+        stop = threading.Event()
+
+        def show() -> None:
+            from tqdm.auto import tqdm
+
+            with tqdm(total=100, desc="starting", unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}") \
+                    as bar:
+                while not stop.wait(0.5):
+                    try:
+                        state = json.loads(progress_path.read_text())
+                    except (OSError, ValueError):
+                        continue
+                    bar.set_description_str(state.get("phase", ""))
+                    bar.n = int(100 * state.get("progress", 0.0))
+                    bar.refresh()
+
+        watcher = threading.Thread(target=show, daemon=True) if progress else None
+        if watcher is not None:
+            watcher.start()
+        try:
+            return publish(service, dataset, SynthSpec.model_validate(spec_dict), epsilon, owner,
+                           run=lambda: run_isolated(FIT, payload, entry.config.synth_timeout_s))
+        finally:
+            stop.set()
+            if watcher is not None:
+                watcher.join(timeout=2)
