@@ -275,6 +275,18 @@ def test_groups_map_to_roles(provider, node):
     assert "wb-nogroup-svc" not in users, "no row for a caller without a role"
 
 
+def test_purposes_from_groups_limit_access_requests(provider, node):
+    """purpose_map: wb-analyst-svc's group 'study-diabetes' allows only the purpose 'diabetes study'."""
+    handle = wb.connect(node.url, token=provider.token("wb-analyst-svc"))
+    ds = handle.dataset("patients")
+    with pytest.raises(wb.NotAuthorized) as refused:
+        ds.request_access(purpose="marketing", epsilon=1.0)
+    assert refused.value.code == "purpose_not_allowed" and "diabetes study" in refused.value.message
+    asked = ds.request_access(purpose="diabetes study", epsilon=1.0, note="cohort sizes")
+    assert asked["status"] == "pending" and asked["user"] == "wb-analyst-svc"
+    handle.close()
+
+
 def test_device_flow_with_the_kernel_library(provider, node):
     """RFC 8628 end to end: start, a person confirms on the provider's pages, the kernel gets a token."""
     prompts = []
