@@ -113,9 +113,10 @@ def test_binder_build_and_launch_in_a_fresh_venv(tmp_path):
     # Launch: binder/start starts the demo nodes, then execs the command (here: a notebook through papermill).
     port = three_free_ports()
     env.update({"WORKBENCH_DEMO_PORT": str(port), "WORKBENCH_DEMO_LOG": str(tmp_path / "demo.log")})
-    command = ("python -c 'import sys, workbench; assert workbench.__file__.startswith(sys.prefix), workbench.__file__'"
-               f" && python -m papermill --no-progress-bar notebooks/01_first_dp_query.ipynb {tmp_path}/out.ipynb"
-               f" -p node_url http://127.0.0.1:{port}")
+    # -I: not the checkout in the working directory; the kernel runs in notebooks/, as Jupyter starts it.
+    command = ("python -I -c 'import sys, workbench; assert workbench.__file__.startswith(sys.prefix), workbench.__file__'"
+               f" && python -m papermill --no-progress-bar --cwd notebooks notebooks/01_first_dp_query.ipynb"
+               f" {tmp_path}/out.ipynb -p node_url http://127.0.0.1:{port}")
     proc = subprocess.Popen(["binder/start", "bash", "-c", command], cwd=repo, env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
