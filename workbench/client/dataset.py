@@ -104,6 +104,37 @@ class RemoteDataset:
         frame.attrs.update({"allowed": body["allowed"], "code": body["code"]})
         return frame
 
+    # ---------------------------------------------------------------- synthetic data (workbench.synth)
+
+    def synthesize(self, rows: int, epsilon: float, method: str = "mst", *, preview: bool = False,
+                   progress: bool = True, **options):
+        """DP synthetic rows (``method``: mst, aim, fixed, independent): ``syn.data``, ``syn.report``.
+        ``preview=True`` returns the price only. Options: ``columns``, ``bins``, ``marginals``, ``rounds``.
+
+        Privacy guarantee: pure epsilon-DP for the dataset's privacy unit, charged once; see docs/synthesis.md.
+        """
+        from ..synth.client import synthesize
+
+        return synthesize(self, rows, epsilon, method, preview=preview, progress=progress, **options)
+
+    def synthesize_preview(self, rows: int, epsilon: float, method: str = "mst", **options):
+        """The price and planned noise of :meth:`synthesize`. Spends nothing."""
+        from ..synth.client import synthesis
+
+        return synthesis(self, rows, epsilon, method, **options).preview()
+
+    def synthesize_sdv(self, synthesizer: str = "GaussianCopula", rows: int = 1000, **options):
+        """SDV fitted on the REAL rows (not DP): only where the owner allows it, held for an owner's review."""
+        from ..synth.client import sdv_on_real
+
+        return sdv_on_real(self, synthesizer, rows, **options)
+
+    def mock(self):
+        """The dataset's public DP mock (free, the same for every analyst)."""
+        from ..synth.client import mock
+
+        return mock(self)
+
     # ---------------------------------------------------------------- raw rows (open tier only)
 
     def to_pandas(self, limit: int = 1_000_000) -> pd.DataFrame:
