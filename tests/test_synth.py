@@ -227,17 +227,17 @@ def test_sdv_on_real_held_for_review_with_privacy_metrics(node):
 
 def test_mock_published_once_free_and_identical(node):
     env = dict(os.environ)
-    before_cap = owner(node).request("GET", "/datasets/clinic_strict/budget")["dataset_epsilon_left"]
+    a = analyst(node).dataset("clinic_strict")
+    before_cap = a.budget()["dataset_epsilon_left"]
     out = subprocess.run([sys.executable, "-m", "workbench.cli", "node", "mock", "publish", "clinic_strict",
                           "--epsilon", "1.5", "--rows", "400", "--method", "independent", "--no-progress",
                           "--config", str(node.config_path)], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     own = owner(node)
-    after_cap = own.request("GET", "/datasets/clinic_strict/budget")["dataset_epsilon_left"]
+    after_cap = a.budget()["dataset_epsilon_left"]
     assert after_cap == pytest.approx(before_cap - 1.5)
     # a second analyst, fresh token
     second = own.request("POST", "/users", json={"name": "bea", "role": "analyst"})["token"]
-    a = analyst(node).dataset("clinic_strict")
     b = wb.connect(node.url, token=second).dataset("clinic_strict")
     before = spent(a)
     m1, m2 = a.mock(), b.mock()
@@ -245,7 +245,7 @@ def test_mock_published_once_free_and_identical(node):
     assert m1.dp and m1.epsilon == 1.5
     assert set(m1.data["region"].dropna().unique()) <= {"north", "south", "east"}
     assert spent(a) == before
-    assert own.request("GET", "/datasets/clinic_strict/budget")["dataset_epsilon_left"] == pytest.approx(after_cap)
+    assert a.budget()["dataset_epsilon_left"] == pytest.approx(after_cap)
     listed = {m["dataset"]: m for m in own.request("GET", "/synth/mocks")}
     assert listed["clinic_strict"]["epsilon"] == 1.5 and listed["clinic_strict"]["current"]
     with pytest.raises(NotFound) as exc:
