@@ -39,7 +39,9 @@ def connect_embedded(hospital: str = "hospital_a") -> Node:
             entry = (service, create_app(service), accounts)
             _services[hospital] = entry
     service, app, accounts = entry
-    http = TestClient(app, base_url="http://embedded.workbench", raise_server_exceptions=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the deprecation notice may also fire on construction
+        http = TestClient(app, base_url="http://embedded.workbench", raise_server_exceptions=False)
     http.headers.update({PROTOCOL_HEADER: PROTOCOL_VERSION, "User-Agent": f"workbench/{__version__}",
                          "Authorization": f"Bearer {accounts.analyst_token}"})
     return Node(http, url=f"embedded://{hospital}", embedded=True)
