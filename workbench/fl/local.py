@@ -30,7 +30,24 @@ from .trainers import FeatureMap, get_trainer
 __all__ = ["local_round"]
 
 
+_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
 def _load(payload: dict, fmap: FeatureMap) -> tuple[np.ndarray, np.ndarray]:
+    """The scaled design matrix and target, cached per file state and features in this worker process."""
+    import os
+
+    stat = os.stat(payload["path"])
+    key = (payload["path"], stat.st_size, stat.st_mtime_ns, repr(fmap.as_dict()))
+    hit = _CACHE.get(key)
+    if hit is None:
+        hit = _read(payload, fmap)
+        _CACHE.clear()  # one dataset at a time: bounded memory
+        _CACHE[key] = hit
+    return hit
+
+
+def _read(payload: dict, fmap: FeatureMap) -> tuple[np.ndarray, np.ndarray]:
     columns = list(dict.fromkeys([*fmap.x, fmap.y]))
     if payload["format"] == "csv":
         lf = pl.scan_csv(payload["path"])
