@@ -6,6 +6,7 @@ budgets survive a kernel restart, as they would on a real node.
 
 from __future__ import annotations
 
+import atexit
 import threading
 import warnings
 
@@ -36,6 +37,7 @@ def connect_embedded(hospital: str = "hospital_a") -> Node:
             config = NodeConfig.load(write_config(root, hospital))
             service = NodeService(config)
             accounts = ensure_accounts(service)
+            atexit.register(service.close)  # stop its worker processes with the kernel
             entry = (service, create_app(service), accounts)
             _services[hospital] = entry
     service, app, accounts = entry
