@@ -1,0 +1,141 @@
+"""DP synthesizers vs an SDV reference on 30k rows x 8 columns (run by the owner: it reads the TRUE marginals).
+
+Each DP method runs as the node runs it (``workbench.synth.fit:run`` in a fresh worker process) at the
+same epsilon; SDV GaussianCopula is fitted on the real rows as a NON-DP reference. Fidelity is measured
+against the real data on the same public bins: mean total variation distance over all 1-way and all
+2-way marginals, and the SDMetrics quality score (on a 5,000-row subsample). Times are wall clock and CPU
+(the worker's user+system time) side by side, in one run.
+
+    .venv/bin/python benchmarks/synthesis.py [--rows 30000] [--epsilon 1.0] [--methods independent,mst,aim,fixed]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+COLUMNS = ["age", "sex", "bmi", "smoker", "diagnosis", "visits", "cost", "region"]
+
+
+def child_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def tvd_scores(plan, real: pd.DataFrame, syn: pd.DataFrame) -> tuple[float, float]:
+    def cells(frame):
+        return {c: plan.domains[c].encode(frame[c].astype(object).where(frame[c].notna(), None).tolist())
+                for c in COLUMNS}
+
+    r, s = cells(real), cells(syn)
+
+    def tvd(cols):
+        shape = tuple(plan.domains[c].cells for c in cols)
+        def dist(x):
+            flat = np.ravel_multi_index(tuple(x[c] for c in cols), shape)
+            counts = np.bincount(flat, minlength=int(np.prod(shape))).astype(float)
+            return counts / counts.sum()
+        return 0.5 * np.abs(dist(r) - dist(s)).sum()
+
+    one = np.mean([tvd((c,)) for c in COLUMNS])
+    two = np.mean([tvd(p) for p in itertools.combinations(COLUMNS, 2)])
+    return float(one), float(two)
+
+
+def quality(real: pd.DataFrame, syn: pd.DataFrame, meta: dict) -> float:
+    from sdmetrics.reports.single_table import QualityReport
+
+    n = min(5000, len(real), len(syn))
+    report = QualityReport()
+    report.generate(real.sample(n, random_state=0), syn.sample(n, random_state=0), meta, verbose=False)
+    return float(report.get_score())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=30_000)
+    parser.add_argument("--epsilon", type=float, default=1.0)
+    parser.add_argument("--methods", default="independent,mst,aim,fixed")
+    parser.add_argument("--no-sdv", action="store_true")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="wb-synth-bench-"))
+    os.environ.setdefault("XDG_DATA_HOME", str(tmp / "xdg"))  # SDV's logs stay out of the home folder
+    import polars as pl
+
+    from workbench.demo.data import PATIENT_COLUMNS, patients
+    from workbench.node.settings import DatasetConfig
+    from workbench.synth.domain import plan as make_plan
+    from workbench.synth.node_routes import FIT, run_isolated
+    from workbench.synth.sdv_support import sdv_metadata_dict
+    from workbench.synth.spec import SynthSpec
+
+    frame = patients(args.rows, seed=7).select(COLUMNS)
+    path = tmp / "patients.parquet"
+    frame.write_parquet(path)
+    config = DatasetConfig(path=path, columns={c: PATIENT_COLUMNS[c] for c in COLUMNS}, max_rows=args.rows * 2)
+    info = config.public_info("bench", "v1")
+    real = frame.to_pandas()
+    meta = sdv_metadata_dict(info, COLUMNS)["tables"]["data"]
+    results = []
+    for method in [m for m in args.methods.split(",") if m]:
+        spec = SynthSpec(method=method, rows=args.rows, rounds=8 if method == "aim" else None)
+        plan = make_plan(info, spec)
+        payload = {"info": info.model_dump(mode="json"), "path": str(path), "format": "parquet",
+                   "spec": spec.model_dump(mode="json"), "epsilon": args.epsilon, "progress_path": None,
+                   "jax_cache": str(tmp / "jax-cache")}
+        cpu0, t0 = child_cpu(), time.perf_counter()
+        try:
+            out = run_isolated(FIT, payload, timeout_s=1800)
+        except Exception as exc:  # noqa: BLE001 - a benchmark reports failures as rows
+            results.append({"method": method, "dp": "yes", "epsilon": args.epsilon, "error": str(exc)[:80]})
+            continue
+        wall, cpu = time.perf_counter() - t0, child_cpu() - cpu0
+        syn = pd.DataFrame(out["table"]["data"], columns=out["table"]["columns"])
+        one, two = tvd_scores(plan, real, syn)
+        results.append({"method": method, "dp": "yes", "epsilon": args.epsilon, "fit_wall_s": wall, "fit_cpu_s": cpu,
+                        "tvd_1way": one, "tvd_2way": two, "quality": quality(real, syn, meta),
+                        "report_tvd_2way_vs_noisy": out["report"].get("tvd_2way_mean")})
+        print(f"  {method}: {wall:.1f} s", file=sys.stderr, flush=True)
+    if not args.no_sdv:
+        from workbench.synth.sdv_support import fit_on_frame
+
+        plan = make_plan(info, SynthSpec(method="mst", rows=1))
+        t0 = time.perf_counter()
+        c0 = time.process_time()
+        model = fit_on_frame(real, info, "GaussianCopula", dp=False)
+        syn = model.sample(args.rows)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        one, two = tvd_scores(plan, real, syn)
+        results.append({"method": "SDV GaussianCopula on real", "dp": "NO", "epsilon": float("inf"),
+                        "fit_wall_s": wall, "fit_cpu_s": cpu, "tvd_1way": one, "tvd_2way": two,
+                        "quality": quality(real, syn, meta)})
+    table = pd.DataFrame(results)
+    pd.set_option("display.width", 200)
+    print(f"\nsynthesis benchmark: {args.rows} rows x {len(COLUMNS)} columns, epsilon={args.epsilon:g} (pure DP), "
+          f"16 bins per numeric column, {os.cpu_count()} CPUs")
+    print(markdown(table))
+
+
+def markdown(table: pd.DataFrame) -> str:
+    def cell(v):
+        if isinstance(v, float):
+            return "" if v != v else ("inf" if v == float("inf") else f"{v:.4g}")
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

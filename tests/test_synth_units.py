@@ -1,0 +1,142 @@
+"""Unit checks of the synthesis channel's pieces that need no node: public domains, report, metadata, jobs."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from workbench.errors import ComputationFailed, InvalidQuery, NotAuthorized, NotFound, error_class_for
+from workbench.protocol import DatasetInfo
+from workbench.synth import domain
+from workbench.synth.spec import SynthSpec
+
+INFO = DatasetInfo.model_validate({
+    "name": "t", "tier": "private", "max_rows": 1000,
+    "privacy_unit": {"id_column": "pid", "max_contributions": 1},
+    "columns": [
+        {"name": "pid", "type": "id"},
+        {"name": "age", "type": "int", "bounds": [0, 100]},
+        {"name": "visits", "type": "int", "bounds": [0, 5]},
+        {"name": "bmi", "type": "float", "bounds": [10.0, 60.0]},
+        {"name": "sex", "type": "category", "categories": ["F", "M"]},
+        {"name": "smoker", "type": "bool", "categories": [False, True]},
+        {"name": "note", "type": "string"},
+    ],
+})
+
+
+def test_plan_drops_identifiers_and_columns_without_a_public_domain():
+    plan = domain.plan(INFO, SynthSpec(rows=10))
+    assert plan.columns == ["age", "visits", "bmi", "sex", "smoker"]
+    assert plan.dropped == {"pid": "identifier", "note": "no public bounds or category set"}
+    with pytest.raises(InvalidQuery):
+        domain.plan(INFO, SynthSpec(rows=10, columns=["pid"]))
+    with pytest.raises(InvalidQuery) as exc:
+        domain.plan(INFO, SynthSpec(rows=10, columns=["note"]))
+    assert exc.value.code == "invalid_query"
+    with pytest.raises(InvalidQuery) as exc:
+        domain.plan(INFO, SynthSpec(rows=10, method="fixed", columns=["age"], marginals=[["age", "sex"]]))
+    assert exc.value.code == "unknown_column"
+
+
+def test_numeric_bins_come_from_public_bounds_and_decode_inside_them():
+    rng = np.random.default_rng(0)
+    age = domain.column_domain(INFO.column("age"), 16)
+    assert age.cells == 16 and all(0 < c < 100 for c in age.cuts)
+    visits = domain.column_domain(INFO.column("visits"), 16)
+    assert visits.cells == 6 and visits.labels == ("0", "1", "2", "3", "4", "5")  # one cell per integer
+    bmi = domain.column_domain(INFO.column("bmi"), 10)
+    for d, (lo, hi) in ((age, (0, 100)), (visits, (0, 5)), (bmi, (10.0, 60.0))):
+        for cell in range(d.cells):
+            values = d.decode(np.full(200, cell), rng)
+            assert all(lo <= v <= hi for v in values)
+            assert set(d.encode(values)) == {cell}  # every decoded value falls back into its own cell
+    assert visits.decode(np.arange(6), rng) == [0, 1, 2, 3, 4, 5]
+
+
+def test_categories_are_the_public_ones_and_unknown_values_fall_into_null():
+    sex = domain.column_domain(INFO.column("sex"), 16)
+    assert sex.keys == ["F", "M"] and sex.labels[-1] == "null"
+    assert list(sex.encode(["F", "M", "atlantis", None])) == [0, 1, 2, 2]
+    assert sex.decode(np.array([0, 1, 2]), np.random.default_rng(0)) == ["F", "M", None]
+
+
+def test_report_compares_synthetic_rows_with_noisy_marginals_only():
+    from workbench.synth.report import FidelityReport, fidelity_figures
+
+    plan = domain.plan(INFO, SynthSpec(rows=4, columns=["sex", "smoker"]))
+    cells = {"sex": np.array([0, 0, 1, 1]), "smoker": np.array([0, 1, 0, 1])}
+    measured = [{"columns": ["sex"], "noisy": [2.0, 2.0, -0.3], "noise_std": 1.0},
+                {"columns": ["sex", "smoker"], "noisy": [1, 1, 0, 1, 1, 0, 0, 0, 0], "noise_std": 1.0}]
+    figures = fidelity_figures(plan, cells, measured)
+    assert figures["tvd_1way_mean"] == pytest.approx(0.0) and figures["tvd_2way_mean"] == pytest.approx(0.0)
+    assert figures["marginals"][1]["labels"][:2] == ["F | False", "F | True"]
+    report = FidelityReport({**figures, "method": "fixed", "epsilon": 1.0}, epsilon_charged=1.0)
+    assert "epsilon=1" in report.summary() and len(report.figures()) == 2
+    assert len(report.plot().axes) == 2
+    assert "Covered by DP" in report._repr_html_()
+
+
+def test_sdv_metadata_comes_from_the_schema_only():
+    from workbench.synth.sdv_support import sdv_metadata_dict
+
+    meta = sdv_metadata_dict(INFO, ["age", "bmi", "sex", "smoker"])
+    cols = meta["tables"]["data"]["columns"]
+    assert cols == {"age": {"sdtype": "numerical"}, "bmi": {"sdtype": "numerical"}, "sex": {"sdtype": "categorical"},
+                    "smoker": {"sdtype": "boolean"}}
+    assert "\"M\"" not in json.dumps(cols) and "60" not in json.dumps(cols)
+
+
+def test_new_error_codes_have_classes():
+    assert error_class_for("sdv_not_approved") is NotAuthorized
+    assert error_class_for("synthesis_cancelled") is ComputationFailed
+    assert error_class_for("no_mock") is NotFound
+    assert error_class_for("too_many_rows") is InvalidQuery
+
+
+def test_calibration_patch_finds_a_scale_opendp_accepts():
+    import opendp.prelude as dp
+
+    from workbench.synth import _calibration
+
+    dp.enable_features("contrib")
+    _calibration.install()
+    import opendp.extras.mbi._table as table
+
+    make = lambda s: dp.m.make_laplace(dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float), scale=s)
+    scale = table.binary_search_param(make, 1.0, 0.5)
+    assert make(scale).map(1.0) <= 0.5 and scale == pytest.approx(2.0, rel=1e-6)
+    assert _calibration._safe_prior(0.05) < 0.05
+
+
+def test_jobs_cancelled_in_the_queue_never_run(tmp_path):
+    from workbench.synth.jobs import SynthJobs
+
+    jobs = SynthJobs(tmp_path, slots=1)
+    release = threading.Event()
+    ran = []
+
+    def slow(job):
+        ran.append(job.job_id)
+        release.wait(10)
+
+    first = jobs.submit("ann", "d", "mst", None, slow)
+    time.sleep(0.3)
+    second = jobs.submit("ann", "d", "mst", None, slow)
+    time.sleep(0.3)
+    assert jobs.get(second.job_id, "ann").status == "queued"
+    cancelled = jobs.cancel(second.job_id, "ann", wait_s=3)
+    assert cancelled.status == "cancelled" and cancelled.error.code == "synthesis_cancelled"
+    release.set()
+    deadline = time.monotonic() + 5
+    while jobs.get(first.job_id, "ann").status != "done" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ran == [first.job_id]
+    with pytest.raises(NotFound):
+        jobs.get(first.job_id, "bob")  # only its owner sees a job
+    again = jobs.submit("ann", "d", "mst", "req-12345678", lambda job: None)
+    assert jobs.submit("ann", "d", "mst", "req-12345678", lambda job: None) is again  # a retried request
