@@ -123,7 +123,6 @@ def test_each_round_is_charged_and_a_round_beyond_the_plan_refused(fl_service):
 
 def test_round_that_would_overspend_the_grant_is_refused_before_reading_data(fl_service):
     from workbench.fl.node_jobs import run_round
-    from workbench.node.gate import Outcome  # noqa: F401 - the gate is the only path
 
     service, analyst = fl_service
     job = _job(service, analyst, epsilon=3.0)
