@@ -29,6 +29,8 @@ from . import engine
 router = APIRouter(tags=["dp"])
 ALPHA = 0.05
 ENGINE = "workbench.dp.engine:run"
+MIN_EPSILON = 1e-6
+MIN_DELTA = 1e-20
 
 _previews: "OrderedDict[str, dict]" = OrderedDict()
 _previews_lock = threading.Lock()
@@ -48,6 +50,10 @@ def _checked(service: NodeService, name: str, body: DPRequest) -> DatasetEntry:
     limit = service.config.node.max_epsilon_per_release
     if body.epsilon > limit:
         raise InvalidQuery(f"This node caps one release at epsilon={limit:g}.", code="bad_epsilon")
+    # Vanishing losses make OpenDP search noise scales near overflow for many seconds (a free DoS by preview).
+    if body.epsilon < MIN_EPSILON or 0 < body.delta < MIN_DELTA:
+        raise InvalidQuery(f"epsilon must be at least {MIN_EPSILON:g} and delta 0 or at least {MIN_DELTA:g}.",
+                           code="bad_epsilon")
     engine.validate(entry.info, body.query, body.delta)
     return entry
 

@@ -51,20 +51,31 @@ class BodyLimit:
             except ValueError:
                 return await error_response(400, "invalid_body", "Bad Content-Length.")(scope, receive, send)
         received = 0
+        refused = False
 
+        # A streamed (chunked) body over the limit: answer 413 ourselves and tell the app the client left
+        # (raising here would be turned into a 400 by FastAPI's body reader).
         async def limited_receive():
-            nonlocal received
+            nonlocal received, refused
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise _TooLarge()
+                    if not refused:
+                        refused = True
+                        await too_large(scope, receive, send)
+                    return {"type": "http.disconnect"}
             return message
 
+        async def guarded_send(message):
+            if not refused:
+                await send(message)
+
         try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
-            await too_large(scope, receive, send)
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:  # noqa: BLE001
+            if not refused:
+                raise
 
 
 class _TooLarge(Exception):
@@ -123,8 +134,12 @@ def create_app(service: NodeService) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException):
-        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        codes = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
         return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+
+    @app.exception_handler(OverflowError)
+    async def _too_big(_request: Request, _exc: OverflowError):  # e.g. an id past SQLite's 64-bit integers
+        return error_response(422, "invalid_body", "A number in the request is too large.")
 
     @app.exception_handler(RecursionError)
     async def _too_deep(_request: Request, _exc: RecursionError):
