@@ -246,6 +246,9 @@ def test_mock_published_once_free_and_identical(node):
     assert set(m1.data["region"].dropna().unique()) <= {"north", "south", "east"}
     assert spent(a) == before
     assert a.budget()["dataset_epsilon_left"] == pytest.approx(after_cap)
+    catalog = a.node.catalog().set_index("name")
+    assert bool(catalog.loc["clinic_strict", "mock"]) and not bool(catalog.loc["clinic", "mock"])
+    assert a.node.dataset("clinic_strict").schema.has_mock
     listed = {m["dataset"]: m for m in own.request("GET", "/synth/mocks")}
     assert listed["clinic_strict"]["epsilon"] == 1.5 and listed["clinic_strict"]["current"]
     with pytest.raises(NotFound) as exc:

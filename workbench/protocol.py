@@ -79,6 +79,8 @@ class DatasetInfo(Strict):
     privacy_unit: PrivacyUnit = PrivacyUnit()
     budget: Budget | None = None
     columns: list[ColumnInfo]
+    #: A public DP mock of this dataset is published (``ds.mock()``, free); see workbench.synth.
+    has_mock: bool = False
 
     def column(self, name: str) -> ColumnInfo | None:
         return next((c for c in self.columns if c.name == name), None)

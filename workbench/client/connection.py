@@ -78,9 +78,9 @@ class Node:
                          "licence": info.licence, "columns": len(info.columns),
                          "privacy_unit": info.privacy_unit.id_column or "row",
                          "budget_epsilon": info.budget.epsilon if info.budget else None,
-                         "version": info.version})
+                         "version": info.version, "mock": info.has_mock})
         return pd.DataFrame(rows, columns=["name", "tier", "description", "licence", "columns", "privacy_unit",
-                                           "budget_epsilon", "version"])
+                                           "budget_epsilon", "version", "mock"])
 
     def dataset(self, name: str, *, purpose: str | None = None, grant_id: int | None = None):
         """A handle to a remote dataset. It holds public metadata only, never rows.

@@ -79,14 +79,18 @@ def me(service: Service, caller: Caller) -> NodeInfo:
 
 @router.get("/catalog", response_model=list[DatasetInfo], tags=["catalogue"])
 def catalog(service: Service, caller: Caller) -> list[DatasetInfo]:
-    """Every dataset's public metadata."""
-    return [e.info for e in service.catalog.entries()]
+    """Every dataset's public metadata (``has_mock``: a free public DP mock is published)."""
+    from ..synth.mocks import annotate
+
+    return [annotate(service, e) for e in service.catalog.entries()]
 
 
 @router.get("/datasets/{name}", response_model=DatasetInfo, tags=["catalogue"])
 def dataset(name: str, service: Service, caller: Caller) -> DatasetInfo:
     """One dataset's public metadata: columns, types, bounds, categories, privacy unit, licence."""
-    return dataset_entry(service, name).info
+    from ..synth.mocks import annotate
+
+    return annotate(service, dataset_entry(service, name))
 
 
 @router.get("/datasets/{name}/budget", response_model=BudgetInfo, tags=["budget"])

@@ -164,3 +164,10 @@ def publish_with_progress(service, dataset: str, spec: SynthSpec, epsilon: float
             stop.set()
             if watcher is not None:
                 watcher.join(timeout=2)
+
+
+def annotate(service, entry: DatasetEntry):
+    """The entry's public metadata with ``has_mock`` set (a file check: cheap enough for every catalogue call)."""
+    if entry.info.tier == "private" and _path(service, entry.name).exists():
+        return entry.info.model_copy(update={"has_mock": True})
+    return entry.info
