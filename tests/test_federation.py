@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 import os
 import signal
 import subprocess
@@ -181,7 +182,10 @@ def test_linear_regression_close_to_pooled_ols(env):
     assert [_spent(h) - b for h, b in zip(env["handles"], before)] == pytest.approx([0.5] * 3)
     assert list(fit.index) == ["intercept", "age", "bmi"]
     for term, b, s in zip(fit.index, beta, se):
-        assert abs(fit.loc[term, "coef"] - b) < max(4 * s, 0.05 * abs(b)), (term, fit.loc[term, "coef"], b, s)
+        # The DP noise moves the intercept by ~450 EUR on average here (more than its sampling error, ~130):
+        # the tolerance combines both, as the interval does.
+        tolerance = 4 * math.hypot(s, fit.loc[term, "dp_std_err"])
+        assert abs(fit.loc[term, "coef"] - b) < tolerance, (term, fit.loc[term, "coef"], b, s)
         assert fit.loc[term, "std_err"] == pytest.approx(s, rel=0.5)
     assert fit.attrs["epsilon_charged"] == {n.url: 0.5 for n in env["nodes"]}
 
@@ -336,7 +340,8 @@ def test_smpc_secure_sum_and_regression_match_pooled_truth(env):
     beta, *_ = np.linalg.lstsq(design, y, rcond=None)
     se = np.sqrt(np.diag(((y - design @ beta) ** 2).sum() / (len(y) - 3) * np.linalg.inv(design.T @ design)))
     for term, b, s in zip(fit.index, beta, se):
-        assert abs(fit.loc[term, "coef"] - b) < max(4 * s, 0.05 * abs(b)), (term, fit.loc[term, "coef"], b, s)
+        tolerance = 4 * math.hypot(s, fit.loc[term, "dp_std_err"])  # sampling and DP noise
+        assert abs(fit.loc[term, "coef"] - b) < tolerance, (term, fit.loc[term, "coef"], b, s)
     assert fit.attrs["protocol"] == "smpc"
 
 
@@ -441,8 +446,8 @@ def test_evaluate_logloss_matches_plaintext_within_dp_and_approximation_error(en
     res = out.set_index("statistic")
     slack = out.attrs["approximation_bound_total"]
     assert res.loc["logloss total", "lower"] - slack <= truth <= res.loc["logloss total", "upper"] + slack
-    assert abs(res.loc["logloss mean", "estimate"] - truth / len(y)) < 0.05
-    assert out.attrs["degree"] == 4 and out.attrs["moments"] == 18
+    assert abs(res.loc["logloss mean", "estimate"] - truth / len(y)) < 0.03
+    assert out.attrs["degree"] == 6 and out.attrs["moments"] == 31
 
 
 def test_evaluate_yields_aggregates_only_and_bad_weights_are_refused(env):

@@ -54,7 +54,7 @@ import pandas as pd
 
 from ..errors import InvalidQuery
 from . import params
-from .spec import EncodingPlan, HEOp, NoiseMode, eval_monomials, eval_variables, plan
+from .spec import MAX_EVAL_MOMENTS, EncodingPlan, HEOp, NoiseMode, eval_monomials, plan
 
 if TYPE_CHECKING:
     from ..client.federation import FederatedDataset
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 TARGET_ABS = 1.0e4
 #: Decrypted slots are rounded to this grid (far above CKKS error ~1e-7, far below the DP noise).
 ROUND_GRID = 1e-4
-DEFAULT_DEGREE = {"sse": 2, "logloss": 4}
+DEFAULT_DEGREE = {"sse": 2, "logloss": 6}
 LENGTH = 2  # slot 0: the metric total, slot 1: the row count
 
 Poly = dict[tuple[int, ...], float]
@@ -99,6 +99,22 @@ def _homogenize(p: Poly, degree: int) -> Poly:
         lifted = (e[0] + degree - sum(e),) + e[1:]
         out[lifted] = out.get(lifted, 0.0) + c
     return out
+
+
+def default_degree(metric: str, regressors: int) -> int:
+    """``sse``: 2. ``logloss``: the highest even degree (6, 4, 2) whose moment set fits :data:`MAX_EVAL_MOMENTS`.
+
+    Measured on the demo (``readmitted ~ age + visits``, z in [-3, 2.5], public range |z| <= 8.7): mean
+    per-row bias 0.20 / 0.040 / 0.005 at degree 2 / 4 / 6 (mean loss 0.51), DP half-width at epsilon 1
+    0.9% / 1.7% of the total at degree 4 / 6.
+    """
+    if metric == "sse":
+        return 2
+    for degree in (6, 4, 2):
+        probe = HEOp(kind="evaluate", y="y", x=[f"x{i}" for i in range(regressors)], metric="logloss", degree=degree)
+        if len(eval_monomials(probe)) <= MAX_EVAL_MOMENTS:
+            return degree
+    return 2
 
 
 def softplus_poly(radius: float, degree: int) -> tuple[np.ndarray, float]:
@@ -256,7 +272,8 @@ def evaluate(fds: "FederatedDataset", weights: Any, intercept: float | None = No
     ``metric``: ``"sse"`` (linear model: sum of squared residuals) or
     ``"logloss"`` (logistic model ``P(y=1) = 1/(1+exp(-(b + w.x)))``: the sum of
     ``softplus(z) - y z`` with ``softplus`` replaced by a polynomial of
-    ``degree`` (default 4) fitted on the range of ``z`` the public bounds allow).
+    ``degree`` fitted on the range of ``z`` the public bounds allow; default:
+    6 if its moments fit (up to 2 regressors), else 4, else 2).
 
     Returns rows ``total``, ``count`` and ``mean`` (``estimate``, ``lower``,
     ``upper``: a ``1 - alpha`` interval for the DP noise and fixed-point
@@ -296,7 +313,7 @@ def evaluate(fds: "FederatedDataset", weights: Any, intercept: float | None = No
     intercept = float(intercept or 0.0)
     if not all(math.isfinite(v) for v in w + [intercept]):
         raise InvalidQuery("The weights are not finite.", code="invalid_query")
-    op = HEOp(kind="evaluate", y=y, x=list(x), metric=metric, degree=degree or DEFAULT_DEGREE[metric])
+    op = HEOp(kind="evaluate", y=y, x=list(x), metric=metric, degree=degree or default_degree(metric, len(x)))
     k = len(fds.handles)
     local_plan = plan(fds.schema, op, max(k, 1), epsilon, mode)
     max_rows = fds.schema.max_rows

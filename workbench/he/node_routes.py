@@ -6,7 +6,9 @@ trusts, vets the context in a worker, charges the analyst's grant through the
 gate (channel ``he``), computes its noisy contribution in a worker, encrypts it
 under the analyst's public key and sends the ciphertext *to the aggregator*.
 The analyst's response names the release and the ciphertext's hash, never a
-value or a ciphertext.
+value or a ciphertext. For an ``evaluate`` session the node also vets the
+analyst's weight ciphertexts before charging, and sends the encrypted
+aggregate metric (:mod:`workbench.he.evaluate`) instead of its vector.
 
 Privacy guarantee: see :mod:`workbench.he.node_compute`. The contribution is
 charged (epsilon, 0) before it is computed; the identical question (same op,

@@ -63,7 +63,7 @@ class SessionCreate(Strict):
     epsilon: Finite = Field(gt=0.0, le=100.0)
     mode: NoiseMode = "distributed"
     parties: list[str] = Field(min_length=1, max_length=MAX_PARTIES)
-    context: str = Field("", max_length=600_000)
+    context: str = Field("", max_length=25_000_000)  # the body cap bounds it; 400/450 KB decoded, checked first
     protocol: Protocol = "he"
     weights: list[str] = Field(default_factory=list, max_length=MAX_EVAL_MOMENTS)
 
