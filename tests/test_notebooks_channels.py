@@ -1,0 +1,133 @@
+"""The channel notebooks (03 synthetic data, 04 federated queries and HE, 05 federated learning), executed by
+papermill against real node processes (and, for 04, a real aggregator process), with assertions on the values
+a reader would check (the cell tagged ``summary``) and on the figures' captions.
+
+One module-scoped federation of three demo hospitals (plus the aggregator they trust) serves 04 and 05: the
+notebooks spend different amounts of the same per-node grants (ε 10 each), as they would in a workshop.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import polars as pl
+import pytest
+
+from tests.conftest import free_port
+from tests.test_notebooks import (errors_in, figures_with_captions, jupyter_dirs, launch_many,  # noqa: F401
+                                  run_notebook, summary_of)
+
+HOSPITALS = ["hospital_a", "hospital_b", "hospital_c"]
+
+
+def _start_aggregator(state: Path) -> tuple[subprocess.Popen, str]:
+    """``workbench aggregator serve`` on a free loopback port, in its own process session."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "aggregator", "serve", "--state", str(state),
+                             "--host", "127.0.0.1", "--port", str(port)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(proc.stderr.read().decode()[-2000:])
+        try:
+            if httpx.get(url + "/v1/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise RuntimeError("aggregator did not start in 60 s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+
+def _patients(node) -> pl.DataFrame:
+    """The node's own data file (the test may look; the notebook may not)."""
+    raw = tomllib.loads(node.config_path.read_text())
+    path = (node.config_path.parent / raw["datasets"]["patients"]["path"]).resolve()
+    return pl.read_csv(path) if path.suffix == ".csv" else pl.read_parquet(path)
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory, jupyter_dirs):  # noqa: F811
+    """Three hospital nodes and an aggregator every node trusts, as ``workbench demo`` sets them up."""
+    from workbench.he.aggregator import add_node
+
+    root = tmp_path_factory.mktemp("channels")
+    state = root / "aggregator"
+    tokens = {h: add_node(state, h.replace("_", "-")) for h in HOSPITALS}
+    with ThreadPoolExecutor(1) as pool:
+        agg = pool.submit(_start_aggregator, state)
+        nodes = launch_many(root, HOSPITALS)  # also saves the analyst's tokens in the client config
+        proc, agg_url = agg.result()
+    for hospital, node in zip(HOSPITALS, nodes):
+        r = httpx.put(f"{node.url}/v1/he/aggregators/demo", json={"url": agg_url, "token": tokens[hospital]},
+                      headers={"Authorization": f"Bearer {node.owner_token}"}, timeout=30)
+        assert r.status_code == 200, r.text
+    yield {"nodes": nodes, "urls": [n.url for n in nodes], "aggregator": agg_url,
+           "pooled": pl.concat([_patients(n) for n in nodes], how="vertical_relaxed")}
+    for node in nodes:
+        node.stop()
+    _stop(proc)
+
+
+# ---------------------------------------------------------------- 04: federated queries, HE and SMPC, regression
+
+
+def test_04_federated_queries_and_he(federation, tmp_path):
+    nb = run_notebook("04_federated_queries_and_he.ipynb", tmp_path, node_urls=",".join(federation["urls"]))
+    assert not errors_in(nb)
+    s = summary_of(nb)
+    pooled = federation["pooled"]
+    assert s["nodes"] == ["hospital-a", "hospital-b", "hospital-c"]
+
+    # the federated mean: near the pooled truth, inside its interval, narrower than any hospital's own
+    est, lo, hi = s["pooled_mean"]
+    truth = pooled["age"].mean()
+    assert lo <= truth <= hi and abs(est - truth) < 1.0
+    assert set(s["own_means"]) == set(s["nodes"])
+    for name, (e, l, h) in s["own_means"].items():
+        assert l < e < h
+    smallest = s["own_means"]["hospital-c"]  # 10,000 patients: the widest interval of the three
+    assert smallest[2] - smallest[1] > hi - lo, "the federation is more precise than the smallest hospital"
+
+    # secure sums (HE, then SMPC): each total near the pooled truth. Six 95% intervals would miss one in four
+    # runs, so the check widens them to twice their half-width (a miss per statistic: ~0.05**2 for Laplace tails).
+    truths = {"sum(cost)": pooled["cost"].sum(), "sum(visits)": pooled["visits"].sum(), "count": pooled.height}
+    for protocol in ("he_sum", "smpc_sum"):
+        assert set(s[protocol]) == set(truths)
+        for stat, (e, l, h) in s[protocol].items():
+            assert l < e < h and abs(e - truths[stat]) <= (h - l), (protocol, stat, e, l, h, truths[stat])
+            assert abs(e - truths[stat]) / truths[stat] < 0.03, (protocol, stat)
+    assert s["parties"] == ["hospital-a", "hospital-b", "hospital-c"] and s["smpc_protocol"] == "smpc"
+
+    # regression: cost rises with age and bmi in the demo data; standard errors positive
+    reg = s["regression"]
+    assert list(reg) == ["intercept", "age", "bmi"]
+    assert reg["age"][0] > 0 and reg["bmi"][0] > 0 and all(se > 0 for _, se in reg.values())
+
+    # every node charged 0.2 + 0.2 + 0.2 + 0.5 once (the per-hospital means were free replays)
+    assert s["epsilon_spent_here"] == {n: pytest.approx(1.1) for n in s["nodes"]}
+    captions = figures_with_captions(nb)
+    assert len(captions) == 2 and "federation" in captions[0] and "regression" in captions[1]
+    text = "".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert "**Threat model.**" in text and "conservative" in text
+
