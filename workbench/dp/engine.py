@@ -240,6 +240,8 @@ def _key_type(info: DatasetInfo, name: str):
 # ----------------------------------------------------------------- calibration with a per-shape cache
 
 _MEASUREMENTS: "OrderedDict[str, Any]" = OrderedDict()
+#: cache_key -> (measurement, d_in, d_out, accuracy summary): everything a release of that shape needs but data.
+_CALIBRATED: "OrderedDict[str, tuple]" = OrderedDict()
 _CACHE_SIZE = 512
 
 
@@ -317,12 +319,28 @@ def run(task: dict) -> dict:
     if not plan.public_keys and delta <= 0:
         raise InvalidQuery("Private group keys need delta > 0.", code="bad_epsilon")
     lf = _lazyframe(task["path"], task["format"], info)
+    # Mean intervals combine two statistics: each is bounded at alpha/2 (union bound).
+    stat_alpha = alpha / 2 if query.kind == "mean" else alpha
+    hit = _CALIBRATED.get(task["cache_key"])
+    if hit is not None and hit[0].check(hit[1], hit[2]):
+        # Same shape seen before: skip the compositor (building one binary-searches its own split, ~90% of a
+        # release's time) and invoke the cached measurement, which OpenDP has just re-checked at (d_in, d_out).
+        _CALIBRATED.move_to_end(task["cache_key"])
+        measurement, _d_in, _d_out, summary = hit
+        accuracy = _accuracy_rows(summary, stat_alpha)
+        if task["mode"] == "preview":
+            return {"accuracy": accuracy, "note": _note(query, plan, summary)}
+        frame = measurement(lf).collect()
+        return {"accuracy": accuracy, "table": _table(query, plan, frame, summary),
+                "note": _note(query, plan, summary)}
     ctx = _context(lf, info, epsilon, delta)
     dp_query = plan.lazy(ctx.query())
     measurement = _resolve(dp_query, task["cache_key"])
-    # Mean intervals combine two statistics: each is bounded at alpha/2 (union bound).
-    stat_alpha = alpha / 2 if query.kind == "mean" else alpha
     summary = summarize_polars_measurement(measurement, stat_alpha)
+    inner = object.__getattribute__(dp_query, "_query")
+    _CALIBRATED[task["cache_key"]] = (measurement, inner._d_in, inner._d_out, summary)
+    if len(_CALIBRATED) > _CACHE_SIZE:
+        _CALIBRATED.popitem(last=False)
     accuracy = _accuracy_rows(summary, stat_alpha)
     if task["mode"] == "preview":
         return {"accuracy": accuracy, "note": _note(query, plan, summary)}
