@@ -57,6 +57,8 @@ def test_metrics_count_requests_refusals_latency_and_budget(app_client):
     assert value(s, "workbench_charges", dataset="patients", state="committed") == 1
     assert value(s, "workbench_audit_records") > 5
     assert value(s, "workbench_up") == 1 and value(s, "workbench_datasets", state="serving") == 2
+    assert "workbench_fl_supernode_configured" in s and value(s, "workbench_fl_supernode_processes") == 0
+    assert not any(k.startswith("# collector") for k in r.text.splitlines()), "a collector failed"
     # The same text under the versioned prefix; and it is in the API catalogue.
     assert parse(c.get("/v1/metrics", headers=c.owner).text)["workbench_up"]
     assert "/v1/metrics" in c.get("/v1/openapi.json").json()["paths"]
