@@ -26,7 +26,7 @@ from scipy.stats import beta
 from workbench.dp import engine
 from workbench.protocol import DatasetInfo
 
-N = int(os.environ.get("WORKBENCH_DP_AUDIT_RELEASES", "1200"))
+N = int(os.environ.get("WORKBENCH_DP_AUDIT_RELEASES", "1000"))
 ALPHA = 1e-3  # per-assertion false alarm rate for a correct mechanism (one-sided)
 
 INFO = DatasetInfo(name="audit", tier="private", max_rows=1000,

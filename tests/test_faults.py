@@ -26,7 +26,7 @@ import pytest
 from tests.conftest import launch, start_node
 from tests.test_load import load_module
 
-ITERATIONS = int(os.environ.get("WORKBENCH_FAULT_ITERATIONS", "3"))
+ITERATIONS = int(os.environ.get("WORKBENCH_FAULT_ITERATIONS", "2"))
 SHAPES = [{"kind": "count"}, {"kind": "mean", "column": "age"}, {"kind": "count", "by": ["region", "sex"]},
           {"kind": "histogram", "column": "bmi", "bins": 20}, {"kind": "quantile", "column": "cost", "quantile": 0.5}]
 SLOW = {"kind": "count", "by": ["patient_id"]}  # private keys + delta: OpenDP works for a while
