@@ -278,6 +278,7 @@ def mock(dataset: "RemoteDataset") -> SyntheticData:
     body = MockRelease.model_validate(dataset.node.request("GET", dataset._path("/mock")))
     frame = frame_from_table(body.table, dataset.schema)
     frame.attrs.update({"dataset": body.info.dataset, "mock": True, **body.info.model_dump(mode="json")})
-    report = FidelityReport(body.report, epsilon_charged=0.0, replayed=True)
+    report = FidelityReport(body.report, epsilon_charged=0.0, replayed=True,
+                            free_because=f"public mock; its owner paid epsilon={body.info.epsilon:g} once")
     return SyntheticData(frame, report, dataset.schema, dp=True, epsilon=body.info.epsilon, kind="mock",
                          released=body.info)

@@ -89,10 +89,12 @@ def _product(lists: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
 class FidelityReport:
     """What a synthesis cost, how it was made, and how close it is to the DP measurements it was fitted to."""
 
-    def __init__(self, raw: dict[str, Any], epsilon_charged: float | None = None, replayed: bool = False):
+    def __init__(self, raw: dict[str, Any], epsilon_charged: float | None = None, replayed: bool = False,
+                 free_because: str = "replayed"):
         self.raw = raw
         self.epsilon_charged = epsilon_charged
         self.replayed = replayed
+        self.free_because = free_because
 
     # ---------------------------------------------------------------- figures
 
@@ -193,7 +195,7 @@ class FidelityReport:
             parts = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
             return (f"NON-DP release: SDV {self.raw.get('synthesizer', '')} fitted on the real rows "
                     f"(approved by the owner). SDMetrics privacy: {parts or 'n/a'}.")
-        spent = ("free (replayed)" if self.replayed else f"epsilon={self.epsilon_charged:g}") \
+        spent = (f"free ({self.free_because})" if self.replayed else f"epsilon={self.epsilon_charged:g}") \
             if self.epsilon_charged is not None else f"epsilon={self.epsilon:g}"
         t1 = "n/a" if self.tvd_1way is None else f"{self.tvd_1way:.4f}"
         t2 = "n/a (no pair was measured)" if self.tvd_2way is None else f"{self.tvd_2way:.4f}"
