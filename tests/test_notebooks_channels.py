@@ -131,3 +131,31 @@ def test_04_federated_queries_and_he(federation, tmp_path):
     text = "".join(c.source for c in nb.cells if c.cell_type == "markdown")
     assert "**Threat model.**" in text and "conservative" in text
 
+
+# ---------------------------------------------------------------- 05: federated learning (Flower simulation engine)
+
+
+def test_05_federated_learning(federation, tmp_path):
+    nb = run_notebook("05_federated_learning.ipynb", tmp_path, node_urls=",".join(federation["urls"]), rounds=3)
+    assert not errors_in(nb)
+    s = summary_of(nb)
+    assert s["rounds"] == [1, 2, 3]
+    # round 1 reports the all-zero starting model; training lowers the (noisy) loss and raises the accuracy
+    assert s["loss"][-1] < s["loss"][0] and s["accuracy"][-1] > s["accuracy"][0]
+    assert s["accuracy"][-1] > 0.7
+    # each node: three rounds, exactly the job's epsilon, in its own account and in the grant's ledger
+    assert s["privacy_nodes"] == ["hospital-a", "hospital-b", "hospital-c"]
+    assert s["privacy_rounds"] == [3, 3, 3]
+    assert s["privacy_epsilon_spent"] == pytest.approx([2.0] * 3, abs=1e-6)
+    assert s["epsilon_spent_here"] == {n: pytest.approx(2.0, abs=1e-6) for n in s["privacy_nodes"]}
+    # the model on the analyst's own rows: it ranks risk the right way round and is no worse than "always no"
+    assert s["features"][-1] == "intercept" and len(s["features"]) == 5
+    assert s["mean_risk_readmitted"] > s["mean_risk_not_readmitted"] + 0.02
+    assert s["own_accuracy"] >= s["own_baseline"] - 0.02
+    assert set(s["predictions"]) <= {True, False}
+    captions = figures_with_captions(nb)
+    assert len(captions) == 2 and "privacy" in captions[0] and "your own" in captions[1]
+    # progress was shown: a tqdm bar (a widget in a notebook: its text form is the bar as first drawn)
+    bars = [o for c in nb.cells for o in c.get("outputs", [])
+            if "training logistic_regression" in str(o.get("data", {}).get("text/plain", "")) + str(o.get("text", ""))]
+    assert bars, "job.progress() showed no progress bar"
