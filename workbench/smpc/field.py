@@ -17,20 +17,24 @@ from __future__ import annotations
 import secrets
 from typing import Sequence
 
+import numpy as np
+
 P = (1 << 61) - 1
 HALF = P // 2
 BYTES = 8
+_MASK = np.uint64(P)  # 61 one-bits
+
+
+def _encode(values: Sequence[int]) -> np.ndarray:
+    arr = np.array([int(v) for v in values], dtype=object)
+    if any(abs(v) > HALF for v in arr):
+        raise ValueError("value outside the field's signed range")
+    return np.array([int(v) % P for v in arr], dtype=np.uint64)
 
 
 def encode(values: Sequence[int]) -> list[int]:
     """Signed integers to field elements (refuses values that could not decode)."""
-    out = []
-    for v in values:
-        v = int(v)
-        if abs(v) > HALF:
-            raise ValueError("value outside the field's signed range")
-        out.append(v % P)
-    return out
+    return [int(v) for v in _encode(values)]
 
 
 def decode(values: Sequence[int]) -> list[int]:
@@ -38,29 +42,53 @@ def decode(values: Sequence[int]) -> list[int]:
     return [int(v) - P if int(v) > HALF else int(v) for v in values]
 
 
+def _uniform(length: int) -> np.ndarray:
+    """``length`` uniform field elements from the OS CSPRNG (61 random bits, rejecting the one value == P)."""
+    out = np.frombuffer(secrets.token_bytes(BYTES * length), dtype=np.uint64) & _MASK
+    bad = out == _MASK
+    while bad.any():
+        out = out.copy()
+        out[bad] = np.frombuffer(secrets.token_bytes(BYTES * int(bad.sum())), dtype=np.uint64) & _MASK
+        bad = out == _MASK
+    return out
+
+
+def _add(vectors) -> np.ndarray:
+    acc = np.zeros(len(vectors[0]), dtype=np.uint64)
+    for v in vectors:  # each term < 2**61: acc + v < 2**62, no uint64 overflow
+        acc = (acc + np.asarray(v, dtype=np.uint64)) % _MASK
+    return acc
+
+
 def split(values: Sequence[int], n: int) -> list[list[int]]:
     """``n`` additive shares of the signed vector ``values`` (uniform, from :mod:`secrets`)."""
     if n < 2:
         raise ValueError("secret sharing needs at least two parties")
-    encoded = encode(values)
-    shares = [[secrets.randbelow(P) for _ in encoded] for _ in range(n - 1)]
-    last = [(v - sum(col)) % P for v, col in zip(encoded, zip(*shares))]
-    return shares + [last]
+    encoded = _encode(values)
+    shares = [_uniform(len(encoded)) for _ in range(n - 1)]
+    last = (encoded + _MASK - _add(shares)) % _MASK if shares else encoded
+    return [s.tolist() for s in shares] + [last.tolist()]
 
 
 def add(*vectors: Sequence[int]) -> list[int]:
     """Element-wise sum mod ``P``."""
-    return [sum(col) % P for col in zip(*vectors)]
+    return _add([_check(v) for v in vectors]).tolist()
+
+
+def _check(vector: Sequence[int]) -> np.ndarray:
+    if any(not 0 <= int(v) < P for v in vector):
+        raise ValueError("element outside the field")
+    return np.array([int(v) for v in vector], dtype=np.uint64)
 
 
 def to_bytes(vector: Sequence[int]) -> bytes:
-    return b"".join(int(v).to_bytes(BYTES, "big") for v in vector)
+    return np.asarray(vector, dtype=np.uint64).astype(">u8").tobytes()
 
 
 def from_bytes(raw: bytes, length: int) -> list[int]:
     if len(raw) != length * BYTES:
         raise ValueError("share has the wrong length")
-    out = [int.from_bytes(raw[i:i + BYTES], "big") for i in range(0, len(raw), BYTES)]
-    if any(v >= P for v in out):
+    out = np.frombuffer(raw, dtype=">u8").astype(np.uint64)
+    if (out >= _MASK).any():
         raise ValueError("share element outside the field")
-    return out
+    return out.tolist()
