@@ -133,8 +133,18 @@ def _bin_labels(edges: list[float]) -> list[str]:
 # ----------------------------------------------------------------- compilation
 
 
-def _lazyframe(path: str, file_format: str, info: DatasetInfo) -> pl.LazyFrame:
-    wanted = {c.name: _POLARS_TYPES[c.type] for c in info.columns}
+def _needed(info: DatasetInfo, query: DPQuery) -> list[str]:
+    """The columns a query reads (a count reads the narrowest one): OpenDP's plans decode every column they
+    are given, e.g. a million identifier strings for a plain count."""
+    names = [n for n in [query.column, *query.by] if n]
+    if not names:
+        narrow = [c.name for c in info.columns if c.type in ("bool", "int", "float")] or [info.columns[0].name]
+        names = narrow[:1]
+    return list(dict.fromkeys(names))
+
+
+def _lazyframe(path: str, file_format: str, info: DatasetInfo, columns: list[str] | None = None) -> pl.LazyFrame:
+    wanted = {c.name: _POLARS_TYPES[c.type] for c in info.columns if columns is None or c.name in columns}
     if file_format == "csv":
         lf = pl.scan_csv(path, schema_overrides=wanted)
     else:
@@ -318,7 +328,7 @@ def run(task: dict) -> dict:
     plan = _Plan(info, query)
     if not plan.public_keys and delta <= 0:
         raise InvalidQuery("Private group keys need delta > 0.", code="bad_epsilon")
-    lf = _lazyframe(task["path"], task["format"], info)
+    lf = _lazyframe(task["path"], task["format"], info, _needed(info, query))
     # Mean intervals combine two statistics: each is bounded at alpha/2 (union bound).
     stat_alpha = alpha / 2 if query.kind == "mean" else alpha
     hit = _CALIBRATED.get(task["cache_key"])
