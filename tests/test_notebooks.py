@@ -24,6 +24,7 @@ EXECUTED_BY = {
     "01_first_dp_query.ipynb": "test_01_first_query_on_a_demo_node",
     "02_budgets_and_replay.ipynb": "test_02_budgets_and_replay_on_the_embedded_node",
     "06_the_owners_side.ipynb": "test_06_owner_side_on_a_running_node, test_06_owner_side_with_its_own_node",
+    "03_synthetic_data.ipynb": "tests/test_notebooks_channels.py::test_03_synthetic_data",
     "04_federated_queries_and_he.ipynb": "tests/test_notebooks_channels.py::test_04_federated_queries_and_he",
     "05_federated_learning.ipynb": "tests/test_notebooks_channels.py::test_05_federated_learning",
     "scheduled_report.ipynb": "tests/test_notebooks_schedule.py",
