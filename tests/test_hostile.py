@@ -16,6 +16,7 @@ import importlib
 import inspect
 import json
 import math
+import sys
 import time
 
 import pytest
@@ -24,8 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-MODEL_MODULES = ("workbench.protocol", "workbench.he.spec", "workbench.fl.protocol", "workbench.node.routes",
-                 "workbench.node.governance_routes", "workbench.node.oidc")
+MODEL_MODULES = ("workbench.protocol", "workbench.he.spec", "workbench.fl.protocol", "workbench.synth.spec",
+                 "workbench.node.routes", "workbench.node.governance_routes", "workbench.node.oidc")
 
 
 def _request_models(app) -> dict[str, type[BaseModel]]:
@@ -40,8 +41,12 @@ def _request_models(app) -> dict[str, type[BaseModel]]:
     classes: dict[str, type[BaseModel]] = {}
     for module_name in MODEL_MODULES:
         try:
-            module = importlib.import_module(module_name)
+            importlib.import_module(module_name)
         except ImportError:
+            pass
+    # Every workbench module the app loaded (a new channel's spec module is found without editing this list).
+    for module_name, module in sorted(sys.modules.items()):
+        if not module_name.startswith("workbench") or module is None:
             continue
         for name, obj in vars(module).items():
             if inspect.isclass(obj) and issubclass(obj, BaseModel) and name in names:
