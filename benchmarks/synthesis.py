@@ -105,7 +105,7 @@ def main() -> None:
         results.append({"method": method, "dp": "yes", "epsilon": args.epsilon, "fit_wall_s": wall, "fit_cpu_s": cpu,
                         "tvd_1way": one, "tvd_2way": two, "quality": quality(real, syn, meta),
                         "report_tvd_2way_vs_noisy": out["report"].get("tvd_2way_mean")})
-        print(f"  {method}: {wall:.1f} s", file=sys.stderr, flush=True)
+        print(f"  {results[-1]}", file=sys.stderr, flush=True)
     if not args.no_sdv:
         from workbench.synth.sdv_support import fit_on_frame
 
@@ -119,6 +119,7 @@ def main() -> None:
         results.append({"method": "SDV GaussianCopula on real", "dp": "NO", "epsilon": float("inf"),
                         "fit_wall_s": wall, "fit_cpu_s": cpu, "tvd_1way": one, "tvd_2way": two,
                         "quality": quality(real, syn, meta)})
+        print(f"  {results[-1]}", file=sys.stderr, flush=True)
     table = pd.DataFrame(results)
     pd.set_option("display.width", 200)
     print(f"\nsynthesis benchmark: {args.rows} rows x {len(COLUMNS)} columns, epsilon={args.epsilon:g} (pure DP), "

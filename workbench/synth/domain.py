@@ -193,6 +193,10 @@ def plan(info: DatasetInfo, spec: SynthSpec) -> Plan:
                     raise InvalidQuery(f"Marginal column '{c}' is not among the synthesized columns.",
                                        code="unknown_column")
             cliques.append(clique)
+    elif spec.method == "fixed":
+        # default: a chain of neighbouring columns (a tree: cheap to fit; all pairs would make the junction
+        # tree one huge clique). Name the pairs you care about with marginals=.
+        cliques = list(zip(names, names[1:])) if len(names) > 1 else [(names[0],)]
     else:
         cliques = list(itertools.combinations(names, 2)) if len(names) > 1 else [(names[0],)]
     result = Plan(names, domains, cliques, dropped)

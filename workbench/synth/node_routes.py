@@ -105,7 +105,8 @@ def planned(spec: SynthSpec, plan: domain.Plan, epsilon: float, contributions: i
                 for c in plan.cliques]
         note = ("One DP histogram per column, sampled independently: no correlation is kept."
                 if spec.method == "independent" else
-                f"Fixed measures exactly these {len(plan.cliques)} marginals, epsilon split evenly.")
+                f"Fixed measures exactly these {len(plan.cliques)} marginals (default: a chain of neighbouring "
+                "columns), epsilon split evenly.")
     return out, note + " Pure epsilon-DP (Laplace noise, delta = 0)."
 
 
