@@ -50,7 +50,8 @@ class Progress:
             return
         self._last = now
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "phase": phase, "progress": round(min(max(fraction, 0.0), 1.0), 4)}))
+        share = round(min(max(fraction, 0.0), 1.0), 4)
+        tmp.write_text(json.dumps({"pid": os.getpid(), "phase": phase, "progress": share}))
         tmp.replace(self.path)
 
 
@@ -128,7 +129,8 @@ def run(task: dict) -> dict:
 
     def estimator(domain, loss_fn, *, potentials=None):
         k = fits["done"]
-        label = f"fitting model {min(k + 1, fits['total'])} of {fits['total']}" if fits["total"] > 1 else "fitting model"
+        total = fits["total"]
+        label = f"fitting model {min(k + 1, total)} of {total}" if total > 1 else "fitting model"
 
         def tick(_potentials, _state={"i": 0}):
             _state["i"] += 1
