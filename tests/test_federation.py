@@ -158,7 +158,8 @@ def test_secure_sum_matches_pooled_total(env):
     for row in df.itertuples():
         assert within(row.lower, row.estimate, row.upper, truth[row.statistic]), row
     cost = df.set_index("statistic").loc["sum(cost)", "estimate"]
-    assert abs(cost - truth["sum(cost)"]) / truth["sum(cost)"] < 0.01
+    # Laplace scale here is ~0.27% of the total; 2% is ~7 scales (a miss about once in 2,000 runs).
+    assert abs(cost - truth["sum(cost)"]) / truth["sum(cost)"] < 0.02
     assert df.attrs["aggregator"] == env["agg_url"] and df.attrs["mode"] == "distributed"
     assert df.attrs["parties"] == ["hospital-a", "hospital-b", "hospital-c"]
 
