@@ -101,6 +101,27 @@ def start_node(config_path: Path, port: int | None = None) -> subprocess.Popen:
     raise RuntimeError("node did not start in 60 s")
 
 
+def start_aggregator(state: Path) -> tuple[subprocess.Popen, str]:
+    """``workbench aggregator serve`` on a free loopback port, in its own process session."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "aggregator", "serve", "--state", str(state),
+                             "--host", "127.0.0.1", "--port", str(port)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(proc.stderr.read().decode()[-2000:])
+        try:
+            if httpx.get(url + "/v1/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise RuntimeError("aggregator did not start in 60 s")
+
+
 def provision(config_path: Path):
     from workbench.demo.nodes import ensure_accounts
     from workbench.node.service import NodeService

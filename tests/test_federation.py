@@ -6,8 +6,6 @@ import base64
 import math
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,30 +15,12 @@ import polars as pl
 import pytest
 
 import workbench as wb
-from tests.conftest import free_port, launch
+from tests.conftest import launch, start_aggregator
 from workbench.he.aggregator import add_node
 
 HOSPITALS = ("hospital_a", "hospital_b", "hospital_c")
 
 
-def _start_aggregator(state: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "aggregator", "serve", "--state", str(state),
-                             "--port", str(port)], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(proc.stderr.read().decode()[-2000:])
-        try:
-            if httpx.get(url + "/v1/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise RuntimeError("aggregator did not start")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +31,7 @@ def env(tmp_path_factory):
     state = root / "aggregator"
     tokens = {h.replace("_", "-"): add_node(state, h.replace("_", "-")) for h in HOSPITALS}
     with ThreadPoolExecutor(4) as pool:  # start the four processes side by side
-        agg_future = pool.submit(_start_aggregator, state)
+        agg_future = pool.submit(start_aggregator, state)
         nodes = list(pool.map(lambda h: launch(root / h, h), HOSPITALS))
         proc, agg_url = agg_future.result()
     for node, name in zip(nodes, tokens):

@@ -12,41 +12,20 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import polars as pl
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import start_aggregator
 from tests.test_notebooks import (errors_in, figures_with_captions, jupyter_dirs, launch_many,  # noqa: F401
                                   run_notebook, summary_of)
 
 HOSPITALS = ["hospital_a", "hospital_b", "hospital_c"]
 
 
-def _start_aggregator(state: Path) -> tuple[subprocess.Popen, str]:
-    """``workbench aggregator serve`` on a free loopback port, in its own process session."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "aggregator", "serve", "--state", str(state),
-                             "--host", "127.0.0.1", "--port", str(port)], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(proc.stderr.read().decode()[-2000:])
-        try:
-            if httpx.get(url + "/v1/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise RuntimeError("aggregator did not start in 60 s")
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -75,7 +54,7 @@ def federation(tmp_path_factory, jupyter_dirs):  # noqa: F811
     state = root / "aggregator"
     tokens = {h: add_node(state, h.replace("_", "-")) for h in HOSPITALS}
     with ThreadPoolExecutor(1) as pool:
-        agg = pool.submit(_start_aggregator, state)
+        agg = pool.submit(start_aggregator, state)
         nodes = launch_many(root, HOSPITALS)  # also saves the analyst's tokens in the client config
         proc, agg_url = agg.result()
     for hospital, node in zip(HOSPITALS, nodes):
