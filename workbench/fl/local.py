@@ -30,18 +30,23 @@ from .trainers import FeatureMap, get_trainer
 __all__ = ["local_round"]
 
 
-_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+_CACHE: dict[tuple, dict[str, Any]] = {}
 
 
-def _load(payload: dict, fmap: FeatureMap) -> tuple[np.ndarray, np.ndarray]:
-    """The scaled design matrix and target, cached per file state and features in this worker process."""
+def _load(payload: dict, fmap: FeatureMap) -> dict[str, Any]:
+    """The scaled design matrix and target, cached per file state and features in this worker process.
+
+    The entry also keeps what trainers precompute from the rows (``prepared``),
+    so a job's later rounds on this worker read and scale nothing again.
+    """
     import os
 
     stat = os.stat(payload["path"])
     key = (payload["path"], stat.st_size, stat.st_mtime_ns, repr(fmap.as_dict()))
     hit = _CACHE.get(key)
     if hit is None:
-        hit = _read(payload, fmap)
+        X, y = _read(payload, fmap)
+        hit = {"X": X, "y": y, "prepared": {}}
         _CACHE.clear()  # one dataset at a time: bounded memory
         _CACHE[key] = hit
     return hit
@@ -68,8 +73,13 @@ def local_round(payload: dict[str, Any]) -> dict[str, Any]:
     hp = payload["hyperparameters"]
     k = float(payload["max_contributions"])
     rng = np.random.default_rng(secrets.randbits(128))
-    X, y = _load(payload, fmap)
+    data = _load(payload, fmap)
+    X, y = data["X"], data["y"]
+    if trainer.name not in data["prepared"]:
+        data["prepared"][trainer.name] = trainer.prepare(X)
+    prepared = data["prepared"][trainer.name]
     weights = [np.asarray(w, dtype=float) for w in payload["weights"]]
+    shapes = [w.shape for w in weights]
 
     count = payload.get("count")
     if count is None:
@@ -83,19 +93,31 @@ def local_round(payload: dict[str, Any]) -> dict[str, Any]:
     if trainer.task == "classification":
         metrics["accuracy"] = float(min(max(sums[1] / n_hat, 0.0), 1.0))
 
-    # Local steps of noisy full-batch gradient descent (per-row clipping, Gaussian noise on the sum).
+    # Local steps of noisy full-batch gradient descent (per-row clipping, Gaussian noise on the sum),
+    # on the parameters flattened into one vector.
     clip = hp["clip_norm"]
-    velocity = np.zeros(fmap.dim + 1)
+    theta = np.concatenate([w.ravel() for w in weights])
+    l2 = hp["l2"] * trainer.l2_mask(fmap.dim, hp)
+    velocity = np.zeros_like(theta)
     for _ in range(payload["local_steps"]):
-        grads = trainer.per_example_grads(weights, X, y) if len(y) else np.zeros((0, fmap.dim + 1))
-        norms = np.linalg.norm(grads, axis=1)
-        grads = grads * np.minimum(1.0, clip / np.maximum(norms, 1e-12))[:, None]
-        total = grads.sum(axis=0) + rng.normal(0.0, k * clip * payload["sigma_grad"], size=fmap.dim + 1)
-        step = total / n_hat
-        step[:-1] += hp["l2"] * weights[0]
+        if len(y):
+            total = trainer.clipped_grad_sum(weights, X, y, clip, prepared)
+        else:
+            total = np.zeros_like(theta)
+        total = total + rng.normal(0.0, k * clip * payload["sigma_grad"], size=theta.size)
+        step = total / n_hat + l2 * theta
         velocity = hp["momentum"] * velocity + step
-        weights[0] = weights[0] - hp["learning_rate"] * velocity[:-1]
-        weights[1] = weights[1] - hp["learning_rate"] * velocity[-1:]
+        theta = theta - hp["learning_rate"] * velocity
+        weights = _unflatten(theta, shapes)
     bound = hp["weight_bound"]
     weights = [np.clip(w, -bound, bound) for w in weights]
     return {"weights": [w.tolist() for w in weights], "count": float(count), "metrics": metrics}
+
+
+def _unflatten(theta: np.ndarray, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
+    out, start = [], 0
+    for shape in shapes:
+        size = int(np.prod(shape))
+        out.append(theta[start:start + size].reshape(shape))
+        start += size
+    return out

@@ -26,7 +26,7 @@ import time
 from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator
 
-from .forward import NodeLink, simulation_client_app
+from .forward import NodeLink, close_links, simulation_client_app
 from .serverapp import run_server
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,7 @@ def run_simulation_job(links: list[NodeLink], config: dict, sink: Callable[[dict
                            num_supernodes=len(links), backend_config=backend_config)
         finally:
             flwr_logger.setLevel(level)
+            close_links(links)
             if backend == "ray":
                 try:
                     import ray

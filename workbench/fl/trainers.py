@@ -176,11 +176,19 @@ class Trainer:
     link: Callable[[np.ndarray], np.ndarray]
     learning_rate: float
 
-    def init(self, dim: int) -> list[np.ndarray]:
+    def init(self, dim: int, hp: dict | None = None) -> list[np.ndarray]:
         return [np.zeros(dim), np.zeros(1)]
 
-    def shapes(self, dim: int) -> list[tuple[int, ...]]:
+    def shapes(self, dim: int, hp: dict | None = None) -> list[tuple[int, ...]]:
         return [(dim,), (1,)]
+
+    def l2_mask(self, dim: int, hp: dict | None = None) -> np.ndarray:
+        """1 for the parameters L2 regularisation applies to (coefficients), 0 for the intercept."""
+        return np.concatenate([np.ones(dim), np.zeros(1)])
+
+    def prepare(self, X: np.ndarray) -> np.ndarray:
+        """What :meth:`clipped_grad_sum` can reuse across steps and rounds: each row's ``sqrt(|x|² + 1)``."""
+        return np.sqrt(np.einsum("ij,ij->i", X, X) + 1.0)
 
     def predict_raw(self, weights: list[np.ndarray], X: np.ndarray) -> np.ndarray:
         return self.link(X @ weights[0] + weights[1][0])
@@ -189,6 +197,21 @@ class Trainer:
         """(n, dim+1): gradient of each record's loss w.r.t. [coefficients, intercept]."""
         residual = self.predict_raw(weights, X) - y
         return np.hstack([X * residual[:, None], residual[:, None]])
+
+    def clipped_grad_sum(self, weights: list[np.ndarray], X: np.ndarray, y: np.ndarray, clip: float,
+                         row_norms: np.ndarray | None = None) -> np.ndarray:
+        """(dim+1,): the sum over records of each record's gradient clipped to L2 norm ``clip``.
+
+        Same numbers as clipping the rows of :meth:`per_example_grads` and summing
+        them, without building that (n, dim+1) matrix: a record's gradient is
+        ``r·[x, 1]``, so its norm is ``|r|·sqrt(|x|² + 1)`` (``row_norms``, which
+        depend only on the data and can be cached) and clipping only rescales ``r``.
+        """
+        if row_norms is None:
+            row_norms = self.prepare(X)
+        residual = self.predict_raw(weights, X) - y
+        scaled = residual * np.minimum(1.0, clip / np.maximum(np.abs(residual) * row_norms, 1e-12))
+        return np.concatenate([X.T @ scaled, [scaled.sum()]])
 
     def per_example_metrics(self, weights: list[np.ndarray], X: np.ndarray, y: np.ndarray) -> np.ndarray:
         """(n, 2) in [0, 1]: clipped loss / loss_cap, and correct (classification) or 0."""
