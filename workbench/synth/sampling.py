@@ -1,0 +1,158 @@
+"""Marginals of a fitted ``mbi`` model in NumPy, and low-variance (stratified) sampling of rows from it.
+
+Both are post-processing of the fitted model, which is itself post-processing of the DP measurement: they
+read the model's potentials and never the data, so every output keeps the fit's epsilon-DP guarantee.
+
+Why not ``mbi``'s own code:
+
+* ``MarkovRandomField.project`` runs JAX variable elimination; JAX compiles a program for every new shape,
+  so MST's selection step (a score for each of the 28 column pairs of 8 columns, on the model of the one-way
+  marginals) spent ~9 s compiling. :func:`project` computes the same marginal with one ``numpy.einsum``
+  (same numbers up to float rounding).
+* ``synthetic_data(method="sample")`` draws every column i.i.d. from its conditional distribution, which adds
+  multinomial noise on top of the model (at 30k rows, about a quarter of the 2-way TVD). Its
+  ``method="round"`` stratifies, but ranks rows inside a parent group by their row position, so a row that
+  draws a low quantile in one column draws low quantiles in the next: spurious correlations between columns
+  (2-way TVD 0.15 in our trial). :func:`synthetic_rows` stratifies with a fresh random permutation per
+  column and group: each group's counts match the model's conditional distribution to within one row, and
+  the rows are exchangeable.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+_MAX_EINSUM_LABELS = 52  # numpy's einsum accepts at most 52 distinct subscripts
+
+
+def _log_factors(model: Any) -> list[tuple[tuple[str, ...], np.ndarray]]:
+    return [(tuple(f.domain.attrs), np.asarray(f.values, dtype=np.float64))
+            for f in model.potentials.arrays.values()]
+
+
+def project(model: Any, attrs: Sequence[str]) -> np.ndarray:
+    """The model's (unnormalised, summing to ``model.total``) marginal on ``attrs``, as a dense array.
+
+    One ``numpy.einsum`` over the exponentiated potentials (each shifted by its maximum), with a greedy
+    contraction order: variable elimination without JAX compilation.
+    """
+    attrs = tuple(attrs)
+    domain = model.domain
+    names = list(domain.attrs)
+    if len(names) > _MAX_EINSUM_LABELS:
+        return np.asarray(model.project(attrs).datavector(flatten=False), dtype=np.float64)
+    label = {n: i for i, n in enumerate(names)}
+    operands: list[Any] = []
+    covered: set[str] = set()
+    for clique, logs in _log_factors(model):
+        operands += [np.exp(logs - logs.max()), [label[c] for c in clique]]
+        covered.update(clique)
+    for a in attrs:  # a queried column no potential mentions is uniform in the model
+        if a not in covered:
+            operands += [np.ones(domain[a]), [label[a]]]
+    out = np.einsum(*operands, [label[a] for a in attrs], optimize="greedy")
+    total = float(out.sum())
+    if not math.isfinite(total) or total <= 0:
+        return np.asarray(model.project(attrs).datavector(flatten=False), dtype=np.float64)
+    return out * (float(model.total) / total)
+
+
+def _stratified(u_groups: np.ndarray, counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One uniform per row, stratified inside each group: the ``n`` rows of a group get
+    ``(pi(i) + U_i) / n`` for a random permutation ``pi``."""
+    total = len(u_groups)
+    order = rng.permutation(total)
+    perm = order[np.argsort(u_groups[order], kind="stable")]   # rows grouped, random order inside a group
+    starts = np.zeros(len(counts), dtype=np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
+    ranks = np.empty(total, dtype=np.int64)
+    ranks[perm] = np.arange(total) - starts[u_groups[perm]]
+    return (ranks + rng.random(total)) / counts[u_groups]
+
+
+def _first_column(probs: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
+    """Randomised rounding of ``total * probs`` (counts exact to within one row), shuffled."""
+    expected = probs * total
+    counts = np.floor(expected).astype(np.int64)
+    extra = total - int(counts.sum())
+    if extra > 0:
+        frac = expected - counts
+        weights = frac / frac.sum() if frac.sum() > 0 else np.full(len(frac), 1.0 / len(frac))
+        counts[rng.choice(len(probs), extra, replace=False, p=weights)] += 1
+    values = np.repeat(np.arange(len(probs)), counts)
+    rng.shuffle(values)
+    return values
+
+
+def _normalised(counts: np.ndarray) -> np.ndarray:
+    counts = np.clip(np.asarray(counts, dtype=np.float64), 0.0, None)
+    s = counts.sum(axis=-1, keepdims=True)
+    size = counts.shape[-1]
+    return np.divide(counts, s, out=np.full_like(counts, 1.0 / size), where=s > 0)
+
+
+def synthetic_rows(model: Any, rows: int, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    """``rows`` rows of cell indices drawn from the model, one column at a time (stratified sampling).
+
+    Columns are sampled in the reverse of the junction tree's elimination order; each column is drawn
+    conditionally on its already-sampled neighbours in the triangulated graph (which separate it from the
+    other sampled columns, so the conditional is exact).
+    """
+    from mbi import junction_tree
+
+    rng = rng or np.random.default_rng()
+    total = int(rows)
+    domain = model.domain
+    cliques = [tuple(c) for c in model.cliques]
+    jtree, elimination = junction_tree.make_junction_tree(domain, cliques)
+    tree_cliques = [set(c) for c in jtree.nodes]
+    order = list(elimination)[::-1]
+    order += [a for a in domain.attrs if a not in order]
+    data: dict[str, np.ndarray] = {}
+    for col in order:
+        neighbours = set().union(*(c for c in tree_cliques if col in c)) if tree_cliques else set()
+        parents = tuple(a for a in data if a in neighbours)
+        if not parents or total == 0:
+            probs = _normalised(project(model, (col,)))
+            data[col] = _first_column(probs, total, rng)
+            continue
+        joint = project(model, parents + (col,))
+        cond = _normalised(joint)
+        cdf = np.cumsum(cond, axis=-1)
+        stacked = np.stack([data[p] for p in parents], axis=-1)
+        uniques, inverse, counts = np.unique(stacked, axis=0, return_inverse=True, return_counts=True)
+        inverse = inverse.reshape(-1)
+        u = _stratified(inverse, counts, rng)
+        group_cdf = cdf[tuple(uniques.T)]                        # (groups, cells)
+        choice = np.empty(total, dtype=np.int64)
+        perm = np.argsort(inverse, kind="stable")
+        start = 0
+        for g, n in enumerate(counts):
+            idx = perm[start:start + n]
+            choice[idx] = np.searchsorted(group_cdf[g], u[idx], side="right")
+            start += n
+        data[col] = np.minimum(choice, domain[col] - 1)
+    return {a: data[a] for a in domain.attrs}
+
+
+def install_fast_projection() -> None:
+    """Make ``MarkovRandomField.project`` use :func:`project` for marginals the model does not store
+    (worker processes only; the result is the same Factor, computed without JAX compilation)."""
+    import jax.numpy as jnp
+    from mbi import Factor, MarkovRandomField
+
+    if getattr(MarkovRandomField.project, "_workbench_fast", False):
+        return
+    original = MarkovRandomField.project
+
+    def fast(self, attrs):
+        attrs = (attrs,) if isinstance(attrs, str) else tuple(attrs)
+        if self.marginals.supports(attrs) or len(self.domain.attrs) > _MAX_EINSUM_LABELS:
+            return original(self, attrs)
+        return Factor(self.domain.project(attrs), jnp.asarray(project(self, attrs)))
+
+    fast._workbench_fast = True  # type: ignore[attr-defined]
+    MarkovRandomField.project = fast
