@@ -186,6 +186,59 @@ def test_noise_is_really_added_at_the_planned_scale():
     assert len(set(accs)) == 5  # the metrics are noised too
 
 
+def test_clipped_gradient_sums_equal_clipping_each_record():
+    """The fast paths (closed form for linear models, torch.func for the MLP) clip each record exactly."""
+    from workbench.fl.trainers import TRAINERS
+
+    rng = np.random.default_rng(3)
+    Xs, ys = rng.uniform(-1, 1, (300, 4)), (rng.random(300) < 0.3).astype(float)
+    for name, weights in [("logistic_regression", [rng.normal(0, 2, 4), np.array([0.5])]),
+                          ("linear_regression", [rng.normal(0, 2, 4), np.array([-0.2])]),
+                          ("mlp", TRAINERS["mlp"].init(4, {"hidden": 5}))]:
+        trainer = TRAINERS[name]
+        grads = trainer.per_example_grads(weights, Xs, ys)
+        for clip in (0.05, 0.5, 50.0):
+            norms = np.linalg.norm(grads, axis=1)
+            expected = (grads * np.minimum(1.0, clip / np.maximum(norms, 1e-12))[:, None]).sum(axis=0)
+            got = trainer.clipped_grad_sum(weights, Xs, ys, clip, trainer.prepare(Xs))
+            assert np.allclose(got, expected, atol=1e-9), (name, clip)
+        assert np.all(np.linalg.norm(grads * np.minimum(1.0, 0.05 / np.linalg.norm(grads, axis=1))[:, None],
+                                     axis=1) <= 0.05 + 1e-12)
+
+
+def test_mlp_gradients_match_finite_differences_and_numpy_forward():
+    from workbench.fl.trainers import TRAINERS
+
+    mlp = TRAINERS["mlp"]
+    rng = np.random.default_rng(4)
+    Xs, ys = rng.uniform(-1, 1, (3, 3)), np.array([1.0, 0.0, 1.0])
+    weights = [w + rng.normal(0, 0.3, w.shape) for w in mlp.init(3, {"hidden": 4})]
+    assert [w.shape for w in weights] == [(4, 3), (4,), (1, 4), (1,)] == mlp.shapes(3, {"hidden": 4})
+    flat = np.concatenate([w.ravel() for w in weights])
+
+    def loss(theta, i):
+        from workbench.fl.local import _unflatten
+
+        p = mlp.predict_raw(_unflatten(theta, [w.shape for w in weights]), Xs[i:i + 1])[0]
+        return -(ys[i] * np.log(p) + (1 - ys[i]) * np.log(1 - p))
+
+    grads = mlp.per_example_grads(weights, Xs, ys)
+    for i in range(3):
+        numeric = [(loss(flat + 1e-6 * e, i) - loss(flat - 1e-6 * e, i)) / 2e-6 for e in np.eye(flat.size)]
+        assert np.allclose(grads[i], numeric, atol=1e-6)
+
+
+def test_hyperparameters_are_checked_per_model():
+    from workbench.fl.trainers import get_trainer, hyperparameters
+
+    assert hyperparameters({}, get_trainer("mlp")).hidden == 16
+    assert hyperparameters({"hidden": 8}, get_trainer("mlp")).hidden == 8
+    for bad, trainer in [({"hidden": 8}, "logistic_regression"), ({"hidden": 0}, "mlp"), ({"hidden": 10_000}, "mlp"),
+                         ({"layers": 3}, "mlp")]:
+        with pytest.raises(InvalidQuery):
+            hyperparameters(bad, get_trainer(trainer))
+
+
 def test_bad_requests_get_stable_codes(app_client):
     base = {"y": "readmitted", "x": X, "rounds": 2, "epsilon": 1.0, "delta": 1e-6}
     cases = [({**base, "model": "resnet152"}, "fl_unknown_model"),
@@ -320,6 +373,31 @@ def test_three_nodes_secure_aggregation_trains_and_charges_each_ledger_per_round
     # what came back: aggregated weights, noisy per-node metrics; no per-node update anywhere
     assert all("weights" not in m for e in job.rounds for m in e["nodes"])
     assert set(metrics.columns) == {"round", "node", "loss", "accuracy", "count", "epsilon_spent", "delta_spent"}
+
+
+@pytest.mark.slow
+def test_three_nodes_torch_mlp_trains_and_charges_each_ledger_per_round(three_nodes):
+    fed = wb.federation([wb.connect(n.url, token=n.analyst_token) for n in three_nodes])
+    before = [(_spent(n), len(_fl_history(n))) for n in three_nodes]
+    job = fed.dataset("patients").train(model="mlp", y="readmitted", x=["age", "bmi", "visits", "smoker"], rounds=3,
+                                        epsilon=3.0, delta=1e-6, hyperparameters={"hidden": 8, "local_steps": 5})
+    model = job.result(timeout=240)
+    assert [w.shape for w in model.weights] == [(8, 4), (8,), (1, 8), (1,)]
+    per_round = model.rounds()
+    # round 1 reports the seeded start (P = 0.5 everywhere); training lowers the (noisy) loss
+    assert per_round["loss"].iloc[-1] < per_round["loss"].iloc[0] - 0.05
+    assert per_round["accuracy"].iloc[-1] > per_round["accuracy"].iloc[0] + 0.2
+    local = patients(5_000, 778).to_pandas()
+    assert model.predict_proba(local).shape == (5_000,)
+    assert set(np.unique(model.predict(local))) <= {True, False}
+    assert model.score(local) > 0.7
+    with pytest.raises(WorkbenchError):
+        model.coefficients()
+    # each node: one fl release per round, together exactly the job's epsilon
+    for node, (spent, releases) in zip(three_nodes, before):
+        assert len(_fl_history(node)) == releases + 3
+        assert _spent(node) - spent == pytest.approx(3.0, abs=1e-6)
+    assert set(model.privacy["rounds"]) == {3}
 
 
 def test_round_refused_on_one_node_stops_the_job_with_its_code(three_nodes):

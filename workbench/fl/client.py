@@ -77,7 +77,8 @@ def train(fed: "FederatedDataset", model: str, y: str, x: Sequence[str], *, roun
                                code="schema_mismatch")
         jobs.append(info)
     config = {"rounds": spec.rounds, "nodes": len(fed.handles), "secure_aggregation": spec.secure_aggregation,
-              "shapes": [list(s) for s in trainer.shapes(fmap.dim)], "weight_bound": hp.weight_bound,
+              "shapes": [list(s) for s in trainer.shapes(fmap.dim, hp.model_dump())],
+              "initial": [w.tolist() for w in trainer.init(fmap.dim, hp.model_dump())], "weight_bound": hp.weight_bound,
               "max_weight": float(max(h.schema.max_rows for h in fed.handles))}
     job = TrainingJob(fed, spec, fmap, jobs, config, engine, superlink)
     if start:
@@ -277,6 +278,9 @@ class FederatedModel:
 
     def coefficients(self) -> pd.Series:
         """Coefficients per model input (features scaled to [-1, 1] by public bounds), and the intercept."""
+        if len(self.weights) != 2:
+            raise NotSupported(f"A {self.spec.model} has no coefficients; its layers are in .weights.",
+                               code="not_supported")
         return pd.Series(list(self.weights[0]) + [float(self.weights[1][0])], index=[*self.fmap.names, "intercept"])
 
     def _design(self, df: Any) -> np.ndarray:

@@ -228,7 +228,7 @@ def run_round(service, job: Job, weights: list[np.ndarray]) -> dict:
     increment of the job's Gaussian-DP loss, reserved before computing.
     """
     trainer = get_trainer(job.spec.model)
-    shapes = trainer.shapes(job.fmap.dim)
+    shapes = trainer.shapes(job.fmap.dim, job.hp)
     if len(weights) != len(shapes) or any(tuple(w.shape) != s for w, s in zip(weights, shapes)):
         raise InvalidQuery(f"The global model has the wrong shape for {job.spec.model} on "
                            f"{job.fmap.dim} features.", code="fl_message_refused")
@@ -276,7 +276,7 @@ def _client_app(service, job: Job):
 
     class NodeClient(NumPyClient):
         def get_parameters(self, config):
-            return get_trainer(job.spec.model).init(job.fmap.dim)
+            return get_trainer(job.spec.model).init(job.fmap.dim, job.hp)
 
         def fit(self, parameters, config):
             result = run_round(service, job, list(parameters))

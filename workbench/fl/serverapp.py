@@ -27,7 +27,7 @@ Sink = Callable[[dict], None]
 
 
 class JobConfig(dict):
-    """Plain settings of one job: rounds, nodes, secure_aggregation, shapes, weight_bound, max_weight."""
+    """Plain settings of one job: rounds, nodes, secure_aggregation, shapes, initial, weight_bound, max_weight."""
 
 
 def _failure_details(failures) -> dict:
@@ -54,7 +54,10 @@ def _strategy(config: dict, sink: Sink):
     from flwr.server.strategy import FedAvg
 
     nodes = int(config["nodes"])
-    initial = [np.zeros(tuple(s)) for s in config["shapes"]]
+    if config.get("initial") is not None:  # a public, data-independent start (the MLP's seeded weights)
+        initial = [np.asarray(w, dtype=float).reshape(tuple(s)) for w, s in zip(config["initial"], config["shapes"])]
+    else:
+        initial = [np.zeros(tuple(s)) for s in config["shapes"]]
 
     class WorkbenchFedAvg(FedAvg):
         def aggregate_fit(self, server_round, results, failures):

@@ -1,14 +1,15 @@
 """The built-in trainers: models an owner can review, chosen by name with JSON hyperparameters.
 
 The analyst sends a trainer *name* and a small JSON object of hyperparameters;
-no code crosses the boundary. Each trainer is plain NumPy here, so an owner can
-read all of it. Features are scaled to [-1, 1] by the columns' PUBLIC bounds
+no code crosses the boundary. The linear models are plain NumPy and the small
+neural network (``mlp``) a few lines of torch (CPU, imported only when an MLP
+trains), so an owner can read all of it. Features are scaled to [-1, 1] by the columns' PUBLIC bounds
 (bools to -1/1, categories one-hot from their PUBLIC category list); nothing
 about the scaling is derived from the data.
 
-Per-example gradients are computed in closed form, so the node can clip each
-person's contribution (DP-SGD style) before adding noise (see
-:func:`workbench.fl.local.local_round`).
+Per-example gradients are computed in closed form (linear models) or with
+``torch.func`` (MLP), so the node can clip each person's contribution
+(DP-SGD style) before adding noise (see :func:`workbench.fl.local.local_round`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..errors import InvalidQuery
 from ..protocol import ColumnInfo, DatasetInfo
 
-__all__ = ["Hyperparameters", "TRAINERS", "Trainer", "FeatureMap", "feature_map", "get_trainer"]
+__all__ = ["Hyperparameters", "MLPTrainer", "TRAINERS", "Trainer", "FeatureMap", "feature_map", "get_trainer"]
 
 
 class Hyperparameters(BaseModel):
@@ -36,6 +37,8 @@ class Hyperparameters(BaseModel):
     clip_norm: float = Field(1.0, gt=0, le=100)
     l2: float = Field(1e-3, ge=0, le=10)
     weight_bound: float = Field(8.0, gt=0, le=64)
+    #: hidden units of model="mlp" (default 16); refused for the linear models
+    hidden: int | None = Field(None, ge=1, le=128)
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,7 @@ def feature_map(info: DatasetInfo, task: str, x: list[str], y: str) -> FeatureMa
         elif target.type == "int" and target.bounds is not None and tuple(target.bounds) == (0, 1):
             y_spec = ("binary", 1)
         else:
-            raise InvalidQuery(f"Logistic regression needs a two-valued target; '{y}' is {target.type}.",
+            raise InvalidQuery(f"A classification model needs a two-valued target; '{y}' is {target.type}.",
                                code="wrong_type")
     else:
         if target.type not in ("int", "float") or target.bounds is None:
@@ -215,24 +218,121 @@ class Trainer:
 
     def per_example_metrics(self, weights: list[np.ndarray], X: np.ndarray, y: np.ndarray) -> np.ndarray:
         """(n, 2) in [0, 1]: clipped loss / loss_cap, and correct (classification) or 0."""
-        pred = self.predict_raw(weights, X)
-        if self.task == "classification":
-            p = np.clip(pred, 1e-12, 1 - 1e-12)
-            loss = -(y * np.log(p) + (1 - y) * np.log(1 - p))
-            correct = ((pred >= 0.5) == (y >= 0.5)).astype(float)
-        else:
-            loss = (pred - y) ** 2
-            correct = np.zeros_like(loss)
-        return np.stack([np.clip(loss, 0, self.loss_cap) / self.loss_cap, correct], axis=1)
+        return _metrics(self.task, self.loss_cap, self.predict_raw(weights, X), y)
 
 
-TRAINERS: dict[str, Trainer] = {
+def _metrics(task: str, loss_cap: float, pred: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per record: loss clipped to [0, loss_cap] and scaled to [0, 1]; 1 if classified right (else 0)."""
+    if task == "classification":
+        p = np.clip(pred, 1e-12, 1 - 1e-12)
+        loss = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+        correct = ((pred >= 0.5) == (y >= 0.5)).astype(float)
+    else:
+        loss = (pred - y) ** 2
+        correct = np.zeros_like(loss)
+    return np.stack([np.clip(loss, 0, loss_cap) / loss_cap, correct], axis=1)
+
+
+@dataclass(frozen=True)
+class MLPTrainer:
+    """A small neural network for a two-valued target: inputs -> ``hidden`` tanh units -> P(positive).
+
+    weights = [W1 (hidden, dim), b1 (hidden,), W2 (1, hidden), b2 (1,)], the
+    layout of ``torch.nn.Linear``. Training uses torch on the CPU: each record's
+    gradient of its log-loss comes from ``torch.func.vmap(grad(...))``, is
+    clipped to ``clip_norm`` and only then summed (noise is added by the
+    caller, exactly as for the linear models). Predicting needs NumPy only.
+    """
+
+    name: str = "mlp"
+    task: str = "classification"
+    loss_cap: float = 4.0
+    learning_rate: float = 1.0
+    default_hidden: int = 16
+    #: records per torch batch when computing per-record gradients (bounds memory)
+    chunk: int = 8192
+
+    def hidden(self, hp: dict | None) -> int:
+        return int((hp or {}).get("hidden") or self.default_hidden)
+
+    def shapes(self, dim: int, hp: dict | None = None) -> list[tuple[int, ...]]:
+        h = self.hidden(hp)
+        return [(h, dim), (h,), (1, h), (1,)]
+
+    def init(self, dim: int, hp: dict | None = None) -> list[np.ndarray]:
+        """A public, data-independent start (all-zero weights would keep every hidden unit identical).
+
+        Glorot-uniform weights from a fixed seed, zero biases: every node and the
+        analyst compute the same start from the job's public shape alone.
+        """
+        h = self.hidden(hp)
+        rng = np.random.default_rng(5)
+        a1, a2 = np.sqrt(6 / (dim + h)), np.sqrt(6 / (h + 1))
+        return [rng.uniform(-a1, a1, (h, dim)), np.zeros(h), rng.uniform(-a2, a2, (1, h)), np.zeros(1)]
+
+    def l2_mask(self, dim: int, hp: dict | None = None) -> np.ndarray:
+        """1 for the weight matrices (L2-regularised), 0 for the biases."""
+        h = self.hidden(hp)
+        return np.concatenate([np.ones(h * dim), np.zeros(h), np.ones(h), np.zeros(1)])
+
+    def prepare(self, X: np.ndarray) -> None:
+        return None
+
+    def predict_raw(self, weights: list[np.ndarray], X: np.ndarray) -> np.ndarray:
+        W1, b1, W2, b2 = (np.asarray(w, dtype=float) for w in weights)
+        return _sigmoid(np.tanh(X @ W1.T + b1) @ W2[0] + b2[0])
+
+    def _torch_grads(self, weights: list[np.ndarray], X: np.ndarray, y: np.ndarray):
+        """Per-record gradients as one (n, n_params) float64 torch tensor, in ``weights`` order."""
+        import torch
+        from torch.func import grad, vmap
+
+        torch.set_num_threads(1)  # a node's worker shares the machine with the node and other workers
+        params = tuple(torch.as_tensor(np.asarray(w, dtype=float)) for w in weights)
+
+        def loss(p, x, t):
+            W1, b1, W2, b2 = p
+            logit = torch.tanh(x @ W1.T + b1) @ W2[0] + b2[0]
+            return torch.nn.functional.binary_cross_entropy_with_logits(logit, t)
+
+        per_record = vmap(grad(loss), in_dims=(None, 0, 0))
+        out = []
+        for start in range(0, len(y), self.chunk):
+            xs = torch.as_tensor(X[start:start + self.chunk], dtype=torch.float64)
+            ts = torch.as_tensor(y[start:start + self.chunk], dtype=torch.float64)
+            grads = per_record(params, xs, ts)
+            out.append(torch.cat([g.reshape(len(ts), -1) for g in grads], dim=1))
+        if not out:
+            return torch.zeros((0, sum(int(np.prod(np.shape(w))) for w in weights)), dtype=torch.float64)
+        return torch.cat(out)
+
+    def per_example_grads(self, weights: list[np.ndarray], X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """(n, n_params): gradient of each record's log-loss w.r.t. all weights, flattened in order."""
+        return self._torch_grads(weights, X, y).numpy()
+
+    def clipped_grad_sum(self, weights: list[np.ndarray], X: np.ndarray, y: np.ndarray, clip: float,
+                         prepared: None = None) -> np.ndarray:
+        """The sum over records of each record's gradient clipped to L2 norm ``clip``."""
+        import torch
+
+        grads = self._torch_grads(weights, X, y)
+        norms = torch.linalg.vector_norm(grads, dim=1)
+        scale = torch.clamp(clip / torch.clamp(norms, min=1e-12), max=1.0)
+        return (grads * scale[:, None]).sum(dim=0).numpy()
+
+    def per_example_metrics(self, weights: list[np.ndarray], X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """(n, 2) in [0, 1]: clipped log-loss / loss_cap, and correct."""
+        return _metrics(self.task, self.loss_cap, self.predict_raw(weights, X), y)
+
+
+TRAINERS: dict[str, Trainer | MLPTrainer] = {
     "logistic_regression": Trainer("logistic_regression", "classification", 4.0, _sigmoid, 2.0),
     "linear_regression": Trainer("linear_regression", "regression", 4.0, lambda z: z, 0.5),
+    "mlp": MLPTrainer(),
 }
 
 
-def get_trainer(name: str) -> Trainer:
+def get_trainer(name: str) -> Trainer | MLPTrainer:
     try:
         return TRAINERS[name]
     except KeyError:
@@ -241,13 +341,21 @@ def get_trainer(name: str) -> Trainer:
                            code="fl_unknown_model") from None
 
 
-def hyperparameters(raw: dict[str, Any] | None, trainer: Trainer | None = None) -> Hyperparameters:
+def hyperparameters(raw: dict[str, Any] | None, trainer: Trainer | MLPTrainer | None = None) -> Hyperparameters:
     """Validate the analyst's JSON hyperparameters; fill the trainer's defaults."""
     try:
         hp = Hyperparameters.model_validate(raw or {})
-        if hp.learning_rate is None and trainer is not None:
-            hp = hp.model_copy(update={"learning_rate": trainer.learning_rate})
-        return hp
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
         raise InvalidQuery(f"Bad hyperparameters: {problems}", code="invalid_query") from None
+    if trainer is None:
+        return hp
+    update: dict[str, Any] = {}
+    if hp.learning_rate is None:
+        update["learning_rate"] = trainer.learning_rate
+    if isinstance(trainer, MLPTrainer):
+        update["hidden"] = trainer.hidden(hp.model_dump())
+    elif hp.hidden is not None:
+        raise InvalidQuery(f"Bad hyperparameters: hidden applies only to model='mlp', not {trainer.name}.",
+                           code="invalid_query")
+    return hp.model_copy(update=update) if update else hp
