@@ -314,7 +314,12 @@ def stage_table(job_stamps: list[float], forward: ForwardTimer, trace: Path, bar
         ("  local training: 10 noisy clipped steps + metrics / 10 plain steps",
          g("worker.local_round", 0) - g("worker.load", 0), float(np.median(bare_fit))),
     ]
-    return rows
+    messages = max(len(node.get("node.handle", [])), 1)
+    loads = node.get("worker.load", [])
+    note = (f"per message: {len(node.get('node.tx_durable', [])) / messages:.1f} durable, "
+            f"{len(node.get('node.tx_light', [])) / messages:.1f} light, {len(node.get('node.tx_read', [])) / messages:.1f}"
+            f" read transactions; worker data cache hits: {sum(v < 5 for v in loads)}/{len(loads)}")
+    return rows, note
 
 
 def main() -> None:
@@ -401,10 +406,12 @@ def main() -> None:
         print(f"\nper-round time, Workbench / bare Flower (same runtime and backend, each pair run back to back): "
               f"{wb_mean / bare_mean:.2f}x ({wb_mean * 1000:.0f} ms / {bare_mean * 1000:.0f} ms)")
     if stages:
+        table, note = stages
         print(f"\nwhere the time goes (eps={max(epsilons):g}, rounds 2..{args.rounds}; ms)")
         print(f"{'stage':72s} {'Workbench':>9s} {'bare':>7s}")
-        for name, wb_ms, bare_ms in stages:
+        for name, wb_ms, bare_ms in table:
             print(f"{name:72s} {wb_ms:9.1f} {bare_ms:7.1f}")
+        print(note)
 
 
 if __name__ == "__main__":
