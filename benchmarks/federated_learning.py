@@ -14,6 +14,7 @@ Three real node processes (``workbench node serve``) on the demo hospitals
   in-process on the same rows, no DP, no gate, no HTTP;
 * ``--deployment``: also one Workbench round on Flower's deployment engine
   (SuperLink + a SuperNode per node on loopback);
+* ``--mlp``: also the torch MLP (16 hidden units) at the largest epsilon;
 * ``--profile``: also where a round's time goes, per stage (median ms per
   message, from the Workbench run at the largest epsilon and from bare Flower).
   The node processes (and their workers) then load timing hooks from a
@@ -328,6 +329,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--deployment", action="store_true")
     parser.add_argument("--profile", action="store_true", help="also print where a round's time goes, per stage")
+    parser.add_argument("--mlp", action="store_true", help="also train the torch MLP (hidden=16) at the largest epsilon")
     args = parser.parse_args()
 
     import logging
@@ -383,6 +385,14 @@ def main() -> None:
                              bare["seconds"]))
                 if profiled:
                     stages = stage_table(job.round_times, forward, trace, bare)
+        if args.mlp:
+            job = ds.train(model="mlp", y="readmitted", x=X, rounds=args.rounds, epsilon=max(epsilons), delta=1e-6,
+                           hyperparameters={"hidden": 16})
+            model = job.result(timeout=1800)
+            p = model.predict_proba(test)
+            rows.append(("Workbench simulation, torch MLP (16 tanh units)", f"{max(epsilons):g}",
+                         float(np.mean((p >= 0.5) == (yte >= 0.5))), roc_auc_score(yte, p),
+                         float(np.mean(model.round_seconds[1:]))))
         if args.deployment:
             job = ds.train(model="logistic_regression", y="readmitted", x=X, rounds=1, epsilon=1.0, delta=1e-6,
                            engine="deployment", superlink=f"127.0.0.1:{superlink_port}")
