@@ -131,7 +131,8 @@ def start_nodes(root: Path, superlink_port: int | None = None, trace: Path | Non
         if trace is not None:
             (root / "hooks").mkdir(exist_ok=True)
             (root / "hooks" / "sitecustomize.py").write_text(STAGE_HOOKS)
-            env.update(PYTHONPATH=str(root / "hooks"), WB_FL_STAGE_TRACE=str(trace))
+            env.update(PYTHONPATH=os.pathsep.join(p for p in (str(root / "hooks"), env.get("PYTHONPATH")) if p),
+                       WB_FL_STAGE_TRACE=str(trace))
         proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "node", "serve", "--config", str(path)],
                                 start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env=env)
