@@ -231,6 +231,9 @@ def test_mlp_gradients_match_finite_differences_and_numpy_forward():
 def test_hyperparameters_are_checked_per_model():
     from workbench.fl.trainers import get_trainer, hyperparameters
 
+    with pytest.raises(InvalidQuery):  # per-record gradients of a big network would swamp a node's worker
+        get_trainer("mlp").check_size(2_000, {"hidden": 128})
+    get_trainer("mlp").check_size(64, {"hidden": 128})
     assert hyperparameters({}, get_trainer("mlp")).hidden == 16
     assert hyperparameters({"hidden": 8}, get_trainer("mlp")).hidden == 8
     for bad, trainer in [({"hidden": 8}, "logistic_regression"), ({"hidden": 0}, "mlp"), ({"hidden": 10_000}, "mlp"),

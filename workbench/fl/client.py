@@ -63,6 +63,7 @@ def train(fed: "FederatedDataset", model: str, y: str, x: Sequence[str], *, roun
     trainer = get_trainer(model)
     hp = parse_hyperparameters(spec.hyperparameters, trainer)
     fmap = feature_map(fed.schema, trainer.task, list(spec.x), spec.y)
+    trainer.check_size(fmap.dim, hp.model_dump())
     if secure_aggregation and len(fed.handles) < 2:
         raise InvalidQuery("Secure aggregation needs at least two nodes (with one, the sum is the update); "
                            "use secure_aggregation=False.", code="fl_secagg_needs_nodes")

@@ -103,6 +103,7 @@ class JobRegistry:
         trainer = get_trainer(spec.model)
         hp = hyperparameters(spec.hyperparameters, trainer)
         fmap = feature_map(entry.info, trainer.task, list(spec.x), spec.y)
+        trainer.check_size(fmap.dim, hp.model_dump())
         limit = service.config.node.max_epsilon_per_release
         if spec.epsilon > limit:
             raise InvalidQuery(f"This node caps one release (here: one training job) at epsilon={limit:g}.",

@@ -182,6 +182,9 @@ class Trainer:
     def init(self, dim: int, hp: dict | None = None) -> list[np.ndarray]:
         return [np.zeros(dim), np.zeros(1)]
 
+    def check_size(self, dim: int, hp: dict | None = None) -> None:
+        """Linear models are small enough for any feature set a node accepts."""
+
     def shapes(self, dim: int, hp: dict | None = None) -> list[tuple[int, ...]]:
         return [(dim,), (1,)]
 
@@ -249,11 +252,21 @@ class MLPTrainer:
     loss_cap: float = 4.0
     learning_rate: float = 1.0
     default_hidden: int = 16
-    #: records per torch batch when computing per-record gradients (bounds memory)
-    chunk: int = 8192
+    #: at most this many per-record gradient values in memory at once (float64: 128 MB)
+    batch_values: int = 2 ** 24
+    #: a node refuses a larger network (memory and time of per-record gradients)
+    max_parameters: int = 20_000
 
     def hidden(self, hp: dict | None) -> int:
         return int((hp or {}).get("hidden") or self.default_hidden)
+
+    def check_size(self, dim: int, hp: dict | None = None) -> None:
+        """Refuse a network whose per-record gradients would be too big for a node's worker."""
+        size = sum(int(np.prod(s)) for s in self.shapes(dim, hp))
+        if size > self.max_parameters:
+            raise InvalidQuery(f"This MLP has {size} parameters ({dim} inputs, {self.hidden(hp)} hidden units); "
+                               f"nodes train at most {self.max_parameters}. Use fewer hidden units or features.",
+                               code="invalid_query")
 
     def shapes(self, dim: int, hp: dict | None = None) -> list[tuple[int, ...]]:
         h = self.hidden(hp)
@@ -296,10 +309,11 @@ class MLPTrainer:
             return torch.nn.functional.binary_cross_entropy_with_logits(logit, t)
 
         per_record = vmap(grad(loss), in_dims=(None, 0, 0))
+        chunk = max(1, min(8192, self.batch_values // sum(int(p.numel()) for p in params)))
         out = []
-        for start in range(0, len(y), self.chunk):
-            xs = torch.as_tensor(X[start:start + self.chunk], dtype=torch.float64)
-            ts = torch.as_tensor(y[start:start + self.chunk], dtype=torch.float64)
+        for start in range(0, len(y), chunk):
+            xs = torch.as_tensor(X[start:start + chunk], dtype=torch.float64)
+            ts = torch.as_tensor(y[start:start + chunk], dtype=torch.float64)
             grads = per_record(params, xs, ts)
             out.append(torch.cat([g.reshape(len(ts), -1) for g in grads], dim=1))
         if not out:
