@@ -38,8 +38,11 @@ def _http(link: NodeLink):
     with _clients_lock:
         client = link.get("_http")
         if client is None:
+            # Idle connections are dropped after 2 s, before a server closes them (uvicorn: 5 s), so a
+            # round is never posted on a connection the node is closing at that moment.
             client = link["_http"] = httpx.Client(headers=link.get("headers", {}),
-                                                  timeout=float(link.get("timeout", 900)))
+                                                  timeout=float(link.get("timeout", 900)),
+                                                  limits=httpx.Limits(keepalive_expiry=2.0))
         return client
 
 
