@@ -1,7 +1,9 @@
 """The Flower ClientApp that both engines run: it hands each message to the node's own ClientApp.
 
-Under the simulation engine it runs in a Ray actor on the analyst's machine
-and reaches node *i* (``partition-id``) over HTTP with the analyst's token;
+Under the simulation engine it runs in a worker thread of Flower's simulation
+backend (or a Ray actor) on the analyst's machine and reaches node *i*
+(``partition-id``) over HTTP with the analyst's token, on one kept-alive
+connection per node for the job;
 under the deployment engine it runs inside the node's SuperNode and reaches
 the local node with the node-local key (``node_config``). Either way the real
 client part (training, noise, SecAgg+ masking) runs in the node process, so
