@@ -191,7 +191,8 @@ def bare_flower(data_paths, fmap, rounds: int) -> dict:
         # Read and scale once per client, then reuse: a node's worker caches its rows the same way.
         if path not in cache:
             frame = pl.read_parquet(path).select([*X, "readmitted"]).to_pandas()
-            cache[path] = (fmap.transform({c: frame[c].to_numpy() for c in X}), fmap.target(frame["readmitted"].tolist()))
+            cache[path] = (fmap.transform({c: frame[c].to_numpy() for c in X}),
+                           fmap.target(frame["readmitted"].tolist()))
         return cache[path]
 
     class Client(NumPyClient):
@@ -318,9 +319,9 @@ def stage_table(job_stamps: list[float], forward: ForwardTimer, trace: Path, bar
     ]
     messages = max(len(node.get("node.handle", [])), 1)
     loads = node.get("worker.load", [])
-    note = (f"per message: {len(node.get('node.tx_durable', [])) / messages:.1f} durable, "
-            f"{len(node.get('node.tx_light', [])) / messages:.1f} light, {len(node.get('node.tx_read', [])) / messages:.1f}"
-            f" read transactions; worker data cache hits: {sum(v < 5 for v in loads)}/{len(loads)}")
+    per = {mode: len(node.get(f"node.tx_{mode}", [])) / messages for mode in ("durable", "light", "read")}
+    note = (f"per message: {per['durable']:.1f} durable, {per['light']:.1f} light, {per['read']:.1f} read "
+            f"transactions; worker data cache hits: {sum(v < 5 for v in loads)}/{len(loads)}")
     return rows, note
 
 
@@ -330,7 +331,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--deployment", action="store_true")
     parser.add_argument("--profile", action="store_true", help="also print where a round's time goes, per stage")
-    parser.add_argument("--mlp", action="store_true", help="also train the torch MLP (hidden=16) at the largest epsilon")
+    parser.add_argument("--mlp", action="store_true",
+                        help="also train the torch MLP (hidden=16) at the largest epsilon")
     args = parser.parse_args()
 
     import logging
