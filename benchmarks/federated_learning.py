@@ -309,7 +309,7 @@ def stage_table(job_stamps: list[float], forward: ForwardTimer, trace: Path, bar
         ("  node handler: protobuf, Flower ClientApp, checks (handler - gate)", g("node.handle", 0) - g("node.gate", 0),
          0.0),
         ("  gate: replay check, reserve (durable), commit + audit", g("node.gate", 0) - g("node.pool_run", 0), 0.0),
-        ("    of which durable transaction (reserve, fsync)", g("node.tx_durable", 0), 0.0),
+        ("    of which the durable transaction (reservation)", g("node.tx_durable", 0), 0.0),
         ("    of which light transactions (x2)", 2 * g("node.tx_light", 0), 0.0),
         ("  worker hand-off: JSON + pipes (pool - local_round)", g("node.pool_run", 0) - g("worker.local_round", 0),
          0.0),
