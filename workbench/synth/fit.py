@@ -32,6 +32,11 @@ from .spec import SynthSpec
 
 _POLARS_TYPES = {"int": "Int64", "float": "Float64", "category": "String", "bool": "Boolean", "string": "String"}
 FIT_ITERS = 1000      # mirror-descent iterations of a model with multi-way marginals
+# MST's budget: a quarter of epsilon on the one-way marginals (OpenDP's default is half: they only steer the
+# choice of pairs, and the pairs measured afterwards cover every column again), then 90% of the rest on
+# measuring the chosen pairs and 10% on choosing them. Measured at 30k x 8, epsilon 1 (docs/synthesis.md).
+MST_ONEWAY_SPLIT = 0.25
+MST_MEASURE_SPLIT = 0.9
 ONEWAY_ITERS = 100    # ... of a model of one-way marginals only (independent columns: converges in a few dozen)
 
 
@@ -93,7 +98,7 @@ def _scan(task: dict, info: DatasetInfo, columns: list[str]):
 def _algorithm(dp, spec: SynthSpec, p: Plan, estimator):
     Count = dp.mbi.Count
     if spec.method == "mst":
-        return dp.mbi.MST(estimator=estimator)
+        return dp.mbi.MST(estimator=estimator, oneway_split=MST_ONEWAY_SPLIT, measure_split=MST_MEASURE_SPLIT)
     if spec.method == "aim":
         rounds = spec.rounds or max(len(p.columns), 2)
         return dp.mbi.AIM(estimator=estimator, queries=[Count(c) for c in p.cliques], rounds=rounds)
@@ -134,7 +139,7 @@ def run(task: dict) -> dict:
         total = fits["total"]
         label = f"fitting model {min(k + 1, total)} of {total}" if total > 1 else "fitting model"
         oneway = all(len(m.clique) <= 1 for m in loss_fn) if isinstance(loss_fn, list) else False
-        iters = ONEWAY_ITERS if oneway else FIT_ITERS
+        iters = ONEWAY_ITERS if oneway and spec.method != "independent" else FIT_ITERS
 
         def tick(_potentials, _state={"i": 0}):
             _state["i"] += 1

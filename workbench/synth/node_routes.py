@@ -32,6 +32,7 @@ from ..node.store import Grant
 from ..node.worker import WorkerPool
 from ..protocol import Budget, Table
 from . import domain, mocks
+from .fit import MST_MEASURE_SPLIT, MST_ONEWAY_SPLIT
 from .jobs import Job, jobs_of
 from .spec import (MockInfo, MockRelease, PlannedMeasurement, SDVRequest, SynthJob, SynthPreview, SynthRelease,
                    SynthRequest, SynthSpec)
@@ -85,16 +86,19 @@ def planned(spec: SynthSpec, plan: domain.Plan, epsilon: float, contributions: i
     d = len(plan.columns)
     std = lambda eps_each: contributions / eps_each * math.sqrt(2)  # noqa: E731 - Laplace std, sensitivity c
     out = []
+    oneway = MST_ONEWAY_SPLIT if spec.method == "mst" else 0.5
     if spec.method in ("mst", "aim"):
-        one_eps = epsilon * 0.5 / d
+        one_eps = epsilon * oneway / d
         out += [PlannedMeasurement(columns=[c], cells=plan.cells((c,)), epsilon=one_eps, noise_std=std(one_eps))
                 for c in plan.columns]
     if spec.method == "mst":
-        pair_eps = epsilon * 0.5 * 0.9 / max(d - 1, 1)
+        rest = 1 - oneway
+        pair_eps = epsilon * rest * MST_MEASURE_SPLIT / max(d - 1, 1)
         out.append(PlannedMeasurement(columns=["(chosen by MST)"], cells=0, epsilon=pair_eps, noise_std=std(pair_eps),
                                       adaptive=True))
-        note = (f"MST spends half of epsilon on {d} one-way marginals, 5% on choosing {d - 1} column pairs "
-                "(a spanning tree) and 45% on measuring them.")
+        note = (f"MST spends {oneway:.0%} of epsilon on {d} one-way marginals, "
+                f"{rest * (1 - MST_MEASURE_SPLIT):.1%} on choosing {d - 1} column pairs (a spanning tree) and "
+                f"{rest * MST_MEASURE_SPLIT:.1%} on measuring them.")
     elif spec.method == "aim":
         out += [PlannedMeasurement(columns=list(c), cells=plan.cells(c), adaptive=True) for c in plan.cliques]
         note = ("AIM spends half of epsilon on one-way marginals, then picks marginals from the workload below "

@@ -94,6 +94,23 @@ def _normalised(counts: np.ndarray) -> np.ndarray:
     return np.divide(counts, s, out=np.full_like(counts, 1.0 / size), where=s > 0)
 
 
+MIN_STRATUM_ROWS = 30
+
+
+def _extra_stratum(data: dict[str, np.ndarray], parents: tuple[str, ...], domain: Any,
+                   total: int) -> tuple[str, ...]:
+    """The already-sampled non-parent column with the most cells whose strata stay large enough."""
+    parent_cells = math.prod(domain[p] for p in parents)
+    best: tuple[int, str] | None = None
+    for name in data:
+        if name in parents:
+            continue
+        cells = domain[name]
+        if total / (parent_cells * cells) >= MIN_STRATUM_ROWS and (best is None or cells > best[0]):
+            best = (cells, name)
+    return (best[1],) if best else ()
+
+
 def synthetic_rows(model: Any, rows: int, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     """``rows`` rows of cell indices drawn from the model, one column at a time (stratified sampling).
 
@@ -122,11 +139,15 @@ def synthetic_rows(model: Any, rows: int, rng: np.random.Generator | None = None
         joint = project(model, parents + (col,))
         cond = _normalised(joint)
         cdf = np.cumsum(cond, axis=-1)
-        stacked = np.stack([data[p] for p in parents], axis=-1)
+        # Stratify inside finer groups: parents plus one more sampled column. The model makes ``col``
+        # independent of it given the parents, so the conditional is the same; stratifying on it too makes
+        # that pair's synthetic counts match the model's as well (not just the pairs with the parents).
+        groups = parents + _extra_stratum(data, parents, domain, total)
+        stacked = np.stack([data[p] for p in groups], axis=-1)
         uniques, inverse, counts = np.unique(stacked, axis=0, return_inverse=True, return_counts=True)
         inverse = inverse.reshape(-1)
         u = _stratified(inverse, counts, rng)
-        group_cdf = cdf[tuple(uniques.T)]                        # (groups, cells)
+        group_cdf = cdf[tuple(uniques[:, :len(parents)].T)]      # (groups, cells)
         choice = np.empty(total, dtype=np.int64)
         perm = np.argsort(inverse, kind="stable")
         start = 0
