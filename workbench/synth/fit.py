@@ -95,6 +95,20 @@ def _scan(task: dict, info: DatasetInfo, columns: list[str]):
     return lf.select(exprs)
 
 
+def _opendp():
+    """The parts of OpenDP a fit uses, without ``opendp.prelude`` (which also imports scikit-learn: ~2 s of
+    every fresh worker's start)."""
+    from types import SimpleNamespace
+
+    import opendp.extras.mbi as mbi
+    import opendp.extras.polars as polars
+    from opendp.context import Context, loss_of, unit_of
+    from opendp.mod import OpenDPException, enable_features
+
+    return SimpleNamespace(mbi=mbi, polars=polars, Context=Context, loss_of=loss_of, unit_of=unit_of,
+                           OpenDPException=OpenDPException, enable_features=enable_features)
+
+
 def _algorithm(dp, spec: SynthSpec, p: Plan, estimator):
     Count = dp.mbi.Count
     if spec.method == "mst":
@@ -118,7 +132,7 @@ def run(task: dict) -> dict:
     """Fit and sample one DP synthesizer. ``task`` is plain data built by the node."""
     progress = Progress(task.get("progress_path"))
     _configure_jax(task.get("jax_cache"))
-    import opendp.prelude as dp
+    dp = _opendp()
     import polars as pl
 
     from . import _calibration, estimation, sampling
