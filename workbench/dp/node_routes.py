@@ -12,18 +12,16 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
-from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
 from ..errors import InvalidQuery
-from ..protocol import Accuracy, Budget, DPPreview, DPQuery, DPRelease, DPRequest, Table
+from ..protocol import Accuracy, Budget, DPPreview, DPRelease, DPRequest, Table
 from ..node.catalog import DatasetEntry
-from ..node.gate import spec_hash
+from ..node.gate import Outcome, spec_hash
 from ..node.ledger import Cost, choose_grant
 from ..node.routes import Caller, Service
 from ..node.service import NodeService
-from ..node.store import Grant
 from . import engine
 
 router = APIRouter(tags=["dp"])
@@ -36,13 +34,19 @@ _previews: "OrderedDict[str, dict]" = OrderedDict()
 _previews_lock = threading.Lock()
 
 
-def _task(entry: DatasetEntry, body: DPRequest, mode: str) -> dict:
+def _task(entry: DatasetEntry, body: DPRequest, mode: str, columnar: str | None) -> dict:
     spec = body.query.model_dump(mode="json")
     key = hashlib.sha256(json.dumps([entry.name, entry.version, entry.info.model_dump(mode="json"), spec,
                                      body.epsilon, body.delta, ALPHA], sort_keys=True).encode()).hexdigest()
     return {"info": entry.info.model_dump(mode="json"), "query": spec, "epsilon": body.epsilon, "delta": body.delta,
             "alpha": ALPHA, "path": str(entry.path), "format": entry.config.file_format, "mode": mode,
+            "stamp": list(entry.stamp), "columnar": columnar,
             "cache_key": key}
+
+
+def _columnar(service: NodeService) -> str:
+    """Where the workers keep their columnar copies of the datasets (see :mod:`workbench.dp.columnar`)."""
+    return str(service.config.node.state_dir / "columnar")
 
 
 def _checked(service: NodeService, name: str, body: DPRequest) -> DatasetEntry:
@@ -60,7 +64,7 @@ def _checked(service: NodeService, name: str, body: DPRequest) -> DatasetEntry:
 
 def _accuracy(service: NodeService, entry: DatasetEntry, body: DPRequest) -> dict:
     """OpenDP's accuracy for this query shape: metadata only, cached."""
-    task = _task(entry, body, "preview")
+    task = _task(entry, body, "preview", _columnar(service))
     with _previews_lock:
         hit = _previews.get(task["cache_key"])
     if hit is not None:
@@ -99,19 +103,19 @@ def preview(name: str, body: DPRequest, service: Service, caller: Caller) -> DPP
 
 
 @router.post("/datasets/{name}/dp/release", response_model=DPRelease)
-def release(name: str, body: DPRequest, service: Service, caller: Caller) -> DPRelease:
+async def release(name: str, body: DPRequest, service: Service, caller: Caller) -> DPRelease:
     """Release a DP query: charged once, through the gate; the identical question again is free."""
     entry = _checked(service, name, body)
-    task = _task(entry, body, "release")
-    outcome = service.gate.release(
+    task = _task(entry, body, "release", _columnar(service))
+    outcome = await service.gate.release_async(
         caller, entry, "dp", body.query.kind, body.query.model_dump(mode="json"), Cost(body.epsilon, body.delta),
         compute=lambda: service.pool.run(ENGINE, task), grant_id=body.grant_id, request_id=body.request_id)
-    left = None
-    if outcome.grant_id is not None:
-        with service.store.transaction("read") as session:
-            grant = session.get(Grant, outcome.grant_id)
-            left = Budget(epsilon=max(grant.epsilon - grant.epsilon_spent, 0.0),
-                          delta=max(grant.delta - grant.delta_spent, 0.0))
+    return release_response(entry, body, outcome)
+
+
+def release_response(entry: DatasetEntry, body: DPRequest, outcome: Outcome) -> DPRelease:
+    """The wire answer for a release or a replay (post-processing of the stored result only)."""
+    left = Budget(epsilon=outcome.budget_left[0], delta=outcome.budget_left[1]) if outcome.budget_left else None
     result = outcome.result
     return DPRelease(release_id=outcome.release_id, dataset=entry.name, dataset_version=entry.version,
                      query=body.query, epsilon=outcome.cost.epsilon, delta=outcome.cost.delta,

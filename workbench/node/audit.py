@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
-from sqlalchemy import select
+from sqlalchemy import event, insert, select, update
 from sqlalchemy.orm import Session
 
 from .store import GENESIS_HASH, AuditHead, AuditRecord, Store
@@ -25,18 +25,43 @@ def _digest(prev_hash: str, seq: int, ts: str, actor: str, action: str, dataset:
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
-def append(session: Session, actor: str, action: str, dataset: str | None = None, **details: Any) -> AuditRecord:
-    """Append one record inside the caller's transaction (so it commits or rolls back with it)."""
-    head = session.get(AuditHead, 1, with_for_update=True)
-    seq = head.last_seq + 1
+def append(session: Session, actor: str, action: str, dataset: str | None = None, **details: Any) -> None:
+    """Append one record inside the caller's transaction (so it commits or rolls back with it).
+
+    The chain's head row is locked at the first append of a transaction; the records and the new head are
+    written in one go when the transaction commits (cheap when many records share a transaction).
+    """
+    pending = session.info.get(_PENDING)
+    if pending is None:
+        row = session.execute(_HEAD_FOR_UPDATE).one()
+        pending = session.info[_PENDING] = {"head": (row.last_seq, row.last_hash), "rows": []}
+    seq, prev = pending["head"][0] + 1, pending["head"][1]
     ts = datetime.now(timezone.utc).isoformat()
     payload = json.dumps(details, sort_keys=True, separators=(",", ":"), default=str)
-    digest = _digest(head.last_hash, seq, ts, actor, action, dataset, payload)
-    record = AuditRecord(seq=seq, ts=ts, actor=actor, action=action, dataset=dataset, details=payload,
-                         prev_hash=head.last_hash, hash=digest)
-    session.add(record)
-    head.last_seq, head.last_hash = seq, digest
-    return record
+    digest = _digest(prev, seq, ts, actor, action, dataset, payload)
+    pending["rows"].append({"seq": seq, "ts": ts, "actor": actor, "action": action, "dataset": dataset,
+                            "details": payload, "prev_hash": prev, "hash": digest})
+    pending["head"] = (seq, digest)
+
+
+_PENDING = "workbench_audit_pending"
+_HEAD_FOR_UPDATE = select(AuditHead.last_seq, AuditHead.last_hash).where(AuditHead.id == 1).with_for_update()
+_INSERT = insert(AuditRecord)
+_MOVE_HEAD = update(AuditHead).where(AuditHead.id == 1)
+
+
+@event.listens_for(Session, "before_commit")
+def _write_pending(session: Session) -> None:
+    pending = session.info.pop(_PENDING, None)
+    if pending is not None:
+        session.execute(_INSERT, pending["rows"])
+        seq, digest = pending["head"]
+        session.execute(_MOVE_HEAD.values(last_seq=seq, last_hash=digest))
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_pending(session: Session) -> None:
+    session.info.pop(_PENDING, None)
 
 
 @dataclass

@@ -9,6 +9,11 @@ forged, expired and foreign tokens all get 401.
 With an ``[oidc]`` table in the config, a token whose (unverified) ``iss`` is
 that issuer goes to :class:`workbench.node.oidc.OIDCVerifier` instead; every
 other token is checked as one of this node's own.
+
+A verified node token is remembered for up to ``USER_RECHECK_S`` seconds (never
+past its expiry): a change to any user made through this node process takes
+effect at once; a change made by another process sharing the database (the
+owner's CLI) takes effect within ``USER_RECHECK_S``.
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..errors import NotAuthenticated, NotAuthorized
 from .oidc import OIDCSection, OIDCVerifier
-from .store import Store, User
+from .store import Store, User, users_generation
 
 ROLES = ("owner", "analyst", "auditor")
 ALGORITHM = "EdDSA"
+USER_RECHECK_S = 2.0
+_MAX_REMEMBERED = 10_000
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,8 @@ class TokenAuthority:
         self._store = store
         self._ttl = ttl_days * 86400
         self.oidc = OIDCVerifier(oidc, store) if oidc is not None else None
+        # token -> (principal, expiry (epoch s), checked at (monotonic s), users generation)
+        self._verified: dict[str, tuple[Principal, float, float, int]] = {}
 
     def issue(self, user: User, ttl_s: float | None = None) -> str:
         now = int(time.time())
@@ -86,7 +95,20 @@ class TokenAuthority:
         }
         return jwt.encode(claims, self._key, algorithm=ALGORITHM)
 
+    def remembered(self, token: str) -> Principal | None:
+        """The principal of a node token verified moments ago, without touching the database (else None)."""
+        hit = self._verified.get(token)
+        if hit is None:
+            return None
+        principal, expires, checked, generation = hit
+        if time.time() >= expires or time.monotonic() - checked > USER_RECHECK_S or generation != users_generation():
+            return None
+        return principal
+
     def verify(self, token: str) -> Principal:
+        known = self.remembered(token)
+        if known is not None:
+            return known
         if self.oidc is not None and self.oidc.handles(token):
             who = self.oidc.verify(token)
             return Principal(name=who.name, role=who.role, token_id=who.token_id, purposes=who.purposes,
@@ -105,8 +127,13 @@ class TokenAuthority:
                                    code="not_authenticated") from None
         except jwt.PyJWTError:
             raise NotAuthenticated("The token is not valid for this node.", code="not_authenticated") from None
+        generation = users_generation()
         with self._store.transaction("read") as session:
             user = session.query(User).filter_by(name=claims["sub"]).one_or_none()
             if user is None or user.disabled or user.token_version != claims.get("ver"):
                 raise NotAuthenticated("The token has been revoked.", code="not_authenticated")
-            return Principal(name=user.name, role=user.role, token_id=claims["jti"])
+            principal = Principal(name=user.name, role=user.role, token_id=claims["jti"])
+        if len(self._verified) >= _MAX_REMEMBERED:
+            self._verified.clear()
+        self._verified[token] = (principal, float(claims["exp"]), time.monotonic(), generation)
+        return principal

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,12 +26,15 @@ from .settings import DatasetConfig, NodeConfig
 
 log = logging.getLogger(__name__)
 
+REFRESH_INTERVAL_S = 0.5
+
 
 @dataclass(frozen=True)
 class DatasetEntry:
     name: str
     config: DatasetConfig
     info: DatasetInfo
+    stamp: tuple[int, int] = (0, 0)  # (size, mtime_ns) of the file this version was read from
 
     @property
     def path(self) -> Path:
@@ -49,6 +53,16 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def check_stamp(path: str | Path, stamp: tuple[int, int] | list[int] | None) -> None:
+    """Refuse to compute on a file that is not the version the node priced and labelled."""
+    if stamp is None:
+        return
+    st = Path(path).stat()
+    if (st.st_size, st.st_mtime_ns) != tuple(stamp):
+        raise ComputationFailed("The dataset's file changed during this request; ask again (it is a new version).",
+                                code="dataset_unavailable")
+
+
 def scan(config: DatasetConfig) -> pl.LazyFrame:
     if config.file_format == "csv":
         return pl.scan_csv(config.path)
@@ -64,6 +78,7 @@ class Catalog:
         self._stamps: dict[str, tuple[int, int]] = {}
         self._cache_file = config.node.state_dir / "versions.json"
         self._known = self._load_cache()
+        self._refreshed_at = float("-inf")
         self.refresh()
 
     def _load_cache(self) -> dict:
@@ -72,10 +87,15 @@ class Catalog:
         except (OSError, ValueError):
             return {}
 
-    def refresh(self) -> None:
-        """Re-read any dataset whose file changed since it was last seen."""
+    def refresh(self, force: bool = False) -> None:
+        """Re-read any dataset whose file changed since it was last seen (looks at most every
+        ``REFRESH_INTERVAL_S``; computations check the file they read is the version they were told)."""
+        now = time.monotonic()
+        if not force and now - self._refreshed_at < REFRESH_INTERVAL_S:
+            return
         changed = False
         with self._lock:
+            self._refreshed_at = now
             for name, ds in self.config.datasets.items():
                 try:
                     stat = ds.path.stat()
@@ -96,7 +116,7 @@ class Catalog:
                     continue
                 self._problems.pop(name, None)
                 self._stamps[name] = stamp
-                self._entries[name] = DatasetEntry(name, ds, ds.public_info(name, version))
+                self._entries[name] = DatasetEntry(name, ds, ds.public_info(name, version), stamp)
                 changed = True
             if changed:
                 self._save_cache()

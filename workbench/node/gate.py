@@ -12,22 +12,27 @@ answer the same user already received (post-processing of a past release).
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from sqlalchemy import select
 
 from ..errors import ComputationFailed, InvalidQuery, PrivacyError, WorkbenchError
 from . import audit
+from .answers import AnswerIndex, StoredAnswer
 from .auth import Principal
 from .catalog import DatasetEntry
+from .group_commit import GroupCommitter
 from .ledger import Cost, reserve
-from .store import Charge, DatasetBudget, Release, Store, utcnow
+from .store import Charge, DatasetBudget, Grant, Release, Store, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,7 @@ class Outcome:
     cost: Cost
     grant_id: int | None
     released_at: datetime
+    budget_left: tuple[float, float] | None = None  # the grant's (epsilon, delta) left, when the gate read it
 
 
 def spec_hash(channel: str, spec: dict, cost: Cost) -> str:
@@ -56,6 +62,11 @@ class ReleaseGate:
     def __init__(self, store: Store):
         self.store = store
         self._locks = [threading.Lock() for _ in range(64)]
+        self.answers = AnswerIndex()
+        self._replays = GroupCommitter(store, finish=_fill_budgets_left)
+
+    def close(self) -> None:
+        self._replays.close()
 
     # ---------------------------------------------------------------- authorization
 
@@ -81,6 +92,57 @@ class ReleaseGate:
         """Charge, compute and record one release (or replay a stored one for free)."""
         self.authorize(principal, entry)
         qhash = spec_hash(channel, spec, cost)
+        known = self._known_answer(principal, entry, qhash, request_id)
+        if known is not None:
+            return self._replays.run(self._replay_write(principal, known, channel, kind))
+        return self._release(principal, entry, channel, kind, qhash, cost, compute, grant_id, request_id)
+
+    async def release_async(self, principal: Principal, entry: DatasetEntry, channel: str, kind: str, spec: dict,
+                            cost: Cost, compute: Callable[[], dict], grant_id: int | None = None,
+                            request_id: str | None = None) -> Outcome:
+        """:meth:`release` for the event loop: a replay of a remembered answer waits on no thread."""
+        from starlette.concurrency import run_in_threadpool
+
+        self.authorize(principal, entry)
+        qhash = spec_hash(channel, spec, cost)
+        known = self._known_answer(principal, entry, qhash, request_id)
+        if known is not None:
+            return await asyncio.wrap_future(self._replays.submit(self._replay_write(principal, known, channel, kind)))
+        return await run_in_threadpool(self._release, principal, entry, channel, kind, qhash, cost, compute, grant_id,
+                                       request_id)
+
+    def replay_if_known(self, principal: Principal, entry: DatasetEntry, channel: str, kind: str, spec: dict,
+                        cost: Cost, request_id: str | None = None) -> "Future[Outcome] | None":
+        """The replay of an answer this process remembers (its audit record group-committed), or None."""
+        self.authorize(principal, entry)
+        known = self._known_answer(principal, entry, spec_hash(channel, spec, cost), request_id)
+        if known is None:
+            return None
+        return self._replays.submit(self._replay_write(principal, known, channel, kind))
+
+    def _known_answer(self, principal: Principal, entry: DatasetEntry, qhash: str,
+                      request_id: str | None) -> StoredAnswer | None:
+        """A remembered answer to this question for this user, from memory only (None: ask the database)."""
+        if request_id is not None:
+            known = self.answers.by_request(principal.name, request_id)
+            if known is not None and (known.spec_hash != qhash or known.dataset != entry.name):
+                raise InvalidQuery("This request_id was already used for a different question.",
+                                   code="request_id_conflict")
+            return known
+        return self.answers.by_question(principal.name, entry.name, entry.version, qhash)
+
+    @staticmethod
+    def _replay_write(principal: Principal, known: StoredAnswer, channel: str, kind: str):
+        """The replay's audit record (group-committed) and the grant's current balance."""
+        def write(session) -> Outcome:
+            audit.append(session, principal.name, "replay", known.dataset, release_id=known.release_id,
+                         channel=channel, kind=kind, epsilon=0.0, delta=0.0, grant_id=known.grant_id)
+            return Outcome(known.release_id, json.loads(known.result_json), True, Cost(0.0, 0.0),
+                           Cost(known.epsilon, known.delta), known.grant_id, known.released_at)
+        return write
+
+    def _release(self, principal: Principal, entry: DatasetEntry, channel: str, kind: str, qhash: str, cost: Cost,
+                 compute: Callable[[], dict], grant_id: int | None, request_id: str | None) -> Outcome:
         free = entry.info.tier == "open"
         with self._locks[int(qhash[:8], 16) % len(self._locks)]:
             replay = self._replay(principal, entry, qhash, request_id, channel, kind)
@@ -124,7 +186,10 @@ class ReleaseGate:
                 audit.append(session, principal.name, "release", entry.name, release_id=stored.id,
                              charge_id=charge_id, grant_id=charged_grant, channel=channel, kind=kind,
                              epsilon=charged.epsilon, delta=charged.delta, dataset_version=entry.version)
-                return Outcome(stored.id, result, False, charged, cost, charged_grant, stored.created_at)
+                outcome = Outcome(stored.id, result, False, charged, cost, charged_grant, _utc(stored.created_at),
+                                  _left(session, charged_grant))
+            self.answers.remember(_answer(stored, request_id, charged, charged_grant))
+            return outcome
 
     def _replay(self, principal: Principal, entry: DatasetEntry, qhash: str, request_id: str | None, channel: str,
                 kind: str) -> Outcome | None:
@@ -150,8 +215,11 @@ class ReleaseGate:
             charge = session.get(Charge, stored.charge_id)
             audit.append(session, principal.name, "replay", entry.name, release_id=stored.id, channel=channel,
                          kind=kind, epsilon=0.0, delta=0.0, grant_id=charge.grant_id)
-            return Outcome(stored.id, json.loads(stored.result_json), True, Cost(0.0, 0.0),
-                           Cost(charge.epsilon, charge.delta), charge.grant_id, stored.created_at)
+            outcome = Outcome(stored.id, json.loads(stored.result_json), True, Cost(0.0, 0.0),
+                              Cost(charge.epsilon, charge.delta), charge.grant_id, _utc(stored.created_at),
+                              _left(session, charge.grant_id))
+        self.answers.remember(_answer(stored, charge.request_id, Cost(charge.epsilon, charge.delta), charge.grant_id))
+        return outcome
 
     def _fail(self, principal: Principal, entry: DatasetEntry, charge_id: int, code: str) -> None:
         """The computation failed after the reservation: the charge stands (conservative)."""
@@ -176,6 +244,36 @@ class ReleaseGate:
             if cap is None:
                 return 0.0, 0.0
             return max(cap.epsilon_cap - cap.epsilon_spent, 0.0), max(cap.delta_cap - cap.delta_spent, 0.0)
+
+
+def _left(session, grant_id: int | None) -> tuple[float, float] | None:
+    """What the grant has left, read in the caller's transaction."""
+    grant = session.get(Grant, grant_id) if grant_id is not None else None
+    if grant is None:
+        return None
+    return max(grant.epsilon - grant.epsilon_spent, 0.0), max(grant.delta - grant.delta_spent, 0.0)
+
+
+def _fill_budgets_left(session, outcomes: list[Outcome]) -> list[Outcome]:
+    """Each replay's grant balance, read once for the whole batch."""
+    ids = {o.grant_id for o in outcomes if o.grant_id is not None}
+    if not ids:
+        return outcomes
+    rows = session.execute(select(Grant.id, Grant.epsilon, Grant.epsilon_spent, Grant.delta, Grant.delta_spent)
+                           .where(Grant.id.in_(ids))).all()
+    left = {r.id: (max(r.epsilon - r.epsilon_spent, 0.0), max(r.delta - r.delta_spent, 0.0)) for r in rows}
+    return [dataclasses.replace(o, budget_left=left.get(o.grant_id)) if o.grant_id is not None else o
+            for o in outcomes]
+
+
+def _utc(moment: datetime) -> datetime:
+    """Stored times are UTC; SQLite hands them back without a zone."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+def _answer(stored: Release, request_id: str | None, cost: Cost, grant_id: int | None) -> StoredAnswer:
+    return StoredAnswer(stored.id, stored.user_name, stored.dataset, stored.dataset_version, stored.spec_hash,
+                        request_id, stored.result_json, cost.epsilon, cost.delta, grant_id, _utc(stored.created_at))
 
 
 def check_not_private(entry: DatasetEntry) -> None:

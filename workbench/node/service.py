@@ -48,5 +48,6 @@ class NodeService:
             return True
 
     def close(self) -> None:
+        self.gate.close()
         self.pool.close()
         self.store.dispose()

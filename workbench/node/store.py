@@ -49,6 +49,27 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+_users_generation = 0
+
+
+def users_generation() -> int:
+    """A number that changes whenever this process commits a change to any user (caches compare it)."""
+    return _users_generation
+
+
+@event.listens_for(Session, "after_flush")
+def _note_user_changes(session: Session, _context) -> None:
+    if any(isinstance(obj, User) for objs in (session.new, session.dirty, session.deleted) for obj in objs):
+        session.info["users_changed"] = True
+
+
+@event.listens_for(Session, "after_commit")
+def _bump_users_generation(session: Session) -> None:
+    global _users_generation
+    if session.info.pop("users_changed", False):
+        _users_generation += 1
+
+
 class Grant(Base):
     __tablename__ = "grants"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
