@@ -63,10 +63,10 @@ class ReleaseGate:
         self.store = store
         self._locks = [threading.Lock() for _ in range(64)]
         self.answers = AnswerIndex()
-        self._replays = GroupCommitter(store, finish=_fill_budgets_left)
+        self._writes = GroupCommitter(store, finish=_fill_budgets_left)
 
     def close(self) -> None:
-        self._replays.close()
+        self._writes.close()
 
     # ---------------------------------------------------------------- authorization
 
@@ -94,7 +94,7 @@ class ReleaseGate:
         qhash = spec_hash(channel, spec, cost)
         known = self._known_answer(principal, entry, qhash, request_id)
         if known is not None:
-            return self._replays.run(self._replay_write(principal, known, channel, kind))
+            return self._writes.run(self._replay_write(principal, known, channel, kind))
         return self._release(principal, entry, channel, kind, qhash, cost, compute, grant_id, request_id)
 
     async def release_async(self, principal: Principal, entry: DatasetEntry, channel: str, kind: str, spec: dict,
@@ -107,7 +107,7 @@ class ReleaseGate:
         qhash = spec_hash(channel, spec, cost)
         known = self._known_answer(principal, entry, qhash, request_id)
         if known is not None:
-            return await asyncio.wrap_future(self._replays.submit(self._replay_write(principal, known, channel, kind)))
+            return await asyncio.wrap_future(self._writes.submit(self._replay_write(principal, known, channel, kind)))
         return await run_in_threadpool(self._release, principal, entry, channel, kind, qhash, cost, compute, grant_id,
                                        request_id)
 
@@ -118,7 +118,7 @@ class ReleaseGate:
         known = self._known_answer(principal, entry, spec_hash(channel, spec, cost), request_id)
         if known is None:
             return None
-        return self._replays.submit(self._replay_write(principal, known, channel, kind))
+        return self._writes.submit(self._replay_write(principal, known, channel, kind))
 
     def _known_answer(self, principal: Principal, entry: DatasetEntry, qhash: str,
                       request_id: str | None) -> StoredAnswer | None:
@@ -145,21 +145,24 @@ class ReleaseGate:
                  compute: Callable[[], dict], grant_id: int | None, request_id: str | None) -> Outcome:
         free = entry.info.tier == "open"
         with self._locks[int(qhash[:8], 16) % len(self._locks)]:
-            replay = self._replay(principal, entry, qhash, request_id, channel, kind)
-            if replay is not None:
-                return replay
-            try:
-                with self.store.transaction() as session:
-                    if free:
-                        charge = Charge(grant_id=None, user_name=principal.name, dataset=entry.name,
-                                        dataset_version=entry.version, channel=channel, spec_hash=qhash,
-                                        epsilon=0.0, delta=0.0, state="reserved", request_id=request_id)
-                        session.add(charge)
-                        session.flush()
-                    else:
-                        charge = reserve(session, principal.name, entry.name, entry.version, channel, qhash, cost,
-                                         grant_id, request_id)
-                    charge_id, charged_grant = charge.id, charge.grant_id
+            known = self._stored_answer(principal, entry, qhash, request_id)
+            if known is not None:
+                return self._writes.run(self._replay_write(principal, known, channel, kind))
+
+            def reservation(session) -> tuple[int, int | None]:
+                if free:
+                    charge = Charge(grant_id=None, user_name=principal.name, dataset=entry.name,
+                                    dataset_version=entry.version, channel=channel, spec_hash=qhash,
+                                    epsilon=0.0, delta=0.0, state="reserved", request_id=request_id)
+                    session.add(charge)
+                    session.flush()
+                else:
+                    charge = reserve(session, principal.name, entry.name, entry.version, channel, qhash, cost,
+                                     grant_id, request_id)
+                return charge.id, charge.grant_id
+
+            try:  # durable (fsync) before anything is computed
+                charge_id, charged_grant = self._writes.run(reservation, durable=True)
             except WorkbenchError as exc:
                 self.refuse(principal, entry.name, exc, channel=channel, kind=kind, epsilon=cost.epsilon,
                             delta=cost.delta)
@@ -174,13 +177,16 @@ class ReleaseGate:
                 self._fail(principal, entry, charge_id, "computation_failed")
                 raise ComputationFailed("The computation failed; the charge for it stands.") from None
             charged = Cost(0.0, 0.0) if free else cost
-            # "light": the charge is already durable; losing this record to a power cut keeps it charged.
-            with self.store.transaction("light") as session:
+            result_json = json.dumps(result, default=str)
+
+            def record(session) -> tuple[Outcome, StoredAnswer]:
+                # May share a light transaction: the charge is already durable; losing this record to a power
+                # cut keeps it charged.
                 charge = session.get(Charge, charge_id, with_for_update=True)
                 charge.state, charge.finished_at = "committed", utcnow()
                 stored = Release(charge_id=charge_id, user_name=principal.name, dataset=entry.name,
                                  dataset_version=entry.version, channel=channel, kind=kind, spec_hash=qhash,
-                                 result_json=json.dumps(result, default=str))
+                                 result_json=result_json)
                 session.add(stored)
                 session.flush()
                 audit.append(session, principal.name, "release", entry.name, release_id=stored.id,
@@ -188,12 +194,16 @@ class ReleaseGate:
                              epsilon=charged.epsilon, delta=charged.delta, dataset_version=entry.version)
                 outcome = Outcome(stored.id, result, False, charged, cost, charged_grant, _utc(stored.created_at),
                                   _left(session, charged_grant))
-            self.answers.remember(_answer(stored, request_id, charged, charged_grant))
+                return outcome, _answer(stored, request_id, charged, charged_grant)
+
+            outcome, answer = self._writes.run(record)
+            self.answers.remember(answer)
             return outcome
 
-    def _replay(self, principal: Principal, entry: DatasetEntry, qhash: str, request_id: str | None, channel: str,
-                kind: str) -> Outcome | None:
-        with self.store.transaction("light") as session:  # a replay moves no budget: no fsync
+    def _stored_answer(self, principal: Principal, entry: DatasetEntry, qhash: str,
+                       request_id: str | None) -> StoredAnswer | None:
+        """This user's stored answer to this question (or to this request id), read from the database."""
+        with self.store.transaction("read") as session:
             stored = None
             if request_id is not None:
                 charge = session.execute(select(Charge).where(Charge.user_name == principal.name,
@@ -213,13 +223,9 @@ class ReleaseGate:
             if stored is None:
                 return None
             charge = session.get(Charge, stored.charge_id)
-            audit.append(session, principal.name, "replay", entry.name, release_id=stored.id, channel=channel,
-                         kind=kind, epsilon=0.0, delta=0.0, grant_id=charge.grant_id)
-            outcome = Outcome(stored.id, json.loads(stored.result_json), True, Cost(0.0, 0.0),
-                              Cost(charge.epsilon, charge.delta), charge.grant_id, _utc(stored.created_at),
-                              _left(session, charge.grant_id))
-        self.answers.remember(_answer(stored, charge.request_id, Cost(charge.epsilon, charge.delta), charge.grant_id))
-        return outcome
+            answer = _answer(stored, charge.request_id, Cost(charge.epsilon, charge.delta), charge.grant_id)
+        self.answers.remember(answer)
+        return answer
 
     def _fail(self, principal: Principal, entry: DatasetEntry, charge_id: int, code: str) -> None:
         """The computation failed after the reservation: the charge stands (conservative)."""
@@ -254,16 +260,16 @@ def _left(session, grant_id: int | None) -> tuple[float, float] | None:
     return max(grant.epsilon - grant.epsilon_spent, 0.0), max(grant.delta - grant.delta_spent, 0.0)
 
 
-def _fill_budgets_left(session, outcomes: list[Outcome]) -> list[Outcome]:
-    """Each replay's grant balance, read once for the whole batch."""
-    ids = {o.grant_id for o in outcomes if o.grant_id is not None}
+def _fill_budgets_left(session, results: list) -> list:
+    """Each replay's grant balance, read once for the whole batch (other results pass unchanged)."""
+    ids = {o.grant_id for o in results if isinstance(o, Outcome) and o.budget_left is None and o.grant_id is not None}
     if not ids:
-        return outcomes
+        return results
     rows = session.execute(select(Grant.id, Grant.epsilon, Grant.epsilon_spent, Grant.delta, Grant.delta_spent)
                            .where(Grant.id.in_(ids))).all()
     left = {r.id: (max(r.epsilon - r.epsilon_spent, 0.0), max(r.delta - r.delta_spent, 0.0)) for r in rows}
-    return [dataclasses.replace(o, budget_left=left.get(o.grant_id)) if o.grant_id is not None else o
-            for o in outcomes]
+    return [dataclasses.replace(o, budget_left=left.get(o.grant_id))
+            if isinstance(o, Outcome) and o.budget_left is None and o.grant_id is not None else o for o in results]
 
 
 def _utc(moment: datetime) -> datetime:
