@@ -71,11 +71,15 @@ def node(tmp_path_factory):
     yield h
     import signal
 
+    proc = h.proc  # the restart test replaces it
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=15)
     except Exception:  # noqa: BLE001
-        os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def analyst(node):
@@ -254,3 +258,27 @@ def test_mock_published_once_free_and_identical(node):
     with pytest.raises(NotFound) as exc:
         a.node.dataset("clinic").mock()
     assert exc.value.code == "no_mock"
+
+
+def test_a_finished_job_survives_a_node_restart(node):
+    """Runs last: it restarts the module's node. The job's status and rows come back from the node's store."""
+    import signal
+
+    from workbench.synth.client import synthesis
+
+    ds = analyst(node).dataset("clinic")
+    job = synthesis(ds, rows=300, epsilon=0.5, method="independent").start()
+    syn = job.wait(progress=False)
+    before = spent(ds)
+    os.killpg(node.proc.pid, signal.SIGTERM)
+    node.proc.wait(timeout=30)
+    node.proc = start_node(node.config_path)
+
+    view = job.refresh()  # same URL and token, a new node process
+    assert view.status == "done" and view.release.release_id == syn.release_id
+    again = job.result()
+    assert again.data.equals(syn.data) and again.report.raw == syn.report.raw
+    assert spent(analyst(node).dataset("clinic")) == pytest.approx(before)  # fetching it again costs nothing
+    stranger = owner(node).request("POST", "/users", json={"name": "dora", "role": "analyst"})["token"]
+    with pytest.raises(NotFound):
+        wb.connect(node.url, token=stranger).request("GET", f"/synth/jobs/{job.job_id}")

@@ -196,3 +196,43 @@ def test_closed_form_lipschitz_matches_mbi_power_iteration():
         assert closed == pytest.approx(power, rel=1e-6)
     loss, total = estimation.l2_loss(dom, ms)
     assert loss.lipschitz == pytest.approx(estimation.identity_lipschitz(dom, ms)) and total >= 1
+
+
+def test_finished_jobs_survive_a_restart_in_the_store(tmp_path):
+    from workbench.errors import BudgetExceeded
+    from workbench.node.store import Store
+    from workbench.synth.jobs import SynthJobs
+
+    store = Store(f"sqlite:///{tmp_path / 'state.db'}")
+    jobs = SynthJobs(tmp_path, slots=1, store=store)
+
+    def refused(job):
+        raise BudgetExceeded("over budget", code="budget_exceeded")
+
+    def held(job):
+        job.review = {"review_id": 7, "status": "pending"}
+
+    failed = jobs.submit("ann", "d", "mst", None, refused)
+    reviewed = jobs.submit("ann", "d", "sdv_real", None, held)
+    deadline = time.monotonic() + 10
+    while {jobs.get(j.job_id, "ann").status for j in (failed, reviewed)} != {"failed", "done"}:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    from workbench.node.store import SynthJobRecord
+
+    while True:  # the store write follows the status change
+        with store.transaction("read") as session:
+            if session.query(SynthJobRecord).count() == 2:
+                break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    store.dispose()
+
+    restarted = SynthJobs(tmp_path, slots=1, store=Store(f"sqlite:///{tmp_path / 'state.db'}"))
+    again = restarted.get(failed.job_id, "ann").view()
+    assert again.status == "failed" and again.error.code == "budget_exceeded" and again.release is None
+    assert restarted.get(reviewed.job_id, "ann").view().review == {"review_id": 7, "status": "pending"}
+    with pytest.raises(NotFound):
+        restarted.get(failed.job_id, "bob")  # still only its starter's
+    with pytest.raises(NotFound):
+        restarted.get("0" * 24, "ann")

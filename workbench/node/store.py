@@ -197,6 +197,22 @@ class Review(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class SynthJobRecord(Base):
+    """A finished synthesis job (done, failed or cancelled), so its starter can still fetch it after a node
+    restart. The synthetic rows are not copied: ``release_id`` points at the gate's stored release."""
+
+    __tablename__ = "synth_jobs"
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_name: Mapped[str] = mapped_column(String(64), index=True)
+    dataset: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    release_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    view_json: Mapped[str] = mapped_column(Text)  # the job's SynthJob view, release table left out
+    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 GENESIS_HASH = "0" * 64
 
 

@@ -10,6 +10,13 @@ others wait, uncharged, in the queue.
 The charge is made by the release gate before the fit starts (inside
 ``work``); cancelling a running job kills its worker and the charge stands
 (the gate records the failure). Cancelling a queued job costs nothing.
+
+Running and queued jobs live in memory. A finished job's status, error and
+release id are also written to the node's store (``synth_jobs``), so its
+starter can still fetch it after a node restart; the synthetic rows are read
+back from the gate's stored release, not copied. A job that was running when
+the node stopped is lost (its charge stands, as for a cancellation); asking
+the same question again is answered from the gate's store for free.
 """
 
 from __future__ import annotations
@@ -77,9 +84,10 @@ class Job:
 
 
 class SynthJobs:
-    """The node's synthesis jobs (in memory; finished answers also live in the gate's release store)."""
+    """The node's synthesis jobs (in memory; finished ones also in ``store``, when given)."""
 
-    def __init__(self, state_dir: Path, slots: int):
+    def __init__(self, state_dir: Path, slots: int, store=None):
+        self.store = store
         self.folder = state_dir / "synth" / "jobs"
         self.folder.mkdir(parents=True, exist_ok=True)
         self.jax_cache = str(state_dir / "synth" / "jax-cache")
@@ -131,6 +139,7 @@ class SynthJobs:
             job.error = ErrorBody(code="internal_error", message="The synthesis failed; the owner can see why.")
         finally:
             job.finished = time.monotonic()
+            self._persist(job)
             if holding:
                 self._slots.release()
             try:
@@ -141,10 +150,57 @@ class SynthJobs:
     def get(self, job_id: str, user: str) -> Job:
         with self._lock:
             job = self._jobs.get(job_id)
+        if job is None:
+            job = self._restore(job_id)
         if job is None or job.user != user:
-            raise NotFound("No such synthesis job (jobs are kept for an hour, for the user who started them).",
-                           code="not_found")
+            raise NotFound("No such synthesis job (only the user who started it sees it).", code="not_found")
         return job
+
+    def _persist(self, job: Job) -> None:
+        """Write a finished job to the store (status, error, review, the release without its rows)."""
+        if self.store is None or job.status not in ("done", "failed", "cancelled"):
+            return
+        from ..node.store import SynthJobRecord
+
+        try:
+            view = job.view()
+            release_id = view.release.release_id if view.release is not None else None
+            body = view.model_dump(mode="json")
+            if body.get("release") is not None:
+                body["release"]["table"] = None
+            with self.store.transaction("light") as session:
+                session.merge(SynthJobRecord(job_id=job.job_id, user_name=job.user, dataset=job.dataset,
+                                             kind=job.kind, request_id=job.request_id, status=job.status,
+                                             release_id=release_id, view_json=json.dumps(body)))
+        except Exception:  # noqa: BLE001 - the job itself is done; only its after-restart copy is missing
+            log.exception("could not store synthesis job %s", job.job_id)
+
+    def _restore(self, job_id: str) -> Job | None:
+        """A finished job from the store (after a node restart), its rows read from the gate's release."""
+        if self.store is None:
+            return None
+        from ..node.store import Release, SynthJobRecord
+
+        with self.store.transaction("read") as session:
+            record = session.get(SynthJobRecord, job_id)
+            if record is None:
+                return None
+            body = json.loads(record.view_json)
+            if body.get("release") is not None:
+                stored = session.get(Release, record.release_id) if record.release_id is not None else None
+                if stored is None:
+                    return None
+                body["release"]["table"] = json.loads(stored.result_json)["table"]
+        view = SynthJob.model_validate(body)
+        now = time.monotonic()
+        job = Job(view.job_id, record.user_name, view.dataset, view.kind, record.request_id,
+                  self.folder / f"{job_id}.json", status=view.status, phase=view.phase, progress=view.progress,
+                  started=now - view.elapsed_s, finished=now, error=view.error, release=view.release,
+                  review=view.review)
+        with self._lock:
+            self._prune()
+            self._jobs.setdefault(job_id, job)
+            return self._jobs[job_id]
 
     def cancel(self, job_id: str, user: str, wait_s: float = 15.0) -> Job:
         """Stop a job: a queued one never starts (free); a running one's worker is killed (charge stands)."""
@@ -184,7 +240,7 @@ def jobs_of(service) -> SynthJobs:
         jobs = getattr(service, "_synth_jobs", None)
         if jobs is None:
             slots = getattr(service.config.node, "synth_workers", 1)
-            jobs = SynthJobs(service.config.node.state_dir, slots)
+            jobs = SynthJobs(service.config.node.state_dir, slots, store=service.store)
             service._synth_jobs = jobs
         return jobs
 
