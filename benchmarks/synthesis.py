@@ -9,7 +9,8 @@ quality score (on a 5,000-row subsample). A second real sample of the same popul
 the reference row "real, 2nd sample": the TVD two honest samples of this size already have. Times are wall
 clock and CPU (the worker's user+system time) side by side, in one run; the load average is printed.
 
-    .venv/bin/python benchmarks/synthesis.py [--rows 30000] [--epsilon 1.0] [--methods independent,mst,aim,fixed] [--no-sdv] [--no-warm]
+    .venv/bin/python benchmarks/synthesis.py [--rows 30000] [--epsilon 1.0]
+        [--methods independent,mst,aim,fixed] [--no-sdv] [--no-warm]
 """
 
 from __future__ import annotations
@@ -75,8 +76,6 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="wb-synth-bench-"))
     os.environ.setdefault("XDG_DATA_HOME", str(tmp / "xdg"))  # SDV's logs stay out of the home folder
-    import polars as pl
-
     from workbench.demo.data import PATIENT_COLUMNS, patients
     from workbench.node.settings import DatasetConfig
     from workbench.synth.domain import plan as make_plan

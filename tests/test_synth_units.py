@@ -152,8 +152,8 @@ def _tree_model(total: float = 3000.0):
     rng = np.random.default_rng(0)
     arrays = {cl: Factor(dom.project(cl), jnp.asarray(rng.normal(size=dom.project(cl).shape) * 2)) for cl in cliques}
     potentials = CliqueVector(dom, cliques, arrays)
-    return MarkovRandomField(potentials=potentials, marginals=marginal_oracles.message_passing_stable(potentials, total),
-                             total=total)
+    marginals = marginal_oracles.message_passing_stable(potentials, total)
+    return MarkovRandomField(potentials=potentials, marginals=marginals, total=total)
 
 
 def test_numpy_marginals_match_mbi_and_stratified_rows_match_the_model():

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ComputationFailed, InvalidQuery
+from ..errors import ComputationFailed
 from ..protocol import DatasetInfo
 from .domain import Plan, plan as make_plan
 from .report import fidelity_figures
@@ -133,7 +133,6 @@ def run(task: dict) -> dict:
     progress = Progress(task.get("progress_path"))
     _configure_jax(task.get("jax_cache"))
     dp = _opendp()
-    import polars as pl
 
     from . import _calibration, estimation, sampling
 
