@@ -236,3 +236,27 @@ def test_finished_jobs_survive_a_restart_in_the_store(tmp_path):
         restarted.get(failed.job_id, "bob")  # still only its starter's
     with pytest.raises(NotFound):
         restarted.get("0" * 24, "ann")
+
+
+def test_stratified_rows_follow_a_model_with_cycles():
+    """Fixed/AIM models need not be trees: columns are drawn given their neighbours in the triangulated graph."""
+    import itertools
+
+    import jax.numpy as jnp
+    from mbi import CliqueVector, Domain, Factor, MarkovRandomField, marginal_oracles
+
+    from workbench.synth import sampling
+
+    dom = Domain(["a", "b", "c", "d", "e"], [3, 4, 2, 5, 3])
+    cliques = [("a", "b"), ("b", "c"), ("c", "a"), ("c", "d"), ("d", "e", "a")]
+    rng = np.random.default_rng(0)
+    arrays = {cl: Factor(dom.project(cl), jnp.asarray(rng.normal(size=dom.project(cl).shape) * 1.5)) for cl in cliques}
+    potentials = CliqueVector(dom, cliques, arrays)
+    model = MarkovRandomField(potentials=potentials, marginals=marginal_oracles.message_passing_stable(potentials, 1.0),
+                              total=1.0)
+    rows = 20_000
+    data = sampling.synthetic_rows(model, rows, np.random.default_rng(1))
+    for q in itertools.combinations(dom.attrs, 2):
+        shape = tuple(dom[x] for x in q)
+        counts = np.bincount(np.ravel_multi_index(tuple(data[x] for x in q), shape), minlength=int(np.prod(shape)))
+        assert 0.5 * np.abs(counts / rows - sampling.project(model, q).ravel()).sum() < 0.01, q
