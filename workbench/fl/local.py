@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from ..errors import ComputationFailed
 from .trainers import FeatureMap, get_trainer
 
 __all__ = ["local_round"]
@@ -42,6 +43,10 @@ def _load(payload: dict, fmap: FeatureMap) -> dict[str, Any]:
     import os
 
     stat = os.stat(payload["path"])
+    stamp = payload.get("stamp")
+    if stamp is not None and (stat.st_size, stat.st_mtime_ns) != tuple(stamp):
+        raise ComputationFailed("The dataset's file changed during this round; start a new job (it is a new "
+                                "version).", code="dataset_unavailable")
     key = (payload["path"], stat.st_size, stat.st_mtime_ns, repr(fmap.as_dict()))
     hit = _CACHE.get(key)
     if hit is None:

@@ -252,7 +252,7 @@ def run_round(service, job: Job, weights: list[np.ndarray]) -> dict:
     unit = entry.info.privacy_unit
     payload = {"model": job.spec.model, "features": job.fmap.as_dict(), "hyperparameters": job.hp,
                "max_contributions": unit.max_contributions if unit.id_column else 1,
-               "path": str(entry.path), "format": entry.config.file_format,
+               "path": str(entry.path), "format": entry.config.file_format, "stamp": list(entry.stamp),
                "weights": [w.tolist() for w in weights], "count": job.count,
                "sigma_count": job.plan.sigma_count, "sigma_metrics": job.plan.sigma_metrics,
                "sigma_grad": job.plan.sigma_grad, "local_steps": job.plan.local_steps}

@@ -27,6 +27,7 @@ from typing import Any
 
 import polars as pl
 
+from ..node.catalog import check_stamp
 from ..protocol import DatasetInfo
 from .spec import EncodingPlan, HEOp
 
@@ -115,5 +116,6 @@ def noisy_contribution(task: dict[str, Any]) -> dict:
     info = DatasetInfo.model_validate(task["info"])
     op = HEOp.model_validate(task["op"])
     plan = EncodingPlan.model_validate(task["plan"])
+    check_stamp(task["path"], task.get("stamp"))
     values = exact_sums(info, op, plan, _frame(task["path"], task["format"], info))
     return {"values": add_noise(values, plan)}

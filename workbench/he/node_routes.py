@@ -147,7 +147,7 @@ def _epsilon_cap(service: NodeService, epsilon: float) -> None:
 
 def _task(entry: DatasetEntry, op: dict, enc: dict) -> dict:
     return {"info": entry.info.model_dump(mode="json"), "op": op, "plan": enc, "path": str(entry.path),
-            "format": entry.config.file_format}
+            "format": entry.config.file_format, "stamp": list(entry.stamp)}
 
 
 @router.post("/datasets/{name}/he/preview", response_model=HEPreview)
