@@ -117,6 +117,9 @@ def synthetic_rows(model: Any, rows: int, rng: np.random.Generator | None = None
     Columns are sampled in the reverse of the junction tree's elimination order; each column is drawn
     conditionally on its already-sampled neighbours in the triangulated graph (which separate it from the
     other sampled columns, so the conditional is exact).
+
+    Privacy guarantee: reads only the fitted model (post-processing of the pure epsilon-DP measurement) and
+    fresh randomness, never the data; the rows keep the measurement's epsilon.
     """
     from mbi import junction_tree
 
