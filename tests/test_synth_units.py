@@ -236,6 +236,22 @@ def test_finished_jobs_survive_a_restart_in_the_store(tmp_path):
         restarted.get(failed.job_id, "bob")  # still only its starter's
     with pytest.raises(NotFound):
         restarted.get("0" * 24, "ann")
+    # records older than KEEP_STORED_DAYS go when the next job finishes
+    from datetime import timedelta
+
+    from workbench.node.store import utcnow
+
+    with restarted.store.transaction() as session:
+        session.get(SynthJobRecord, failed.job_id).finished_at = utcnow() - timedelta(days=31)
+    third = restarted.submit("ann", "d", "mst", None, refused)
+    while True:
+        with restarted.store.transaction("read") as session:
+            ids = {r.job_id for r in session.query(SynthJobRecord)}
+        if third.job_id in ids:
+            break
+        assert time.monotonic() < deadline + 10
+        time.sleep(0.05)
+    assert failed.job_id not in ids and reviewed.job_id in ids
 
 
 def test_stratified_rows_follow_a_model_with_cycles():

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 KEEP_JOBS = 200
 KEEP_SECONDS = 3600.0
+KEEP_STORED_DAYS = 30.0  # finished jobs in the store (the release itself stays in the gate's store)
 
 
 @dataclass
@@ -160,7 +161,11 @@ class SynthJobs:
         """Write a finished job to the store (status, error, review, the release without its rows)."""
         if self.store is None or job.status not in ("done", "failed", "cancelled"):
             return
-        from ..node.store import SynthJobRecord
+        from datetime import timedelta
+
+        from sqlalchemy import delete
+
+        from ..node.store import SynthJobRecord, utcnow
 
         try:
             view = job.view()
@@ -172,6 +177,8 @@ class SynthJobs:
                 session.merge(SynthJobRecord(job_id=job.job_id, user_name=job.user, dataset=job.dataset,
                                              kind=job.kind, request_id=job.request_id, status=job.status,
                                              release_id=release_id, view_json=json.dumps(body)))
+                old = utcnow() - timedelta(days=KEEP_STORED_DAYS)
+                session.execute(delete(SynthJobRecord).where(SynthJobRecord.finished_at < old))
         except Exception:  # noqa: BLE001 - the job itself is done; only its after-restart copy is missing
             log.exception("could not store synthesis job %s", job.job_id)
 
