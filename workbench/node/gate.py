@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, update
 
 from ..errors import ComputationFailed, InvalidQuery, PrivacyError, WorkbenchError
 from . import audit
@@ -182,19 +182,21 @@ class ReleaseGate:
             def record(session) -> tuple[Outcome, StoredAnswer]:
                 # May share a light transaction: the charge is already durable; losing this record to a power
                 # cut keeps it charged.
-                charge = session.get(Charge, charge_id, with_for_update=True)
-                charge.state, charge.finished_at = "committed", utcnow()
-                stored = Release(charge_id=charge_id, user_name=principal.name, dataset=entry.name,
-                                 dataset_version=entry.version, channel=channel, kind=kind, spec_hash=qhash,
-                                 result_json=result_json)
-                session.add(stored)
-                session.flush()
-                audit.append(session, principal.name, "release", entry.name, release_id=stored.id,
+                now = utcnow()
+                connection = session.connection()
+                connection.execute(_COMMIT_CHARGE, {"cid": charge_id, "now": now})
+                release_id = connection.execute(_INSERT_RELEASE, {
+                    "charge_id": charge_id, "user_name": principal.name, "dataset": entry.name,
+                    "dataset_version": entry.version, "channel": channel, "kind": kind, "spec_hash": qhash,
+                    "result_json": result_json, "created_at": now}).inserted_primary_key[0]
+                audit.append(session, principal.name, "release", entry.name, release_id=release_id,
                              charge_id=charge_id, grant_id=charged_grant, channel=channel, kind=kind,
                              epsilon=charged.epsilon, delta=charged.delta, dataset_version=entry.version)
-                outcome = Outcome(stored.id, result, False, charged, cost, charged_grant, _utc(stored.created_at),
+                outcome = Outcome(release_id, result, False, charged, cost, charged_grant, now,
                                   _left(session, charged_grant))
-                return outcome, _answer(stored, request_id, charged, charged_grant)
+                answer = StoredAnswer(release_id, principal.name, entry.name, entry.version, qhash, request_id,
+                                      result_json, charged.epsilon, charged.delta, charged_grant, now)
+                return outcome, answer
 
             outcome, answer = self._writes.run(record)
             self.answers.remember(answer)
@@ -204,26 +206,26 @@ class ReleaseGate:
                        request_id: str | None) -> StoredAnswer | None:
         """This user's stored answer to this question (or to this request id), read from the database."""
         with self.store.transaction("read") as session:
-            stored = None
+            connection = session.connection()
+            row = None
             if request_id is not None:
-                charge = session.execute(select(Charge).where(Charge.user_name == principal.name,
-                                                              Charge.request_id == request_id)).scalar_one_or_none()
+                charge = connection.execute(_CHARGE_BY_REQUEST, {"user": principal.name, "rid": request_id}).first()
                 if charge is not None:
                     if charge.spec_hash != qhash or charge.dataset != entry.name:
                         raise InvalidQuery("This request_id was already used for a different question.",
                                            code="request_id_conflict")
-                    stored = session.execute(select(Release).where(Release.charge_id == charge.id)).scalar_one_or_none()
-                    if stored is None:
+                    row = connection.execute(_ANSWER_OF_CHARGE, {"cid": charge.id}).first()
+                    if row is None:
                         raise ComputationFailed("This request is still running or failed; its charge stands.",
                                                 code="computation_failed")
-            if stored is None:
-                stored = session.execute(select(Release).where(
-                    Release.user_name == principal.name, Release.dataset == entry.name,
-                    Release.dataset_version == entry.version, Release.spec_hash == qhash)).scalar_one_or_none()
-            if stored is None:
+            if row is None:
+                row = connection.execute(_ANSWER_TO_QUESTION, {"user": principal.name, "ds": entry.name,
+                                                               "ver": entry.version, "qh": qhash}).first()
+            if row is None:
                 return None
-            charge = session.get(Charge, stored.charge_id)
-            answer = _answer(stored, charge.request_id, Cost(charge.epsilon, charge.delta), charge.grant_id)
+        answer = StoredAnswer(row.id, row.user_name, row.dataset, row.dataset_version, row.spec_hash,
+                              row.request_id, row.result_json, row.epsilon, row.delta, row.grant_id,
+                              _utc(row.created_at))
         self.answers.remember(answer)
         return answer
 
@@ -252,12 +254,29 @@ class ReleaseGate:
             return max(cap.epsilon_cap - cap.epsilon_spent, 0.0), max(cap.delta_cap - cap.delta_spent, 0.0)
 
 
+# Plain Core statements for the release path, built once (the ORM's per-call cost dominated a release).
+_C, _R, _G = Charge.__table__, Release.__table__, Grant.__table__
+_ANSWER = select(_R.c.id, _R.c.user_name, _R.c.dataset, _R.c.dataset_version, _R.c.spec_hash, _R.c.result_json,
+                 _R.c.created_at, _C.c.request_id, _C.c.epsilon, _C.c.delta, _C.c.grant_id
+                 ).join_from(_R, _C, _R.c.charge_id == _C.c.id)
+_ANSWER_OF_CHARGE = _ANSWER.where(_R.c.charge_id == bindparam("cid"))
+_ANSWER_TO_QUESTION = _ANSWER.where(_R.c.user_name == bindparam("user"), _R.c.dataset == bindparam("ds"),
+                                    _R.c.dataset_version == bindparam("ver"), _R.c.spec_hash == bindparam("qh"))
+_CHARGE_BY_REQUEST = select(_C.c.id, _C.c.spec_hash, _C.c.dataset).where(
+    _C.c.user_name == bindparam("user"), _C.c.request_id == bindparam("rid"))
+_COMMIT_CHARGE = update(_C).where(_C.c.id == bindparam("cid")).values(state="committed",
+                                                                      finished_at=bindparam("now"))
+_INSERT_RELEASE = insert(_R)
+_GRANT_LEFT = select(_G.c.epsilon, _G.c.epsilon_spent, _G.c.delta, _G.c.delta_spent).where(
+    _G.c.id == bindparam("gid"))
+
+
 def _left(session, grant_id: int | None) -> tuple[float, float] | None:
     """What the grant has left, read in the caller's transaction."""
-    grant = session.get(Grant, grant_id) if grant_id is not None else None
-    if grant is None:
+    row = session.connection().execute(_GRANT_LEFT, {"gid": grant_id}).first() if grant_id is not None else None
+    if row is None:
         return None
-    return max(grant.epsilon - grant.epsilon_spent, 0.0), max(grant.delta - grant.delta_spent, 0.0)
+    return max(row.epsilon - row.epsilon_spent, 0.0), max(row.delta - row.delta_spent, 0.0)
 
 
 def _fill_budgets_left(session, results: list) -> list:
@@ -275,11 +294,6 @@ def _fill_budgets_left(session, results: list) -> list:
 def _utc(moment: datetime) -> datetime:
     """Stored times are UTC; SQLite hands them back without a zone."""
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
-
-
-def _answer(stored: Release, request_id: str | None, cost: Cost, grant_id: int | None) -> StoredAnswer:
-    return StoredAnswer(stored.id, stored.user_name, stored.dataset, stored.dataset_version, stored.spec_hash,
-                        request_id, stored.result_json, cost.epsilon, cost.delta, grant_id, _utc(stored.created_at))
 
 
 def check_not_private(entry: DatasetEntry) -> None:
