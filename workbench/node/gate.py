@@ -156,10 +156,9 @@ class ReleaseGate:
                                     epsilon=0.0, delta=0.0, state="reserved", request_id=request_id)
                     session.add(charge)
                     session.flush()
-                else:
-                    charge = reserve(session, principal.name, entry.name, entry.version, channel, qhash, cost,
-                                     grant_id, request_id)
-                return charge.id, charge.grant_id
+                    return charge.id, None
+                return reserve(session, principal.name, entry.name, entry.version, channel, qhash, cost,
+                               grant_id, request_id)
 
             try:  # durable (fsync) before anything is computed
                 charge_id, charged_grant = self._writes.run(reservation, durable=True)

@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from ..errors import BudgetExceeded, InvalidQuery, NotAuthorized
 from . import audit
-from .store import Charge, DatasetBudget, Grant
+from .store import Charge, DatasetBudget, Grant, utcnow
 
 #: Slack for floating-point sums of epsilons (10 x 0.1 must fit a budget of 1.0).
 TOLERANCE = 1e-9
@@ -42,15 +42,22 @@ def grant_is_live(grant: Grant) -> bool:
 def choose_grant(session: Session, user: str, dataset: str, grant_id: int | None) -> Grant:
     """The grant a release spends: the one named, or the user's only live grant for the dataset."""
     if grant_id is not None:
-        grant = session.get(Grant, grant_id)
+        return _pick([session.get(Grant, grant_id)], user, dataset, grant_id)
+    rows = session.execute(select(Grant).where(Grant.user_name == user, Grant.dataset == dataset)
+                           .order_by(Grant.id)).scalars().all()
+    return _pick(rows, user, dataset, None)
+
+
+def _pick(rows, user: str, dataset: str, grant_id: int | None):
+    """The grant (ORM object or row) a release spends among ``rows``; refusals in the ledger's words."""
+    if grant_id is not None:
+        grant = rows[0] if rows else None
         if grant is None or grant.user_name != user or grant.dataset != dataset:
             raise NotAuthorized(f"You have no grant {grant_id} for dataset '{dataset}'.", code="no_grant")
         if not grant_is_live(grant):
             raise NotAuthorized(f"Grant {grant_id} has expired or was revoked.", code="grant_expired")
         return grant
-    grants = [g for g in session.execute(
-        select(Grant).where(Grant.user_name == user, Grant.dataset == dataset).order_by(Grant.id)).scalars()
-        if grant_is_live(g)]
+    grants = [g for g in rows if grant_is_live(g)]
     if not grants:
         raise NotAuthorized(f"You have no live grant for dataset '{dataset}'; ask its owner for access.",
                             code="no_grant")
@@ -61,12 +68,30 @@ def choose_grant(session: Session, user: str, dataset: str, grant_id: int | None
     return grants[0]
 
 
+# Plain Core statements, built once: the reservation is on every release's path.
+_B, _G, _C = DatasetBudget.__table__, Grant.__table__, Charge.__table__
+_CAP_FOR_UPDATE = select(_B).where(_B.c.dataset == bindparam("ds")).with_for_update()
+_GRANTS_OF = select(_G).where(_G.c.user_name == bindparam("user"), _G.c.dataset == bindparam("ds")).order_by(_G.c.id)
+_GRANT = select(_G).where(_G.c.id == bindparam("gid"))
+_GRANT_FOR_UPDATE = _GRANT.with_for_update()
+_SPEND_GRANT = update(_G).where(_G.c.id == bindparam("gid")).values(
+    epsilon_spent=_G.c.epsilon_spent + bindparam("e"), delta_spent=_G.c.delta_spent + bindparam("d"))
+_SPEND_CAP = update(_B).where(_B.c.dataset == bindparam("ds")).values(
+    epsilon_spent=_B.c.epsilon_spent + bindparam("e"), delta_spent=_B.c.delta_spent + bindparam("d"))
+_INSERT_CHARGE = insert(_C)
+
+
 def reserve(session: Session, user: str, dataset: str, version: str, channel: str, spec_hash: str, cost: Cost,
-            grant_id: int | None, request_id: str | None) -> Charge:
-    """Lock, check and record a charge against a grant and the dataset's lifetime cap."""
-    cap = session.get(DatasetBudget, dataset, with_for_update=True)
-    grant = choose_grant(session, user, dataset, grant_id)
-    grant = session.get(Grant, grant.id, with_for_update=True, populate_existing=True)
+            grant_id: int | None, request_id: str | None) -> tuple[int, int]:
+    """Lock, check and record a charge against a grant and the dataset's lifetime cap: ``(charge id, grant id)``."""
+    db = session.connection()
+    cap = db.execute(_CAP_FOR_UPDATE, {"ds": dataset}).first()
+    if grant_id is not None:
+        rows = db.execute(_GRANT, {"gid": grant_id}).all()
+    else:
+        rows = db.execute(_GRANTS_OF, {"user": user, "ds": dataset}).all()
+    chosen = _pick(rows, user, dataset, grant_id)
+    grant = db.execute(_GRANT_FOR_UPDATE, {"gid": chosen.id}).first()  # locked, and as of now
     eps_left = grant.epsilon - grant.epsilon_spent
     delta_left = grant.delta - grant.delta_spent
     if cost.epsilon > eps_left + TOLERANCE or cost.delta > delta_left + TOLERANCE * 1e-6:
@@ -81,15 +106,13 @@ def reserve(session: Session, user: str, dataset: str, version: str, channel: st
             or cost.delta > cap.delta_cap - cap.delta_spent + TOLERANCE * 1e-6):
         raise BudgetExceeded(f"Dataset '{dataset}' has reached its lifetime privacy budget.",
                              code="dataset_budget_exceeded")
-    grant.epsilon_spent += cost.epsilon
-    grant.delta_spent += cost.delta
-    cap.epsilon_spent += cost.epsilon
-    cap.delta_spent += cost.delta
-    charge = Charge(grant_id=grant.id, user_name=user, dataset=dataset, dataset_version=version, channel=channel,
-                    spec_hash=spec_hash, epsilon=cost.epsilon, delta=cost.delta, state="reserved",
-                    request_id=request_id)
-    session.add(charge)
-    session.flush()
-    audit.append(session, user, "reserve", dataset, charge_id=charge.id, grant_id=grant.id, channel=channel,
+    spend = {"e": cost.epsilon, "d": cost.delta}
+    db.execute(_SPEND_GRANT, dict(spend, gid=grant.id))
+    db.execute(_SPEND_CAP, dict(spend, ds=dataset))
+    charge_id = db.execute(_INSERT_CHARGE, {
+        "grant_id": grant.id, "user_name": user, "dataset": dataset, "dataset_version": version, "channel": channel,
+        "spec_hash": spec_hash, "epsilon": cost.epsilon, "delta": cost.delta, "state": "reserved",
+        "request_id": request_id, "created_at": utcnow()}).inserted_primary_key[0]
+    audit.append(session, user, "reserve", dataset, charge_id=charge_id, grant_id=grant.id, channel=channel,
                  epsilon=cost.epsilon, delta=cost.delta, spec_hash=spec_hash)
-    return charge
+    return charge_id, grant.id
