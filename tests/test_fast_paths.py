@@ -129,3 +129,24 @@ def test_histogram_bins_are_left_closed(edges):
     got = pl.DataFrame({"v": values}).select(_bin_index(pl.col("v"), edges).alias("bin"))["bin"].to_list()
     expected = [min(sum(v >= e for e in edges[1:-1]), len(edges) - 2) for v in values]
     assert got == expected
+
+
+def test_a_file_swapped_under_a_release_is_refused(service):
+    """The catalogue looks at files at most every 0.5 s; the computation checks it reads the version it was told."""
+    import os
+
+    from workbench.dp import engine, node_routes
+    from workbench.errors import ComputationFailed
+    from workbench.protocol import DPRequest
+
+    service.catalog.refresh(force=True)
+    entry = service.catalog.get("patients")
+    task = node_routes._task(entry, DPRequest(query={"kind": "count"}, epsilon=0.5), "release",
+                             node_routes._columnar(service))
+    assert engine.run(task)["table"]["data"]
+    frame = pl.read_parquet(entry.path)
+    frame.head(frame.height - 1).write_parquet(str(entry.path) + ".next")
+    os.replace(str(entry.path) + ".next", entry.path)  # next month's extract, one row fewer
+    with pytest.raises(ComputationFailed) as refused:
+        engine.run(task)
+    assert refused.value.code == "dataset_unavailable"

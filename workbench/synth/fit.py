@@ -80,6 +80,9 @@ def _configure_jax(cache_dir: str | None) -> None:
 def _scan(task: dict, info: DatasetInfo, columns: list[str]):
     import polars as pl
 
+    from ..node.catalog import check_stamp
+
+    check_stamp(task["path"], task.get("stamp"))  # the file the node priced and labelled, or a refusal
     kinds = {c.name: c.type for c in info.columns}
     wanted = {n: getattr(pl, _POLARS_TYPES[kinds[n]]) for n in columns}
     if task["format"] == "csv":

@@ -136,7 +136,8 @@ def publish_with_progress(service, dataset: str, spec: SynthSpec, epsilon: float
     with tempfile.TemporaryDirectory() as tmp:
         progress_path = Path(tmp) / "progress.json"
         payload = {"info": entry.info.model_dump(mode="json"), "path": str(entry.path),
-                   "format": entry.config.file_format, "spec": spec_dict, "epsilon": epsilon,
+                   "format": entry.config.file_format, "stamp": list(entry.stamp), "spec": spec_dict,
+                   "epsilon": epsilon,
                    "progress_path": str(progress_path), "jax_cache": jobs_of(service).jax_cache}
         stop = threading.Event()
 

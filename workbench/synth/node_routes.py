@@ -65,7 +65,7 @@ def canonical(spec: SynthSpec, plan: domain.Plan) -> dict[str, Any]:
 
 def task(service: NodeService, entry: DatasetEntry, spec: dict, epsilon: float, job: Job | None) -> dict:
     return {"info": entry.info.model_dump(mode="json"), "path": str(entry.path), "format": entry.config.file_format,
-            "spec": spec, "epsilon": epsilon, "progress_path": str(job.progress_path) if job else None,
+            "stamp": list(entry.stamp), "spec": spec, "epsilon": epsilon, "progress_path": str(job.progress_path) if job else None,
             "jax_cache": jobs_of(service).jax_cache}
 
 
@@ -247,7 +247,8 @@ def sdv_on_real(name: str, body: SDVRequest, service: Service, caller: Caller) -
 
     def work(job: Job) -> None:
         payload = {"info": entry.info.model_dump(mode="json"), "path": str(entry.path),
-                   "format": entry.config.file_format, "spec": spec, "columns": plan.columns,
+                   "format": entry.config.file_format, "stamp": list(entry.stamp), "spec": spec,
+                   "columns": plan.columns,
                    "progress_path": str(job.progress_path),
                    "sdv_home": str(service.config.node.state_dir / "synth" / "sdv-home")}
         result = run_isolated(SDV_FIT, payload, timeout)
