@@ -379,11 +379,12 @@ def test_three_nodes_secure_aggregation_trains_and_charges_each_ledger_per_round
 
 
 @pytest.mark.slow
-def test_three_nodes_torch_mlp_trains_and_charges_each_ledger_per_round(three_nodes):
+def test_three_nodes_torch_mlp_under_secure_aggregation_trains_and_charges_each_ledger_per_round(three_nodes):
     fed = wb.federation([wb.connect(n.url, token=n.analyst_token) for n in three_nodes])
     before = [(_spent(n), len(_fl_history(n))) for n in three_nodes]
     job = fed.dataset("patients").train(model="mlp", y="readmitted", x=["age", "bmi", "visits", "smoker"], rounds=3,
-                                        epsilon=3.0, delta=1e-6, hyperparameters={"hidden": 8, "local_steps": 5})
+                                        epsilon=3.0, delta=1e-6, hyperparameters={"hidden": 8, "local_steps": 5},
+                                        secure_aggregation=True)
     model = job.result(timeout=240)
     assert [w.shape for w in model.weights] == [(8, 4), (8,), (1, 8), (1,)]
     per_round = model.rounds()
@@ -401,6 +402,7 @@ def test_three_nodes_torch_mlp_trains_and_charges_each_ledger_per_round(three_no
         assert len(_fl_history(node)) == releases + 3
         assert _spent(node) - spent == pytest.approx(3.0, abs=1e-6)
     assert set(model.privacy["rounds"]) == {3}
+    assert all("weights" not in m for e in job.rounds for m in e["nodes"])  # SecAgg+: no node's update
 
 
 def test_round_refused_on_one_node_stops_the_job_with_its_code(three_nodes):
