@@ -192,6 +192,19 @@ class Table(Strict):
     data: list[list[Any]]
 
 
+class ContributionReceipt(Strict):
+    """What a node tells the analyst after contributing to a secure aggregation (HE or SMPC): accounting only."""
+
+    dataset: str
+    dataset_version: str
+    session_id: str
+    release_id: int
+    replayed: bool
+    epsilon: float
+    epsilon_charged: float
+    grant_id: int | None
+
+
 class DPRelease(Strict):
     release_id: int
     dataset: str

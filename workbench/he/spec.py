@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import Field
 
 from ..errors import InvalidQuery
-from ..protocol import DatasetInfo, DatasetName, Finite, Identifier, RequestId, Strict
+from ..protocol import ContributionReceipt, DatasetInfo, DatasetName, Finite, Identifier, RequestId, Strict
 from .params import MAX_ABS_TOTAL
 
 #: Tail multiple for the per-node clamp: a noise share beyond 60 scales has probability < e^-60.
@@ -115,17 +115,9 @@ class ContributeRequest(Strict):
     request_id: RequestId | None = None
 
 
-class ContributeResponse(Strict):
+class ContributeResponse(ContributionReceipt):
     """What the node tells the analyst: never a value, only that its ciphertext went to the aggregator."""
 
-    dataset: str
-    dataset_version: str
-    session_id: str
-    release_id: int
-    replayed: bool
-    epsilon: float
-    epsilon_charged: float
-    grant_id: int | None
     ciphertext_sha256: str
     ciphertext_bytes: int
 

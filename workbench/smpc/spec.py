@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from ..protocol import Strict
+from ..protocol import ContributionReceipt, Strict
 
 #: A share vector is at most this many field elements (the largest secure-aggregation op has ~105 slots).
 MAX_LENGTH = 4096
@@ -22,17 +22,9 @@ class SealedShares(Strict):
     shares: dict[str, str] = Field(max_length=64)
 
 
-class SmpcContributeResponse(Strict):
+class SmpcContributeResponse(ContributionReceipt):
     """What a node tells the analyst: accounting, and its partial sum of shares (uniformly random on its own)."""
 
-    dataset: str
-    dataset_version: str
-    session_id: str
-    release_id: int
-    replayed: bool
-    epsilon: float
-    epsilon_charged: float
-    grant_id: int | None
     party: str
     partial: list[int]
     shares_sent: int
