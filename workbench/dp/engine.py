@@ -343,7 +343,7 @@ def _resolve(query, cache_key: str):
 
 def run(task: dict) -> dict:
     """Preview or release one DP query. ``task`` is plain data built by the node."""
-    dp = _opendp()
+    _opendp()  # imports OpenDP with its contrib features enabled
     from opendp.accuracy import summarize_polars_measurement
 
     info = DatasetInfo.model_validate(task["info"])

@@ -7,8 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..protocol import (AccessRequestBody, AccessRequestInfo, ApproveBody, DenyBody, Explanation, Finite, ReviewInfo,
-                        Table)
+from ..protocol import AccessRequestBody, AccessRequestInfo, ApproveBody, DenyBody, Explanation, ReviewInfo
 from . import governance
 from .ledger import Cost
 from .routes import Caller, Service
