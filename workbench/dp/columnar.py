@@ -27,8 +27,8 @@ from ..protocol import DatasetInfo
 
 CODE_TYPE = pl.UInt32
 FORMAT = "c1"  # bump when the encoding changes
-_POLARS_TYPES = {"int": pl.Int64, "float": pl.Float64, "category": pl.String, "bool": pl.Boolean, "string": pl.String,
-                 "id": pl.String}
+POLARS_TYPES = {"int": pl.Int64, "float": pl.Float64, "category": pl.String, "bool": pl.Boolean, "string": pl.String,
+                "id": pl.String}
 
 
 def coded_columns(info: DatasetInfo) -> dict[str, list]:
@@ -38,7 +38,17 @@ def coded_columns(info: DatasetInfo) -> dict[str, list]:
 
 def schema(info: DatasetInfo) -> dict[str, pl.DataType]:
     coded = coded_columns(info)
-    return {c.name: CODE_TYPE if c.name in coded else _POLARS_TYPES[c.type] for c in info.columns}
+    return {c.name: CODE_TYPE if c.name in coded else POLARS_TYPES[c.type] for c in info.columns}
+
+
+def source_frame(path: str, file_format: str, info: DatasetInfo, columns: list[str] | None = None) -> pl.LazyFrame:
+    """The owner's file itself, ``columns`` (default all) cast to their declared types."""
+    wanted = {c.name: POLARS_TYPES[c.type] for c in info.columns if columns is None or c.name in columns}
+    if file_format == "csv":
+        lf = pl.scan_csv(path, schema_overrides=wanted)
+    else:
+        lf = pl.scan_parquet(path)
+    return lf.select([pl.col(n).cast(t) for n, t in wanted.items()])
 
 
 def schema_frame(info: DatasetInfo, columns: list[str]) -> pl.LazyFrame:
@@ -59,23 +69,15 @@ def columnar_frame(folder: str | Path, path: str, file_format: str, info: Datase
 
 def _write(folder: Path, target: Path, name: str, path: str, file_format: str, info: DatasetInfo) -> None:
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    wanted = {c.name: _POLARS_TYPES[c.type] for c in info.columns}
-    if file_format == "csv":
-        lf = pl.scan_csv(path, schema_overrides=wanted)
-    else:
-        lf = pl.scan_parquet(path)
-    exprs = []
-    coded = coded_columns(info)
-    for column, dtype in wanted.items():
-        expr = pl.col(column).cast(dtype)
-        if column in coded:
-            labels = [str(v) for v in coded[column]]
-            expr = expr.replace_strict(labels, list(range(len(labels))), default=None, return_dtype=CODE_TYPE)
-        exprs.append(expr.alias(column))
+    codes = []
+    for column, values in coded_columns(info).items():
+        labels = [str(v) for v in values]
+        codes.append(pl.col(column).replace_strict(labels, list(range(len(labels))), default=None,
+                                                   return_dtype=CODE_TYPE))
     fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".tmp", dir=folder)
     os.close(fd)
     try:
-        lf.select(exprs).collect().write_parquet(tmp)
+        source_frame(path, file_format, info).with_columns(codes).collect().write_parquet(tmp)
         os.replace(tmp, target)  # atomic: a concurrent worker sees the old state or the whole file
     finally:
         if os.path.exists(tmp):

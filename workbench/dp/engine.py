@@ -24,11 +24,9 @@ import polars as pl
 
 from ..errors import InvalidQuery
 from ..node.catalog import check_stamp
-from .columnar import CODE_TYPE, coded_columns, columnar_frame, schema_frame
+from .columnar import CODE_TYPE, POLARS_TYPES, coded_columns, columnar_frame, schema_frame, source_frame
 from ..protocol import DatasetInfo, DPQuery
 
-_POLARS_TYPES = {"int": pl.Int64, "float": pl.Float64, "category": pl.String, "bool": pl.Boolean, "string": pl.String,
-                 "id": pl.String}
 MAX_PUBLIC_KEYS = 10_000
 MAX_BINS = 1_000
 QUANTILE_CANDIDATES = 1_001
@@ -145,15 +143,6 @@ def _needed(info: DatasetInfo, query: DPQuery) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _lazyframe(path: str, file_format: str, info: DatasetInfo, columns: list[str] | None = None) -> pl.LazyFrame:
-    wanted = {c.name: _POLARS_TYPES[c.type] for c in info.columns if columns is None or c.name in columns}
-    if file_format == "csv":
-        lf = pl.scan_csv(path, schema_overrides=wanted)
-    else:
-        lf = pl.scan_parquet(path)
-    return lf.select([pl.col(n).cast(t) for n, t in wanted.items()])
-
-
 def _filled(col) -> pl.Expr:
     """A numeric column with nulls (and NaN) imputed to the middle of its public bounds."""
     lo, hi = col.bounds
@@ -233,7 +222,7 @@ class _Plan:
                 self.labels[name] = list(coded[name])
                 key_columns[name], key_types[name] = list(range(len(coded[name]))), CODE_TYPE
             else:
-                key_columns[name], key_types[name] = list(categories), _POLARS_TYPES[info.column(name).type]
+                key_columns[name], key_types[name] = list(categories), POLARS_TYPES[info.column(name).type]
         if self.by and public:
             product = list(itertools.product(*key_columns.values()))
             self.keys = pl.DataFrame(
@@ -268,7 +257,6 @@ def _bin_index(expr: pl.Expr, edges: list[float]) -> pl.Expr:
 
 # ----------------------------------------------------------------- calibration with a per-shape cache
 
-_MEASUREMENTS: "OrderedDict[str, Any]" = OrderedDict()
 #: cache_key -> (measurement, d_in, d_out, accuracy summary): everything a release of that shape needs but data.
 _CALIBRATED: "OrderedDict[str, tuple]" = OrderedDict()
 _CACHE_SIZE = 512
@@ -294,24 +282,20 @@ def _query(lf, info: DatasetInfo, epsilon: float, delta: float):
     return context.query(epsilon=epsilon, **({"delta": delta} if delta > 0 else {}))
 
 
-def _resolve(query, cache_key: str):
+def _resolve(query):
     """An OpenDP measurement for ``query`` that OpenDP itself checks meets its (d_in, d_out).
 
     OpenDP's own ``resolve`` binary-searches the noise scale (~30 privacy-map
     evaluations). Under pure DP the Laplace map is linear in 1/scale, so one
     evaluation at scale 1 gives the scale; the result is re-checked by OpenDP,
-    and falls back to OpenDP's search if the check fails. Measurements are
-    cached per query shape (dataset version + spec + loss).
+    and falls back to OpenDP's search if the check fails. :func:`run` caches
+    the result per query shape (dataset version + spec + loss).
     """
     dp = _opendp()
     inner = object.__getattribute__(query, "_query")
     plan = object.__getattribute__(query, "polars_plan")
     input_domain, input_metric = inner._chain
     d_in, d_out = inner._d_in, inner._d_out
-    cached = _MEASUREMENTS.get(cache_key)
-    if cached is not None and cached.check(d_in, d_out):
-        _MEASUREMENTS.move_to_end(cache_key)
-        return cached
 
     def make(scale):
         return dp.m.make_private_lazyframe(input_domain=input_domain, input_metric=input_metric,
@@ -332,9 +316,6 @@ def _resolve(query, cache_key: str):
             measurement = None
     if measurement is None:
         measurement = query.resolve()
-    _MEASUREMENTS[cache_key] = measurement
-    if len(_MEASUREMENTS) > _CACHE_SIZE:
-        _MEASUREMENTS.popitem(last=False)
     return measurement
 
 
@@ -358,30 +339,24 @@ def run(task: dict) -> dict:
     if task["mode"] == "release":
         check_stamp(task["path"], task.get("stamp"))
         lf = (columnar_frame(columnar, task["path"], task["format"], info, needed) if columnar
-              else _lazyframe(task["path"], task["format"], info, needed))
+              else source_frame(task["path"], task["format"], info, needed))
     else:  # a preview reads no data
-        lf = schema_frame(info, needed) if columnar else _lazyframe(task["path"], task["format"], info, needed)
+        lf = schema_frame(info, needed) if columnar else source_frame(task["path"], task["format"], info, needed)
     # Mean intervals combine two statistics: each is bounded at alpha/2 (union bound).
     stat_alpha = alpha / 2 if query.kind == "mean" else alpha
     hit = _CALIBRATED.get(task["cache_key"])
     if hit is not None and hit[0].check(hit[1], hit[2]):
-        # Same shape seen before: skip the compositor (building one binary-searches its own split, ~90% of a
-        # release's time) and invoke the cached measurement, which OpenDP has just re-checked at (d_in, d_out).
+        # Same shape seen before: reuse the measurement, which OpenDP has just re-checked at (d_in, d_out).
         _CALIBRATED.move_to_end(task["cache_key"])
         measurement, _d_in, _d_out, summary = hit
-        accuracy = _accuracy_rows(summary, stat_alpha)
-        if task["mode"] == "preview":
-            return {"accuracy": accuracy, "note": _note(query, plan, summary)}
-        frame = measurement(lf).collect()
-        return {"accuracy": accuracy, "table": _table(query, plan, frame, summary),
-                "note": _note(query, plan, summary)}
-    dp_query = plan.lazy(_query(lf, info, epsilon, delta))
-    measurement = _resolve(dp_query, task["cache_key"])
-    summary = summarize_polars_measurement(measurement, stat_alpha)
-    inner = object.__getattribute__(dp_query, "_query")
-    _CALIBRATED[task["cache_key"]] = (measurement, inner._d_in, inner._d_out, summary)
-    if len(_CALIBRATED) > _CACHE_SIZE:
-        _CALIBRATED.popitem(last=False)
+    else:
+        dp_query = plan.lazy(_query(lf, info, epsilon, delta))
+        measurement = _resolve(dp_query)
+        summary = summarize_polars_measurement(measurement, stat_alpha)
+        inner = object.__getattribute__(dp_query, "_query")
+        _CALIBRATED[task["cache_key"]] = (measurement, inner._d_in, inner._d_out, summary)
+        if len(_CALIBRATED) > _CACHE_SIZE:
+            _CALIBRATED.popitem(last=False)
     accuracy = _accuracy_rows(summary, stat_alpha)
     if task["mode"] == "preview":
         return {"accuracy": accuracy, "note": _note(query, plan, summary)}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import re
 
+from ..node.auth import bearer_token
 from ..node.ledger import Cost
 from ..protocol import DPRequest
 from . import node_routes
@@ -89,7 +90,5 @@ class ReplayFastPath:
 def _bearer(scope) -> str | None:
     for key, value in scope.get("headers") or ():
         if key == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            token = token.strip()
-            return token if scheme.lower() == "bearer" and token else None
+            return bearer_token(value.decode("latin-1"))
     return None

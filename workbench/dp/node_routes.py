@@ -19,7 +19,7 @@ from ..errors import InvalidQuery
 from ..protocol import Accuracy, Budget, DPPreview, DPRelease, DPRequest, Table
 from ..node.catalog import DatasetEntry
 from ..node.gate import Outcome, spec_hash
-from ..node.ledger import Cost, choose_grant
+from ..node.ledger import Cost, choose_grant, left
 from ..node.routes import Caller, Service
 from ..node.service import NodeService
 from . import engine
@@ -89,8 +89,7 @@ def preview(name: str, body: DPRequest, service: Service, caller: Caller) -> DPP
         with service.store.transaction("read") as session:
             grant = choose_grant(session, caller.name, entry.name, body.grant_id)
             grant_id = grant.id
-            before = Budget(epsilon=max(grant.epsilon - grant.epsilon_spent, 0.0),
-                            delta=max(grant.delta - grant.delta_spent, 0.0))
+            before = left(grant)
     qhash = spec_hash("dp", body.query.model_dump(mode="json"), Cost(body.epsilon, body.delta))
     replay = service.gate.has_answer(caller, entry, qhash)
     if before is not None:
@@ -115,10 +114,9 @@ async def release(name: str, body: DPRequest, service: Service, caller: Caller) 
 
 def release_response(entry: DatasetEntry, body: DPRequest, outcome: Outcome) -> DPRelease:
     """The wire answer for a release or a replay (post-processing of the stored result only)."""
-    left = Budget(epsilon=outcome.budget_left[0], delta=outcome.budget_left[1]) if outcome.budget_left else None
     result = outcome.result
     return DPRelease(release_id=outcome.release_id, dataset=entry.name, dataset_version=entry.version,
                      query=body.query, epsilon=outcome.cost.epsilon, delta=outcome.cost.delta,
                      epsilon_charged=outcome.charged.epsilon, delta_charged=outcome.charged.delta,
                      grant_id=outcome.grant_id, replayed=outcome.replayed, released_at=outcome.released_at,
-                     alpha=ALPHA, table=Table(**result["table"]), budget_left=left)
+                     alpha=ALPHA, table=Table(**result["table"]), budget_left=outcome.budget_left)

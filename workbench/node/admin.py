@@ -14,6 +14,7 @@ from ..errors import InvalidQuery, NotFound
 from ..protocol import GrantInfo
 from . import audit
 from .auth import ROLES, TokenAuthority
+from .ledger import left
 from .store import Grant, Store, User
 
 
@@ -84,10 +85,11 @@ def revoke_grant(store: Store, grant_id: int, actor: str = "owner-cli") -> None:
 
 
 def grant_info(grant: Grant) -> GrantInfo:
+    balance = left(grant)
     return GrantInfo(
         grant_id=grant.id, user=grant.user_name, dataset=grant.dataset, purpose=grant.purpose,
         epsilon=grant.epsilon, delta=grant.delta, epsilon_spent=grant.epsilon_spent, delta_spent=grant.delta_spent,
-        epsilon_left=max(grant.epsilon - grant.epsilon_spent, 0.0), delta_left=max(grant.delta - grant.delta_spent, 0.0),
+        epsilon_left=balance.epsilon, delta_left=balance.delta,
         expires_at=grant.expires_at, revoked=grant.revoked)
 
 

@@ -52,6 +52,13 @@ class Principal:
                                 code="not_authorized")
 
 
+def bearer_token(header: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value, or None."""
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
 def load_or_create_key(state_dir: Path) -> Ed25519PrivateKey:
     path = state_dir / "signing_key.pem"
     if path.exists():

@@ -75,7 +75,6 @@ class Catalog:
         self._lock = threading.Lock()
         self._entries: dict[str, DatasetEntry] = {}
         self._problems: dict[str, str] = {}
-        self._stamps: dict[str, tuple[int, int]] = {}
         self._cache_file = config.node.state_dir / "versions.json"
         self._known = self._load_cache()
         self._refreshed_at = float("-inf")
@@ -104,7 +103,8 @@ class Catalog:
                     self._entries.pop(name, None)
                     continue
                 stamp = (stat.st_size, stat.st_mtime_ns)
-                if self._stamps.get(name) == stamp and name in self._entries:
+                known = self._entries.get(name)
+                if known is not None and known.stamp == stamp:
                     continue
                 try:
                     version = self._version(name, ds, stamp)
@@ -115,7 +115,6 @@ class Catalog:
                     self._entries.pop(name, None)
                     continue
                 self._problems.pop(name, None)
-                self._stamps[name] = stamp
                 self._entries[name] = DatasetEntry(name, ds, ds.public_info(name, version), stamp)
                 changed = True
             if changed:

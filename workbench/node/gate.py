@@ -20,19 +20,20 @@ import logging
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Callable
 
 from sqlalchemy import bindparam, insert, select, update
 
 from ..errors import ComputationFailed, InvalidQuery, PrivacyError, WorkbenchError
+from ..protocol import Budget
 from . import audit
 from .answers import AnswerIndex, StoredAnswer
 from .auth import Principal
 from .catalog import DatasetEntry
-from .group_commit import GroupCommitter
-from .ledger import Cost, reserve
-from .store import Charge, DatasetBudget, Grant, Release, Store, utcnow
+from .group_commit import WAIT_S, GroupCommitter
+from .ledger import Cost, left, reserve
+from .store import Charge, DatasetBudget, Grant, Release, Store, as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class Outcome:
     cost: Cost
     grant_id: int | None
     released_at: datetime
-    budget_left: tuple[float, float] | None = None  # the grant's (epsilon, delta) left, when the gate read it
+    budget_left: Budget | None = None  # what the grant has left, read with the release or replay
 
 
 def spec_hash(channel: str, spec: dict, cost: Cost) -> str:
@@ -82,19 +83,17 @@ class ReleaseGate:
 
     def has_answer(self, principal: Principal, entry: DatasetEntry, qhash: str) -> bool:
         """Whether this user already received the answer to this question (a replay would be free)."""
-        with self.store.transaction("read") as session:
-            return session.execute(select(Release.id).where(
-                Release.user_name == principal.name, Release.dataset == entry.name,
-                Release.dataset_version == entry.version, Release.spec_hash == qhash)).first() is not None
+        return (self.answers.by_question(principal.name, entry.name, entry.version, qhash) is not None
+                or self._stored_answer(principal, entry, qhash, None) is not None)
 
     def release(self, principal: Principal, entry: DatasetEntry, channel: str, kind: str, spec: dict, cost: Cost,
                 compute: Callable[[], dict], grant_id: int | None = None, request_id: str | None = None) -> Outcome:
         """Charge, compute and record one release (or replay a stored one for free)."""
         self.authorize(principal, entry)
         qhash = spec_hash(channel, spec, cost)
-        known = self._known_answer(principal, entry, qhash, request_id)
-        if known is not None:
-            return self._writes.run(self._replay_write(principal, known, channel, kind))
+        replay = self._replay_remembered(principal, entry, channel, kind, qhash, request_id)
+        if replay is not None:
+            return replay.result(WAIT_S)
         return self._release(principal, entry, channel, kind, qhash, cost, compute, grant_id, request_id)
 
     async def release_async(self, principal: Principal, entry: DatasetEntry, channel: str, kind: str, spec: dict,
@@ -105,9 +104,9 @@ class ReleaseGate:
 
         self.authorize(principal, entry)
         qhash = spec_hash(channel, spec, cost)
-        known = self._known_answer(principal, entry, qhash, request_id)
-        if known is not None:
-            return await asyncio.wrap_future(self._writes.submit(self._replay_write(principal, known, channel, kind)))
+        replay = self._replay_remembered(principal, entry, channel, kind, qhash, request_id)
+        if replay is not None:
+            return await asyncio.wrap_future(replay)
         return await run_in_threadpool(self._release, principal, entry, channel, kind, qhash, cost, compute, grant_id,
                                        request_id)
 
@@ -115,21 +114,20 @@ class ReleaseGate:
                         cost: Cost, request_id: str | None = None) -> "Future[Outcome] | None":
         """The replay of an answer this process remembers (its audit record group-committed), or None."""
         self.authorize(principal, entry)
-        known = self._known_answer(principal, entry, spec_hash(channel, spec, cost), request_id)
-        if known is None:
-            return None
-        return self._writes.submit(self._replay_write(principal, known, channel, kind))
+        return self._replay_remembered(principal, entry, channel, kind, spec_hash(channel, spec, cost), request_id)
 
-    def _known_answer(self, principal: Principal, entry: DatasetEntry, qhash: str,
-                      request_id: str | None) -> StoredAnswer | None:
-        """A remembered answer to this question for this user, from memory only (None: ask the database)."""
+    def _replay_remembered(self, principal: Principal, entry: DatasetEntry, channel: str, kind: str, qhash: str,
+                           request_id: str | None) -> "Future[Outcome] | None":
+        """From memory only: the replay of this user's answer to this question, or None (ask the database)."""
         if request_id is not None:
             known = self.answers.by_request(principal.name, request_id)
             if known is not None and (known.spec_hash != qhash or known.dataset != entry.name):
-                raise InvalidQuery("This request_id was already used for a different question.",
-                                   code="request_id_conflict")
-            return known
-        return self.answers.by_question(principal.name, entry.name, entry.version, qhash)
+                raise _request_id_conflict()
+        else:
+            known = self.answers.by_question(principal.name, entry.name, entry.version, qhash)
+        if known is None:
+            return None
+        return self._writes.submit(self._replay_write(principal, known, channel, kind))
 
     @staticmethod
     def _replay_write(principal: Principal, known: StoredAnswer, channel: str, kind: str):
@@ -211,8 +209,7 @@ class ReleaseGate:
                 charge = connection.execute(_CHARGE_BY_REQUEST, {"user": principal.name, "rid": request_id}).first()
                 if charge is not None:
                     if charge.spec_hash != qhash or charge.dataset != entry.name:
-                        raise InvalidQuery("This request_id was already used for a different question.",
-                                           code="request_id_conflict")
+                        raise _request_id_conflict()
                     row = connection.execute(_ANSWER_OF_CHARGE, {"cid": charge.id}).first()
                     if row is None:
                         raise ComputationFailed("This request is still running or failed; its charge stands.",
@@ -224,7 +221,7 @@ class ReleaseGate:
                 return None
         answer = StoredAnswer(row.id, row.user_name, row.dataset, row.dataset_version, row.spec_hash,
                               row.request_id, row.result_json, row.epsilon, row.delta, row.grant_id,
-                              _utc(row.created_at))
+                              as_utc(row.created_at))
         self.answers.remember(answer)
         return answer
 
@@ -266,33 +263,32 @@ _CHARGE_BY_REQUEST = select(_C.c.id, _C.c.spec_hash, _C.c.dataset).where(
 _COMMIT_CHARGE = update(_C).where(_C.c.id == bindparam("cid")).values(state="committed",
                                                                       finished_at=bindparam("now"))
 _INSERT_RELEASE = insert(_R)
-_GRANT_LEFT = select(_G.c.epsilon, _G.c.epsilon_spent, _G.c.delta, _G.c.delta_spent).where(
-    _G.c.id == bindparam("gid"))
+_BALANCE = select(_G.c.id, _G.c.epsilon, _G.c.epsilon_spent, _G.c.delta, _G.c.delta_spent)
+_GRANT_LEFT = _BALANCE.where(_G.c.id == bindparam("gid"))
+_GRANTS_LEFT = _BALANCE.where(_G.c.id.in_(bindparam("gids", expanding=True)))
 
 
-def _left(session, grant_id: int | None) -> tuple[float, float] | None:
+def _left(session, grant_id: int | None) -> Budget | None:
     """What the grant has left, read in the caller's transaction."""
     row = session.connection().execute(_GRANT_LEFT, {"gid": grant_id}).first() if grant_id is not None else None
-    if row is None:
-        return None
-    return max(row.epsilon - row.epsilon_spent, 0.0), max(row.delta - row.delta_spent, 0.0)
+    return None if row is None else left(row)
 
 
 def _fill_budgets_left(session, results: list) -> list:
     """Each replay's grant balance, read once for the whole batch (other results pass unchanged)."""
-    ids = {o.grant_id for o in results if isinstance(o, Outcome) and o.budget_left is None and o.grant_id is not None}
+    def wants(o) -> bool:
+        return isinstance(o, Outcome) and o.budget_left is None and o.grant_id is not None
+
+    ids = {o.grant_id for o in results if wants(o)}
     if not ids:
         return results
-    rows = session.execute(select(Grant.id, Grant.epsilon, Grant.epsilon_spent, Grant.delta, Grant.delta_spent)
-                           .where(Grant.id.in_(ids))).all()
-    left = {r.id: (max(r.epsilon - r.epsilon_spent, 0.0), max(r.delta - r.delta_spent, 0.0)) for r in rows}
-    return [dataclasses.replace(o, budget_left=left.get(o.grant_id))
-            if isinstance(o, Outcome) and o.budget_left is None and o.grant_id is not None else o for o in results]
+    rows = session.connection().execute(_GRANTS_LEFT, {"gids": list(ids)}).all()
+    balances = {r.id: left(r) for r in rows}
+    return [dataclasses.replace(o, budget_left=balances.get(o.grant_id)) if wants(o) else o for o in results]
 
 
-def _utc(moment: datetime) -> datetime:
-    """Stored times are UTC; SQLite hands them back without a zone."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+def _request_id_conflict() -> InvalidQuery:
+    return InvalidQuery("This request_id was already used for a different question.", code="request_id_conflict")
 
 
 def check_not_private(entry: DatasetEntry) -> None:

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 Write = Callable[[Session], Any]
 Finish = Callable[[Session, list], list]
 MAX_BATCH = 256
+WAIT_S = 120.0  # how long a caller waits for its write to commit
 
 
 class GroupCommitter:
@@ -51,7 +52,7 @@ class GroupCommitter:
             self._queue.put((write, future, durable))
         return future
 
-    def run(self, write: Write, durable: bool = False, timeout_s: float = 120.0) -> Any:
+    def run(self, write: Write, durable: bool = False, timeout_s: float = WAIT_S) -> Any:
         """Queue ``write`` and wait for its commit (for callers on a plain thread)."""
         return self.submit(write, durable).result(timeout_s)
 

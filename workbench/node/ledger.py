@@ -15,8 +15,9 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from ..errors import BudgetExceeded, InvalidQuery, NotAuthorized
+from ..protocol import Budget
 from . import audit
-from .store import Charge, DatasetBudget, Grant, utcnow
+from .store import Charge, DatasetBudget, Grant, as_utc, utcnow
 
 #: Slack for floating-point sums of epsilons (10 x 0.1 must fit a budget of 1.0).
 TOLERANCE = 1e-9
@@ -28,14 +29,14 @@ class Cost:
     delta: float = 0.0
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value
+def left(grant) -> Budget:
+    """What a grant (ORM object or row) has left to spend."""
+    return Budget(epsilon=max(grant.epsilon - grant.epsilon_spent, 0.0),
+                  delta=max(grant.delta - grant.delta_spent, 0.0))
 
 
 def grant_is_live(grant: Grant) -> bool:
-    expires = _aware(grant.expires_at)
+    expires = as_utc(grant.expires_at)
     return not grant.revoked and (expires is None or expires > datetime.now(timezone.utc))
 
 

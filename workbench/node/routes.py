@@ -14,7 +14,7 @@ from ..errors import NotAuthenticated, PrivacyError
 from ..protocol import (PROTOCOL_VERSION, SUPPORTED_PROTOCOLS, BudgetInfo, DatasetInfo, GrantInfo, HistoryEntry,
                         NodeInfo, RowsResponse, Table)
 from . import admin, audit
-from .auth import Principal
+from .auth import Principal, bearer_token
 from .catalog import DatasetEntry, scan
 from .gate import check_not_private
 from .ledger import choose_grant
@@ -28,9 +28,8 @@ def service_of(request: Request) -> NodeService:
 
 
 def _bearer(request: Request) -> str:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    token = bearer_token(request.headers.get("authorization", ""))
+    if token is None:
         raise NotAuthenticated("Send your token as 'Authorization: Bearer <token>'.", code="not_authenticated")
     return token
 
@@ -66,7 +65,7 @@ def _authenticate(service: NodeService, request: Request, token: str) -> Princip
 
 
 async def _service(request: Request) -> NodeService:  # async: FastAPI runs sync dependencies on a thread
-    return request.app.state.service
+    return service_of(request)
 
 
 Service = Annotated[NodeService, Depends(_service)]

@@ -14,7 +14,6 @@ at the published epsilon; serving the stored rows again is post-processing.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -99,11 +98,8 @@ def publish(service, dataset: str, spec: SynthSpec, epsilon: float, owner: str |
                                        compute=run, grant_id=grant.grant_id)
     finally:
         admin.revoke_grant(service.store, grant.grant_id, actor=publisher)
-    released_at = outcome.released_at
-    if released_at.tzinfo is None:
-        released_at = released_at.replace(tzinfo=timezone.utc)
     mock_info = MockInfo(dataset=dataset, dataset_version=entry.version, current=True, method=spec.method,
-                         epsilon=epsilon, rows=spec.rows, published_at=released_at or datetime.now(timezone.utc),
+                         epsilon=epsilon, rows=spec.rows, published_at=outcome.released_at,  # the gate's UTC time
                          published_by=publisher)
     body = MockRelease(info=mock_info, table=outcome.result["table"], report=outcome.result["report"])
     target = _path(service, dataset)

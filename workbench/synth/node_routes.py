@@ -25,10 +25,9 @@ from ..errors import BudgetExceeded, InvalidQuery, NotAuthorized, WorkbenchError
 from ..node import governance
 from ..node.catalog import DatasetEntry
 from ..node.gate import Outcome, spec_hash
-from ..node.ledger import Cost, choose_grant
+from ..node.ledger import Cost, choose_grant, left
 from ..node.routes import Caller, Service
 from ..node.service import NodeService
-from ..node.store import Grant
 from ..node.worker import WorkerPool
 from ..protocol import Budget, Table
 from . import domain, mocks
@@ -120,8 +119,7 @@ def _budget_left(service: NodeService, caller, entry: DatasetEntry, grant_id: in
         return None, None
     with service.store.transaction() as session:
         grant = choose_grant(session, caller.name, entry.name, grant_id)
-        return grant.id, Budget(epsilon=max(grant.epsilon - grant.epsilon_spent, 0.0),
-                                delta=max(grant.delta - grant.delta_spent, 0.0))
+        return grant.id, left(grant)
 
 
 # ---------------------------------------------------------------- DP synthesis
@@ -148,18 +146,12 @@ def preview(name: str, body: SynthRequest, service: Service, caller: Caller) -> 
 
 def release_model(service: NodeService, entry: DatasetEntry, outcome: Outcome, kind: str, dp: bool,
                   spec: dict) -> SynthRelease:
-    left = None
-    if outcome.grant_id is not None:
-        with service.store.transaction() as session:
-            grant = session.get(Grant, outcome.grant_id)
-            left = Budget(epsilon=max(grant.epsilon - grant.epsilon_spent, 0.0),
-                          delta=max(grant.delta - grant.delta_spent, 0.0))
     result = outcome.result
     return SynthRelease(release_id=outcome.release_id, dataset=entry.name, dataset_version=entry.version, kind=kind,
                         dp=dp, spec=spec, epsilon=outcome.cost.epsilon, delta=outcome.cost.delta,
                         epsilon_charged=outcome.charged.epsilon, delta_charged=outcome.charged.delta,
                         grant_id=outcome.grant_id, replayed=outcome.replayed, released_at=outcome.released_at,
-                        table=Table(**result["table"]), report=result["report"], budget_left=left)
+                        table=Table(**result["table"]), report=result["report"], budget_left=outcome.budget_left)
 
 
 @router.post("/datasets/{name}/synth/jobs", response_model=SynthJob, status_code=202)
