@@ -20,18 +20,19 @@ import re
 
 from ..node.auth import bearer_token
 from ..node.ledger import Cost
+from ..node.metrics import ROUTE_KEY
 from ..protocol import DPRequest
 from . import node_routes
 
 _PATH = re.compile(r"^/v1/datasets/([A-Za-z0-9_.-]{1,64})/dp/release$")
+ROUTE_TEMPLATE = "/v1/datasets/{name}/dp/release"  # the FastAPI route this path stands in for (metrics label)
 MAX_BODY = 64 * 1024  # larger bodies take the ordinary path (and its limits)
 
 
 class ReplayFastPath:
-    def __init__(self, app, service, route=None):
+    def __init__(self, app, service):
         self.app = app
         self.service = service
-        self.route = route  # the FastAPI route it stands in for (so metrics label it the same)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"][-11:] != "/dp/release":
@@ -61,8 +62,7 @@ class ReplayFastPath:
                 return pending.pop(0) if pending else await receive()
 
             return await self.app(scope, replay_receive, send)
-        if self.route is not None:
-            scope["route"] = self.route
+        scope[ROUTE_KEY] = ROUTE_TEMPLATE
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(answer)).encode())]})

@@ -212,6 +212,15 @@ def registry(service) -> JobRegistry:
         return reg
 
 
+def jobs_of(service) -> list[Job]:
+    """The jobs a node holds now (empty if it never had one; never creates a registry just to be read)."""
+    reg = _registries.get(service)
+    if reg is None:
+        return []
+    with reg._lock:
+        return list(reg._jobs.values())
+
+
 # ---------------------------------------------------------------- one round, through the gate
 
 

@@ -170,8 +170,7 @@ def create_app(service: NodeService) -> FastAPI:
     app.include_router(synth_routes.router, prefix="/v1")
     from ..dp.fast_replay import ReplayFastPath
 
-    release_route = next((r for r in app.routes if getattr(r, "path", "") == "/v1/datasets/{name}/dp/release"), None)
-    app.add_middleware(ReplayFastPath, service=service, route=release_route)
+    app.add_middleware(ReplayFastPath, service=service)
     app.add_middleware(ProtocolCheck)
     from . import governance_routes
 
