@@ -87,7 +87,7 @@ def start_node(config_path: Path, port: int | None = None) -> subprocess.Popen:
                              "--port", str(port)], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # generous: a loaded 2-core machine starts Python slowly
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"node exited: {proc.stderr.read().decode()[-2000:]}")
@@ -98,7 +98,7 @@ def start_node(config_path: Path, port: int | None = None) -> subprocess.Popen:
             pass
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
-    raise RuntimeError("node did not start in 60 s")
+    raise RuntimeError("node did not start in 180 s")
 
 
 def start_aggregator(state: Path) -> tuple[subprocess.Popen, str]:
@@ -108,7 +108,7 @@ def start_aggregator(state: Path) -> tuple[subprocess.Popen, str]:
                              "--host", "127.0.0.1", "--port", str(port)], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # generous: a loaded 2-core machine starts Python slowly
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(proc.stderr.read().decode()[-2000:])
