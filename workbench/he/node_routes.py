@@ -235,7 +235,7 @@ def contribute(name: str, body: ContributeRequest, service: Service, caller: Cal
         raise ComputationFailed(f"The contribution was charged but the aggregator refused it ({exc.code}); "
                                 "asking again in a new session with the same parties replays it for free.",
                                 code="computation_failed") from None
-    return ContributeResponse(dataset=entry.name, dataset_version=entry.version, session_id=body.session_id,
+    return ContributeResponse(dataset=entry.name, dataset_version=outcome.dataset_version or entry.version, session_id=body.session_id,
                               release_id=outcome.release_id, replayed=outcome.replayed, epsilon=outcome.cost.epsilon,
                               epsilon_charged=outcome.charged.epsilon, grant_id=outcome.grant_id,
                               ciphertext_sha256=sealed["sha256"], ciphertext_bytes=sealed["bytes"])

@@ -230,7 +230,7 @@ def _node_lines(service) -> list[str]:
         "# HELP workbench_workers_started Worker processes alive or starting.",
         "# TYPE workbench_workers_started gauge", f"workbench_workers_started {getattr(pool, '_started', 0)}",
         "# HELP workbench_workers_idle Worker processes waiting for a task.",
-        "# TYPE workbench_workers_idle gauge", f"workbench_workers_idle {pool._idle.qsize()}",
+        "# TYPE workbench_workers_idle gauge", f"workbench_workers_idle {pool.idle}",
     ]
 
 

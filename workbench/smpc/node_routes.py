@@ -92,7 +92,7 @@ def contribute(name: str, body: ContributeRequest, service: Service, caller: Cal
         raise InvalidQuery("A share received for this session is malformed.", code="bad_ciphertext") from None
     partial = field.add(mine, *opened)
     return SmpcContributeResponse(
-        dataset=entry.name, dataset_version=entry.version, session_id=sid, release_id=outcome.release_id,
+        dataset=entry.name, dataset_version=outcome.dataset_version or entry.version, session_id=sid, release_id=outcome.release_id,
         replayed=outcome.replayed, epsilon=outcome.cost.epsilon, epsilon_charged=outcome.charged.epsilon,
         grant_id=outcome.grant_id, party=me, partial=partial, shares_sent=len(sealed),
         share_bytes=sum(len(t) for t in sealed.values()))

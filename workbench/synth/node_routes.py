@@ -147,7 +147,7 @@ def preview(name: str, body: SynthRequest, service: Service, caller: Caller) -> 
 def release_model(service: NodeService, entry: DatasetEntry, outcome: Outcome, kind: str, dp: bool,
                   spec: dict) -> SynthRelease:
     result = outcome.result
-    return SynthRelease(release_id=outcome.release_id, dataset=entry.name, dataset_version=entry.version, kind=kind,
+    return SynthRelease(release_id=outcome.release_id, dataset=entry.name, dataset_version=outcome.dataset_version or entry.version, kind=kind,
                         dp=dp, spec=spec, epsilon=outcome.cost.epsilon, delta=outcome.cost.delta,
                         epsilon_charged=outcome.charged.epsilon, delta_charged=outcome.charged.delta,
                         grant_id=outcome.grant_id, replayed=outcome.replayed, released_at=outcome.released_at,
