@@ -456,3 +456,13 @@ def test_delta_is_charged_only_when_the_noise_uses_it(app_client):
     assert after["delta_spent"] == before["delta_spent"]
     private = {"query": {"kind": "count", "by": ["patient_id"]}, "epsilon": 0.25, "delta": 1e-6}
     assert app_client.post(RELEASE, json=private, headers=app_client.analyst).json()["delta_charged"] == 1e-6
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/datasets/patients/synth/preview", {"spec": {"method": "independent", "rows": 5}, "epsilon": 1.0}),
+    ("/v1/datasets/patients/synth/jobs", {"spec": {"method": "independent", "rows": 5}, "epsilon": 1.0}),
+    ("/v1/datasets/patients/synth/sdv", {"spec": {"synthesizer": "GaussianCopula", "rows": 5}}),
+])
+def test_unknown_protocol_in_synthesis_bodies_is_refused_the_same_way(app_client, path, body):
+    r = app_client.post(path, json={**body, "protocol": "0.9"}, headers=app_client.analyst)
+    assert r.status_code == 400 and r.json()["code"] == "protocol_unsupported", r.text
