@@ -6,8 +6,13 @@ Three phases, each bounded in time and in request count:
 * ``release`` every analyst asks questions it has not asked before (each one charged);
 * ``mixed``   previews, replays and fresh releases drawn at random (60/30/10 by default);
 
-then a ``race``: every analyst fires more concurrent releases at a small dataset than
-its lifetime budget allows, so the ledger must refuse the excess.
+then ``honest`` / ``vs-hostile`` (issue 16): a few honest analysts release fresh questions,
+first alone, then while one hostile analyst runs every free heavy call in a loop (previews
+that make OpenDP search noise scales, synthesis and HE previews, the catalogue, mocks,
+history, replays of its paid answers) from several connections at once; the honest p99
+release latency may rise by at most 2x. Then a ``race``: every analyst fires more
+concurrent releases at a small dataset than its lifetime budget allows, so the ledger
+must refuse the excess.
 
 Afterwards the node is stopped and its state is checked from the SQL store itself:
 no grant or dataset spent more than its budget, every charge the clients saw is in
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -173,6 +179,15 @@ def question_pool() -> list[dict]:
     return [{"query": q, "epsilon": e} for e in epsilons for q in shapes]
 
 
+def fresh_questions(rng: random.Random, n_epsilons: int = 150) -> list[dict]:
+    """More distinct questions (the same shapes at other losses) for the honest analysts of the hostile
+    phases, so every release they make there is a fresh, charged one."""
+    shapes = [q["query"] for q in question_pool()[:9]]
+    out = [{"query": q, "epsilon": round(0.2 + 0.0005 * i, 5)} for i in range(n_epsilons) for q in shapes]
+    rng.shuffle(out)
+    return out
+
+
 # ---------------------------------------------------------------- the analysts
 
 
@@ -216,9 +231,9 @@ class LoopbackHTTP:
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self._slots = asyncio.Semaphore(max_connections)
 
-    async def post(self, path: str, json_body: dict) -> Reply:
-        body = json.dumps(json_body).encode()
-        request = (f"POST {path} HTTP/1.1\r\n".encode() + self._head
+    async def post(self, path: str, json_body: dict | None, method: str = "POST") -> Reply:
+        body = json.dumps(json_body).encode() if json_body is not None else b""
+        request = (f"{method} {path} HTTP/1.1\r\n".encode() + self._head
                    + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         async with self._slots:
             reused = bool(self._idle)
@@ -280,10 +295,10 @@ class Analyst:
         self.asked: list[dict] = []
         self.rng = rng
 
-    async def call(self, kind: str, path: str, body: dict, stats: Stats) -> Reply | None:
+    async def call(self, kind: str, path: str, body: dict | None, stats: Stats, method: str = "POST") -> Reply | None:
         t0 = time.perf_counter()
         try:
-            response = await self.http.post(path, body)
+            response = await self.http.post(path, body, method)
         except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as exc:
             stats.errors[f"{kind}:{type(exc).__name__}"] += 1
             return None
@@ -394,9 +409,58 @@ async def _warm(analysts: list[Analyst], stats: Stats, n: int) -> None:
     await asyncio.gather(*(one(a) for a in analysts))
 
 
+# ---------------------------------------------------------------- the hostile analyst (issue 16)
+
+HOSTILE_LOOPS = 8  # concurrent loops of the one hostile analyst
+HONEST = 4  # honest analysts measured alone and under the hostile one
+
+
+def hostile_call(n: int) -> tuple[str, str, dict | None]:
+    """The n-th free heavy call of the hostile analyst's loop; a new loss every time defeats every cache."""
+    eps = round(0.5 + 1e-5 * n, 7)
+    calls = [
+        ("POST", "/v1/datasets/patients/dp/preview",  # private keys + delta: OpenDP's noise search
+         {"query": {"kind": "count", "by": ["patient_id"]}, "epsilon": eps, "delta": 1e-6}),
+        ("POST", "/v1/datasets/patients/dp/preview",
+         {"query": {"kind": "count", "by": ["region", "sex"]}, "epsilon": eps, "delta": 1e-6}),
+        ("POST", "/v1/datasets/patients/dp/preview",
+         {"query": {"kind": "quantile", "column": "age", "quantile": 0.5}, "epsilon": eps}),
+        ("POST", "/v1/datasets/patients/synth/preview", {"spec": {"method": "mst", "rows": 1000}, "epsilon": eps}),
+        ("POST", "/v1/datasets/patients/he/preview",
+         {"op": {"kind": "linreg", "y": "cost", "x": ["age", "bmi"]}, "epsilon": eps, "parties": 3}),
+        ("GET", "/v1/catalog", None),
+        ("GET", "/v1/synth/mocks", None),
+        ("GET", "/v1/history", None),
+    ]
+    return calls[n % len(calls)]
+
+
+async def _versus(honest: list[Analyst], hostile: Analyst, seconds: float, max_requests: int, pool: list[dict],
+                  node_pid: int | None) -> tuple[Stats, Stats]:
+    """The honest analysts' fresh releases while the hostile analyst loops over free heavy calls."""
+    hostile_stats = Stats()
+    deadline = time.monotonic() + seconds
+    counter = itertools.count()
+
+    async def loop() -> None:
+        while time.monotonic() < deadline:
+            n = next(counter)
+            if hostile.asked and n % 9 == 8:
+                await hostile.replay(hostile_stats)
+                continue
+            method, path, body = hostile_call(n)
+            await hostile.call("hostile", path, body, hostile_stats, method)
+
+    t0 = time.perf_counter()
+    honest_stats, *_ = await asyncio.gather(_phase(honest, {"release": 1.0}, seconds, max_requests, pool, node_pid),
+                                            *(loop() for _ in range(HOSTILE_LOOPS)))
+    hostile_stats.wall = time.perf_counter() - t0
+    return honest_stats, hostile_stats
+
+
 async def drive(setup: Setup, seconds: float, max_requests: int, seed: int = 0,
                 mix: dict[str, float] | None = None, race_per_analyst: int = 3,
-                node_pid: int | None = None) -> dict[str, Stats]:
+                node_pid: int | None = None, hostile: bool = True, only_hostile: bool = False) -> dict[str, Stats]:
     pool = question_pool()
     rng = random.Random(seed)
     analysts = [Analyst(n, t, setup.url, pool, random.Random(rng.getrandbits(32))) for n, t in setup.analysts.items()]
@@ -404,10 +468,18 @@ async def drive(setup: Setup, seconds: float, max_requests: int, seed: int = 0,
     try:
         phases["warm-up"] = Stats()
         await _warm(analysts, phases["warm-up"], 2)
-        phases["replay"] = await _phase(analysts, {"replay": 1.0}, seconds, max_requests, pool, node_pid)
-        phases["release"] = await _phase(analysts, {"release": 1.0}, seconds, max_requests, pool, node_pid)
-        phases["mixed"] = await _phase(analysts, mix or {"preview": 0.6, "replay": 0.3, "release": 0.1}, seconds,
-                                       max_requests, pool, node_pid)
+        if not only_hostile:
+            phases["replay"] = await _phase(analysts, {"replay": 1.0}, seconds, max_requests, pool, node_pid)
+            phases["release"] = await _phase(analysts, {"release": 1.0}, seconds, max_requests, pool, node_pid)
+            phases["mixed"] = await _phase(analysts, mix or {"preview": 0.6, "replay": 0.3, "release": 0.1},
+                                           seconds, max_requests, pool, node_pid)
+        if hostile and len(analysts) > 1:
+            hostile_one, honest = analysts[0], analysts[1:1 + HONEST]
+            for a in honest:
+                a.todo = fresh_questions(a.rng)
+            phases["honest"] = await _phase(honest, {"release": 1.0}, seconds, max_requests, pool, node_pid)
+            phases["vs-hostile"], phases["hostile"] = await _versus(honest, hostile_one, seconds, max_requests, pool,
+                                                                    node_pid)
         phases["race"] = await _race(analysts, race_per_analyst)
     finally:
         await asyncio.gather(*(a.close() for a in analysts))
@@ -490,6 +562,16 @@ def summarize(phases: dict[str, Stats]) -> list[dict]:
     return rows
 
 
+def hostile_ratio(phases: dict[str, Stats]) -> tuple[float, float, float] | None:
+    """(honest p99 alone, honest p99 under the hostile analyst, ratio) of fresh releases, in ms."""
+    alone, under = phases.get("honest"), phases.get("vs-hostile")
+    if alone is None or under is None or not alone.latencies.get("release") or not under.latencies.get("release"):
+        return None
+    a = float(np.percentile(np.asarray(alone.latencies["release"]) * 1000, 99))
+    b = float(np.percentile(np.asarray(under.latencies["release"]) * 1000, 99))
+    return a, b, b / a
+
+
 def print_table(rows: list[dict], file=sys.stdout) -> None:
     print(f"{'phase':8s} {'kind':8s} {'n':>7s} {'req/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s} {'refused':>8s} "
           f"{'node CPU ms/req':>16s} {'worker CPU ms/req':>18s}", file=file)
@@ -545,11 +627,12 @@ def check(setup: Setup, phases: dict[str, Stats], ledger: dict, audit_ok: bool, 
 
 
 def run(root: Path, rows: int, analysts: int, seconds: float, max_requests: int, workers: int = 2,
-        seed: int = 0, data: Path | None = None) -> Outcome:
+        seed: int = 0, data: Path | None = None, hostile: bool = True, only_hostile: bool = False) -> Outcome:
     setup = prepare(root, rows, analysts, workers=workers, data=data)
     proc = start_node(setup)
     try:
-        phases = asyncio.run(drive(setup, seconds, max_requests, seed=seed, node_pid=proc.pid))
+        phases = asyncio.run(drive(setup, seconds, max_requests, seed=seed, node_pid=proc.pid, hostile=hostile,
+                                   only_hostile=only_hostile))
     finally:
         stop_node(proc)
     ledger = ledger_report(setup.config_path)
@@ -565,11 +648,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-requests", type=int, default=50_000, help="per phase")
     parser.add_argument("--workers", type=int, default=2, help="OpenDP worker processes")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-hostile", dest="hostile", action="store_false",
+                        help="skip the honest / vs-hostile phases")
+    parser.add_argument("--only-hostile", action="store_true",
+                        help="only warm-up, honest, vs-hostile (and the race)")
     args = parser.parse_args(argv)
     data = patients_file(args.rows)
     with tempfile.TemporaryDirectory(prefix="workbench-load-") as tmp:
         out = run(Path(tmp), args.rows, args.analysts, args.seconds, args.max_requests, args.workers, args.seed,
-                  data)
+                  data, hostile=args.hostile, only_hostile=args.only_hostile)
     print(f"\n{args.analysts} analysts, {args.rows:,} rows, {args.workers} workers, {args.seconds:g} s per phase\n")
     print_table(out.rows)
     led = out.ledger
@@ -579,8 +666,17 @@ def main(argv: list[str] | None = None) -> int:
     rate = {(r["phase"], r["kind"]): r["per_s"] for r in out.rows}
     targets = [("replays/s", rate.get(("replay", "replay"), 0.0), 500),
                ("DP releases/s", rate.get(("release", "release"), 0.0), 20)]
-    for label, value, goal in targets:
+    for label, value, goal in targets if "replay" in out.phases else []:
         print(f"target: {label:14s} {value:8.1f}  (goal >= {goal}) {'met' if value >= goal else 'MISSED'}")
+    fairness = hostile_ratio(out.phases)
+    if fairness is not None:
+        alone, under, ratio = fairness
+        hostile = out.phases["hostile"]
+        limited = sum(v for k, v in hostile.errors.items() if k.endswith(":rate_limited"))
+        calls = sum(len(v) for v in hostile.latencies.values())
+        print(f"hostile analyst: {calls} free heavy calls in {hostile.wall:.1f} s, {limited} answered 429")
+        print(f"target: honest p99 release {alone:8.1f} ms alone, {under:8.1f} ms under a hostile analyst: "
+              f"{ratio:.2f}x (goal <= 2x) {'met' if ratio <= 2 else 'MISSED'}")
     print("0 overspend, valid audit: " + ("yes" if not out.problems else "NO:\n  " + "\n  ".join(out.problems)))
     return 0 if not out.problems else 1
 

@@ -21,6 +21,7 @@ from .errors import (
     PayloadTooLarge,
     PrivacyError,
     ProtocolMismatch,
+    RateLimited,
     WorkbenchError,
 )
 
@@ -42,6 +43,7 @@ __all__ = [
     "PrivacyError",
     "ProtocolMismatch",
     "Query",
+    "RateLimited",
     "RemoteDataset",
     "WorkbenchError",
     "__version__",

@@ -146,6 +146,67 @@ def user_list(config_path: str) -> None:
         service.close()
 
 
+@user.command("disable")
+@click.argument("name")
+@config_option
+def user_disable(name: str, config_path: str) -> None:
+    """Disable a user: every token of theirs stops working (within 2 s on a running node)."""
+    from .node import admin
+
+    service = _service(config_path)
+    try:
+        admin.set_disabled(service.store, name, True)
+    finally:
+        service.close()
+    click.echo(f"disabled {name}")
+
+
+@user.command("enable")
+@click.argument("name")
+@config_option
+def user_enable(name: str, config_path: str) -> None:
+    """Enable a disabled user again (their unrevoked tokens work again)."""
+    from .node import admin
+
+    service = _service(config_path)
+    try:
+        admin.set_disabled(service.store, name, False)
+    finally:
+        service.close()
+    click.echo(f"enabled {name}")
+
+
+@user.command("delete")
+@click.argument("name")
+@config_option
+def user_delete(name: str, config_path: str) -> None:
+    """Delete a user: tokens dead, live grants revoked; a user re-created under the name gets new tokens only."""
+    from .node import admin
+
+    service = _service(config_path)
+    try:
+        revoked = admin.delete_user(service.store, name)
+    finally:
+        service.close()
+    click.echo(f"deleted {name} ({revoked} grants revoked)")
+
+
+@user.command("role")
+@click.argument("name")
+@click.argument("role", type=click.Choice(["analyst", "owner", "auditor"]))
+@config_option
+def user_role(name: str, role: str, config_path: str) -> None:
+    """Change a user's role; earlier tokens are revoked and the new token is printed (shown once)."""
+    from .node import admin
+
+    service = _service(config_path)
+    try:
+        token = admin.set_role(service.store, service.authority, name, role)
+    finally:
+        service.close()
+    click.echo(token)
+
+
 @node.command("grant")
 @click.argument("name")
 @click.argument("dataset")

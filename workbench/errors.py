@@ -26,6 +26,7 @@ stable ``code``; the client re-raises it as the same class::
     │                      too_many_rows
     ├── NotFound           unknown_dataset, not_found, fl_unknown_job, no_mock
     ├── PayloadTooLarge    payload_too_large
+    ├── RateLimited        rate_limited (HTTP 429, ``retry_after_s`` in details)
     ├── NotSupported       not_supported
     └── ComputationFailed  computation_failed, computation_timeout,
                            dataset_unavailable, internal_error, synthesis_cancelled,
@@ -46,6 +47,7 @@ __all__ = [
     "PayloadTooLarge",
     "PrivacyError",
     "ProtocolMismatch",
+    "RateLimited",
     "WorkbenchError",
     "error_class_for",
 ]
@@ -115,6 +117,18 @@ class PayloadTooLarge(WorkbenchError):
     default_code = "payload_too_large"
 
 
+class RateLimited(WorkbenchError):
+    """The caller has more heavy work in flight than their share; nothing was charged. Retry after
+    ``retry_after_s`` seconds (also sent as the HTTP ``Retry-After`` header)."""
+
+    status = 429
+    default_code = "rate_limited"
+
+    @property
+    def retry_after_s(self) -> float:
+        return float(self.details.get("retry_after_s", 1.0))
+
+
 class NotSupported(WorkbenchError):
     status = 501
     default_code = "not_supported"
@@ -163,6 +177,7 @@ _BY_CODE: dict[str, type[WorkbenchError]] = {
     "too_many_rows": InvalidQuery,
     "synthesis_cancelled": ComputationFailed,
     "payload_too_large": PayloadTooLarge,
+    "rate_limited": RateLimited,
     "not_supported": NotSupported,
     "computation_failed": ComputationFailed,
     "dataset_unavailable": ComputationFailed,

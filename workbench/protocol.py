@@ -17,6 +17,15 @@ PROTOCOL_VERSION = "1"
 SUPPORTED_PROTOCOLS = ("1",)
 PROTOCOL_HEADER = "X-Workbench-Protocol"
 
+
+def require_supported_protocol(asked: str) -> None:
+    """Refuse a protocol version this node does not speak (the header's or a body's ``protocol``), one way."""
+    if asked not in SUPPORTED_PROTOCOLS:
+        from .errors import ProtocolMismatch
+
+        raise ProtocolMismatch(f"This node speaks Workbench protocol {', '.join(SUPPORTED_PROTOCOLS)}, not "
+                               f"{asked[:16]!r}; upgrade the side that is older.", code="protocol_unsupported")
+
 #: Column and dataset names: identifiers only, so no path, SQL or expression syntax ever reaches Polars.
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
 DatasetName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")]

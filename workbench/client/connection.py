@@ -14,6 +14,15 @@ from ..errors import ConnectionFailed, NotSupported, WorkbenchError, error_class
 from ..protocol import PROTOCOL_HEADER, PROTOCOL_VERSION, DatasetInfo, GrantInfo, HistoryEntry, NodeInfo
 
 DEFAULT_TIMEOUT = httpx.Timeout(300.0, connect=10.0)
+MAX_RETRY_AFTER_S = 30.0
+
+
+def _retry_after(response: httpx.Response) -> float:
+    """The node's ``Retry-After`` in seconds (1 if missing or unreadable), capped."""
+    try:
+        return min(max(float(response.headers.get("retry-after", "1")), 0.0), MAX_RETRY_AFTER_S)
+    except ValueError:
+        return 1.0
 
 
 class Node:
@@ -30,19 +39,26 @@ class Node:
 
     def request(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
                 retries: int = 2) -> Any:
-        """Send one request; wire errors come back as the matching :class:`WorkbenchError`."""
-        attempt = 0
+        """Send one request; wire errors come back as the matching :class:`WorkbenchError`.
+
+        A 429 (:class:`~workbench.errors.RateLimited`: nothing was done or charged) is retried up to
+        ``retries`` times after the node's ``Retry-After`` (at most ``MAX_RETRY_AFTER_S``)."""
+        attempt = limited = 0
         while True:
             try:
                 response = self._http.request(method, "/v1" + path, json=json, params=params)
-                break
             except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, httpx.ConnectTimeout) as exc:
                 attempt += 1
                 if attempt > retries:
                     raise ConnectionFailed(f"Cannot reach the node at {self.url}: {exc}") from None
                 time.sleep(0.2 * attempt)
+                continue
             except httpx.TimeoutException:
                 raise ConnectionFailed(f"The node at {self.url} did not answer in time.") from None
+            if response.status_code != 429 or limited >= retries:
+                break
+            limited += 1
+            time.sleep(_retry_after(response))
         if response.status_code >= 400:
             try:
                 body = response.json()

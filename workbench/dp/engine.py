@@ -77,12 +77,24 @@ def validate(info: DatasetInfo, query: DPQuery, delta: float) -> None:
             raise InvalidQuery(f"Cannot group by float column '{name}'; use a histogram.", code="wrong_type")
         if col.categories is None:
             private_keys = True
+    if private_keys and kind in ("sum", "mean", "quantile"):
+        # OpenDP needs a known number of groups for these ("max_groups must be known"): refused before any charge.
+        raise InvalidQuery(
+            f"A {kind} grouped by a column without a public category set is not supported; group by columns "
+            "with public categories, or ask for a count.", code="invalid_query")
     if private_keys and delta <= 0:
         raise InvalidQuery(
             "Grouping by a column without a public category set reveals which groups exist: "
             "it needs delta > 0 (small groups are suppressed).", code="bad_epsilon")
     if not private_keys and query.by and _key_count(info, query.by) > MAX_PUBLIC_KEYS:
         raise InvalidQuery(f"Too many groups (more than {MAX_PUBLIC_KEYS}).", code="invalid_query")
+
+
+def delta_used(info: DatasetInfo, query: DPQuery, delta: float) -> float:
+    """The delta a valid query actually spends: only private group keys (thresholding) use one; every other
+    query adds pure Laplace noise and is priced, charged and computed at delta = 0."""
+    private_keys = any(info.column(name).categories is None for name in query.by)
+    return delta if private_keys else 0.0
 
 
 def _column(info: DatasetInfo, name: str):

@@ -76,8 +76,7 @@ class ReplayFastPath:
         principal = service.authority.remembered(token)
         if principal is None:
             return None
-        body = DPRequest.model_validate_json(raw)
-        entry = node_routes._checked(service, name, body)
+        entry, body = node_routes._checked(service, name, DPRequest.model_validate_json(raw))
         future = service.gate.replay_if_known(principal, entry, "dp", body.query.kind,
                                               body.query.model_dump(mode="json"), Cost(body.epsilon, body.delta),
                                               request_id=body.request_id)

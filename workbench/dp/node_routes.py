@@ -16,7 +16,7 @@ from collections import OrderedDict
 from fastapi import APIRouter
 
 from ..errors import InvalidQuery
-from ..protocol import Accuracy, Budget, DPPreview, DPRelease, DPRequest, Table
+from ..protocol import Accuracy, Budget, DPPreview, DPRelease, DPRequest, Table, require_supported_protocol
 from ..node.catalog import DatasetEntry
 from ..node.gate import Outcome, spec_hash
 from ..node.ledger import Cost, choose_grant, left
@@ -49,7 +49,9 @@ def _columnar(service: NodeService) -> str:
     return str(service.config.node.state_dir / "columnar")
 
 
-def _checked(service: NodeService, name: str, body: DPRequest) -> DatasetEntry:
+def _checked(service: NodeService, name: str, body: DPRequest) -> tuple[DatasetEntry, DPRequest]:
+    """The dataset and the request as the node prices it (delta only if the query uses one), or a refusal."""
+    require_supported_protocol(body.protocol)
     entry = service.catalog.get(name)
     limit = service.config.node.max_epsilon_per_release
     if body.epsilon > limit:
@@ -59,17 +61,19 @@ def _checked(service: NodeService, name: str, body: DPRequest) -> DatasetEntry:
         raise InvalidQuery(f"epsilon must be at least {MIN_EPSILON:g} and delta 0 or at least {MIN_DELTA:g}.",
                            code="bad_epsilon")
     engine.validate(entry.info, body.query, body.delta)
-    return entry
+    return entry, body.model_copy(update={"delta": engine.delta_used(entry.info, body.query, body.delta)})
 
 
-def _accuracy(service: NodeService, entry: DatasetEntry, body: DPRequest) -> dict:
-    """OpenDP's accuracy for this query shape: metadata only, cached."""
+def _accuracy(service: NodeService, entry: DatasetEntry, body: DPRequest, user: str) -> dict:
+    """OpenDP's accuracy for this query shape: metadata only, cached. A new shape is calibrated in the
+    low-priority preview pool, within the caller's share (free work never takes a paid release's worker)."""
     task = _task(entry, body, "preview", _columnar(service))
     with _previews_lock:
         hit = _previews.get(task["cache_key"])
     if hit is not None:
         return hit
-    result = service.pool.run(ENGINE, task)
+    with service.fair.admit(user, "compute"):
+        result = service.preview_pool.run(ENGINE, task, user=user)
     with _previews_lock:
         _previews[task["cache_key"]] = result
         while len(_previews) > 1024:
@@ -80,9 +84,10 @@ def _accuracy(service: NodeService, entry: DatasetEntry, body: DPRequest) -> dic
 @router.post("/datasets/{name}/dp/preview", response_model=DPPreview)
 def preview(name: str, body: DPRequest, service: Service, caller: Caller) -> DPPreview:
     """The price and expected error of a DP query, before anything is spent."""
-    entry = _checked(service, name, body)
+    asked_delta = body.delta
+    entry, body = _checked(service, name, body)
     caller.require("analyst", "owner")
-    result = _accuracy(service, entry, body)
+    result = _accuracy(service, entry, body, caller.name)
     before = after = None
     grant_id = None
     if entry.info.tier == "private":
@@ -97,25 +102,34 @@ def preview(name: str, body: DPRequest, service: Service, caller: Caller) -> DPP
         after = Budget(epsilon=max(before.epsilon - spend[0], 0.0), delta=max(before.delta - spend[1], 0.0))
     return DPPreview(dataset=entry.name, dataset_version=entry.version, query=body.query, epsilon=body.epsilon,
                      delta=body.delta, grant_id=grant_id, alpha=ALPHA,
-                     accuracy=[Accuracy(**a) for a in result["accuracy"]], note=result.get("note", ""),
+                     accuracy=[Accuracy(**a) for a in result["accuracy"]],
+                     note=_delta_note(asked_delta, body.delta, result.get("note", "")),
                      budget_left_before=before, budget_left_after=after, would_replay=replay)
 
 
 @router.post("/datasets/{name}/dp/release", response_model=DPRelease)
 async def release(name: str, body: DPRequest, service: Service, caller: Caller) -> DPRelease:
     """Release a DP query: charged once, through the gate; the identical question again is free."""
-    entry = _checked(service, name, body)
+    entry, body = _checked(service, name, body)
     task = _task(entry, body, "release", _columnar(service))
     outcome = await service.gate.release_async(
         caller, entry, "dp", body.query.kind, body.query.model_dump(mode="json"), Cost(body.epsilon, body.delta),
-        compute=lambda: service.pool.run(ENGINE, task), grant_id=body.grant_id, request_id=body.request_id)
+        compute=lambda: service.pool.run(ENGINE, task, user=caller.name), grant_id=body.grant_id,
+        request_id=body.request_id)
     return release_response(entry, body, outcome)
+
+
+def _delta_note(asked: float, used: float, note: str) -> str:
+    if asked > used:
+        note = (f"This query adds pure Laplace noise and uses no delta: it is priced and charged at delta=0 "
+                f"(not the {asked:g} asked). " + note).strip()
+    return note
 
 
 def release_response(entry: DatasetEntry, body: DPRequest, outcome: Outcome) -> DPRelease:
     """The wire answer for a release or a replay (post-processing of the stored result only)."""
     result = outcome.result
-    return DPRelease(release_id=outcome.release_id, dataset=entry.name, dataset_version=entry.version,
+    return DPRelease(release_id=outcome.release_id, dataset=entry.name, dataset_version=outcome.dataset_version or entry.version,
                      query=body.query, epsilon=outcome.cost.epsilon, delta=outcome.cost.delta,
                      epsilon_charged=outcome.charged.epsilon, delta_charged=outcome.charged.delta,
                      grant_id=outcome.grant_id, replayed=outcome.replayed, released_at=outcome.released_at,

@@ -202,40 +202,48 @@ def question(spec: SessionSpec, aggregator: dict, enc) -> dict:
 
 @router.post("/datasets/{name}/he/contribute", response_model=ContributeResponse)
 def contribute(name: str, body: ContributeRequest, service: Service, caller: Caller) -> ContributeResponse:
-    """Charge, compute, encrypt and send this node's noisy contribution to the session's aggregator."""
+    """Charge, compute, encrypt and send this node's noisy contribution to the session's aggregator (within the
+    caller's share of sessions: 429 beyond it, before anything is charged)."""
+    with service.fair.admit(caller.name, "session"):
+        return _contribute(name, body, service, caller)
+
+
+def _contribute(name: str, body: ContributeRequest, service: NodeService, caller) -> ContributeResponse:
     entry = service.catalog.get(name)
     caller.require("analyst", "owner")
     aggregator, spec = read_session(service, entry, caller, body.aggregator_url, body.session_id, "he")
     enc = plan(entry.info, spec.op, len(spec.parties), spec.epsilon, spec.mode)
     evaluate = spec.op.kind == "evaluate"
     scheme = EVAL_SCHEME if evaluate else SCHEME
-    checked = service.pool.run("workbench.he.params:check_context", {"context": spec.context, "scheme": scheme})
+    user = caller.name
+    checked = service.pool.run("workbench.he.params:check_context", {"context": spec.context, "scheme": scheme},
+                               user=user)
     if checked["context_sha256"] != spec.context_sha256:
         raise InvalidQuery("The session's context does not match its hash.", code="bad_context")
     if evaluate:  # vet the analyst's weight ciphertexts before anything is charged
         service.pool.run("workbench.he.evaluate:check_weights",
-                         {"context": spec.context, "weights": spec.weights, "moments": len(enc.slots)})
+                         {"context": spec.context, "weights": spec.weights, "moments": len(enc.slots)}, user=user)
     op = spec.op.model_dump(mode="json")
     task = _task(entry, op, enc.model_dump(mode="json"))
     outcome = service.gate.release(
         caller, entry, "he", f"secure_{spec.op.kind}", question(spec, aggregator, enc), Cost(spec.epsilon, 0.0),
-        compute=lambda: service.pool.run("workbench.he.node_compute:noisy_contribution", task),
+        compute=lambda: service.pool.run("workbench.he.node_compute:noisy_contribution", task, user=user),
         grant_id=body.grant_id, request_id=body.request_id)
     # Charged above; only now is the (noisy) contribution encrypted and released, to the aggregator only.
     if evaluate:
         sealed = service.pool.run("workbench.he.evaluate:node_evaluate", {
             "context": spec.context, "weights": spec.weights, "moments": len(enc.slots),
-            "values": outcome.result["values"], "decimals": enc.decimals, "max_rows": entry.info.max_rows})
+            "values": outcome.result["values"], "decimals": enc.decimals, "max_rows": entry.info.max_rows}, user=user)
     else:
         sealed = service.pool.run("workbench.he.params:encrypt",
-                                  {"context": spec.context, "values": outcome.result["values"]})
+                                  {"context": spec.context, "values": outcome.result["values"]}, user=user)
     try:
         _call(aggregator, "POST", f"/sessions/{body.session_id}/contributions", {"ciphertext": sealed["ciphertext"]})
     except WorkbenchError as exc:
         raise ComputationFailed(f"The contribution was charged but the aggregator refused it ({exc.code}); "
                                 "asking again in a new session with the same parties replays it for free.",
                                 code="computation_failed") from None
-    return ContributeResponse(dataset=entry.name, dataset_version=entry.version, session_id=body.session_id,
+    return ContributeResponse(dataset=entry.name, dataset_version=outcome.dataset_version or entry.version, session_id=body.session_id,
                               release_id=outcome.release_id, replayed=outcome.replayed, epsilon=outcome.cost.epsilon,
                               epsilon_charged=outcome.charged.epsilon, grant_id=outcome.grant_id,
                               ciphertext_sha256=sealed["sha256"], ciphertext_bytes=sealed["bytes"])

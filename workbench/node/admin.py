@@ -15,7 +15,7 @@ from ..protocol import GrantInfo
 from . import audit
 from .auth import ROLES, TokenAuthority
 from .ledger import left
-from .store import Grant, Store, User
+from .store import Grant, RetiredUser, Store, User, first_token_version
 
 
 def add_user(store: Store, authority: TokenAuthority, name: str, role: str, actor: str = "owner-cli") -> str:
@@ -28,7 +28,7 @@ def add_user(store: Store, authority: TokenAuthority, name: str, role: str, acto
         if session.execute(select(User).where(User.name == name)).scalar_one_or_none() is not None:
             raise InvalidQuery(f"User {name!r} already exists; use 'user token' to issue a new token.",
                                code="invalid_query")
-        user = User(name=name, role=role, token_version=1)
+        user = User(name=name, role=role, token_version=first_token_version(session, name))
         session.add(user)
         session.flush()
         audit.append(session, actor, "user_add", None, user=name, role=role)
@@ -45,6 +45,66 @@ def issue_token(store: Store, authority: TokenAuthority, name: str, revoke_old: 
             user.token_version += 1
         audit.append(session, actor, "token_issue", None, user=name, revoked_old=revoke_old)
         return authority.issue(user, ttl_s=ttl_s)
+
+
+def _user(session, name: str) -> User:
+    user = session.execute(select(User).where(User.name == name).with_for_update()).scalar_one_or_none()
+    if user is None:
+        raise NotFound(f"No user {name!r}.", code="not_found")
+    return user
+
+
+def _keep_an_owner(session, user: User) -> None:
+    """Refuse to disable, delete or demote the last enabled owner (nobody could administer the node)."""
+    owners = session.execute(select(User).where(User.role == "owner", User.disabled.is_(False))).scalars().all()
+    if user.role == "owner" and not user.disabled and len(owners) <= 1:
+        raise InvalidQuery(f"{user.name!r} is the node's last enabled owner; add another owner first.",
+                           code="invalid_query")
+
+
+def set_disabled(store: Store, name: str, disabled: bool, actor: str = "owner-cli") -> None:
+    """Disable a user (every token stops working at once) or enable them again (their tokens work again)."""
+    with store.transaction() as session:
+        user = _user(session, name)
+        if disabled:
+            _keep_an_owner(session, user)
+        user.disabled = disabled
+        audit.append(session, actor, "user_disable" if disabled else "user_enable", None, user=name)
+
+
+def set_role(store: Store, authority: TokenAuthority, name: str, role: str, actor: str = "owner-cli") -> str:
+    """Change a user's role; every earlier token is revoked (it named the old role). Returns a new token."""
+    if role not in ROLES:
+        raise InvalidQuery(f"Unknown role {role!r}; choose one of {', '.join(ROLES)}.", code="invalid_query")
+    with store.transaction() as session:
+        user = _user(session, name)
+        if role != "owner":
+            _keep_an_owner(session, user)
+        old, user.role = user.role, role
+        user.token_version += 1
+        audit.append(session, actor, "user_role", None, user=name, old_role=old, role=role, revoked_old=True)
+        return authority.issue(user)
+
+
+def delete_user(store: Store, name: str, actor: str = "owner-cli") -> int:
+    """Delete a user: their tokens stop working, their live grants are revoked (the ledger keeps what they
+    spent), and a user later created under the name starts at a higher token version. Returns grants revoked."""
+    with store.transaction() as session:
+        user = _user(session, name)
+        _keep_an_owner(session, user)
+        retired = session.get(RetiredUser, name)
+        if retired is None:
+            session.add(RetiredUser(name=name, last_token_version=user.token_version))
+        else:
+            retired.last_token_version = max(retired.last_token_version, user.token_version)
+        grants = session.execute(select(Grant).where(Grant.user_name == name, Grant.revoked.is_(False))
+                                 .with_for_update()).scalars().all()
+        for grant in grants:
+            grant.revoked = True
+        session.delete(user)
+        audit.append(session, actor, "user_delete", None, user=name, role=user.role,
+                     grants_revoked=[g.id for g in grants])
+        return len(grants)
 
 
 def list_users(store: Store) -> list[dict]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,8 +18,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._version import __version__
-from ..errors import WorkbenchError
-from ..protocol import PROTOCOL_HEADER, SUPPORTED_PROTOCOLS
+from ..errors import ProtocolMismatch, RateLimited, WorkbenchError
+from ..protocol import PROTOCOL_HEADER, require_supported_protocol
 from .service import NodeService
 
 log = logging.getLogger(__name__)
@@ -96,12 +97,10 @@ class ProtocolCheck:
             wanted = PROTOCOL_HEADER.lower().encode()
             for key, value in scope.get("headers") or []:
                 if key == wanted:
-                    asked = value.decode("latin-1")
-                    if asked not in SUPPORTED_PROTOCOLS:
-                        return await error_response(
-                            400, "protocol_unsupported",
-                            f"This node speaks Workbench protocol {', '.join(SUPPORTED_PROTOCOLS)}, not "
-                            f"{asked[:16]!r}; upgrade the side that is older.")(scope, receive, send)
+                    try:
+                        require_supported_protocol(value.decode("latin-1"))
+                    except ProtocolMismatch as exc:
+                        return await error_response(exc.status, exc.code, exc.message)(scope, receive, send)
                     break
         return await self.app(scope, receive, send)
 
@@ -122,7 +121,10 @@ def create_app(service: NodeService) -> FastAPI:
 
     @app.exception_handler(WorkbenchError)
     async def _workbench_error(_request: Request, exc: WorkbenchError):
-        return error_response(exc.status, exc.code, exc.message, exc.details or None)
+        response = error_response(exc.status, exc.code, exc.message, exc.details or None)
+        if isinstance(exc, RateLimited):
+            response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError):

@@ -137,7 +137,8 @@ class TokenAuthority:
         generation = users_generation()
         with self._store.transaction("read") as session:
             user = session.query(User).filter_by(name=claims["sub"]).one_or_none()
-            if user is None or user.disabled or user.token_version != claims.get("ver"):
+            if (user is None or user.disabled or user.token_version != claims.get("ver")
+                    or user.role != claims.get("role")):
                 raise NotAuthenticated("The token has been revoked.", code="not_authenticated")
             principal = Principal(name=user.name, role=user.role, token_id=claims["jti"])
         if len(self._verified) >= _MAX_REMEMBERED:

@@ -3,7 +3,8 @@
 A dataset's *version* is the SHA-256 of its file (cached by size and mtime),
 so a changed file is a new dataset version: replays of old answers stop and
 new questions are charged. On each new version the node checks the data
-against the public metadata it relies on (columns present; with an
+against the public metadata it relies on (columns present; every value
+readable as its declared type, see :mod:`workbench.node.datacheck`; with an
 identifier privacy unit, no person has more than ``max_contributions`` rows;
 no more than ``max_rows`` rows) and refuses to serve a dataset that breaks them.
 """
@@ -22,6 +23,7 @@ import polars as pl
 
 from ..errors import ComputationFailed, NotFound
 from ..protocol import DatasetInfo
+from .datacheck import check_declared_types
 from .settings import DatasetConfig, NodeConfig
 
 log = logging.getLogger(__name__)
@@ -135,6 +137,9 @@ class Catalog:
         missing = [c for c in ds.columns if c not in present]
         if missing:
             raise ValueError(f"columns {missing} are in the config but not in the file")
+        bad_types = check_declared_types(ds)
+        if bad_types:
+            raise ValueError("the file does not match its declared types: " + "; ".join(bad_types))
         rows = lf.select(pl.len()).collect().item()
         if rows > ds.max_rows:
             raise ValueError(f"{rows} rows exceed the declared max_rows={ds.max_rows}")

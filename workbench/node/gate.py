@@ -13,6 +13,7 @@ answer the same user already received (post-processing of a past release).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -24,6 +25,7 @@ from datetime import datetime
 from typing import Any, Callable
 
 from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from ..errors import ComputationFailed, InvalidQuery, PrivacyError, WorkbenchError
 from ..protocol import Budget
@@ -31,6 +33,7 @@ from . import audit
 from .answers import AnswerIndex, StoredAnswer
 from .auth import Principal
 from .catalog import DatasetEntry
+from .fairness import UserLimiter
 from .group_commit import WAIT_S, GroupCommitter
 from .ledger import Cost, left, reserve
 from .store import Charge, DatasetBudget, Grant, Release, Store, as_utc, utcnow
@@ -50,6 +53,7 @@ class Outcome:
     grant_id: int | None
     released_at: datetime
     budget_left: Budget | None = None  # what the grant has left, read with the release or replay
+    dataset_version: str | None = None  # the version the answer was computed on (a replay keeps its own)
 
 
 def spec_hash(channel: str, spec: dict, cost: Cost) -> str:
@@ -60,8 +64,9 @@ def spec_hash(channel: str, spec: dict, cost: Cost) -> str:
 
 
 class ReleaseGate:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, limiter: UserLimiter | None = None):
         self.store = store
+        self.limiter = limiter or UserLimiter()
         self._locks = [threading.Lock() for _ in range(64)]
         self.answers = AnswerIndex()
         self._writes = GroupCommitter(store, finish=_fill_budgets_left)
@@ -136,34 +141,34 @@ class ReleaseGate:
             audit.append(session, principal.name, "replay", known.dataset, release_id=known.release_id,
                          channel=channel, kind=kind, epsilon=0.0, delta=0.0, grant_id=known.grant_id)
             return Outcome(known.release_id, json.loads(known.result_json), True, Cost(0.0, 0.0),
-                           Cost(known.epsilon, known.delta), known.grant_id, known.released_at)
+                           Cost(known.epsilon, known.delta), known.grant_id, known.released_at,
+                           dataset_version=known.dataset_version)
         return write
+
+    def _stripes(self, principal: Principal, qhash: str, request_id: str | None) -> list[threading.Lock]:
+        """The locks a release holds: its question's and, with a request id, the id's (one order: no deadlock).
+
+        Two bodies sent under one request id, or one question under two ids, are then decided one at a time."""
+        indices = {int(qhash[:8], 16) % len(self._locks)}
+        if request_id is not None:
+            digest = hashlib.sha256(f"{principal.name}\0{request_id}".encode()).hexdigest()
+            indices.add(int(digest[:8], 16) % len(self._locks))
+        return [self._locks[i] for i in sorted(indices)]
 
     def _release(self, principal: Principal, entry: DatasetEntry, channel: str, kind: str, qhash: str, cost: Cost,
                  compute: Callable[[], dict], grant_id: int | None, request_id: str | None) -> Outcome:
-        free = entry.info.tier == "open"
-        with self._locks[int(qhash[:8], 16) % len(self._locks)]:
+        with contextlib.ExitStack() as held:
+            for lock in self._stripes(principal, qhash, request_id):
+                held.enter_context(lock)
             known = self._stored_answer(principal, entry, qhash, request_id)
             if known is not None:
                 return self._writes.run(self._replay_write(principal, known, channel, kind))
-
-            def reservation(session) -> tuple[int, int | None]:
-                if free:
-                    charge = Charge(grant_id=None, user_name=principal.name, dataset=entry.name,
-                                    dataset_version=entry.version, channel=channel, spec_hash=qhash,
-                                    epsilon=0.0, delta=0.0, state="reserved", request_id=request_id)
-                    session.add(charge)
-                    session.flush()
-                    return charge.id, None
-                return reserve(session, principal.name, entry.name, entry.version, channel, qhash, cost,
-                               grant_id, request_id)
-
-            try:  # durable (fsync) before anything is computed
-                charge_id, charged_grant = self._writes.run(reservation, durable=True)
-            except WorkbenchError as exc:
-                self.refuse(principal, entry.name, exc, channel=channel, kind=kind, epsilon=cost.epsilon,
-                            delta=cost.delta)
-                raise
+            # The caller's share of heavy work, taken before anything is charged (RateLimited costs nothing).
+            held.enter_context(self.limiter.admit(principal.name, "compute"))
+            charge_id, charged_grant = self._reserve(principal, entry, channel, kind, qhash, cost, grant_id,
+                                                     request_id)
+            if charge_id is None:  # another process answered this request id first
+                return self._writes.run(self._replay_write(principal, charged_grant, channel, kind))
             try:
                 result = compute()
             except WorkbenchError as exc:
@@ -173,31 +178,68 @@ class ReleaseGate:
                 log.exception("release computation failed")
                 self._fail(principal, entry, charge_id, "computation_failed")
                 raise ComputationFailed("The computation failed; the charge for it stands.") from None
-            charged = Cost(0.0, 0.0) if free else cost
-            result_json = json.dumps(result, default=str)
+            return self._record(principal, entry, channel, kind, qhash, cost, charge_id, charged_grant, request_id,
+                                result)
 
-            def record(session) -> tuple[Outcome, StoredAnswer]:
-                # May share a light transaction: the charge is already durable; losing this record to a power
-                # cut keeps it charged.
-                now = utcnow()
-                connection = session.connection()
-                connection.execute(_COMMIT_CHARGE, {"cid": charge_id, "now": now})
-                release_id = connection.execute(_INSERT_RELEASE, {
-                    "charge_id": charge_id, "user_name": principal.name, "dataset": entry.name,
-                    "dataset_version": entry.version, "channel": channel, "kind": kind, "spec_hash": qhash,
-                    "result_json": result_json, "created_at": now}).inserted_primary_key[0]
-                audit.append(session, principal.name, "release", entry.name, release_id=release_id,
-                             charge_id=charge_id, grant_id=charged_grant, channel=channel, kind=kind,
-                             epsilon=charged.epsilon, delta=charged.delta, dataset_version=entry.version)
-                outcome = Outcome(release_id, result, False, charged, cost, charged_grant, now,
-                                  _left(session, charged_grant))
-                answer = StoredAnswer(release_id, principal.name, entry.name, entry.version, qhash, request_id,
-                                      result_json, charged.epsilon, charged.delta, charged_grant, now)
-                return outcome, answer
+    def _reserve(self, principal: Principal, entry: DatasetEntry, channel: str, kind: str, qhash: str, cost: Cost,
+                 grant_id: int | None, request_id: str | None):
+        """Reserve the charge durably (fsync) before anything is computed: ``(charge id, grant id)``, or
+        ``(None, stored answer)`` when another process stored this request id's answer meanwhile."""
+        free = entry.info.tier == "open"
 
-            outcome, answer = self._writes.run(record)
-            self.answers.remember(answer)
-            return outcome
+        def reservation(session) -> tuple[int, int | None]:
+            if free:
+                charge = Charge(grant_id=None, user_name=principal.name, dataset=entry.name,
+                                dataset_version=entry.version, channel=channel, spec_hash=qhash,
+                                epsilon=0.0, delta=0.0, state="reserved", request_id=request_id)
+                session.add(charge)
+                session.flush()
+                return charge.id, None
+            return reserve(session, principal.name, entry.name, entry.version, channel, qhash, cost,
+                           grant_id, request_id)
+
+        try:
+            return self._writes.run(reservation, durable=True)
+        except IntegrityError:
+            # A charge with this request id appeared since we looked (another node process on the same
+            # database): it is this question's answer, a conflict, or still running; never a 500.
+            known = self._stored_answer(principal, entry, qhash, request_id)
+            if known is None:
+                raise ComputationFailed("This request is still running; ask again.", code="computation_failed")
+            return None, known
+        except WorkbenchError as exc:
+            self.refuse(principal, entry.name, exc, channel=channel, kind=kind, epsilon=cost.epsilon,
+                        delta=cost.delta)
+            raise
+
+    def _record(self, principal: Principal, entry: DatasetEntry, channel: str, kind: str, qhash: str, cost: Cost,
+                charge_id: int, charged_grant: int | None, request_id: str | None, result: dict) -> Outcome:
+        """Commit the charge, store the answer and its audit record; remember the answer for replays."""
+        charged = Cost(0.0, 0.0) if entry.info.tier == "open" else cost
+        result_json = json.dumps(result, default=str)
+
+        def record(session) -> tuple[Outcome, StoredAnswer]:
+            # May share a light transaction: the charge is already durable; losing this record to a power
+            # cut keeps it charged.
+            now = utcnow()
+            connection = session.connection()
+            connection.execute(_COMMIT_CHARGE, {"cid": charge_id, "now": now})
+            release_id = connection.execute(_INSERT_RELEASE, {
+                "charge_id": charge_id, "user_name": principal.name, "dataset": entry.name,
+                "dataset_version": entry.version, "channel": channel, "kind": kind, "spec_hash": qhash,
+                "result_json": result_json, "created_at": now}).inserted_primary_key[0]
+            audit.append(session, principal.name, "release", entry.name, release_id=release_id,
+                         charge_id=charge_id, grant_id=charged_grant, channel=channel, kind=kind,
+                         epsilon=charged.epsilon, delta=charged.delta, dataset_version=entry.version)
+            outcome = Outcome(release_id, result, False, charged, cost, charged_grant, now,
+                              _left(session, charged_grant), entry.version)
+            answer = StoredAnswer(release_id, principal.name, entry.name, entry.version, qhash, request_id,
+                                  result_json, charged.epsilon, charged.delta, charged_grant, now)
+            return outcome, answer
+
+        outcome, answer = self._writes.run(record)
+        self.answers.remember(answer)
+        return outcome
 
     def _stored_answer(self, principal: Principal, entry: DatasetEntry, qhash: str,
                        request_id: str | None) -> StoredAnswer | None:

@@ -119,7 +119,7 @@ def _node_families(service) -> Iterable[Metric]:
     yield CounterMetricFamily("workbench_worker_crashes", "Worker processes that died and were replaced.",
                               value=pool.crashes)
     yield _gauge("workbench_workers_started", "Worker processes alive or starting.", getattr(pool, "_started", 0))
-    yield _gauge("workbench_workers_idle", "Worker processes waiting for a task.", pool._idle.qsize())
+    yield _gauge("workbench_workers_idle", "Worker processes waiting for a task.", pool.idle)
 
 
 def _ledger_families(service) -> Iterable[Metric]:

@@ -46,7 +46,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from ..errors import NotAuthenticated, NotAuthorized
 from . import audit
-from .store import Base, Store, User, utcnow
+from .store import Base, Store, User, first_token_version, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -412,7 +412,8 @@ class OIDCVerifier:
                 conflict = False
             if not conflict:
                 if user is None:
-                    user = User(name=identity.name, role=identity.role, token_version=1)
+                    user = User(name=identity.name, role=identity.role,
+                                token_version=first_token_version(session, identity.name))
                     session.add(user)
                     if link is None:
                         session.add(OIDCUser(user_name=identity.name, issuer=identity.issuer,

@@ -6,6 +6,9 @@ import logging
 import threading
 
 from .auth import TokenAuthority
+from .auth_failures import AuthFailureLog
+from .fairness import UserLimiter
+from .permissions import secure_state, sqlite_path
 from .catalog import Catalog
 from .gate import ReleaseGate
 from .settings import NodeConfig
@@ -18,21 +21,27 @@ log = logging.getLogger(__name__)
 class NodeService:
     def __init__(self, config: NodeConfig, start_workers: bool = True):
         self.config = config
-        config.node.state_dir.mkdir(parents=True, exist_ok=True)
+        self.permission_warnings = secure_state(config.node.state_dir, sqlite_path(config.database_url))
         self.store = Store(config.database_url)
         self.catalog = Catalog(config)
         self.store.sync_dataset_budgets(
             {name: (ds.budget.epsilon, ds.budget.delta) for name, ds in config.datasets.items() if ds.tier == "private"})
         self.authority = TokenAuthority(config.node.name, config.node.state_dir, self.store, config.node.token_ttl_days,
                                         oidc=config.oidc)
-        self.gate = ReleaseGate(self.store)
-        self.pool = WorkerPool(config.node.workers, config.node.query_timeout_s)
+        node = config.node
+        self.fair = UserLimiter(compute=node.per_user_compute, session=node.per_user_sessions)
+        self.gate = ReleaseGate(self.store, self.fair)
+        self.pool = WorkerPool(node.workers, node.query_timeout_s)
+        #: Free calibrations (previews) run here, at a lower CPU priority, never in a paid release's worker.
+        self.preview_pool = WorkerPool(node.preview_workers, node.query_timeout_s, per_user=1, nice=10)
+        self.auth_failures = AuthFailureLog(self.store, node.auth_failure_window_s)
         self._seen_tokens: set[str] = set()
         self._seen_lock = threading.Lock()
         kept = self.gate.recover()
         if kept:
             log.warning("%d reservations from an interrupted run were kept as charged", kept)
         if start_workers:
+            self.auth_failures.start()
             threading.Thread(target=self.pool.warm, daemon=True, name="workbench-warm").start()
 
     @property
@@ -48,6 +57,8 @@ class NodeService:
             return True
 
     def close(self) -> None:
+        self.auth_failures.close()
         self.gate.close()
         self.pool.close()
+        self.preview_pool.close()
         self.store.dispose()

@@ -84,6 +84,14 @@ class NodeSection(_Config):
     max_epsilon_per_release: float = Field(10.0, gt=0)
     #: How many synthesis fits may run at once (each in its own worker process).
     synth_workers: int = Field(1, ge=1, le=16)
+    #: Fair share (issue 16): heavy requests one user may have running or queued (more get 429 + Retry-After),
+    #: contributions one user may have waiting on other parties, and the low-priority workers that
+    #: calibrate free previews (never a paid release's worker).
+    per_user_compute: int = Field(4, ge=1, le=1000)
+    per_user_sessions: int = Field(2, ge=1, le=1000)
+    preview_workers: int = Field(1, ge=1, le=16)
+    #: Failed authentications: one record per source per window, then a count for the window.
+    auth_failure_window_s: float = Field(60.0, gt=0)
 
 
 class NodeConfig(_Config):

@@ -56,6 +56,22 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class RetiredUser(Base):
+    """A deleted user's last token version: a user re-created under the name starts above it, so no token
+    issued to the old identity ever verifies for the new one."""
+
+    __tablename__ = "retired_users"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_token_version: Mapped[int] = mapped_column(Integer)
+    retired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+def first_token_version(session: Session, name: str) -> int:
+    """The token version a new user called ``name`` starts at: above any deleted user's of that name."""
+    retired = session.get(RetiredUser, name)
+    return 1 if retired is None else retired.last_token_version + 1
+
+
 _users_generation = 0
 
 

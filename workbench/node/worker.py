@@ -9,10 +9,10 @@ state with the node beyond the plain-data task they are handed.
 from __future__ import annotations
 
 import importlib
-import logging
+import itertools
 import json
+import logging
 import os
-import queue
 import subprocess
 import sys
 import signal
@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 def _serve(conn_in: Connection, conn_out: Connection) -> None:
     """The worker's loop: JSON task in, JSON result out, until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    nice = int(os.environ.get("WORKBENCH_WORKER_NICE", "0") or 0)
+    if nice > 0:
+        os.nice(nice)  # a pool for free work yields the CPU to paid releases
     while True:
         try:
             message = json.loads(conn_in.recv_bytes())
@@ -53,10 +56,11 @@ def _serve(conn_in: Connection, conn_out: Connection) -> None:
 class _Worker:
     """One worker: a fresh ``python -m workbench.node.worker`` talking over two pipes."""
 
-    def __init__(self):
+    def __init__(self, nice: int = 0):
         task_r, task_w = os.pipe()
         result_r, result_w = os.pipe()
-        env = dict(os.environ, POLARS_MAX_THREADS=os.environ.get("POLARS_MAX_THREADS", "2"))
+        env = dict(os.environ, POLARS_MAX_THREADS=os.environ.get("POLARS_MAX_THREADS", "2"),
+                   WORKBENCH_WORKER_NICE=str(nice))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "workbench.node.worker", str(task_r), str(result_w)],
             pass_fds=(task_r, result_w), stdin=subprocess.DEVNULL, env=env, start_new_session=True)
@@ -82,56 +86,103 @@ class _Worker:
 
 
 class WorkerPool:
-    """Run ``module:function`` on a payload in a worker process, with a time limit."""
+    """Run ``module:function`` on a payload in a worker process, with a time limit.
+
+    Fair between users: a user runs at most ``per_user`` tasks at once, and a free worker goes to the waiting
+    task whose user has the fewest running (then the oldest), so one user's loop of heavy calls leaves the
+    other workers to everyone else. ``nice`` > 0 runs the workers at a lower CPU priority (free work).
+    """
 
     #: Only these modules may be run by a worker: the node never runs names it was sent.
     ALLOWED_PREFIX = "workbench."
 
-    def __init__(self, size: int = 2, timeout_s: float = 120.0):
-        self._idle: "queue.LifoQueue[_Worker]" = queue.LifoQueue()
+    def __init__(self, size: int = 2, timeout_s: float = 120.0, per_user: int | None = None, nice: int = 0):
+        self._idle: list[_Worker] = []
         self._size = size
         self._timeout = timeout_s
-        self._lock = threading.Lock()
+        self._per_user = per_user if per_user is not None else max(1, size - 1)
+        self._nice = nice
+        self._cond = threading.Condition()
+        self._waiting: list[tuple[int, str]] = []  # (ticket, user) in arrival order
+        self._running: dict[str, int] = {}
+        self._tickets = itertools.count()
         self._started = 0
         self._closed = False
         self.crashes = 0
 
-    def _checkout(self) -> _Worker:
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            pass
-        with self._lock:
-            if self._started < self._size:
+    def _next_in_line(self) -> int | None:
+        """The ticket that may take the next worker: fewest running for its user, then oldest; None if every
+        waiting user is at their limit."""
+        best = None
+        for ticket, user in self._waiting:
+            running = self._running.get(user, 0)
+            if running < self._per_user and (best is None or running < best[0]):
+                best = (running, ticket)
+        return None if best is None else best[1]
+
+    def _checkout(self, user: str) -> _Worker:
+        with self._cond:
+            ticket = next(self._tickets)
+            self._waiting.append((ticket, user))
+            while not ((self._idle or self._started < self._size) and self._next_in_line() == ticket):
+                self._cond.wait()
+            self._waiting.remove((ticket, user))
+            self._running[user] = self._running.get(user, 0) + 1
+            worker = self._idle.pop() if self._idle else None
+            if worker is None:
                 self._started += 1
-                return _Worker()
-        return self._idle.get()
+            self._cond.notify_all()
+        if worker is None:
+            try:
+                worker = _Worker(self._nice)
+            except BaseException:
+                with self._cond:
+                    self._started -= 1
+                    self._finish(user)
+                raise
+        return worker
 
-    def _replace(self, worker: _Worker) -> None:
+    def _finish(self, user: str) -> None:
+        """Called with the condition held: ``user`` has one task fewer running."""
+        left = self._running.get(user, 0) - 1
+        if left > 0:
+            self._running[user] = left
+        else:
+            self._running.pop(user, None)
+        self._cond.notify_all()
+
+    def _checkin(self, worker: _Worker, user: str) -> None:
+        with self._cond:
+            self._idle.append(worker)
+            self._finish(user)
+
+    def _replace(self, worker: _Worker, user: str) -> None:
         worker.kill()
-        with self._lock:
+        with self._cond:
             self._started -= 1
+            self._finish(user)
 
-    def run(self, target: str, payload: Any, timeout_s: float | None = None) -> Any:
+    def run(self, target: str, payload: Any, timeout_s: float | None = None, user: str = "") -> Any:
+        """Run ``target`` on ``payload`` in a worker, queued fairly among ``user``'s and others' tasks."""
         if not target.startswith(self.ALLOWED_PREFIX):
             raise ValueError(f"refusing to run {target!r}")
         if self._closed:
             raise ComputationFailed("The node is shutting down.", code="computation_failed")
-        worker = self._checkout()
+        worker = self._checkout(user)
         timeout = timeout_s or self._timeout
         try:
             worker.send((target, payload))
             if not worker.results.poll(timeout):
-                self._replace(worker)
+                self._replace(worker, user)
                 raise ComputationFailed(f"The computation took longer than {timeout:g} s and was stopped.",
                                         code="computation_timeout")
             status, value = json.loads(worker.results.recv_bytes())
         except (EOFError, OSError, BrokenPipeError):
             self.crashes += 1
-            self._replace(worker)
+            self._replace(worker, user)
             raise ComputationFailed("The computation's worker process died; the node replaced it.",
                                     code="computation_failed") from None
-        self._idle.put(worker)
+        self._checkin(worker, user)
         if status == "ok":
             return value
         if status == "error":
@@ -142,17 +193,30 @@ class WorkerPool:
 
     def warm(self) -> None:
         """Start every worker now, so the first query does not pay for it."""
-        workers = [self._checkout() for _ in range(self._size)]
-        for w in workers:
-            self._idle.put(w)
+        with self._cond:
+            missing = self._size - self._started
+            self._started += missing
+        workers = []
+        try:
+            for _ in range(missing):
+                workers.append(_Worker(self._nice))
+        finally:
+            with self._cond:
+                self._started -= missing - len(workers)
+                self._idle.extend(workers)
+                self._cond.notify_all()
+
+    @property
+    def idle(self) -> int:
+        """Worker processes waiting for a task."""
+        with self._cond:
+            return len(self._idle)
 
     def close(self) -> None:
         self._closed = True
-        while True:
-            try:
-                worker = self._idle.get_nowait()
-            except queue.Empty:
-                break
+        with self._cond:
+            idle, self._idle = self._idle, []
+        for worker in idle:
             worker.kill()
 
 

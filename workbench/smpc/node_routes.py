@@ -23,9 +23,11 @@ stored noisy vector, re-shared with fresh randomness, for free.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
 
 from ..errors import ComputationFailed, InvalidQuery, WorkbenchError
 from ..he.node_routes import _call, _task, question, read_session
@@ -41,47 +43,68 @@ router = APIRouter(tags=["smpc"])
 WAIT_S = 60.0
 
 
-def _wait(aggregator: dict, path: str, what: str) -> dict:
+async def _wait(aggregator: dict, path: str, what: str) -> dict:
+    """Poll the relay until nobody is missing; holds no thread while it waits (asyncio sleeps)."""
     deadline = time.monotonic() + WAIT_S
     pause = 0.01
     while True:
-        reply = _call(aggregator, "GET", path)
+        reply = await run_in_threadpool(_call, aggregator, "GET", path)
         if not reply["waiting_for"]:
             return reply
         if time.monotonic() > deadline:
             raise ComputationFailed(f"Still waiting for {what} from {reply['waiting_for']} after {WAIT_S:g} s.",
                                     code="session_incomplete", details={"waiting_for": reply["waiting_for"]})
-        time.sleep(pause)
+        await asyncio.sleep(pause)
         pause = min(pause * 1.5, 0.2)
 
 
-@router.post("/datasets/{name}/smpc/contribute", response_model=SmpcContributeResponse)
-def contribute(name: str, body: ContributeRequest, service: Service, caller: Caller) -> SmpcContributeResponse:
-    """Charge, compute, secret-share this node's noisy vector with the other parties; return its partial sum."""
+def _session(service, name: str, body: ContributeRequest, caller):
+    """The dataset, the trusted aggregator, the session and its plan (checked; nothing charged)."""
     entry = service.catalog.get(name)
     caller.require("analyst", "owner")
     aggregator, spec = read_session(service, entry, caller, body.aggregator_url, body.session_id, "smpc")
     if spec.op.kind == "evaluate":
         raise InvalidQuery("Encrypted model evaluation runs over HE only.", code="invalid_query")
-    enc = plan(entry.info, spec.op, len(spec.parties), spec.epsilon, spec.mode)
-    task = _task(entry, spec.op.model_dump(mode="json"), enc.model_dump(mode="json"))
-    outcome = service.gate.release(
-        caller, entry, "smpc", f"secure_{spec.op.kind}", question(spec, aggregator, enc), Cost(spec.epsilon, 0.0),
-        compute=lambda: service.pool.run("workbench.he.node_compute:noisy_contribution", task),
-        grant_id=body.grant_id, request_id=body.request_id)
-    values = [int(v) for v in outcome.result["values"]]
-    me, sid, length = spec.you, body.session_id, len(values)
+    return entry, aggregator, spec, plan(entry.info, spec.op, len(spec.parties), spec.epsilon, spec.mode)
+
+
+@router.post("/datasets/{name}/smpc/contribute", response_model=SmpcContributeResponse)
+async def contribute(name: str, body: ContributeRequest, service: Service, caller: Caller) -> SmpcContributeResponse:
+    """Charge, compute, secret-share this node's noisy vector with the other parties; return its partial sum.
+
+    Within the caller's share of sessions (429 beyond it, before anything is charged); the waits on the other
+    parties hold no thread of the node."""
+    with service.fair.admit(caller.name, "session"):
+        entry, aggregator, spec, enc = await run_in_threadpool(_session, service, name, body, caller)
+        task = _task(entry, spec.op.model_dump(mode="json"), enc.model_dump(mode="json"))
+        outcome = await service.gate.release_async(
+            caller, entry, "smpc", f"secure_{spec.op.kind}", question(spec, aggregator, enc),
+            Cost(spec.epsilon, 0.0),
+            compute=lambda: service.pool.run("workbench.he.node_compute:noisy_contribution", task, user=caller.name),
+            grant_id=body.grant_id, request_id=body.request_id)
+        values = [int(v) for v in outcome.result["values"]]
+        partial, sealed = await _exchange(aggregator, spec, body.session_id, values)
+    return SmpcContributeResponse(
+        dataset=entry.name, dataset_version=outcome.dataset_version or entry.version, session_id=body.session_id,
+        release_id=outcome.release_id, replayed=outcome.replayed, epsilon=outcome.cost.epsilon,
+        epsilon_charged=outcome.charged.epsilon, grant_id=outcome.grant_id, party=spec.you, partial=partial,
+        shares_sent=len(sealed), share_bytes=sum(len(t) for t in sealed.values()))
+
+
+async def _exchange(aggregator: dict, spec, sid: str, values: list[int]) -> tuple[list[int], dict]:
+    """Share ``values`` with the other parties through the relay; the partial sum this node holds."""
+    me, length = spec.you, len(values)
     base = f"/sessions/{sid}/smpc"
     try:
         secret, public = sealing.new_key()
-        _call(aggregator, "POST", f"{base}/key", {"public_key": public})
-        keys = _wait(aggregator, f"{base}/keys", "public keys")["keys"]
+        await run_in_threadpool(_call, aggregator, "POST", f"{base}/key", {"public_key": public})
+        keys = (await _wait(aggregator, f"{base}/keys", "public keys"))["keys"]
         shares = field.split(values, len(spec.parties))
         mine = shares[spec.parties.index(me)]
         sealed = {p: sealing.seal(secret, keys[p], sid, me, p, field.to_bytes(s), length)
                   for p, s in zip(spec.parties, shares) if p != me}
-        _call(aggregator, "POST", f"{base}/shares", {"shares": sealed})
-        received = _wait(aggregator, f"{base}/inbox", "shares")["shares"]
+        await run_in_threadpool(_call, aggregator, "POST", f"{base}/shares", {"shares": sealed})
+        received = (await _wait(aggregator, f"{base}/inbox", "shares"))["shares"]
         opened = [field.from_bytes(sealing.open_sealed(secret, keys[p], sid, p, me, received[p], length), length)
                   for p in spec.parties if p != me]
     except WorkbenchError as exc:
@@ -90,9 +113,4 @@ def contribute(name: str, body: ContributeRequest, service: Service, caller: Cal
                         details=exc.details) from None
     except ValueError:
         raise InvalidQuery("A share received for this session is malformed.", code="bad_ciphertext") from None
-    partial = field.add(mine, *opened)
-    return SmpcContributeResponse(
-        dataset=entry.name, dataset_version=entry.version, session_id=sid, release_id=outcome.release_id,
-        replayed=outcome.replayed, epsilon=outcome.cost.epsilon, epsilon_charged=outcome.charged.epsilon,
-        grant_id=outcome.grant_id, party=me, partial=partial, shares_sent=len(sealed),
-        share_bytes=sum(len(t) for t in sealed.values()))
+    return field.add(mine, *opened), sealed

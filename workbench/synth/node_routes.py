@@ -29,7 +29,7 @@ from ..node.ledger import Cost, choose_grant, left
 from ..node.routes import Caller, Service
 from ..node.service import NodeService
 from ..node.worker import WorkerPool
-from ..protocol import Budget, Table
+from ..protocol import Budget, Table, require_supported_protocol
 from . import domain, mocks
 from .fit import MST_MEASURE_SPLIT, MST_ONEWAY_SPLIT
 from .jobs import Job, jobs_of
@@ -129,6 +129,7 @@ def _budget_left(service: NodeService, caller, entry: DatasetEntry, grant_id: in
 def preview(name: str, body: SynthRequest, service: Service, caller: Caller) -> SynthPreview:
     """The price of a synthesis and the noise it will add, before anything is spent."""
     caller.require("analyst", "owner")
+    require_supported_protocol(body.protocol)
     entry, plan = checked(service, name, body.spec, body.epsilon)
     grant_id, before = _budget_left(service, caller, entry, body.grant_id)
     spec = canonical(body.spec, plan)
@@ -147,7 +148,7 @@ def preview(name: str, body: SynthRequest, service: Service, caller: Caller) -> 
 def release_model(service: NodeService, entry: DatasetEntry, outcome: Outcome, kind: str, dp: bool,
                   spec: dict) -> SynthRelease:
     result = outcome.result
-    return SynthRelease(release_id=outcome.release_id, dataset=entry.name, dataset_version=entry.version, kind=kind,
+    return SynthRelease(release_id=outcome.release_id, dataset=entry.name, dataset_version=outcome.dataset_version or entry.version, kind=kind,
                         dp=dp, spec=spec, epsilon=outcome.cost.epsilon, delta=outcome.cost.delta,
                         epsilon_charged=outcome.charged.epsilon, delta_charged=outcome.charged.delta,
                         grant_id=outcome.grant_id, replayed=outcome.replayed, released_at=outcome.released_at,
@@ -159,6 +160,7 @@ def start(name: str, body: SynthRequest, service: Service, caller: Caller) -> Sy
     """Start a DP synthesis. Over budget is refused now, before anything runs; the gate reserves the charge
     when the fit starts; the same question again is answered from the store for free."""
     caller.require("analyst", "owner")
+    require_supported_protocol(body.protocol)
     entry, plan = checked(service, name, body.spec, body.epsilon)
     spec = canonical(body.spec, plan)
     cost = Cost(body.epsilon, 0.0)
@@ -221,6 +223,7 @@ def sdv_on_real(name: str, body: SDVRequest, service: Service, caller: Caller) -
     """Fit an SDV synthesizer on the real rows (allowed datasets only). The result is held in the owners' review
     queue with SDMetrics privacy metrics; collect it with ``POST /reviews/{id}/collect`` once approved."""
     caller.require("analyst", "owner")
+    require_supported_protocol(body.protocol)
     entry = service.catalog.get(name)
     try:
         sdv_allowed(entry)
