@@ -16,13 +16,15 @@ from collections import OrderedDict
 from fastapi import APIRouter
 
 from ..errors import InvalidQuery
-from ..protocol import Accuracy, Budget, DPPreview, DPRelease, DPRequest, Table
+from ..protocol import Accuracy, Budget, DPPreview, DPQuery, DPRelease, DPRequest, Table
 from ..node.catalog import DatasetEntry
 from ..node.gate import Outcome, spec_hash
 from ..node.ledger import Cost, choose_grant, left
 from ..node.routes import Caller, Service
 from ..node.service import NodeService
-from . import engine
+from . import engine, language
+from .sql import compile_sql
+from .text import readable
 
 router = APIRouter(tags=["dp"])
 ALPHA = 0.05
@@ -35,7 +37,7 @@ _previews_lock = threading.Lock()
 
 
 def _task(entry: DatasetEntry, body: DPRequest, mode: str, columnar: str | None) -> dict:
-    spec = body.query.model_dump(mode="json")
+    spec = identity(body.query)
     key = hashlib.sha256(json.dumps([entry.name, entry.version, entry.info.model_dump(mode="json"), spec,
                                      body.epsilon, body.delta, ALPHA], sort_keys=True).encode()).hexdigest()
     return {"info": entry.info.model_dump(mode="json"), "query": spec, "epsilon": body.epsilon, "delta": body.delta,
@@ -49,7 +51,9 @@ def _columnar(service: NodeService) -> str:
     return str(service.config.node.state_dir / "columnar")
 
 
-def _checked(service: NodeService, name: str, body: DPRequest) -> DatasetEntry:
+def _checked(service: NodeService, name: str, body: DPRequest) -> tuple[DatasetEntry, DPRequest]:
+    """The dataset and the request with its question in canonical form (SQL compiled), or a refusal that
+    charges nothing."""
     entry = service.catalog.get(name)
     limit = service.config.node.max_epsilon_per_release
     if body.epsilon > limit:
@@ -58,8 +62,24 @@ def _checked(service: NodeService, name: str, body: DPRequest) -> DatasetEntry:
     if body.epsilon < MIN_EPSILON or 0 < body.delta < MIN_DELTA:
         raise InvalidQuery(f"epsilon must be at least {MIN_EPSILON:g} and delta 0 or at least {MIN_DELTA:g}.",
                            code="bad_epsilon")
-    engine.validate(entry.info, body.query, body.delta)
-    return entry
+    query = body.query
+    if query.kind == "sql":
+        if query.sql is None:
+            raise InvalidQuery("A sql question needs its 'sql' text.", code="bad_sql")
+        query = compile_sql(query.sql, entry.name).model_copy(update={"by": query.by or []})
+    query = language.canonical(query)
+    engine.validate(entry.info, query, body.delta)
+    return entry, body.model_copy(update={"query": query})
+
+
+def identity(query: DPQuery) -> dict:
+    """The question as hashed for replay: its canonical spec (legacy kinds hash as they always did)."""
+    spec = query.model_dump(mode="json")
+    for field, empty in (("where", None), ("derive", []), ("aggs", None), ("weights", None), ("columns", None),
+                         ("sql", None)):
+        if spec.get(field) == empty:
+            spec.pop(field)
+    return spec
 
 
 def _accuracy(service: NodeService, entry: DatasetEntry, body: DPRequest) -> dict:
@@ -80,7 +100,7 @@ def _accuracy(service: NodeService, entry: DatasetEntry, body: DPRequest) -> dic
 @router.post("/datasets/{name}/dp/preview", response_model=DPPreview)
 def preview(name: str, body: DPRequest, service: Service, caller: Caller) -> DPPreview:
     """The price and expected error of a DP query, before anything is spent."""
-    entry = _checked(service, name, body)
+    entry, body = _checked(service, name, body)
     caller.require("analyst", "owner")
     result = _accuracy(service, entry, body)
     before = after = None
@@ -90,7 +110,7 @@ def preview(name: str, body: DPRequest, service: Service, caller: Caller) -> DPP
             grant = choose_grant(session, caller.name, entry.name, body.grant_id)
             grant_id = grant.id
             before = left(grant)
-    qhash = spec_hash("dp", body.query.model_dump(mode="json"), Cost(body.epsilon, body.delta))
+    qhash = spec_hash("dp", identity(body.query), Cost(body.epsilon, body.delta))
     replay = service.gate.has_answer(caller, entry, qhash)
     if before is not None:
         spend = (0.0, 0.0) if replay else (body.epsilon, body.delta)
@@ -98,17 +118,19 @@ def preview(name: str, body: DPRequest, service: Service, caller: Caller) -> DPP
     return DPPreview(dataset=entry.name, dataset_version=entry.version, query=body.query, epsilon=body.epsilon,
                      delta=body.delta, grant_id=grant_id, alpha=ALPHA,
                      accuracy=[Accuracy(**a) for a in result["accuracy"]], note=result.get("note", ""),
-                     budget_left_before=before, budget_left_after=after, would_replay=replay)
+                     budget_left_before=before, budget_left_after=after, would_replay=replay,
+                     text=readable(body.query))
 
 
 @router.post("/datasets/{name}/dp/release", response_model=DPRelease)
 async def release(name: str, body: DPRequest, service: Service, caller: Caller) -> DPRelease:
     """Release a DP query: charged once, through the gate; the identical question again is free."""
-    entry = _checked(service, name, body)
+    entry, body = _checked(service, name, body)
     task = _task(entry, body, "release", _columnar(service))
     outcome = await service.gate.release_async(
-        caller, entry, "dp", body.query.kind, body.query.model_dump(mode="json"), Cost(body.epsilon, body.delta),
-        compute=lambda: service.pool.run(ENGINE, task), grant_id=body.grant_id, request_id=body.request_id)
+        caller, entry, "dp", body.query.kind, identity(body.query), Cost(body.epsilon, body.delta),
+        compute=lambda: service.pool.run(ENGINE, task), grant_id=body.grant_id, request_id=body.request_id,
+        text=readable(body.query))
     return release_response(entry, body, outcome)
 
 
@@ -119,4 +141,5 @@ def release_response(entry: DatasetEntry, body: DPRequest, outcome: Outcome) -> 
                      query=body.query, epsilon=outcome.cost.epsilon, delta=outcome.cost.delta,
                      epsilon_charged=outcome.charged.epsilon, delta_charged=outcome.charged.delta,
                      grant_id=outcome.grant_id, replayed=outcome.replayed, released_at=outcome.released_at,
-                     alpha=ALPHA, table=Table(**result["table"]), budget_left=outcome.budget_left)
+                     alpha=ALPHA, table=Table(**result["table"]), budget_left=outcome.budget_left,
+                     text=readable(body.query))
