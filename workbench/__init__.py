@@ -7,6 +7,8 @@
 
 from ._version import __version__
 from .client import GroupBy, Node, Preview, Query, RemoteDataset, connect
+from .client.expressions import Expr, col, count, lit, mean, median, quantile, std, var
+from .client.expressions import sum  # noqa: A004 - the statistic wb.sum(column)
 from .client.federation import FederatedDataset, Federation, federation
 from .client.login import login
 from .errors import (
@@ -29,6 +31,7 @@ __all__ = [
     "BudgetExceeded",
     "ComputationFailed",
     "ConnectionFailed",
+    "Expr",
     "FederatedDataset",
     "Federation",
     "GroupBy",
@@ -47,7 +50,16 @@ __all__ = [
     "RemoteDataset",
     "WorkbenchError",
     "__version__",
+    "col",
     "connect",
+    "count",
     "federation",
+    "lit",
     "login",
+    "mean",
+    "median",
+    "quantile",
+    "std",
+    "sum",
+    "var",
 ]

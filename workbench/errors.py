@@ -23,7 +23,8 @@ stable ``code``; the client re-raises it as the same class::
     │                      session_closed, fl_unknown_model,
     │                      fl_message_refused, fl_secagg_needs_nodes,
     │                      fl_job_stale, not_pending, stale_review,
-    │                      too_many_rows
+    │                      too_many_rows, unsupported_operator, unsupported_sql,
+    │                      bad_sql, bad_quantile, query_too_large
     ├── NotFound           unknown_dataset, not_found, fl_unknown_job, no_mock
     ├── PayloadTooLarge    payload_too_large
     ├── RateLimited        rate_limited (HTTP 429, ``retry_after_s`` in details)
@@ -175,6 +176,12 @@ _BY_CODE: dict[str, type[WorkbenchError]] = {
     "no_mock": NotFound,
     "sdv_not_approved": NotAuthorized,
     "too_many_rows": InvalidQuery,
+    # the DP query language (workbench.dp.language, workbench.dp.sql)
+    "unsupported_operator": InvalidQuery,
+    "unsupported_sql": InvalidQuery,
+    "bad_sql": InvalidQuery,
+    "bad_quantile": InvalidQuery,
+    "query_too_large": InvalidQuery,
     "synthesis_cancelled": ComputationFailed,
     "payload_too_large": PayloadTooLarge,
     "rate_limited": RateLimited,

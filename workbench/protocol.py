@@ -144,9 +144,107 @@ class HistoryEntry(Strict):
     delta: float
     grant_id: int | None
     replayed: bool
+    #: The question in readable form (DP queries), for the history panel.
+    text: str = ""
 
 
 # ---------------------------------------------------------------- DP channel
+
+# ---------------------------------------------------------------- DP query language (expression trees)
+
+#: Caps on one question's expression trees (nodes over all trees, nesting depth), checked before compiling.
+MAX_EXPR_NODES = 400
+MAX_EXPR_DEPTH = 24
+LiteralValue = Annotated[str, StringConstraints(max_length=200)] | bool | int | Finite | None
+
+
+class ColumnRef(Strict):
+    op: Literal["col"]
+    name: Identifier
+
+
+class Lit(Strict):
+    op: Literal["lit"]
+    value: LiteralValue
+
+
+class Binary(Strict):
+    """Comparison (eq ne lt le gt ge) or arithmetic (add sub mul div) of two expressions."""
+
+    op: Literal["eq", "ne", "lt", "le", "gt", "ge", "add", "sub", "mul", "div"]
+    left: "Expr"
+    right: "Expr"
+
+
+class Logical(Strict):
+    op: Literal["and", "or"]
+    args: list["Expr"] = Field(min_length=1, max_length=64)
+
+
+class Unary(Strict):
+    """``not``, ``is_null``, ``abs`` of one expression."""
+
+    op: Literal["not", "is_null", "abs"]
+    arg: "Expr"
+
+
+class IsIn(Strict):
+    op: Literal["is_in"]
+    arg: "Expr"
+    values: list[LiteralValue] = Field(min_length=1, max_length=1000)
+
+
+class Between(Strict):
+    """``low <= arg <= high`` (also ``clip(arg, low, high)``: bounds a derived number)."""
+
+    op: Literal["between", "clip"]
+    arg: "Expr"
+    low: Finite
+    high: Finite
+
+
+class Cut(Strict):
+    """Bins at public edges; the labels (``(-inf, e1]``, ...) are public group keys."""
+
+    op: Literal["cut"]
+    arg: "Expr"
+    edges: list[Finite] = Field(min_length=1, max_length=100)
+
+
+class FillNull(Strict):
+    op: Literal["fill_null"]
+    arg: "Expr"
+    value: LiteralValue
+
+
+class Cast(Strict):
+    op: Literal["cast"]
+    arg: "Expr"
+    to: Literal["int", "float", "bool"]
+
+
+Expr = Annotated[ColumnRef | Lit | Binary | Logical | Unary | IsIn | Between | Cut | FillNull | Cast,
+                 Field(discriminator="op")]
+for _model in (Binary, Logical, Unary, IsIn, Between, Cut, FillNull, Cast):
+    _model.model_rebuild()
+
+
+class Derived(Strict):
+    """A named derived column (``ds.with_columns(name=expr)``)."""
+
+    name: Identifier
+    expr: Expr
+
+
+class Statistic(Strict):
+    """One statistic of a several-statistics release (``ds.agg(name=wb.mean("cost"), ...)``)."""
+
+    name: Identifier
+    stat: Literal["count", "sum", "mean", "var", "std", "quantile"]
+    column: Identifier | None = None
+    p: float | None = Field(None, gt=0.0, lt=1.0)
+
+
 
 
 class DPQuery(Strict):
@@ -157,13 +255,27 @@ class DPQuery(Strict):
     bounds, or explicit public edges). ``by``: group-by columns; groups with a
     public category set are released for every key; otherwise the key set is
     private and the release needs a delta (groups below a threshold are dropped).
+
+    The query language (docs/queries.md) adds, for every kind: ``where`` (a
+    boolean expression tree: rows kept), ``derive`` (named derived columns, in
+    order); and the kinds ``agg`` (several ``aggs`` statistics in one release,
+    the price split evenly or by ``weights``), ``moments`` (noisy sums of the
+    bounded ``columns`` and of their pairwise products: the sufficient
+    statistics of correlations and linear regression) and ``sql`` (``sql``
+    parsed on the node into one of these shapes).
     """
 
-    kind: Literal["count", "sum", "mean", "quantile", "histogram"]
+    kind: Literal["count", "sum", "mean", "quantile", "histogram", "agg", "moments", "sql"]
     column: Identifier | None = None
     by: list[Identifier] = Field(default_factory=list, max_length=4)
     quantile: float | None = Field(None, gt=0.0, lt=1.0)
     bins: int | list[Finite] | None = None
+    where: Expr | None = None
+    derive: list[Derived] = Field(default_factory=list, max_length=32)
+    aggs: list[Statistic] | None = Field(None, min_length=1, max_length=32)
+    weights: list[Annotated[Finite, Field(gt=0.0)]] | None = Field(None, min_length=1, max_length=32)
+    columns: list[Identifier] | None = Field(None, min_length=1, max_length=12)
+    sql: str | None = Field(None, min_length=1, max_length=8000)
 
 
 class DPRequest(Strict):
@@ -179,6 +291,8 @@ class Accuracy(Strict):
     statistic: str
     accuracy: float | None
     alpha: float
+    #: The share of the release's epsilon this statistic spends (several-statistics releases).
+    share: float | None = None
 
 
 class DPPreview(Strict):
@@ -194,6 +308,8 @@ class DPPreview(Strict):
     budget_left_before: Budget | None = None
     budget_left_after: Budget | None = None
     would_replay: bool = False
+    #: The question in readable form, e.g. ``mean(cost) where age >= 65 by sex``.
+    text: str = ""
 
 
 class Table(Strict):
@@ -229,6 +345,8 @@ class DPRelease(Strict):
     alpha: float
     table: Table
     budget_left: Budget | None = None
+    #: The question in readable form, e.g. ``mean(cost) where age >= 65 by sex``.
+    text: str = ""
 
 
 class RowsResponse(Strict):

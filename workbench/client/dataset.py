@@ -7,13 +7,16 @@ compiles and answers. Nothing executable is sent.
 
 from __future__ import annotations
 
+import math
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+from pydantic import ValidationError
 
 from ..errors import InvalidQuery, PrivacyError
 from ..protocol import BudgetInfo, DatasetInfo, DPPreview, DPQuery, DPRelease, RowsResponse
+from .expressions import Expr, Stat, check_p, col
 from .results import Preview, release_frame
 
 if TYPE_CHECKING:
@@ -23,10 +26,69 @@ if TYPE_CHECKING:
 class RemoteDataset:
     """A handle to a dataset on a node. Holds no rows."""
 
-    def __init__(self, node: "Node", info: DatasetInfo, grant_id: int | None = None):
+    def __init__(self, node: "Node", info: DatasetInfo, grant_id: int | None = None, *,
+                 where: dict | None = None, derive: tuple = ()):
         self.node = node
         self.schema = info
         self.grant_id = grant_id
+        self._where = where  # the filter's expression tree (None: every row)
+        self._derive = tuple(derive)  # ({"name": ..., "expr": ...}, ...) in order
+
+    # ---------------------------------------------------------------- filters and derived columns (new handles)
+
+    def _with(self, where: dict | None, derive: tuple) -> "RemoteDataset":
+        handle = RemoteDataset(self.node, self.schema, self.grant_id, where=where, derive=derive)
+        handle._spec(kind="count")  # type-checks the new filter and derived columns now, before any request
+        return handle
+
+    def filter(self, condition: Expr) -> "RemoteDataset":
+        """A new handle keeping the rows where ``condition`` holds (chains: filters combine with AND).
+
+        Every query on it is a DP query on the kept rows; which group keys are released never depends on it.
+        """
+        if not isinstance(condition, Expr):
+            raise InvalidQuery("filter() takes an expression, e.g. ds.filter(col('age') >= 65).",
+                               code="invalid_query")
+        where = condition.tree if self._where is None else {"op": "and", "args": [self._where, condition.tree]}
+        return self._with(where, self._derive)
+
+    def with_columns(self, **columns: Expr) -> "RemoteDataset":
+        """A new handle with derived columns, e.g. ``band=col("age").cut([18, 40, 65])``.
+
+        A derived number used in a sum or mean needs public bounds: ``clip`` it.
+        """
+        derive = list(self._derive)
+        for name, expr in columns.items():
+            if not isinstance(expr, Expr):
+                expr = Expr({"op": "lit", "value": expr}) if isinstance(expr, (int, float, bool, str)) else expr
+            if not isinstance(expr, Expr):
+                raise InvalidQuery(f"with_columns({name}=...) takes an expression.", code="invalid_query")
+            derive.append({"name": name, "expr": expr.tree})
+        return self._with(self._where, tuple(derive))
+
+    def __getitem__(self, key):
+        """``ds[condition]`` filters; ``ds["age"]`` is ``col("age")``."""
+        if isinstance(key, Expr):
+            return self.filter(key)
+        if isinstance(key, str):
+            return self.column(key)
+        raise InvalidQuery("ds[...] takes a condition or a column name.", code="invalid_query")
+
+    def __getattr__(self, name: str) -> Expr:
+        """``ds.age`` is ``col("age")`` for the dataset's (and derived) column names."""
+        if name.startswith("_") or name in ("node", "schema", "grant_id"):
+            raise AttributeError(name)
+        if name in self.columns:
+            return col(name)
+        raise AttributeError(f"'RemoteDataset' has no attribute or column {name!r}")
+
+    def column(self, name: str) -> Expr:
+        """``col(name)``, checked against the dataset's columns (with a "did you mean")."""
+        if name not in self.columns:
+            from ..dp.language import unknown_column
+
+            raise unknown_column(name, self.columns, self.name)
+        return col(name)
 
     @property
     def name(self) -> str:
@@ -34,7 +96,8 @@ class RemoteDataset:
 
     @property
     def columns(self) -> list[str]:
-        return [c.name for c in self.schema.columns]
+        """The dataset's columns, then this handle's derived ones."""
+        return [c.name for c in self.schema.columns] + [d["name"] for d in self._derive]
 
     def _path(self, suffix: str = "") -> str:
         from .connection import _quote
@@ -51,8 +114,85 @@ class RemoteDataset:
 
     # ---------------------------------------------------------------- queries
 
+    def _spec(self, **spec) -> DPQuery:
+        """The wire spec of a question on this handle, validated and type-checked here (no request)."""
+        if self._where is not None:
+            spec["where"] = self._where
+        if self._derive:
+            spec["derive"] = list(self._derive)
+        try:
+            query = DPQuery.model_validate(spec)
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+        if query.kind != "sql":
+            from ..dp.language import derived_schema
+
+            derived_schema(self.schema, query)
+        return query
+
     def _query(self, **spec) -> "Query":
-        return Query(self, DPQuery(**spec))
+        return Query(self, self._spec(**spec))
+
+    def agg(self, weights: list[float] | dict[str, float] | None = None, **statistics: Stat) -> "Query":
+        """Several statistics in ONE release, at one price split evenly (or by ``weights``), e.g.
+        ``ds.agg(n=wb.count(), cost=wb.mean("cost"), p90=wb.quantile("age", 0.9))``."""
+        return self._query(**_agg_spec(statistics, weights))
+
+    def sql(self, query: str) -> "Query":
+        """A DP question in SQL: ``SELECT sex, AVG(cost) AS cost FROM <dataset> WHERE ... GROUP BY sex``.
+
+        Parsed on the node (and checked here first) into the same plan as :meth:`agg`; joins, sub-queries,
+        windows, CTEs, UNION and ``SELECT *`` are refused.
+        """
+        if self._where is not None or self._derive:
+            raise InvalidQuery("ds.sql() reads the whole dataset: put the filter in its WHERE clause.",
+                               code="invalid_query")
+        if not isinstance(query, str):
+            raise InvalidQuery("ds.sql() takes an SQL string.", code="bad_sql")
+        from ..dp.sql import compile_sql
+
+        compile_sql(query, self.name)  # refuses here what the node would refuse
+        return self._query(kind="sql", sql=query)
+
+    # ---------------------------------------------------------------- analyses (workbench.client.analyses)
+
+    def crosstab(self, row: str, column: str) -> "Query":
+        """Counts of every (row, column) pair of public categories: a wide table with intervals per cell."""
+        from .analyses import Crosstab
+
+        return Crosstab(self, self._spec(kind="count", by=[row, column]))
+
+    def corr(self, columns: list[str]) -> "Query":
+        """The correlation matrix of bounded numeric columns, from noisy sums of bounded products."""
+        from .analyses import Moments
+
+        return Moments(self, self._spec(kind="moments", columns=list(columns)), "corr")
+
+    def cov(self, columns: list[str]) -> "Query":
+        """The covariance matrix of bounded numeric columns, from noisy sums of bounded products."""
+        from .analyses import Moments
+
+        return Moments(self, self._spec(kind="moments", columns=list(columns)), "cov")
+
+    def linear_regression(self, y: str, x: list[str] | str) -> "Query":
+        """Ordinary least squares of ``y`` on ``x`` (with an intercept) from noisy sufficient statistics:
+        coefficients, standard errors including the DP noise, 95% intervals."""
+        from .analyses import Moments
+
+        xs = [x] if isinstance(x, str) else list(x)
+        return Moments(self, self._spec(kind="moments", columns=[*xs, y]), "ols", y=y, x=xs)
+
+    def describe(self, epsilon: float | None = None, delta: float = 0.0):
+        """Every bounded numeric column summarised (count, mean, std, median) in ONE release at ``epsilon``.
+        Without ``epsilon``, the query (to preview first)."""
+        numeric = [c.name for c in self.schema.columns if c.type in ("int", "float") and c.bounds is not None]
+        numeric += [d["name"] for d in self._derive if _bounded(self, d["name"])]
+        statistics = {"n": Stat("count")}
+        for name in numeric:
+            statistics.update({f"{name}_mean": Stat("mean", name), f"{name}_std": Stat("std", name),
+                               f"{name}_median": Stat("quantile", name, 0.5)})
+        query = self.agg(**statistics)
+        return query if epsilon is None else query.release(epsilon, delta)
 
     def count(self) -> "Query":
         """Number of rows."""
@@ -68,7 +208,15 @@ class RemoteDataset:
 
     def quantile(self, column: str, p: float) -> "Query":
         """The ``p``-quantile of a numeric column, chosen among public candidates."""
-        return self._query(kind="quantile", column=column, quantile=p)
+        return self._query(kind="quantile", column=column, quantile=check_p(p))
+
+    def var(self, column: str) -> "Query":
+        """The variance of a bounded numeric column (a one-statistic :meth:`agg`)."""
+        return self.agg(**{f"var_{column}": Stat("var", column)})
+
+    def std(self, column: str) -> "Query":
+        """The standard deviation of a bounded numeric column (a one-statistic :meth:`agg`)."""
+        return self.agg(**{f"std_{column}": Stat("std", column)})
 
     def median(self, column: str) -> "Query":
         return self.quantile(column, 0.5)
@@ -176,41 +324,97 @@ class GroupBy:
         return self.dataset._query(kind="mean", column=column, by=self.by)
 
     def quantile(self, column: str, p: float) -> "Query":
-        return self.dataset._query(kind="quantile", column=column, quantile=p, by=self.by)
+        return self.dataset._query(kind="quantile", column=column, quantile=check_p(p), by=self.by)
+
+    def var(self, column: str) -> "Query":
+        return self.agg(**{f"var_{column}": Stat("var", column)})
+
+    def std(self, column: str) -> "Query":
+        return self.agg(**{f"std_{column}": Stat("std", column)})
+
+    def agg(self, weights: list[float] | dict[str, float] | None = None, **statistics: Stat) -> "Query":
+        """Several statistics per group in ONE release (see :meth:`RemoteDataset.agg`)."""
+        return self.dataset._query(by=self.by, **_agg_spec(statistics, weights))
 
     def median(self, column: str) -> "Query":
         return self.quantile(column, 0.5)
 
 
 class Query:
-    """A DP question about one dataset: preview its price, then release it."""
+    """A DP question about one dataset: preview its price, then release it.
+
+    ``epsilon`` may be replaced by ``accuracy=``: the least epsilon whose widest stated 95% half-width is
+    at most that (``q.preview(accuracy=50)`` shows it, free; ``q.release(accuracy=50)`` spends it).
+    """
 
     def __init__(self, dataset: RemoteDataset, spec: DPQuery):
         self.dataset, self.spec = dataset, spec
 
+    @property
+    def text(self) -> str:
+        """The question in readable form, e.g. ``mean(cost) where age >= 65 by sex``."""
+        from ..dp.text import readable
+
+        return readable(self.spec)
+
+    def _checked(self, epsilon: Any, delta: Any) -> tuple[float, float]:
+        """Refuse here, before any request, what the node would refuse before charging."""
+        epsilon, delta = _loss(epsilon, delta)
+        from ..dp import engine
+        from ..dp.language import canonical
+        from ..dp.sql import compile_sql
+
+        spec = compile_sql(self.spec.sql, self.dataset.name) if self.spec.kind == "sql" else self.spec
+        engine.validate(self.dataset.schema, canonical(spec), delta)
+        return epsilon, delta
+
     def _body(self, epsilon: float, delta: float, request_id: str | None = None) -> dict:
-        body = {"query": self.spec.model_dump(mode="json", exclude_none=True), "epsilon": epsilon, "delta": delta}
+        query = self.spec.model_dump(mode="json", exclude_none=True)
+        if not query.get("derive"):
+            query.pop("derive", None)  # older nodes know no derived columns
+        body = {"query": query, "epsilon": epsilon, "delta": delta}
         if self.dataset.grant_id is not None:
             body["grant_id"] = self.dataset.grant_id
         if request_id is not None:
             body["request_id"] = request_id
         return body
 
-    def preview(self, epsilon: float, delta: float = 0.0) -> Preview:
-        """The privacy cost and expected error (95% interval half-widths). Spends nothing."""
+    def _preview(self, epsilon: float, delta: float) -> Preview:
         raw = self.dataset.node.request("POST", self.dataset._path("/dp/preview"), json=self._body(epsilon, delta))
         return Preview(DPPreview.model_validate(raw), self)
 
-    def release(self, epsilon: float, delta: float = 0.0) -> pd.DataFrame:
+    def preview(self, epsilon: float | None = None, delta: float = 0.0, *, accuracy: float | None = None) -> Preview:
+        """The privacy cost and expected error (95% interval half-widths, each statistic's share). Spends
+        nothing. With ``accuracy=`` instead of ``epsilon``: the preview at the least epsilon reaching it."""
+        if accuracy is not None:
+            return self._for_accuracy(accuracy, epsilon, delta)
+        epsilon, delta = self._checked(epsilon, delta)
+        return self._preview(epsilon, delta)
+
+    def _for_accuracy(self, accuracy: Any, epsilon: Any, delta: Any) -> Preview:
+        from .accuracy import least_epsilon
+
+        if epsilon is not None:
+            raise InvalidQuery("Give epsilon or accuracy, not both.", code="bad_epsilon")
+        _loss(1.0, delta)
+        return least_epsilon(self, accuracy, delta)
+
+    def release(self, epsilon: float | None = None, delta: float = 0.0, *,
+                accuracy: float | None = None) -> pd.DataFrame:
         """Release the DP answer as a DataFrame (``estimate``, ``lower``, ``upper``), charging your grant.
 
-        Asking the identical question again returns the stored answer for free
-        (``df.attrs["replayed"]`` is True). Retries after a dropped connection
-        reuse one request id, so they are never charged twice.
+        Asking the identical question again (in any spelling: field order, operand order, SQL
+        whitespace) returns the stored answer for free (``df.attrs["replayed"]`` is True). Retries
+        after a dropped connection reuse one request id, so they are never charged twice.
+        ``df.wb.plot()`` draws the estimates with their intervals.
 
         Privacy guarantee: (epsilon, delta)-DP for the dataset's privacy unit,
         enforced by the node with OpenDP; intervals are post-processing.
         """
+        if accuracy is not None:
+            found = self._for_accuracy(accuracy, epsilon, delta)
+            epsilon, delta = found.epsilon, found.delta
+        epsilon, delta = self._checked(epsilon, delta)
         request_id = uuid.uuid4().hex
         raw = self.dataset.node.request("POST", self.dataset._path("/dp/release"),
                                         json=self._body(epsilon, delta, request_id), retries=3)
@@ -223,5 +427,47 @@ class Query:
         return preview_widget(self)
 
     def __repr__(self) -> str:
-        spec = self.spec.model_dump(exclude_none=True, exclude_defaults=True)
-        return f"<Query {self.dataset.name}: {spec}>"
+        return f"<Query {self.dataset.name}: {self.text}>"
+
+
+def _loss(epsilon: Any, delta: Any) -> tuple[float, float]:
+    """epsilon > 0 and delta >= 0 as finite numbers, or ``bad_epsilon`` (strings, NaN, booleans refused)."""
+    for name, value in (("epsilon", epsilon), ("delta", delta)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+            raise InvalidQuery(f"{name} must be a finite number; got {value!r}.", code="bad_epsilon")
+    if epsilon <= 0 or delta < 0:
+        raise InvalidQuery("epsilon must be > 0 and delta >= 0.", code="bad_epsilon")
+    return float(epsilon), float(delta)
+
+
+def _invalid(exc: ValidationError) -> InvalidQuery:
+    """A pydantic refusal of a spec, as the workbench error a user reads."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    code = "bad_quantile" if where.endswith(("quantile", ".p")) else "invalid_query"
+    return InvalidQuery(f"Invalid question ({where}): {first.get('msg')}.", code=code)
+
+
+def _agg_spec(statistics: dict[str, Stat], weights) -> dict:
+    if not statistics:
+        raise InvalidQuery("agg() needs at least one statistic, e.g. n=wb.count().", code="invalid_query")
+    for name, stat in statistics.items():
+        if not isinstance(stat, Stat):
+            raise InvalidQuery(f"agg({name}=...) takes a statistic such as wb.mean('cost').", code="invalid_query")
+    spec = {"kind": "agg", "aggs": [stat.spec(name) for name, stat in statistics.items()]}
+    if isinstance(weights, dict):
+        unknown = set(weights) - set(statistics)
+        if unknown:
+            raise InvalidQuery(f"weights name unknown statistics: {sorted(unknown)}.", code="invalid_query")
+        weights = [weights.get(name, 1.0) for name in statistics]
+    if weights is not None:
+        spec["weights"] = list(weights)
+    return spec
+
+
+def _bounded(ds: RemoteDataset, name: str) -> bool:
+    from ..dp.language import derived_schema
+
+    info, _ = derived_schema(ds.schema, ds._spec(kind="count"))
+    column = info.column(name)
+    return column is not None and column.type in ("int", "float") and column.bounds is not None

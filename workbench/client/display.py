@@ -64,7 +64,9 @@ def dataset_html(ds: "RemoteDataset") -> str:
 def preview_html(preview: "Preview") -> str:
     b = preview.body
     rows = [[a.statistic, "n/a" if a.accuracy is None else f"± {a.accuracy:.4g}", f"{(1 - a.alpha) * 100:.1f}%"]
-            for a in b.accuracy]
+            + ([f"{a.share:.0%}"] if a.share is not None else []) for a in b.accuracy]
+    headers = ["statistic", "expected error", "confidence"] + (["share of ε"] if any(
+        a.share is not None for a in b.accuracy) else [])
     cost = f"epsilon = {b.epsilon:g}" + (f", delta = {b.delta:g}" if b.delta else "")
     replay = " <b>(already answered: a release would be free)</b>" if b.would_replay else ""
     after = ""
@@ -72,5 +74,6 @@ def preview_html(preview: "Preview") -> str:
         after = (f"<div style='font-size:12px'>your grant: epsilon {b.budget_left_before.epsilon:.3g} left now, "
                  f"{b.budget_left_after.epsilon:.3g} after this release</div>")
     note = f"<div style='font-size:11px;color:#666'>{html.escape(b.note)}</div>" if b.note else ""
-    return (f"<b>Preview</b> of {html.escape(b.query.kind)} on {html.escape(b.dataset)}: cost {cost}{replay}"
-            + after + _table(["statistic", "expected error", "confidence"], rows) + note)
+    what = b.text or b.query.kind
+    return (f"<b>Preview</b> of <code>{html.escape(what)}</code> on {html.escape(b.dataset)}: cost {cost}{replay}"
+            + after + _table(headers, rows) + note)

@@ -32,6 +32,11 @@ class Preview:
         return pd.DataFrame([a.model_dump() for a in self.body.accuracy])
 
     @property
+    def text(self) -> str:
+        """The question in readable form."""
+        return self.body.text
+
+    @property
     def would_replay(self) -> bool:
         return self.body.would_replay
 
@@ -48,7 +53,7 @@ class Preview:
         acc = ", ".join(f"{a.statistic} ±{a.accuracy:.4g}" if a.accuracy is not None else f"{a.statistic} ±?"
                         for a in self.body.accuracy)
         replay = " (already answered: free)" if self.would_replay else ""
-        return f"<Preview {self.body.dataset} {self.query.spec.kind}: cost {' '.join(parts)}{replay}; 95% error {acc}>"
+        return f"<Preview {self.body.text or self.body.dataset}: cost {' '.join(parts)}{replay}; 95% error {acc}>"
 
     def _repr_html_(self) -> str:
         from .display import preview_html
@@ -66,5 +71,54 @@ def release_frame(body: DPRelease) -> pd.DataFrame:
         "delta_charged": body.delta_charged, "replayed": body.replayed, "grant_id": body.grant_id,
         "released_at": body.released_at.isoformat(), "alpha": body.alpha,
         "budget_left": None if body.budget_left is None else body.budget_left.model_dump(),
+        "text": body.text,
     })
     return frame
+
+
+#: Columns of a result that are neither group keys nor the estimate and its interval.
+_EXTRA = ("se", "se_sampling", "se_noise", "noisy_count", "statistic")
+
+
+@pd.api.extensions.register_dataframe_accessor("wb")
+class ResultAccessor:
+    """``df.wb.plot()``: a released table's estimates with their intervals (matplotlib)."""
+
+    def __init__(self, frame: pd.DataFrame):
+        self._frame = frame
+
+    def long(self) -> pd.DataFrame:
+        """The table with one row per estimate (a wide cross-tab is stacked back)."""
+        frame = self._frame
+        if isinstance(frame.columns, pd.MultiIndex) and "estimate" in frame.columns.get_level_values(0):
+            stacked = frame.stack(future_stack=True).reset_index()
+            return stacked
+        return frame
+
+    def matrix(self) -> pd.DataFrame:
+        """A correlation or covariance result as a square matrix of estimates."""
+        frame = self._frame
+        if not {"row", "column", "estimate"} <= set(frame.columns):
+            raise ValueError("matrix() needs a correlation or covariance result (row, column, estimate).")
+        order = list(dict.fromkeys(frame["row"]))
+        return frame.pivot(index="row", columns="column", values="estimate").loc[order, order]
+
+    def plot(self, title: str | None = None):
+        """One panel per statistic: bars for the estimates, error bars for their 95% intervals.
+
+        Privacy guarantee: draws an already released table; releases nothing.
+        """
+        import matplotlib.pyplot as plt
+
+        from ..jupyter.widgets import plot_result
+
+        frame = self.long()
+        keys = [c for c in frame.columns if c not in (*_EXTRA, "estimate", "lower", "upper")]
+        panels = list(frame.groupby("statistic", sort=False)) if "statistic" in frame.columns else [(None, frame)]
+        fig, axes = plt.subplots(1, len(panels), figsize=(min(4.5 * len(panels), 16), 3.6), squeeze=False)
+        for ax, (name, part) in zip(axes[0], panels):
+            plot_result(part[[*keys, "estimate", "lower", "upper"]].reset_index(drop=True), ax=ax,
+                        title=name if name is not None else None)
+        fig.suptitle(title or self._frame.attrs.get("text") or "", fontsize=10)
+        fig.tight_layout()
+        return fig

@@ -24,12 +24,14 @@ import polars as pl
 
 from ..errors import InvalidQuery
 from ..node.catalog import check_stamp
+from . import language, statistics
 from .columnar import CODE_TYPE, POLARS_TYPES, coded_columns, columnar_frame, schema_frame, source_frame
+from .statistics import bounds as _bounds, candidates as _candidates, filled as _filled, mean_interval
 from ..protocol import DatasetInfo, DPQuery
 
 MAX_PUBLIC_KEYS = 10_000
 MAX_BINS = 1_000
-QUANTILE_CANDIDATES = 1_001
+LEGACY_KINDS = ("count", "sum", "mean", "quantile", "histogram")
 
 
 def _opendp():
@@ -42,10 +44,20 @@ def _opendp():
 # ----------------------------------------------------------------- validation (public metadata only)
 
 
-def validate(info: DatasetInfo, query: DPQuery, delta: float) -> None:
-    """Refuse a query the public metadata cannot support, before any budget moves."""
+def validate(info: DatasetInfo, query: DPQuery, delta: float) -> DatasetInfo:
+    """Refuse a query the public metadata cannot support, before any budget moves.
+
+    Returns the public schema the query sees (its derived columns appended)."""
+    if query.kind == "sql":
+        raise InvalidQuery("SQL is compiled by the node before validation.", code="invalid_query")
+    info, _env = language.derived_schema(info, query)
+    _only_for(query)
     kind = query.kind
-    if kind == "count":
+    if kind == "agg":
+        statistics.validate_agg(info, query)
+    elif kind == "moments":
+        statistics.validate_moments(info, query)
+    elif kind == "count":
         if query.column is not None:
             _column(info, query.column)
     else:
@@ -77,10 +89,13 @@ def validate(info: DatasetInfo, query: DPQuery, delta: float) -> None:
             raise InvalidQuery(f"Cannot group by float column '{name}'; use a histogram.", code="wrong_type")
         if col.categories is None:
             private_keys = True
-    if private_keys and kind in ("sum", "mean", "quantile"):
+    measured = kind in ("sum", "mean", "quantile") or kind == "moments" or (
+        kind == "agg" and any(s.stat != "count" for s in query.aggs or []))
+    if private_keys and measured:
         # OpenDP needs a known number of groups for these ("max_groups must be known"): refused before any charge.
         raise InvalidQuery(
-            f"A {kind} grouped by a column without a public category set is not supported; group by columns "
+            f"A {kind} (other than a count) grouped by a column without a public category set is not supported; "
+            "group by columns "
             "with public categories, or ask for a count.", code="invalid_query")
     if private_keys and delta <= 0:
         raise InvalidQuery(
@@ -88,19 +103,35 @@ def validate(info: DatasetInfo, query: DPQuery, delta: float) -> None:
             "it needs delta > 0 (small groups are suppressed).", code="bad_epsilon")
     if not private_keys and query.by and _key_count(info, query.by) > MAX_PUBLIC_KEYS:
         raise InvalidQuery(f"Too many groups (more than {MAX_PUBLIC_KEYS}).", code="invalid_query")
+    if private_keys and query.weights is not None:
+        raise InvalidQuery("weights= needs public group keys (pure DP); drop weights or group by "
+                           "columns with public categories.", code="invalid_query")
+    return info
+
+
+_KIND_FIELDS = {"aggs": ("agg",), "weights": ("agg",), "columns": ("moments",), "sql": ("sql",)}
+
+
+def _only_for(query: DPQuery) -> None:
+    for field, kinds in _KIND_FIELDS.items():
+        if getattr(query, field) is not None and query.kind not in kinds:
+            raise InvalidQuery(f"'{field}' applies only to kind {' or '.join(kinds)}.", code="invalid_query")
+    if query.kind in ("agg", "moments") and (query.column is not None or query.quantile is not None
+                                             or query.bins is not None):
+        raise InvalidQuery(f"A {query.kind} query names its columns in its statistics.", code="invalid_query")
 
 
 def delta_used(info: DatasetInfo, query: DPQuery, delta: float) -> float:
     """The delta a valid query actually spends: only private group keys (thresholding) use one; every other
     query adds pure Laplace noise and is priced, charged and computed at delta = 0."""
-    private_keys = any(info.column(name).categories is None for name in query.by)
+    private_keys = any((col := info.column(name)) is not None and col.categories is None for name in query.by)
     return delta if private_keys else 0.0
 
 
 def _column(info: DatasetInfo, name: str):
     col = info.column(name)
     if col is None:
-        raise InvalidQuery(f"Unknown column '{name}' in dataset '{info.name}'.", code="unknown_column")
+        raise language.unknown_column(name, [c.name for c in info.columns], info.name)
     return col
 
 
@@ -146,102 +177,98 @@ def _bin_labels(edges: list[float]) -> list[str]:
 
 
 def _needed(info: DatasetInfo, query: DPQuery) -> list[str]:
-    """The columns a query reads (a count reads the narrowest one): OpenDP's plans decode every column they
-    are given, e.g. a million identifier strings for a plain count."""
-    names = [n for n in [query.column, *query.by] if n]
+    """The dataset's columns a query reads (a count reads the narrowest one): OpenDP's plans decode every
+    column they are given, e.g. a million identifier strings for a plain count."""
+    used = [n for n in [query.column, *query.by, *(query.columns or []), *(s.column for s in query.aggs or [])]
+            if n]
+    names = language.source_columns(info, query, used)
     if not names:
         narrow = [c.name for c in info.columns if c.type in ("bool", "int", "float")] or [info.columns[0].name]
         names = narrow[:1]
-    return list(dict.fromkeys(names))
-
-
-def _filled(col) -> pl.Expr:
-    """A numeric column with nulls (and NaN) imputed to the middle of its public bounds."""
-    lo, hi = col.bounds
-    expr = pl.col(col.name)
-    if col.type == "int":
-        mid = int((lo + hi) // 2)
-        return expr.fill_null(mid)
-    mid = (lo + hi) / 2.0
-    return expr.fill_nan(mid).fill_null(mid)
-
-
-def _bounds(col) -> tuple:
-    lo, hi = col.bounds
-    return (int(math.ceil(lo)), int(math.floor(hi))) if col.type == "int" else (float(lo), float(hi))
-
-
-def _candidates(col) -> list:
-    lo, hi = _bounds(col)
-    if col.type == "int" and hi - lo + 1 <= QUANTILE_CANDIDATES:
-        return list(range(lo, hi + 1))
-    step = (hi - lo) / (QUANTILE_CANDIDATES - 1)
-    values = [lo + i * step for i in range(QUANTILE_CANDIDATES)]
-    return sorted({int(round(v)) for v in values}) if col.type == "int" else values
+    return names
 
 
 class _Plan:
-    """The pieces of one compiled query: group keys, aggregates, how to read the result.
+    """The pieces of one compiled query: derived columns, filter, group keys, aggregates, how to read the result.
 
     ``coded``: columns stored as codes into their public category list (see :mod:`workbench.dp.columnar`);
     their keys are codes and the released table is decoded back to labels (post-processing).
+    ``scales``: explicit noise scales per aggregate (a several-statistics release split by shares);
+    ``only``: build the aggregates of these statistics only (to price each one alone).
     """
 
-    def __init__(self, info: DatasetInfo, query: DPQuery, coded: dict[str, list] | None = None):
-        dp = _opendp()
-        self.query = query
+    def __init__(self, base: DatasetInfo, query: DPQuery, coded: dict[str, list] | None = None,
+                 scales: dict[str, float] | None = None, only: list[str] | None = None):
+        info, env = language.derived_schema(base, query)
+        codes = language.Codes(coded) if coded else None
+        self.info, self.query = info, query
         self.by = list(query.by)
+        self.derived = language.derived_columns(query, env, codes)
+        self.where = language.to_polars(query.where, env, codes) if query.where is not None else None
         self.with_columns: list[pl.Expr] = []
         self.keys: pl.DataFrame | None = None
         self.labels: dict[str, list] = {}  # key column -> labels of its codes 0..n-1
-        coded = coded or {}
-        kind = query.kind
         col = info.column(query.column) if query.column else None
         self.bounds = tuple(col.bounds) if col is not None and col.bounds else (0.0, 0.0)
+        self.aggs = self._aggregates(info, query, col, scales, only)
+        self.public_keys = self._keys(info, env, coded or {})
+
+    def _aggregates(self, info: DatasetInfo, query: DPQuery, col, scales, only) -> list[pl.Expr]:
+        dp = _opendp()
+        kind = query.kind
+        if kind == "agg":
+            return [a for s in query.aggs if only is None or s.name in only
+                    for a in statistics.statistic_aggregates(info, s, scales)]
+        if kind == "moments":
+            return statistics.moments_aggregates(info, query.columns)
         if kind == "histogram":
             edges = _histogram_bins(col, query.bins)
             if edges is None:
                 self.by.append(col.name)
             else:
-                labels = _bin_labels(edges)
                 lo, hi = edges[0], edges[-1]
                 expr = pl.col(col.name)
                 expr = expr.fill_nan(lo) if col.type == "float" else expr
                 expr = expr.fill_null(lo).cast(pl.Float64).clip(lo, hi)
                 self.with_columns.append(_bin_index(expr, edges).alias("bin"))
                 self.by.append("bin")
-                self.labels["bin"] = labels
+                self.labels["bin"] = _bin_labels(edges)
         if kind in ("count", "histogram"):
-            self.aggs = [dp.len(signed=True).alias("count")]
-        elif kind == "sum":
-            self.aggs = [_filled(col).dp.sum(_bounds(col)).alias("sum")]
-        elif kind == "mean":
-            self.aggs = [_filled(col).dp.sum(_bounds(col)).alias("sum"), dp.len(signed=True).alias("count")]
-        else:
-            self.aggs = [_filled(col).dp.quantile(query.quantile, _candidates(col)).alias("quantile")]
+            return [dp.len(signed=True).alias("count")]
+        if kind == "sum":
+            return [_filled(col).dp.sum(_bounds(col)).alias("sum")]
+        if kind == "mean":
+            return [_filled(col).dp.sum(_bounds(col)).alias("sum"), dp.len(signed=True).alias("count")]
+        return [_filled(col).dp.quantile(query.quantile, _candidates(col)).alias("quantile")]
+
+    def _keys(self, info: DatasetInfo, env: dict, coded: dict[str, list]) -> bool:
+        """Build the public key frame of a group-by; False when a key set is private."""
         key_columns: dict[str, list] = {}
         key_types: dict[str, Any] = {}
-        public = True
         for name in self.by:
             if name == "bin":
                 key_columns[name], key_types[name] = list(range(len(self.labels["bin"]))), pl.Int64
                 continue
-            categories = info.column(name).categories
-            if categories is None:
-                public = False
-                break
+            column = info.column(name)
+            if column.categories is None:
+                return False
             if name in coded:
                 self.labels[name] = list(coded[name])
                 key_columns[name], key_types[name] = list(range(len(coded[name]))), CODE_TYPE
-            else:
-                key_columns[name], key_types[name] = list(categories), POLARS_TYPES[info.column(name).type]
-        if self.by and public:
+            else:  # a cut's labels join as Categorical (String keys fail to join)
+                key_columns[name] = list(column.categories)
+                key_types[name] = pl.Categorical if env[name].cut else POLARS_TYPES[column.type]
+        if self.by:
             product = list(itertools.product(*key_columns.values()))
             self.keys = pl.DataFrame(
                 {n: pl.Series(n, [row[i] for row in product], dtype=key_types[n]) for i, n in enumerate(key_columns)})
-        self.public_keys = public
+        return True
 
     def lazy(self, frame):
+        if self.derived:
+            frame = frame.with_columns(self.derived)
+        if self.where is not None:
+            frame = frame.filter(self.where)
         if self.with_columns:
             frame = frame.with_columns(self.with_columns)
         if self.by:
@@ -337,43 +364,138 @@ def _resolve(query):
 def run(task: dict) -> dict:
     """Preview or release one DP query. ``task`` is plain data built by the node."""
     _opendp()  # imports OpenDP with its contrib features enabled
-    from opendp.accuracy import summarize_polars_measurement
-
     info = DatasetInfo.model_validate(task["info"])
-    query = DPQuery.model_validate(task["query"])
+    query = language.canonical(DPQuery.model_validate(task["query"]))  # unused derived columns dropped
     epsilon, delta, alpha = float(task["epsilon"]), float(task["delta"]), float(task["alpha"])
     validate(info, query, delta)
     columnar = task.get("columnar")  # a folder for this node's columnar copies (see workbench.dp.columnar)
-    plan = _Plan(info, query, coded_columns(info) if columnar else None)
+    coded = coded_columns(info) if columnar else None
+    plan = _Plan(info, query, coded)
     if not plan.public_keys and delta <= 0:
         raise InvalidQuery("Private group keys need delta > 0.", code="bad_epsilon")
-    needed = _needed(info, query)
-    if task["mode"] == "release":
-        check_stamp(task["path"], task.get("stamp"))
-        lf = (columnar_frame(columnar, task["path"], task["format"], info, needed) if columnar
-              else source_frame(task["path"], task["format"], info, needed))
-    else:  # a preview reads no data
-        lf = schema_frame(info, needed) if columnar else source_frame(task["path"], task["format"], info, needed)
-    # Mean intervals combine two statistics: each is bounded at alpha/2 (union bound).
-    stat_alpha = alpha / 2 if query.kind == "mean" else alpha
+    lf = _frame(task, info, query)
+    # A statistic built from m measurements bounds each at alpha/m (union bound).
+    alphas = sorted({alpha / len(statistics.PARTS[s.stat]) for s in query.aggs} if query.kind == "agg"
+                    else {alpha / 2 if query.kind == "mean" else alpha})
     hit = _CALIBRATED.get(task["cache_key"])
     if hit is not None and hit[0].check(hit[1], hit[2]):
         # Same shape seen before: reuse the measurement, which OpenDP has just re-checked at (d_in, d_out).
         _CALIBRATED.move_to_end(task["cache_key"])
-        measurement, _d_in, _d_out, summary = hit
+        measurement, _d_in, _d_out, summaries = hit
     else:
-        dp_query = plan.lazy(_query(lf, info, epsilon, delta))
-        measurement = _resolve(dp_query)
-        summary = summarize_polars_measurement(measurement, stat_alpha)
-        inner = object.__getattribute__(dp_query, "_query")
-        _CALIBRATED[task["cache_key"]] = (measurement, inner._d_in, inner._d_out, summary)
+        measurement, d_in, d_out = _calibrate(plan, lf, info, query, coded, epsilon, delta)
+        from opendp.accuracy import summarize_polars_measurement
+
+        summaries = {a: summarize_polars_measurement(measurement, a) for a in alphas}
+        _CALIBRATED[task["cache_key"]] = (measurement, d_in, d_out, summaries)
         if len(_CALIBRATED) > _CACHE_SIZE:
             _CALIBRATED.popitem(last=False)
-    accuracy = _accuracy_rows(summary, stat_alpha)
+    summary = summaries[alphas[-1]]
+    accuracy = _agg_accuracy(query, summaries, alpha) if query.kind == "agg" else _accuracy_rows(summary, alphas[-1])
+    note = _note(query, plan, summary)
     if task["mode"] == "preview":
-        return {"accuracy": accuracy, "note": _note(query, plan, summary)}
+        return {"accuracy": accuracy, "note": note}
     frame = measurement(lf).collect()
-    return {"accuracy": accuracy, "table": _table(query, plan, frame, summary), "note": _note(query, plan, summary)}
+    return {"accuracy": accuracy, "table": _result_table(query, plan, frame, summaries, alpha), "note": note}
+
+
+def _frame(task: dict, info: DatasetInfo, query: DPQuery):
+    """The data to query (a release) or a frame of the same schema (a preview reads no data)."""
+    columnar, needed = task.get("columnar"), _needed(info, query)
+    if task["mode"] == "release":
+        check_stamp(task["path"], task.get("stamp"))
+        return (columnar_frame(columnar, task["path"], task["format"], info, needed) if columnar
+                else source_frame(task["path"], task["format"], info, needed))
+    return schema_frame(info, needed) if columnar else source_frame(task["path"], task["format"], info, needed)
+
+
+def _calibrate(plan: _Plan, lf, info: DatasetInfo, query: DPQuery, coded, epsilon: float, delta: float):
+    """(measurement, d_in, d_out): the plan's OpenDP measurement at exactly (epsilon, delta)."""
+    dp_query = plan.lazy(_query(lf, info, epsilon, delta))
+    inner = object.__getattribute__(dp_query, "_query")
+    measurement = None
+    if query.kind == "agg" and delta == 0:
+        measurement = _shared(dp_query, lf, info, query, coded, epsilon)
+    if measurement is None:
+        measurement = _resolve(dp_query)
+    return measurement, inner._d_in, inner._d_out
+
+
+def _builder(dp_query):
+    """A function (plan, scale) -> OpenDP measurement on ``dp_query``'s input domain, metric and measure."""
+    dp = _opendp()
+    inner = object.__getattribute__(dp_query, "_query")
+    input_domain, input_metric = inner._chain
+
+    def make(query, scale):
+        plan = object.__getattribute__(query, "polars_plan")
+        return dp.m.make_private_lazyframe(input_domain=input_domain, input_metric=input_metric,
+                                           output_measure=inner._output_measure, lazyframe=plan, global_scale=scale)
+    return make, inner._d_in, inner._d_out
+
+
+def _shared(dp_query, lf, info: DatasetInfo, query: DPQuery, coded, epsilon: float):
+    """The measurement of a several-statistics query whose epsilon is split by statistic (even, or by weights).
+
+    Each statistic alone is priced by OpenDP at global scale 1; under pure DP its loss is linear in
+    1/scale, so its aggregates get explicit scales giving it ``share * epsilon``. OpenDP then checks the
+    whole plan at (d_in, epsilon); None (fall back to OpenDP's even split) if that check fails.
+    """
+    from opendp.accuracy import summarize_polars_measurement
+
+    make, d_in, d_out = _builder(dp_query)
+    scales: dict[str, float] = {}
+    try:
+        for s, share in zip(query.aggs, statistics.shares(query)):
+            alone = _Plan(info, query, coded, only=[s.name]).lazy(_query(lf, info, epsilon, 0.0))
+            at_one = make(alone, 1.0)
+            factor = at_one.map(d_in) / (share * epsilon)
+            for row in summarize_polars_measurement(at_one).iter_rows(named=True):
+                scales[row["column"]] = float(row["scale"]) * factor
+        for _ in range(8):
+            full = _Plan(info, query, coded, scales=scales).lazy(_query(lf, info, epsilon, 0.0))
+            candidate = make(full, 1.0)
+            if candidate.check(d_in, d_out):
+                return candidate
+            scales = {k: v * 1.000001 for k, v in scales.items()}
+    except Exception:  # noqa: BLE001 - any surprise falls back to OpenDP's own even split
+        return None
+    return None
+
+
+def _agg_accuracy(query: DPQuery, summaries: dict, alpha: float) -> list[dict]:
+    """Per measurement of each statistic: its half-width at alpha/m and the statistic's share of epsilon."""
+    rows = []
+    for s, share in zip(query.aggs, statistics.shares(query)):
+        parts = statistics.PARTS[s.stat]
+        a = alpha / len(parts)
+        for part in parts:
+            label = s.name if len(parts) == 1 else f"{s.name} ({statistics.PART_NAMES[part]})"
+            rows.append({"statistic": label, "accuracy": _acc(summaries[a], f"{s.name}__{part}"), "alpha": a,
+                         "share": share})
+    return rows
+
+
+def _result_table(query: DPQuery, plan: _Plan, frame: pl.DataFrame, summaries: dict, alpha: float) -> dict:
+    if query.kind not in ("agg", "moments"):
+        return _table(query, plan, frame, summaries[max(summaries)])
+    frame = _decoded(plan, frame)
+    if query.kind == "moments":
+        noise = {r["column"]: (float(r["scale"]), r["distribution"])
+                 for r in summaries[max(summaries)].iter_rows(named=True)}
+        return statistics.moments_table(plan.info, query.columns, frame, noise)
+    return statistics.agg_table(plan.info, query, plan.by, frame,
+                                lambda alias, m: _acc(summaries[alpha / m], alias))
+
+
+def _decoded(plan: _Plan, frame: pl.DataFrame) -> pl.DataFrame:
+    """Codes back to their public labels, rows in key order (post-processing)."""
+    for name, labels in plan.labels.items():
+        frame = frame.with_columns(pl.col(name).replace_strict(list(range(len(labels))), labels))
+    for name in plan.by:
+        if frame.schema[name] == pl.Categorical:
+            frame = frame.with_columns(pl.col(name).cast(pl.String))
+    return frame.sort(plan.by) if plan.by else frame
 
 
 def _accuracy_rows(summary: pl.DataFrame, alpha: float) -> list[dict]:
@@ -427,7 +549,7 @@ def _table(query: DPQuery, plan: _Plan, frame: pl.DataFrame, summary: pl.DataFra
         bounds = plan.bounds
         est, lower, upper = [], [], []
         for sv, cv in zip(s.to_list(), c.to_list()):
-            e, lo, hi = _mean_interval(sv, cv, a_s, a_c, bounds)
+            e, lo, hi = mean_interval(sv, cv, a_s, a_c, bounds)
             est.append(e), lower.append(lo), upper.append(hi)
         out = out.with_columns(pl.Series("estimate", est, dtype=pl.Float64),
                                pl.Series("lower", lower, dtype=pl.Float64),
@@ -438,18 +560,3 @@ def _table(query: DPQuery, plan: _Plan, frame: pl.DataFrame, summary: pl.DataFra
                                pl.lit(None, dtype=pl.Float64).alias("lower"),
                                pl.lit(None, dtype=pl.Float64).alias("upper"))
     return {"columns": out.columns, "data": [list(r) for r in out.iter_rows()]}
-
-
-def _mean_interval(s: float, c: float, a_s: float | None, a_c: float | None, bounds: tuple[float, float]):
-    """Post-processing: the mean and an interval from the noisy sum and count, their public
-    accuracies and the column's public bounds (a mean always lies within them)."""
-    lo, hi = bounds
-    if c is None or s is None or c <= 0:
-        return None, float(lo), float(hi)
-    estimate = min(max(s / c, lo), hi)
-    if a_s is None or a_c is None or c - a_c <= 0:
-        return estimate, float(lo), float(hi)
-    lo_count, hi_count = c - a_c, c + a_c
-    lo_sum, hi_sum = s - a_s, s + a_s
-    candidates = [lo_sum / lo_count, lo_sum / hi_count, hi_sum / lo_count, hi_sum / hi_count]
-    return estimate, max(min(candidates), lo), min(max(candidates), hi)

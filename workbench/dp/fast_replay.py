@@ -78,8 +78,8 @@ class ReplayFastPath:
             return None
         entry, body = node_routes._checked(service, name, DPRequest.model_validate_json(raw))
         future = service.gate.replay_if_known(principal, entry, "dp", body.query.kind,
-                                              body.query.model_dump(mode="json"), Cost(body.epsilon, body.delta),
-                                              request_id=body.request_id)
+                                              node_routes.identity(body.query), Cost(body.epsilon, body.delta),
+                                              request_id=body.request_id, text=node_routes.readable(body.query))
         if future is None:
             return None
         outcome = await asyncio.wrap_future(future)

@@ -16,13 +16,15 @@ from collections import OrderedDict
 from fastapi import APIRouter
 
 from ..errors import InvalidQuery
-from ..protocol import Accuracy, Budget, DPPreview, DPRelease, DPRequest, Table, require_supported_protocol
+from ..protocol import Accuracy, Budget, DPPreview, DPQuery, DPRelease, DPRequest, Table, require_supported_protocol
 from ..node.catalog import DatasetEntry
 from ..node.gate import Outcome, spec_hash
 from ..node.ledger import Cost, choose_grant, left
 from ..node.routes import Caller, Service
 from ..node.service import NodeService
-from . import engine
+from . import engine, language
+from .sql import compile_sql
+from .text import readable
 
 router = APIRouter(tags=["dp"])
 ALPHA = 0.05
@@ -35,7 +37,7 @@ _previews_lock = threading.Lock()
 
 
 def _task(entry: DatasetEntry, body: DPRequest, mode: str, columnar: str | None) -> dict:
-    spec = body.query.model_dump(mode="json")
+    spec = identity(body.query)
     key = hashlib.sha256(json.dumps([entry.name, entry.version, entry.info.model_dump(mode="json"), spec,
                                      body.epsilon, body.delta, ALPHA], sort_keys=True).encode()).hexdigest()
     return {"info": entry.info.model_dump(mode="json"), "query": spec, "epsilon": body.epsilon, "delta": body.delta,
@@ -50,7 +52,8 @@ def _columnar(service: NodeService) -> str:
 
 
 def _checked(service: NodeService, name: str, body: DPRequest) -> tuple[DatasetEntry, DPRequest]:
-    """The dataset and the request as the node prices it (delta only if the query uses one), or a refusal."""
+    """The dataset and the request as the node prices it: its question in canonical form (SQL compiled),
+    delta only if the query uses one; or a refusal that charges nothing."""
     require_supported_protocol(body.protocol)
     entry = service.catalog.get(name)
     limit = service.config.node.max_epsilon_per_release
@@ -60,8 +63,24 @@ def _checked(service: NodeService, name: str, body: DPRequest) -> tuple[DatasetE
     if body.epsilon < MIN_EPSILON or 0 < body.delta < MIN_DELTA:
         raise InvalidQuery(f"epsilon must be at least {MIN_EPSILON:g} and delta 0 or at least {MIN_DELTA:g}.",
                            code="bad_epsilon")
-    engine.validate(entry.info, body.query, body.delta)
-    return entry, body.model_copy(update={"delta": engine.delta_used(entry.info, body.query, body.delta)})
+    query = body.query
+    if query.kind == "sql":
+        if query.sql is None:
+            raise InvalidQuery("A sql question needs its 'sql' text.", code="bad_sql")
+        query = compile_sql(query.sql, entry.name).model_copy(update={"by": query.by or []})
+    query = language.canonical(query)
+    engine.validate(entry.info, query, body.delta)
+    return entry, body.model_copy(update={"query": query, "delta": engine.delta_used(entry.info, query, body.delta)})
+
+
+def identity(query: DPQuery) -> dict:
+    """The question as hashed for replay: its canonical spec (legacy kinds hash as they always did)."""
+    spec = query.model_dump(mode="json")
+    for field, empty in (("where", None), ("derive", []), ("aggs", None), ("weights", None), ("columns", None),
+                         ("sql", None)):
+        if spec.get(field) == empty:
+            spec.pop(field)
+    return spec
 
 
 def _accuracy(service: NodeService, entry: DatasetEntry, body: DPRequest, user: str) -> dict:
@@ -95,7 +114,7 @@ def preview(name: str, body: DPRequest, service: Service, caller: Caller) -> DPP
             grant = choose_grant(session, caller.name, entry.name, body.grant_id)
             grant_id = grant.id
             before = left(grant)
-    qhash = spec_hash("dp", body.query.model_dump(mode="json"), Cost(body.epsilon, body.delta))
+    qhash = spec_hash("dp", identity(body.query), Cost(body.epsilon, body.delta))
     replay = service.gate.has_answer(caller, entry, qhash)
     if before is not None:
         spend = (0.0, 0.0) if replay else (body.epsilon, body.delta)
@@ -104,7 +123,8 @@ def preview(name: str, body: DPRequest, service: Service, caller: Caller) -> DPP
                      delta=body.delta, grant_id=grant_id, alpha=ALPHA,
                      accuracy=[Accuracy(**a) for a in result["accuracy"]],
                      note=_delta_note(asked_delta, body.delta, result.get("note", "")),
-                     budget_left_before=before, budget_left_after=after, would_replay=replay)
+                     budget_left_before=before, budget_left_after=after, would_replay=replay,
+                     text=readable(body.query))
 
 
 @router.post("/datasets/{name}/dp/release", response_model=DPRelease)
@@ -113,9 +133,9 @@ async def release(name: str, body: DPRequest, service: Service, caller: Caller) 
     entry, body = _checked(service, name, body)
     task = _task(entry, body, "release", _columnar(service))
     outcome = await service.gate.release_async(
-        caller, entry, "dp", body.query.kind, body.query.model_dump(mode="json"), Cost(body.epsilon, body.delta),
+        caller, entry, "dp", body.query.kind, identity(body.query), Cost(body.epsilon, body.delta),
         compute=lambda: service.pool.run(ENGINE, task, user=caller.name), grant_id=body.grant_id,
-        request_id=body.request_id)
+        request_id=body.request_id, text=readable(body.query))
     return release_response(entry, body, outcome)
 
 
@@ -133,4 +153,5 @@ def release_response(entry: DatasetEntry, body: DPRequest, outcome: Outcome) -> 
                      query=body.query, epsilon=outcome.cost.epsilon, delta=outcome.cost.delta,
                      epsilon_charged=outcome.charged.epsilon, delta_charged=outcome.charged.delta,
                      grant_id=outcome.grant_id, replayed=outcome.replayed, released_at=outcome.released_at,
-                     alpha=ALPHA, table=Table(**result["table"]), budget_left=outcome.budget_left)
+                     alpha=ALPHA, table=Table(**result["table"]), budget_left=outcome.budget_left,
+                     text=readable(body.query))

@@ -15,6 +15,7 @@ spends no budget; :func:`plot_result` draws a table that was already released.
 from __future__ import annotations
 
 import math
+from html import escape as html_escape
 from typing import Any
 
 __all__ = ["accuracy_table", "plot_result", "preview_widget"]
@@ -43,8 +44,10 @@ def accuracy_table(preview: Any) -> Any:
         if "alpha" in frame and "accuracy" in frame:
             # "accuracy" is the half-width of a (1 - alpha) interval.
             frame["confidence"] = [f"{(1 - a):.0%}" if a is not None else "" for a in frame["alpha"]]
-            frame = frame.rename(columns={"accuracy": "± error"})
-            frame = frame[[c for c in ("statistic", "± error", "confidence") if c in frame]]
+            frame = frame.rename(columns={"accuracy": "± error", "share": "share of ε"})
+            if "share of ε" in frame and frame["share of ε"].isna().all():
+                frame = frame.drop(columns="share of ε")
+            frame = frame[[c for c in ("statistic", "± error", "confidence", "share of ε") if c in frame]]
         return frame
     if isinstance(data, dict):
         return pd.DataFrame([data])
@@ -115,6 +118,8 @@ def preview_widget(
     # round-trip and are kept in the notebook's saved widget state.
     table = widgets.HTML(value="")
     note = widgets.HTML(value="")
+    text = getattr(query, "text", "")
+    title = widgets.HTML(value=f"<code>{html_escape(text)}</code>" if text else "")
 
     def show(e: float) -> None:
         import html
@@ -134,7 +139,7 @@ def preview_widget(
 
     slider.observe(lambda change: show(change["new"]), names="value")
     show(slider.value)
-    box = widgets.VBox([slider, table, note])
+    box = widgets.VBox([title, slider, table, note])
     box.add_class("workbench-preview")
     return box
 

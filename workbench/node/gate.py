@@ -92,37 +92,40 @@ class ReleaseGate:
                 or self._stored_answer(principal, entry, qhash, None) is not None)
 
     def release(self, principal: Principal, entry: DatasetEntry, channel: str, kind: str, spec: dict, cost: Cost,
-                compute: Callable[[], dict], grant_id: int | None = None, request_id: str | None = None) -> Outcome:
-        """Charge, compute and record one release (or replay a stored one for free)."""
+                compute: Callable[[], dict], grant_id: int | None = None, request_id: str | None = None,
+                text: str = "") -> Outcome:
+        """Charge, compute and record one release (or replay a stored one for free). ``text``: the question in
+        readable form, kept in the audit record (the analyst's history shows it)."""
         self.authorize(principal, entry)
         qhash = spec_hash(channel, spec, cost)
-        replay = self._replay_remembered(principal, entry, channel, kind, qhash, request_id)
+        replay = self._replay_remembered(principal, entry, channel, kind, qhash, request_id, text)
         if replay is not None:
             return replay.result(WAIT_S)
-        return self._release(principal, entry, channel, kind, qhash, cost, compute, grant_id, request_id)
+        return self._release(principal, entry, channel, kind, qhash, cost, compute, grant_id, request_id, text)
 
     async def release_async(self, principal: Principal, entry: DatasetEntry, channel: str, kind: str, spec: dict,
                             cost: Cost, compute: Callable[[], dict], grant_id: int | None = None,
-                            request_id: str | None = None) -> Outcome:
+                            request_id: str | None = None, text: str = "") -> Outcome:
         """:meth:`release` for the event loop: a replay of a remembered answer waits on no thread."""
         from starlette.concurrency import run_in_threadpool
 
         self.authorize(principal, entry)
         qhash = spec_hash(channel, spec, cost)
-        replay = self._replay_remembered(principal, entry, channel, kind, qhash, request_id)
+        replay = self._replay_remembered(principal, entry, channel, kind, qhash, request_id, text)
         if replay is not None:
             return await asyncio.wrap_future(replay)
         return await run_in_threadpool(self._release, principal, entry, channel, kind, qhash, cost, compute, grant_id,
-                                       request_id)
+                                       request_id, text)
 
     def replay_if_known(self, principal: Principal, entry: DatasetEntry, channel: str, kind: str, spec: dict,
-                        cost: Cost, request_id: str | None = None) -> "Future[Outcome] | None":
+                        cost: Cost, request_id: str | None = None, text: str = "") -> "Future[Outcome] | None":
         """The replay of an answer this process remembers (its audit record group-committed), or None."""
         self.authorize(principal, entry)
-        return self._replay_remembered(principal, entry, channel, kind, spec_hash(channel, spec, cost), request_id)
+        return self._replay_remembered(principal, entry, channel, kind, spec_hash(channel, spec, cost), request_id,
+                                       text)
 
     def _replay_remembered(self, principal: Principal, entry: DatasetEntry, channel: str, kind: str, qhash: str,
-                           request_id: str | None) -> "Future[Outcome] | None":
+                           request_id: str | None, text: str = "") -> "Future[Outcome] | None":
         """From memory only: the replay of this user's answer to this question, or None (ask the database)."""
         if request_id is not None:
             known = self.answers.by_request(principal.name, request_id)
@@ -132,14 +135,15 @@ class ReleaseGate:
             known = self.answers.by_question(principal.name, entry.name, entry.version, qhash)
         if known is None:
             return None
-        return self._writes.submit(self._replay_write(principal, known, channel, kind))
+        return self._writes.submit(self._replay_write(principal, known, channel, kind, text))
 
     @staticmethod
-    def _replay_write(principal: Principal, known: StoredAnswer, channel: str, kind: str):
+    def _replay_write(principal: Principal, known: StoredAnswer, channel: str, kind: str, text: str = ""):
         """The replay's audit record (group-committed) and the grant's current balance."""
         def write(session) -> Outcome:
             audit.append(session, principal.name, "replay", known.dataset, release_id=known.release_id,
-                         channel=channel, kind=kind, epsilon=0.0, delta=0.0, grant_id=known.grant_id)
+                         channel=channel, kind=kind, epsilon=0.0, delta=0.0, grant_id=known.grant_id,
+                         **({"text": text} if text else {}))
             return Outcome(known.release_id, json.loads(known.result_json), True, Cost(0.0, 0.0),
                            Cost(known.epsilon, known.delta), known.grant_id, known.released_at,
                            dataset_version=known.dataset_version)
@@ -156,19 +160,20 @@ class ReleaseGate:
         return [self._locks[i] for i in sorted(indices)]
 
     def _release(self, principal: Principal, entry: DatasetEntry, channel: str, kind: str, qhash: str, cost: Cost,
-                 compute: Callable[[], dict], grant_id: int | None, request_id: str | None) -> Outcome:
+                 compute: Callable[[], dict], grant_id: int | None, request_id: str | None,
+                 text: str = "") -> Outcome:
         with contextlib.ExitStack() as held:
             for lock in self._stripes(principal, qhash, request_id):
                 held.enter_context(lock)
             known = self._stored_answer(principal, entry, qhash, request_id)
             if known is not None:
-                return self._writes.run(self._replay_write(principal, known, channel, kind))
+                return self._writes.run(self._replay_write(principal, known, channel, kind, text))
             # The caller's share of heavy work, taken before anything is charged (RateLimited costs nothing).
             held.enter_context(self.limiter.admit(principal.name, "compute"))
             charge_id, charged_grant = self._reserve(principal, entry, channel, kind, qhash, cost, grant_id,
                                                      request_id)
             if charge_id is None:  # another process answered this request id first
-                return self._writes.run(self._replay_write(principal, charged_grant, channel, kind))
+                return self._writes.run(self._replay_write(principal, charged_grant, channel, kind, text))
             try:
                 result = compute()
             except WorkbenchError as exc:
@@ -179,7 +184,7 @@ class ReleaseGate:
                 self._fail(principal, entry, charge_id, "computation_failed")
                 raise ComputationFailed("The computation failed; the charge for it stands.") from None
             return self._record(principal, entry, channel, kind, qhash, cost, charge_id, charged_grant, request_id,
-                                result)
+                                result, text)
 
     def _reserve(self, principal: Principal, entry: DatasetEntry, channel: str, kind: str, qhash: str, cost: Cost,
                  grant_id: int | None, request_id: str | None):
@@ -213,7 +218,8 @@ class ReleaseGate:
             raise
 
     def _record(self, principal: Principal, entry: DatasetEntry, channel: str, kind: str, qhash: str, cost: Cost,
-                charge_id: int, charged_grant: int | None, request_id: str | None, result: dict) -> Outcome:
+                charge_id: int, charged_grant: int | None, request_id: str | None, result: dict,
+                text: str = "") -> Outcome:
         """Commit the charge, store the answer and its audit record; remember the answer for replays."""
         charged = Cost(0.0, 0.0) if entry.info.tier == "open" else cost
         result_json = json.dumps(result, default=str)
@@ -230,7 +236,8 @@ class ReleaseGate:
                 "result_json": result_json, "created_at": now}).inserted_primary_key[0]
             audit.append(session, principal.name, "release", entry.name, release_id=release_id,
                          charge_id=charge_id, grant_id=charged_grant, channel=channel, kind=kind,
-                         epsilon=charged.epsilon, delta=charged.delta, dataset_version=entry.version)
+                         epsilon=charged.epsilon, delta=charged.delta, dataset_version=entry.version,
+                         **({"text": text} if text else {}))
             outcome = Outcome(release_id, result, False, charged, cost, charged_grant, now,
                               _left(session, charged_grant), entry.version)
             answer = StoredAnswer(release_id, principal.name, entry.name, entry.version, qhash, request_id,

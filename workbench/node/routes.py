@@ -248,7 +248,7 @@ def history(service: Service, caller: Caller,
         out.append(HistoryEntry(release_id=d.get("release_id", 0), time=rec["ts"], dataset=rec["dataset"] or "",
                                 channel=d.get("channel", ""), kind=d.get("kind", ""), epsilon=d.get("epsilon", 0.0),
                                 delta=d.get("delta", 0.0), grant_id=d.get("grant_id"),
-                                replayed=rec["action"] == "replay"))
+                                replayed=rec["action"] == "replay", text=d.get("text", "")))
     return out
 
 
