@@ -69,7 +69,8 @@ def validate(info: DatasetInfo, query: DPQuery, delta: float) -> DatasetInfo:
                 raise InvalidQuery(f"Column '{col.name}' is {col.type}; a {kind} needs a numeric column.",
                                    code="wrong_type")
             if col.bounds is None:
-                raise InvalidQuery(f"Column '{col.name}' has no public bounds; the owner must declare them.",
+                raise InvalidQuery(f"Column '{col.name}' has no public bounds: the owner declares them for a "
+                                   "dataset column; a derived column gets them from clip(low, high).",
                                    code="bad_bounds")
         if kind == "quantile" and query.quantile is None:
             raise InvalidQuery("A quantile needs 'quantile' in (0, 1).", code="invalid_query")
