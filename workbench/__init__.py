@@ -9,6 +9,7 @@ from ._version import __version__
 from .client import GroupBy, Node, Preview, Query, RemoteDataset, connect
 from .client.federation import FederatedDataset, Federation, federation
 from .client.login import login
+from .demo.federation import demo_federation
 from .errors import (
     BudgetExceeded,
     ComputationFailed,
@@ -46,6 +47,7 @@ __all__ = [
     "WorkbenchError",
     "__version__",
     "connect",
+    "demo_federation",
     "federation",
     "login",
 ]

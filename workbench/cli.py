@@ -447,17 +447,30 @@ def login(url: str, name: str | None) -> None:
     click.echo(f"Saved {info['name']} ({url}) as user {info['user']} in {path}")
 
 
-@main.command("demo")
+@main.command("demo", context_settings={"ignore_unknown_options": True})
 @click.option("--lab/--no-lab", default=True, help="Also start JupyterLab with the notebooks.")
 @click.option("--port", default=8765, show_default=True, help="First node port (three nodes: port..port+2).")
 @click.option("--lab-port", default=8888, show_default=True)
 @click.option("--root", type=click.Path(file_okay=False), default=None,
               help="Where demo data and state live (default $WORKBENCH_HOME/demo).")
-def demo(lab: bool, port: int, lab_port: int, root: str | None) -> None:
-    """Start three demo hospital nodes (and JupyterLab with the teaching notebooks)."""
+@click.option("--reset", is_flag=True,
+              help="Forget every demo budget, release and mock first (and the embedded node's); data stays.")
+@click.argument("lab_args", nargs=-1, type=click.UNPROCESSED)
+def demo(lab: bool, port: int, lab_port: int, root: str | None, reset: bool, lab_args: tuple[str, ...]) -> None:
+    """Start three demo hospital nodes (and JupyterLab with the teaching notebooks).
+
+    Options after ``--`` go to JupyterLab, e.g. ``workbench demo -- --ServerApp.token=abc``.
+    As root, JupyterLab gets ``--allow-root``.
+    """
     from .demo.launcher import run_demo
 
-    sys.exit(run_demo(lab=lab, first_port=port, lab_port=lab_port, root=Path(root) if root else None))
+    if reset:
+        from .client.embedded import reset_embedded
+
+        for folder in reset_embedded():
+            click.echo(f"Reset: removed {folder} (the embedded node's ledger).")
+    sys.exit(run_demo(lab=lab, first_port=port, lab_port=lab_port, root=Path(root) if root else None,
+                      lab_args=tuple(lab_args), reset=reset))
 
 
 # ---------------------------------------------------------------- HE aggregator

@@ -9,8 +9,8 @@ import httpx
 import pandas as pd
 
 from .._version import __version__
-from ..config import token_for
-from ..errors import ConnectionFailed, NotSupported, WorkbenchError, error_class_for
+from ..config import DEMO_NODES_ENV, demo_node_urls, token_for
+from ..errors import ConnectionFailed, InvalidQuery, NotSupported, WorkbenchError, error_class_for
 from ..protocol import PROTOCOL_HEADER, PROTOCOL_VERSION, DatasetInfo, GrantInfo, HistoryEntry, NodeInfo
 
 DEFAULT_TIMEOUT = httpx.Timeout(300.0, connect=10.0)
@@ -165,18 +165,29 @@ def _quote(name: str) -> str:
     return quote(name, safe="")
 
 
-def connect(url: str | None = None, token: str | None = None, *, timeout: float = 300.0) -> Node:
+def connect(url: str | None = None, token: str | None = None, *, timeout: float = 300.0,
+            reset: bool = False) -> Node:
     """Connect to a node.
 
     ``connect("http://host:port")`` talks HTTP; the token comes from ``token=``,
     ``WORKBENCH_TOKEN`` or the config file (see :mod:`workbench.config`).
-    ``connect()`` starts the embedded demo node in this process (same app,
-    in-process transport): no server needed, state kept under ``$WORKBENCH_HOME``.
+    ``connect()`` with no address: inside ``workbench demo`` (or on Binder),
+    where ``$WORKBENCH_DEMO_NODES`` is set, the first demo node, the one the
+    JupyterLab panel shows; anywhere else the embedded demo node in this
+    process (same app, in-process transport, no server needed). ``reset=True``
+    gives the embedded node a fresh ledger first (full budget, no history).
     """
     if url is None:
+        demo = demo_node_urls()
+        if demo:
+            if reset:
+                raise InvalidQuery(f"connect(reset=True) resets the embedded node, but this kernel runs inside "
+                                   f"`workbench demo` ({DEMO_NODES_ENV} is set): restart the demo with "
+                                   "`workbench demo --reset` instead.", code="invalid_query")
+            return connect(demo[0], token, timeout=timeout)
         from .embedded import connect_embedded
 
-        return connect_embedded()
+        return connect_embedded(reset=reset)
     url = url.rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise ConnectionFailed(f"A node address starts with http:// or https://, not {url!r}.")

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ..errors import InvalidQuery, PrivacyError
+from ..errors import BudgetExceeded, InvalidQuery, PrivacyError
 from ..protocol import BudgetInfo, DatasetInfo, DPPreview, DPQuery, DPRelease, RowsResponse
+from . import checks
 from .results import Preview, release_frame
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ class RemoteDataset:
     # ---------------------------------------------------------------- queries
 
     def _query(self, **spec) -> "Query":
-        return Query(self, DPQuery(**spec))
+        return Query(self, checks.dp_query(self.schema, **spec))
 
     def count(self) -> "Query":
         """Number of rows."""
@@ -80,6 +81,8 @@ class RemoteDataset:
 
     def group_by(self, *columns: str) -> "GroupBy":
         """Group by public keys (category columns) or, with a delta, by keys the node must not reveal."""
+        if len(columns) == 1 and isinstance(columns[0], (list, tuple)):
+            columns = tuple(columns[0])  # group_by(["a", "b"]) means group_by("a", "b")
         if not columns:
             raise InvalidQuery("group_by needs at least one column.", code="invalid_query")
         return GroupBy(self, list(columns))
@@ -189,6 +192,8 @@ class Query:
         self.dataset, self.spec = dataset, spec
 
     def _body(self, epsilon: float, delta: float, request_id: str | None = None) -> dict:
+        epsilon, delta = checks.privacy_loss(epsilon, delta)
+        checks.validate(self.dataset.schema, self.spec, delta)
         body = {"query": self.spec.model_dump(mode="json", exclude_none=True), "epsilon": epsilon, "delta": delta}
         if self.dataset.grant_id is not None:
             body["grant_id"] = self.dataset.grant_id
@@ -212,8 +217,11 @@ class Query:
         enforced by the node with OpenDP; intervals are post-processing.
         """
         request_id = uuid.uuid4().hex
-        raw = self.dataset.node.request("POST", self.dataset._path("/dp/release"),
-                                        json=self._body(epsilon, delta, request_id), retries=3)
+        body = self._body(epsilon, delta, request_id)
+        try:
+            raw = self.dataset.node.request("POST", self.dataset._path("/dp/release"), json=body, retries=3)
+        except BudgetExceeded as exc:
+            raise checks.budget_hint(exc, self.dataset.name) from None
         return release_frame(DPRelease.model_validate(raw))
 
     def widget(self):

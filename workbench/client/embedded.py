@@ -1,14 +1,21 @@
 """The embedded demo node: the same app, in this process, over an in-process transport.
 
-State (ledger, audit, tokens) lives under ``$WORKBENCH_HOME/embedded`` so
-budgets survive a kernel restart, as they would on a real node.
+State (ledger, audit, tokens) lives under ``$WORKBENCH_HOME/embedded/<env>``,
+one folder per user and Python environment (``<env>`` names ``sys.prefix``),
+so budgets survive a kernel restart, as they would on a real node, while a
+fresh environment (a new venv, a container, CI) starts with a full budget.
+``wb.connect(reset=True)`` or ``workbench demo --reset`` forget it.
 """
 
 from __future__ import annotations
 
 import atexit
+import hashlib
+import shutil
+import sys
 import threading
 import warnings
+from pathlib import Path
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette nags about httpx; its in-process transport is what we want
@@ -23,14 +30,39 @@ _lock = threading.Lock()
 _services: dict[str, object] = {}
 
 
-def connect_embedded(hospital: str = "hospital_a") -> Node:
+def embedded_root() -> Path:
+    """This environment's embedded node folder: ``$WORKBENCH_HOME/embedded/<env name>-<hash of sys.prefix>``."""
+    prefix = str(Path(sys.prefix).resolve())
+    name = Path(prefix).name.strip(".") or "python"
+    return data_home() / "embedded" / f"{name}-{hashlib.sha256(prefix.encode()).hexdigest()[:8]}"
+
+
+def reset_embedded() -> list[Path]:
+    """Forget the embedded node's ledger, grants, releases and tokens (its data files stay).
+
+    A node already running in this process is closed first; the next connect starts afresh.
+    """
+    with _lock:
+        for service, _app, _accounts in _services.values():
+            service.close()
+        _services.clear()
+    state = embedded_root() / "state"
+    if state.exists():
+        shutil.rmtree(state)
+        return [state]
+    return []
+
+
+def connect_embedded(hospital: str = "hospital_a", reset: bool = False) -> Node:
     """A :class:`Node` backed by an in-process demo node (one per process and hospital)."""
     from ..demo.nodes import ensure_accounts, write_config
     from ..node.app import create_app
     from ..node.service import NodeService
     from ..node.settings import NodeConfig
 
-    root = data_home() / "embedded"
+    if reset:
+        reset_embedded()
+    root = embedded_root()
     with _lock:
         entry = _services.get(hospital)
         if entry is None:

@@ -80,7 +80,8 @@ def validate(info: DatasetInfo, query: DPQuery, delta: float) -> None:
     if private_keys and delta <= 0:
         raise InvalidQuery(
             "Grouping by a column without a public category set reveals which groups exist: "
-            "it needs delta > 0 (small groups are suppressed).", code="bad_epsilon")
+            "it needs delta > 0 (small groups are suppressed), e.g. release(epsilon=..., delta=1e-6).",
+            code="needs_delta")
     if not private_keys and query.by and _key_count(info, query.by) > MAX_PUBLIC_KEYS:
         raise InvalidQuery(f"Too many groups (more than {MAX_PUBLIC_KEYS}).", code="invalid_query")
 
@@ -88,8 +89,17 @@ def validate(info: DatasetInfo, query: DPQuery, delta: float) -> None:
 def _column(info: DatasetInfo, name: str):
     col = info.column(name)
     if col is None:
-        raise InvalidQuery(f"Unknown column '{name}' in dataset '{info.name}'.", code="unknown_column")
+        raise unknown_column(info, name)
     return col
+
+
+def unknown_column(info: DatasetInfo, name: str) -> InvalidQuery:
+    """The refusal of an unknown column, with the closest public column name ("did you mean ...?")."""
+    import difflib
+
+    close = difflib.get_close_matches(name, [c.name for c in info.columns], n=1, cutoff=0.6)
+    hint = f" Did you mean '{close[0]}'?" if close else f" Its columns: {', '.join(c.name for c in info.columns)}."
+    return InvalidQuery(f"Unknown column '{name}' in dataset '{info.name}'.{hint}", code="unknown_column")
 
 
 def _key_count(info: DatasetInfo, by: list[str]) -> int:
@@ -182,6 +192,7 @@ class _Plan:
         self.with_columns: list[pl.Expr] = []
         self.keys: pl.DataFrame | None = None
         self.labels: dict[str, list] = {}  # key column -> labels of its codes 0..n-1
+        self.edges: list[float] | None = None  # a numeric histogram's public bin edges
         coded = coded or {}
         kind = query.kind
         col = info.column(query.column) if query.column else None
@@ -192,6 +203,7 @@ class _Plan:
                 self.by.append(col.name)
             else:
                 labels = _bin_labels(edges)
+                self.edges = edges
                 lo, hi = edges[0], edges[-1]
                 expr = pl.col(col.name)
                 expr = expr.fill_nan(lo) if col.type == "float" else expr
@@ -334,7 +346,7 @@ def run(task: dict) -> dict:
     columnar = task.get("columnar")  # a folder for this node's columnar copies (see workbench.dp.columnar)
     plan = _Plan(info, query, coded_columns(info) if columnar else None)
     if not plan.public_keys and delta <= 0:
-        raise InvalidQuery("Private group keys need delta > 0.", code="bad_epsilon")
+        raise InvalidQuery("Private group keys need delta > 0.", code="needs_delta")
     needed = _needed(info, query)
     if task["mode"] == "release":
         check_stamp(task["path"], task.get("stamp"))
@@ -397,12 +409,15 @@ def _note(query: DPQuery, plan: _Plan, summary: pl.DataFrame) -> str:
 
 
 def _table(query: DPQuery, plan: _Plan, frame: pl.DataFrame, summary: pl.DataFrame) -> dict:
+    if plan.by:  # sorted on the codes (not the labels), so numeric bins come in numeric order
+        frame = frame.sort(plan.by)
+    edges, codes = plan.edges, (frame["bin"].to_list() if plan.edges is not None else [])
     for name, labels in plan.labels.items():  # codes back to their public labels (post-processing)
         frame = frame.with_columns(pl.col(name).replace_strict(list(range(len(labels))), labels))
     out = frame.select(plan.by) if plan.by else pl.DataFrame()
-    if plan.by:
-        out = frame.sort(plan.by).select(plan.by)
-        frame = frame.sort(plan.by)
+    if edges is not None:  # each bin's public edges, beside its label
+        out = out.with_columns(pl.Series("bin_lower", [edges[i] for i in codes], dtype=pl.Float64),
+                               pl.Series("bin_upper", [edges[i + 1] for i in codes], dtype=pl.Float64))
     kind = query.kind
     if kind in ("count", "histogram", "sum"):
         name = "sum" if kind == "sum" else "count"

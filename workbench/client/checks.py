@@ -1,0 +1,106 @@
+"""Checks of a DP question in the notebook, before anything is sent.
+
+The node stays the judge: it validates every request again. These checks
+only make a mistake read as a :class:`workbench.InvalidQuery` with a stable
+code, raised at the line that made it, instead of a bare ``ValueError`` or a
+pydantic ``ValidationError`` that escapes ``except wb.WorkbenchError``. They
+use the node's own rules (the wire models in :mod:`workbench.protocol` and
+:func:`workbench.dp.engine.validate`, which reads public metadata only), so
+there is no second copy of a check to drift.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..errors import BudgetExceeded, InvalidQuery
+from ..protocol import DatasetInfo, DPQuery
+
+__all__ = ["budget_hint", "column_name", "dp_query", "privacy_loss", "validate"]
+
+
+def privacy_loss(epsilon: Any, delta: Any = 0.0) -> tuple[float, float]:
+    """``(epsilon, delta)`` as floats, or :class:`InvalidQuery` (``bad_epsilon``).
+
+    A string, a bool, NaN or infinity is refused (pydantic would turn ``"0.5"``
+    into 0.5 without a word); the ranges are the node's (``DPRequest``).
+    """
+    from ..protocol import DPRequest
+
+    for name, value in (("epsilon", epsilon), ("delta", delta)):
+        if isinstance(value, bool) or not isinstance(value, Real):
+            raise InvalidQuery(f"{name} must be a number, not {type(value).__name__} {value!r}.", code="bad_epsilon")
+        if not math.isfinite(float(value)):
+            raise InvalidQuery(f"{name} must be a finite number, not {value!r}.", code="bad_epsilon")
+    values = {"epsilon": float(epsilon), "delta": float(delta)}
+    try:
+        DPRequest(query=DPQuery(kind="count"), **values)
+    except ValidationError as exc:
+        field = str(exc.errors()[0]["loc"][0])
+        rule = _rule(DPRequest.model_fields[field].metadata)
+        raise InvalidQuery(f"{field} = {values[field]:g} is out of range{rule}.", code="bad_epsilon") from None
+    return values["epsilon"], values["delta"]
+
+
+def _rule(metadata: list) -> str:
+    parts = []
+    for item in metadata:
+        for attr, sign in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+            value = getattr(item, attr, None)
+            if value is not None:
+                parts.append(f"{sign} {value:g}")
+    return f" (it must be {' and '.join(parts)})" if parts else ""
+
+
+def column_name(info: DatasetInfo, value: Any, role: str = "column") -> str:
+    """One column of this dataset, by name; a typo gets "did you mean ...?" (``unknown_column``)."""
+    if isinstance(value, (list, tuple)):
+        raise InvalidQuery(f"The {role} is one column name (a string), not a {type(value).__name__} {list(value)!r}; "
+                           "ask one question per column.", code="invalid_query")
+    if not isinstance(value, str):
+        raise InvalidQuery(f"The {role} is a column name (a string), not {type(value).__name__} {value!r}.",
+                           code="invalid_query")
+    if info.column(value) is None:
+        from ..dp.engine import unknown_column
+
+        raise unknown_column(info, value)
+    return value
+
+
+def dp_query(info: DatasetInfo, **spec: Any) -> DPQuery:
+    """The wire spec of a question about ``info``, checked: column names, ``quantile`` in (0, 1), ``bins``."""
+    if spec.get("column") is not None:
+        spec["column"] = column_name(info, spec["column"])
+    spec["by"] = [column_name(info, b, "group-by column") for b in spec.get("by") or []]
+    p = spec.get("quantile")
+    if p is not None and (isinstance(p, bool) or not isinstance(p, Real) or not 0 < float(p) < 1):
+        raise InvalidQuery(f"A quantile is a number strictly between 0 and 1 (0.5 is the median), not {p!r}.",
+                           code="invalid_query")
+    try:
+        return DPQuery(**{k: v for k, v in spec.items() if v is not None})
+    except ValidationError as exc:
+        bad = exc.errors()[0]
+        where = ".".join(str(x) for x in bad["loc"]) or "query"
+        raise InvalidQuery(f"{where}: {bad['msg']} (got {bad.get('input')!r}).", code="invalid_query") from None
+
+
+def validate(info: DatasetInfo, query: DPQuery, delta: float) -> None:
+    """What the node checks from public metadata alone (types, bounds, bins, group keys, delta)."""
+    from ..dp.engine import validate as node_validate
+
+    node_validate(info, query, delta)
+
+
+def budget_hint(exc: BudgetExceeded, dataset: str) -> BudgetExceeded:
+    """``exc`` with what the analyst can do about it (ask for a grant, or the dataset's cap is spent)."""
+    if exc.code == "budget_exceeded" and "request_access" not in exc.message:
+        exc.message += (f" Nothing was charged. To ask the owner for more: "
+                        f"node.dataset({dataset!r}).request_access(purpose=..., epsilon=...).")
+    elif exc.code == "dataset_budget_exceeded" and "cap" not in exc.message:
+        exc.message += " Nothing was charged. This is the dataset's cap for all analysts: no grant can raise it."
+    exc.args = (exc.message,)
+    return exc
