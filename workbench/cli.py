@@ -560,7 +560,9 @@ def schedule(notebook: str, output: str, parameters: tuple[tuple[str, str], ...]
         args = [sys.executable, "-m", "workbench.cli", "schedule", str(Path(notebook).resolve()), "--output", output]
         args += [a for name, value in parameters for a in ("-p", name, value)]
         log = Path(output.split("%", 1)[0] or ".").resolve() / "schedule.log"
-        line = f"{cron} cd {shlex.quote(os.getcwd())} && {shlex.join(args)} >> {shlex.quote(str(log))} 2>&1"
+        # The log's folder is created first: a redirect into a missing folder fails before the job starts.
+        line = (f"{cron} cd {shlex.quote(os.getcwd())} && mkdir -p {shlex.quote(str(log.parent))} && "
+                f"{shlex.join(args)} >> {shlex.quote(str(log))} 2>&1")
         click.echo(line.replace("%", r"\%"))  # cron turns an unescaped % into a newline
         return
     import papermill

@@ -42,28 +42,35 @@ def _port(url: str) -> int:
 
 
 def prepare(root: Path, urls: dict[str, str], save: bool = True, mock: bool = True) -> tuple[dict[str, Path], dict[str, str]]:
-    """Configs, accounts and DP mocks for the demo nodes at ``urls``.
+    """Configs, accounts and DP mocks for the demo nodes at ``urls`` (the nodes in parallel).
 
     Returns each hospital's config path and analyst token; ``save`` also stores the analyst's
     connections in the client config (what the JupyterLab panel reads).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
+    configs = {hospital: write_config(root, hospital, port=_port(url)) for hospital, url in urls.items()}
+    with ThreadPoolExecutor(len(configs)) as pool:
+        tokens = dict(zip(configs, pool.map(lambda path: _provision(path, mock), configs.values())))
+    if save:
+        for hospital, url in urls.items():
+            save_connection(hospital.replace("_", "-"), url, tokens[hospital])
+    return configs, tokens
+
+
+def _provision(config: Path, mock: bool) -> str:
+    """The demo accounts (and the DP mock) of one node that is not running yet; returns the analyst's token."""
     from ..node.service import NodeService
     from ..node.settings import NodeConfig
 
-    configs, tokens = {}, {}
-    for hospital, url in urls.items():
-        path = write_config(root, hospital, port=_port(url))
-        service = NodeService(NodeConfig.load(path), start_workers=False)
-        try:
-            accounts = ensure_accounts(service)
-            if mock:
-                publish_demo_mock(service)
-        finally:
-            service.close()
-        if save:
-            save_connection(hospital.replace("_", "-"), url, accounts.analyst_token)
-        configs[hospital], tokens[hospital] = path, accounts.analyst_token
-    return configs, tokens
+    service = NodeService(NodeConfig.load(config), start_workers=False)
+    try:
+        accounts = ensure_accounts(service)
+        if mock:
+            publish_demo_mock(service)
+    finally:
+        service.close()
+    return accounts.analyst_token
 
 
 def publish_demo_mock(service, dataset: str = "patients") -> None:
