@@ -176,7 +176,7 @@ def test_02_budgets_and_replay_on_the_embedded_node(jupyter_dirs, tmp_path, monk
     assert s["cheaper_charged"] == 0.5
     assert s["exceeded_code"] == "budget_exceeded" and s["left_unchanged_by_refusal"] is True
     assert s["epsilon_spent_here"] == pytest.approx(1.5)
-    assert len(figures_with_captions(nb)) == 1
+    assert len(figures_with_captions(nb)) == 2
     # The refusal is shown to the reader with its code and the numbers.
     text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert "BudgetExceeded (budget_exceeded): This release costs" in text

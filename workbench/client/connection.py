@@ -70,17 +70,21 @@ class Node:
         return self._info.name
 
     def catalog(self) -> pd.DataFrame:
-        """Every dataset's public description: name, tier, description, licence, version, columns."""
+        """Every dataset's public description: name, tier, description, licence, version, columns.
+
+        ``dataset_cap_epsilon`` is the owner's lifetime cap on what all analysts together may spend on
+        the dataset, not your budget: yours is your grant (``node.grants()``, ``ds.budget()``).
+        """
         rows = []
         for raw in self.request("GET", "/catalog"):
             info = DatasetInfo.model_validate(raw)
             rows.append({"name": info.name, "tier": info.tier, "description": info.description,
                          "licence": info.licence, "columns": len(info.columns),
                          "privacy_unit": info.privacy_unit.id_column or "row",
-                         "budget_epsilon": info.budget.epsilon if info.budget else None,
+                         "dataset_cap_epsilon": info.budget.epsilon if info.budget else None,
                          "version": info.version, "mock": info.has_mock})
         return pd.DataFrame(rows, columns=["name", "tier", "description", "licence", "columns", "privacy_unit",
-                                           "budget_epsilon", "version", "mock"])
+                                           "dataset_cap_epsilon", "version", "mock"])
 
     def dataset(self, name: str, *, purpose: str | None = None, grant_id: int | None = None):
         """A handle to a remote dataset. It holds public metadata only, never rows.

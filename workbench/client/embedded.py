@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import json
+import os
 import shutil
 import sys
 import threading
@@ -28,6 +30,10 @@ from .connection import Node
 
 _lock = threading.Lock()
 _services: dict[str, object] = {}
+
+
+#: ``1``: serve the embedded node to the JupyterLab panel even outside a notebook kernel started by Jupyter.
+PANEL_ENV = "WORKBENCH_PANEL_EMBEDDED"
 
 
 def embedded_root() -> Path:
@@ -72,6 +78,8 @@ def connect_embedded(hospital: str = "hospital_a", reset: bool = False) -> Node:
             atexit.register(service.close)  # stop its worker processes with the kernel
             entry = (service, create_app(service), accounts)
             _services[hospital] = entry
+            if os.environ.get("JPY_SESSION_NAME") or os.environ.get(PANEL_ENV) == "1":
+                _serve_for_panel(entry[1], accounts.analyst_token, hospital)
     service, app, accounts = entry
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the deprecation notice may also fire on construction
@@ -79,3 +87,49 @@ def connect_embedded(hospital: str = "hospital_a", reset: bool = False) -> Node:
     http.headers.update({PROTOCOL_HEADER: PROTOCOL_VERSION, "User-Agent": f"workbench/{__version__}",
                          "Authorization": f"Bearer {accounts.analyst_token}"})
     return Node(http, url=f"embedded://{hospital}", embedded=True)
+
+
+def _serve_for_panel(app, token: str, hospital: str) -> None:
+    """Serve the embedded node on a free loopback port while this kernel lives, for the JupyterLab panel.
+
+    The Jupyter server finds it through a 0600 file ``<embedded root>/panel/<pid>-<hospital>.json``
+    (URL and the analyst's token, as the client config holds them) and lists it as ``embedded-<pid>``;
+    the file is removed when the kernel exits. Only inside a kernel that Jupyter started for a notebook
+    (``$JPY_SESSION_NAME``), so papermill runs and scripts open no port.
+    """
+    import socket
+
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    threading.Thread(target=server.run, daemon=True, name="workbench-embedded-panel").start()
+    folder = embedded_root() / "panel"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{os.getpid()}-{hospital}.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"name": f"embedded-{os.getpid()}", "url": f"http://127.0.0.1:{port}", "token": token,
+                   "pid": os.getpid()}, fh)
+
+    def _stop() -> None:
+        server.should_exit = True
+        path.unlink(missing_ok=True)
+
+    atexit.register(_stop)
+
+
+def panel_connections() -> list[dict]:
+    """The embedded nodes that live kernels serve to the panel (``name``, ``url``, ``token``)."""
+    folder = embedded_root() / "panel"
+    out = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            entry = json.loads(path.read_text())
+            os.kill(int(entry["pid"]), 0)  # a kernel that died without cleaning up is not listed
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        out.append(entry)
+    return out

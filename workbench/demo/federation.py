@@ -14,7 +14,6 @@ from __future__ import annotations
 import atexit
 import shutil
 import socket
-import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -52,7 +51,7 @@ def demo_federation() -> Federation:
         if demo is None:
             root = Path(tempfile.mkdtemp(prefix="workbench-federation-"))
             print("Starting three demo hospital nodes and an aggregator on loopback for this kernel "
-                  "(stopped when it exits) ...", file=sys.stderr, flush=True)
+                  "(stopped when it exits) ...", flush=True)
             try:
                 demo = start_demo(root, {h: f"http://127.0.0.1:{_free_port()}" for h in HOSPITALS}, _free_port(),
                                   save=False, quiet=True, mock=False)

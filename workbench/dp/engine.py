@@ -404,7 +404,8 @@ def _note(query: DPQuery, plan: _Plan, summary: pl.DataFrame) -> str:
         notes.append("Quantiles use the exponential mechanism over public candidates between the column's bounds; "
                      "OpenDP gives no closed-form interval for them.")
     if query.kind == "mean":
-        notes.append("Mean = noisy sum / noisy count; the interval combines both 95% bounds (conservative).")
+        notes.append("Mean = noisy sum / noisy count; each is bounded at 97.5%, so the mean's interval holds at 95% "
+                     "(union bound, conservative).")
     return " ".join(notes)
 
 

@@ -43,7 +43,8 @@ def accuracy_table(preview: Any) -> Any:
         frame = pd.DataFrame(data["accuracy"])
         if "alpha" in frame and "accuracy" in frame:
             # "accuracy" is the half-width of a (1 - alpha) interval.
-            frame["confidence"] = [f"{(1 - a):.0%}" if a is not None else "" for a in frame["alpha"]]
+            # Unrounded: a mean's two statistics are each at 97.5% (so that its interval holds at 95%).
+            frame["confidence"] = [f"{(1 - a) * 100:g}%" if a is not None else "" for a in frame["alpha"]]
             frame = frame.rename(columns={"accuracy": "± error"})
             frame = frame[[c for c in ("statistic", "± error", "confidence") if c in frame]]
         return frame

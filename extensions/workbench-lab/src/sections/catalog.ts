@@ -56,7 +56,7 @@ function datasetRow(model: WorkbenchModel, d: IDatasetSummary, isOpen: boolean):
 
 /** The dataset cap is the owner's limit for everyone, not the analyst's grant: say so. */
 function capFact(summary: IDatasetSummary): HTMLElement | null {
-  const cap = summary.budget_epsilon ?? summary.dataset_epsilon_cap;
+  const cap = summary.dataset_cap_epsilon;
   if (cap === null || cap === undefined || cap === '') {
     return null;
   }
