@@ -291,6 +291,10 @@ def test_jupyterlab_gets_allow_root_only_as_root(monkeypatch, tmp_path):
     assert launcher.lab_command(8888, tmp_path, settings, ("--allow-root",)).count("--allow-root") == 1
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert "--allow-root" not in launcher.lab_command(8888, tmp_path, settings)
+    # The user's own option replaces the demo's (JupyterLab refuses an option given twice).
+    cmd = launcher.lab_command(8888, tmp_path, settings, ("--ServerApp.root_dir=/srv/nb", "--port=9999"))
+    assert [a for a in cmd if "root_dir" in a] == ["--ServerApp.root_dir=/srv/nb"]
+    assert [a for a in cmd if a.startswith("--port")] == ["--port=9999"]
 
 
 def _three_free_ports() -> int:
@@ -391,3 +395,38 @@ def test_demo_federation_runs_anywhere_and_stops_at_exit(tmp_path):
     assert 45 < mean < 60 and total > 0
     assert not any(_healthy(u) for u in urls), "the nodes stop with the process that started them"
     assert math.isfinite(mean)
+
+
+@pytest.mark.slow
+def test_federated_training_keeps_the_terminal_quiet(tmp_path):
+    """A Flower run with secure aggregation: no flwr DEBUG chatter, no websockets deprecation warnings,
+    in the terminal where the demo nodes print (here: the nodes share this subprocess's output)."""
+    code = (
+        "import socket\n"
+        "from pathlib import Path\n"
+        "import workbench as wb\n"
+        "from workbench.demo.data import HOSPITALS\n"
+        "from workbench.demo.launcher import start_demo\n"
+        "def port():\n"
+        "    with socket.socket() as s:\n"
+        "        s.bind(('127.0.0.1', 0))\n"
+        "        return s.getsockname()[1]\n"
+        f"demo = start_demo(Path({str(tmp_path / 'demo')!r}), {{h: f'http://127.0.0.1:{{port()}}' for h in HOSPITALS}},"
+        " port(), save=False, quiet=False, mock=False)\n"
+        "try:\n"
+        "    fed = wb.federation([wb.connect(u, token=demo.tokens[h]) for h, u in demo.urls.items()])\n"
+        "    job = fed.dataset('patients').train(model='logistic_regression', y='readmitted', x=['age', 'bmi'],\n"
+        "                                          rounds=1, epsilon=1.0, delta=1e-6, secure_aggregation=True)\n"
+        "    print('ROUNDS', len(job.result().rounds()), flush=True)\n"
+        "finally:\n"
+        "    demo.stop()\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               PYTHONWARNINGS="default")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600,
+                          cwd=tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert "ROUNDS 1" in output
+    assert "flwr DEBUG" not in output, output[-3000:]
+    assert "websockets" not in output, output[-3000:]

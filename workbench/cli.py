@@ -73,7 +73,8 @@ def node_serve(config_path: str, host: str | None, port: int | None, log_level: 
     try:
         # access_log off: request lines carry no tokens, but keep logs to what the owner needs.
         # proxy_headers off: X-Forwarded-For is not trusted (and parsing it cost ~20% of a replay's CPU).
-        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, proxy_headers=False)
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, proxy_headers=False,
+                    ws="none")  # no websockets: nothing to serve, and no deprecation warnings from importing them
     finally:
         if stop_supernode is not None:
             stop_supernode()

@@ -123,7 +123,8 @@ def shot(target, name: str) -> Path:
 
 
 def open_notebook(page, path: str) -> None:
-    page.evaluate(f"() => window.jupyterapp.commands.execute('docmanager:open', {{path: {json.dumps(path)}}})")
+    page.evaluate(f"async () => {{ await window.jupyterapp.commands.execute('docmanager:open', "
+                  f"{{path: {json.dumps(path)}}}); }}")
     page.wait_for_selector(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-CodeCell")
     wait_kernel_ready(page, timeout=180_000)
 

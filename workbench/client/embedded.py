@@ -104,7 +104,8 @@ def _serve_for_panel(app, token: str, hospital: str) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
+                                           ws="none"))
     threading.Thread(target=server.run, daemon=True, name="workbench-embedded-panel").start()
     folder = embedded_root() / "panel"
     folder.mkdir(parents=True, exist_ok=True)

@@ -233,10 +233,16 @@ def lab_settings(root: Path) -> Path:
 
 
 def lab_command(lab_port: int, notebooks: Path, settings: Path, lab_args: tuple[str, ...] = ()) -> list[str]:
-    """``jupyter lab`` for the demo: loopback, the notebooks folder, ``--allow-root`` when run as root."""
-    cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip", "127.0.0.1", "--port", str(lab_port),
-           f"--ServerApp.root_dir={notebooks}", f"--LabApp.app_settings_dir={settings}"]
-    if hasattr(os, "geteuid") and os.geteuid() == 0 and "--allow-root" not in lab_args:
+    """``jupyter lab`` for the demo: loopback, the notebooks folder, ``--allow-root`` when run as root.
+
+    An option the user passes in ``lab_args`` replaces the demo's own (JupyterLab refuses one given twice).
+    """
+    given = {arg.split("=", 1)[0] for arg in lab_args if arg.startswith("--")}
+    defaults = [("--no-browser", None), ("--ip", "127.0.0.1"), ("--port", str(lab_port)),
+                ("--ServerApp.root_dir", str(notebooks)), ("--LabApp.app_settings_dir", str(settings))]
+    cmd = [sys.executable, "-m", "jupyter", "lab"]
+    cmd += [key if value is None else f"{key}={value}" for key, value in defaults if key not in given]
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and "--allow-root" not in given:
         cmd.append("--allow-root")  # containers, Codespaces, CI: JupyterLab refuses root without it
     return cmd + list(lab_args)
 

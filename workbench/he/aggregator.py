@@ -372,6 +372,6 @@ def serve(state: Path, host: str = "127.0.0.1", port: int = 8780, name: str = "a
 
     aggregator = Aggregator(state, name=name, min_parties=min_parties)
     try:
-        uvicorn.run(create_aggregator_app(aggregator), host=host, port=port, log_level="warning")
+        uvicorn.run(create_aggregator_app(aggregator), host=host, port=port, log_level="warning", ws="none")
     finally:
         aggregator.close()
