@@ -23,7 +23,7 @@ CRAFTED = [
     ("sql in column", body({"kind": "sum", "column": "age; DROP TABLE grants; --"}), "invalid_body"),
     ("quote in column", body({"kind": "mean", "column": "age\" OR 1=1"}), "invalid_body"),
     ("unknown column", body({"kind": "mean", "column": "salary"}), "unknown_column"),
-    ("id column as group", body({"kind": "count", "by": ["patient_id"]}), "bad_epsilon"),
+    ("id column as group", body({"kind": "count", "by": ["patient_id"]}), "needs_delta"),
     ("mean of category", body({"kind": "mean", "column": "sex"}), "wrong_type"),
     ("huge epsilon", body({"kind": "count"}, epsilon=1e308), "invalid_body"),
     ("negative epsilon", body({"kind": "count"}, epsilon=-1), "invalid_body"),

@@ -71,7 +71,7 @@ def test_private_keys_need_delta(node):
     ds = node.dataset("patients")
     with pytest.raises(wb.InvalidQuery) as err:
         ds.group_by("patient_id").count().release(epsilon=0.5)
-    assert err.value.code == "bad_epsilon"
+    assert err.value.code == "needs_delta"
     assert ds.budget()["epsilon"] == pytest.approx(10.0), "a refused query costs nothing"
     # With a delta, unknown keys are thresholded: every patient is alone in their group, so nothing survives.
     out = ds.group_by("patient_id").count().release(epsilon=0.5, delta=1e-6)

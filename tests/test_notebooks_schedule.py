@@ -126,3 +126,6 @@ def test_schedule_prints_a_cron_line(tmp_path):
     assert line.startswith("0 6 1 * * ")
     assert r"reports/\%Y-\%m" in line and "schedule" in line and "-p epsilon 1" in line
     assert "%Y" not in line.replace(r"\%Y", "")  # every % escaped for crontab
+    # reports/ does not exist yet: the line creates it before appending its log there.
+    folder = str(Path("reports").resolve())
+    assert f"mkdir -p {folder} && " in line and line.index("mkdir -p") < line.index(f">> {folder}/schedule.log")

@@ -11,6 +11,7 @@ from .client.expressions import Expr, col, count, lit, mean, median, quantile, s
 from .client.expressions import sum  # noqa: A004 - the statistic wb.sum(column)
 from .client.federation import FederatedDataset, Federation, federation
 from .client.login import login
+from .demo.federation import demo_federation
 from .errors import (
     BudgetExceeded,
     ComputationFailed,
@@ -53,6 +54,7 @@ __all__ = [
     "col",
     "connect",
     "count",
+    "demo_federation",
     "federation",
     "lit",
     "login",

@@ -73,7 +73,8 @@ def node_serve(config_path: str, host: str | None, port: int | None, log_level: 
     try:
         # access_log off: request lines carry no tokens, but keep logs to what the owner needs.
         # proxy_headers off: X-Forwarded-For is not trusted (and parsing it cost ~20% of a replay's CPU).
-        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, proxy_headers=False)
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, proxy_headers=False,
+                    ws="none")  # no websockets: nothing to serve, and no deprecation warnings from importing them
     finally:
         if stop_supernode is not None:
             stop_supernode()
@@ -508,17 +509,30 @@ def login(url: str, name: str | None) -> None:
     click.echo(f"Saved {info['name']} ({url}) as user {info['user']} in {path}")
 
 
-@main.command("demo")
+@main.command("demo", context_settings={"ignore_unknown_options": True})
 @click.option("--lab/--no-lab", default=True, help="Also start JupyterLab with the notebooks.")
 @click.option("--port", default=8765, show_default=True, help="First node port (three nodes: port..port+2).")
 @click.option("--lab-port", default=8888, show_default=True)
 @click.option("--root", type=click.Path(file_okay=False), default=None,
               help="Where demo data and state live (default $WORKBENCH_HOME/demo).")
-def demo(lab: bool, port: int, lab_port: int, root: str | None) -> None:
-    """Start three demo hospital nodes (and JupyterLab with the teaching notebooks)."""
+@click.option("--reset", is_flag=True,
+              help="Forget every demo budget, release and mock first (and the embedded node's); data stays.")
+@click.argument("lab_args", nargs=-1, type=click.UNPROCESSED)
+def demo(lab: bool, port: int, lab_port: int, root: str | None, reset: bool, lab_args: tuple[str, ...]) -> None:
+    """Start three demo hospital nodes (and JupyterLab with the teaching notebooks).
+
+    Options after ``--`` go to JupyterLab, e.g. ``workbench demo -- --ServerApp.token=abc``.
+    As root, JupyterLab gets ``--allow-root``.
+    """
     from .demo.launcher import run_demo
 
-    sys.exit(run_demo(lab=lab, first_port=port, lab_port=lab_port, root=Path(root) if root else None))
+    if reset:
+        from .client.embedded import reset_embedded
+
+        for folder in reset_embedded():
+            click.echo(f"Reset: removed {folder} (the embedded node's ledger).")
+    sys.exit(run_demo(lab=lab, first_port=port, lab_port=lab_port, root=Path(root) if root else None,
+                      lab_args=tuple(lab_args), reset=reset))
 
 
 # ---------------------------------------------------------------- HE aggregator
@@ -608,7 +622,9 @@ def schedule(notebook: str, output: str, parameters: tuple[tuple[str, str], ...]
         args = [sys.executable, "-m", "workbench.cli", "schedule", str(Path(notebook).resolve()), "--output", output]
         args += [a for name, value in parameters for a in ("-p", name, value)]
         log = Path(output.split("%", 1)[0] or ".").resolve() / "schedule.log"
-        line = f"{cron} cd {shlex.quote(os.getcwd())} && {shlex.join(args)} >> {shlex.quote(str(log))} 2>&1"
+        # The log's folder is created first: a redirect into a missing folder fails before the job starts.
+        line = (f"{cron} cd {shlex.quote(os.getcwd())} && mkdir -p {shlex.quote(str(log.parent))} && "
+                f"{shlex.join(args)} >> {shlex.quote(str(log))} 2>&1")
         click.echo(line.replace("%", r"\%"))  # cron turns an unescaped % into a newline
         return
     import papermill

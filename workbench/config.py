@@ -18,7 +18,13 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Connection", "config_path", "data_home", "load_connections", "save_connection", "token_for"]
+__all__ = ["DEMO_NODES_ENV", "Connection", "config_path", "data_home", "demo_node_urls", "load_connections",
+           "save_connection", "token_for"]
+
+#: Set by ``workbench demo`` (and Binder's ``start``) for JupyterLab and its kernels: the demo nodes' URLs,
+#: comma-separated. ``wb.connect()`` then means the first demo node and ``wb.demo_federation()`` all of them,
+#: so the notebooks use the nodes the panel shows.
+DEMO_NODES_ENV = "WORKBENCH_DEMO_NODES"
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,11 @@ def data_home() -> Path:
         return Path(explicit).expanduser()
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "workbench"
+
+
+def demo_node_urls() -> list[str]:
+    """The running ``workbench demo`` nodes named by ``$WORKBENCH_DEMO_NODES`` (empty outside a demo)."""
+    return [_normal(u.strip()) for u in os.environ.get(DEMO_NODES_ENV, "").split(",") if u.strip()]
 
 
 def _normal(url: str) -> str:

@@ -16,7 +16,7 @@ stable ``code``; the client re-raises it as the same class::
     ├── BudgetExceeded     budget_exceeded, dataset_budget_exceeded,
     │                      fl_rounds_exhausted
     ├── InvalidQuery       invalid_query, unknown_column, bad_bounds,
-    │                      bad_epsilon, wrong_type, invalid_body,
+    │                      bad_epsilon, needs_delta, wrong_type, invalid_body,
     │                      invalid_config, request_id_conflict,
     │                      grant_ambiguous, method_not_allowed, schema_mismatch,
     │                      bad_context, bad_ciphertext, would_overflow,
@@ -158,6 +158,7 @@ _BY_CODE: dict[str, type[WorkbenchError]] = {
     "unknown_column": InvalidQuery,
     "bad_bounds": InvalidQuery,
     "bad_epsilon": InvalidQuery,
+    "needs_delta": InvalidQuery,
     "wrong_type": InvalidQuery,
     "invalid_body": InvalidQuery,
     "invalid_config": InvalidQuery,

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import BudgetExceeded, ConnectionFailed, InvalidQuery, NotSupported, WorkbenchError
+from .client.results import as_released
 from .protocol import DPQuery
 
 if TYPE_CHECKING:
@@ -169,7 +170,7 @@ class FederatedQuery:
             "replayed": all(f.attrs["replayed"] for _h, _p, f in frames),
             "epsilon_charged": {h.node.url: f.attrs["epsilon_charged"] for h, _p, f in frames},
         })
-        return combined
+        return as_released(combined)
 
     # ---------------------------------------------------------------- combination (post-processing only)
 

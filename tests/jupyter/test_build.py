@@ -22,8 +22,14 @@ def test_package_layout():
     assert pkg["name"] == "workbench-lab"
     assert pkg["jupyterlab"]["outputDir"] == "../../workbench/labextension"
     assert pkg["jupyterlab"]["discovery"]["server"]["base"]["name"] == "workbench"
-    # index.ts only declares the plugin; the rest lives in its own files.
-    assert sorted(p.name for p in (EXT / "src").glob("*.ts")) == ["index.ts", "model.ts", "panel.ts", "request.ts"]
+    # index.ts only declares the plugin; the rest lives in its own files, one per panel section.
+    assert {"index.ts", "model.ts", "panel.ts", "request.ts", "section.ts", "table.ts"} <= {
+        p.name for p in (EXT / "src").glob("*.ts")}
+    sections = {p.stem for p in (EXT / "src" / "sections").glob("*.ts")}
+    assert {"nodes", "catalog", "budgets", "requests", "history"} <= sections
+    panel = (EXT / "src" / "panel.ts").read_text()
+    for name in sections:  # every section file is imported by the panel and listed in SECTIONS
+        assert f"from './sections/{name}'" in panel, name
     assert (EXT / "yarn.lock").exists()
     config = json.loads((ROOT / "jupyter-config" / "server-config" / "workbench.json").read_text())
     assert config == {"ServerApp": {"jpserver_extensions": {"workbench.jupyter": True}}}

@@ -9,8 +9,8 @@ import httpx
 import pandas as pd
 
 from .._version import __version__
-from ..config import token_for
-from ..errors import ConnectionFailed, NotSupported, WorkbenchError, error_class_for
+from ..config import DEMO_NODES_ENV, demo_node_urls, token_for
+from ..errors import ConnectionFailed, InvalidQuery, NotSupported, WorkbenchError, error_class_for
 from ..protocol import PROTOCOL_HEADER, PROTOCOL_VERSION, DatasetInfo, GrantInfo, HistoryEntry, NodeInfo
 
 DEFAULT_TIMEOUT = httpx.Timeout(300.0, connect=10.0)
@@ -86,17 +86,21 @@ class Node:
         return self._info.name
 
     def catalog(self) -> pd.DataFrame:
-        """Every dataset's public description: name, tier, description, licence, version, columns."""
+        """Every dataset's public description: name, tier, description, licence, version, columns.
+
+        ``dataset_cap_epsilon`` is the owner's lifetime cap on what all analysts together may spend on
+        the dataset, not your budget: yours is your grant (``node.grants()``, ``ds.budget()``).
+        """
         rows = []
         for raw in self.request("GET", "/catalog"):
             info = DatasetInfo.model_validate(raw)
             rows.append({"name": info.name, "tier": info.tier, "description": info.description,
                          "licence": info.licence, "columns": len(info.columns),
                          "privacy_unit": info.privacy_unit.id_column or "row",
-                         "budget_epsilon": info.budget.epsilon if info.budget else None,
+                         "dataset_cap_epsilon": info.budget.epsilon if info.budget else None,
                          "version": info.version, "mock": info.has_mock})
         return pd.DataFrame(rows, columns=["name", "tier", "description", "licence", "columns", "privacy_unit",
-                                           "budget_epsilon", "version", "mock"])
+                                           "dataset_cap_epsilon", "version", "mock"])
 
     def dataset(self, name: str, *, purpose: str | None = None, grant_id: int | None = None):
         """A handle to a remote dataset. It holds public metadata only, never rows.
@@ -181,18 +185,29 @@ def _quote(name: str) -> str:
     return quote(name, safe="")
 
 
-def connect(url: str | None = None, token: str | None = None, *, timeout: float = 300.0) -> Node:
+def connect(url: str | None = None, token: str | None = None, *, timeout: float = 300.0,
+            reset: bool = False) -> Node:
     """Connect to a node.
 
     ``connect("http://host:port")`` talks HTTP; the token comes from ``token=``,
     ``WORKBENCH_TOKEN`` or the config file (see :mod:`workbench.config`).
-    ``connect()`` starts the embedded demo node in this process (same app,
-    in-process transport): no server needed, state kept under ``$WORKBENCH_HOME``.
+    ``connect()`` with no address: inside ``workbench demo`` (or on Binder),
+    where ``$WORKBENCH_DEMO_NODES`` is set, the first demo node, the one the
+    JupyterLab panel shows; anywhere else the embedded demo node in this
+    process (same app, in-process transport, no server needed). ``reset=True``
+    gives the embedded node a fresh ledger first (full budget, no history).
     """
     if url is None:
+        demo = demo_node_urls()
+        if demo:
+            if reset:
+                raise InvalidQuery(f"connect(reset=True) resets the embedded node, but this kernel runs inside "
+                                   f"`workbench demo` ({DEMO_NODES_ENV} is set): restart the demo with "
+                                   "`workbench demo --reset` instead.", code="invalid_query")
+            return connect(demo[0], token, timeout=timeout)
         from .embedded import connect_embedded
 
-        return connect_embedded()
+        return connect_embedded(reset=reset)
     url = url.rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise ConnectionFailed(f"A node address starts with http:// or https://, not {url!r}.")

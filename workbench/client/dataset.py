@@ -7,16 +7,15 @@ compiles and answers. Nothing executable is sent.
 
 from __future__ import annotations
 
-import math
 import uuid
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from pydantic import ValidationError
 
-from ..errors import InvalidQuery, PrivacyError
+from ..errors import BudgetExceeded, InvalidQuery, PrivacyError
 from ..protocol import BudgetInfo, DatasetInfo, DPPreview, DPQuery, DPRelease, RowsResponse
 from .expressions import Expr, Stat, check_p, col
+from . import checks
 from .results import Preview, release_frame
 
 if TYPE_CHECKING:
@@ -120,10 +119,7 @@ class RemoteDataset:
             spec["where"] = self._where
         if self._derive:
             spec["derive"] = list(self._derive)
-        try:
-            query = DPQuery.model_validate(spec)
-        except ValidationError as exc:
-            raise _invalid(exc) from None
+        query = checks.dp_query(**spec)
         if query.kind != "sql":
             from ..dp.language import derived_schema
 
@@ -228,6 +224,8 @@ class RemoteDataset:
 
     def group_by(self, *columns: str) -> "GroupBy":
         """Group by public keys (category columns) or, with a delta, by keys the node must not reveal."""
+        if len(columns) == 1 and isinstance(columns[0], (list, tuple)):
+            columns = tuple(columns[0])  # group_by(["a", "b"]) means group_by("a", "b")
         if not columns:
             raise InvalidQuery("group_by needs at least one column.", code="invalid_query")
         return GroupBy(self, list(columns))
@@ -359,7 +357,7 @@ class Query:
 
     def _checked(self, epsilon: Any, delta: Any) -> tuple[float, float]:
         """Refuse here, before any request, what the node would refuse before charging."""
-        epsilon, delta = _loss(epsilon, delta)
+        epsilon, delta = checks.privacy_loss(epsilon, delta)
         from ..dp import engine
         from ..dp.language import canonical
         from ..dp.sql import compile_sql
@@ -396,7 +394,7 @@ class Query:
 
         if epsilon is not None:
             raise InvalidQuery("Give epsilon or accuracy, not both.", code="bad_epsilon")
-        _loss(1.0, delta)
+        checks.privacy_loss(1.0, delta)
         return least_epsilon(self, accuracy, delta)
 
     def release(self, epsilon: float | None = None, delta: float = 0.0, *,
@@ -416,8 +414,11 @@ class Query:
             epsilon, delta = found.epsilon, found.delta
         epsilon, delta = self._checked(epsilon, delta)
         request_id = uuid.uuid4().hex
-        raw = self.dataset.node.request("POST", self.dataset._path("/dp/release"),
-                                        json=self._body(epsilon, delta, request_id), retries=3)
+        body = self._body(epsilon, delta, request_id)
+        try:
+            raw = self.dataset.node.request("POST", self.dataset._path("/dp/release"), json=body, retries=3)
+        except BudgetExceeded as exc:
+            raise checks.budget_hint(exc, self.dataset.name) from None
         return release_frame(DPRelease.model_validate(raw))
 
     def widget(self):
@@ -428,24 +429,6 @@ class Query:
 
     def __repr__(self) -> str:
         return f"<Query {self.dataset.name}: {self.text}>"
-
-
-def _loss(epsilon: Any, delta: Any) -> tuple[float, float]:
-    """epsilon > 0 and delta >= 0 as finite numbers, or ``bad_epsilon`` (strings, NaN, booleans refused)."""
-    for name, value in (("epsilon", epsilon), ("delta", delta)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-            raise InvalidQuery(f"{name} must be a finite number; got {value!r}.", code="bad_epsilon")
-    if epsilon <= 0 or delta < 0:
-        raise InvalidQuery("epsilon must be > 0 and delta >= 0.", code="bad_epsilon")
-    return float(epsilon), float(delta)
-
-
-def _invalid(exc: ValidationError) -> InvalidQuery:
-    """A pydantic refusal of a spec, as the workbench error a user reads."""
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first.get("loc", ()))
-    code = "bad_quantile" if where.endswith(("quantile", ".p")) else "invalid_query"
-    return InvalidQuery(f"Invalid question ({where}): {first.get('msg')}.", code=code)
 
 
 def _agg_spec(statistics: dict[str, Stat], weights) -> dict:

@@ -20,6 +20,14 @@ def _table(headers: list[str], rows: list[list]) -> str:
     return f"<table style='{_STYLE}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _bounds_text(bounds, column_type: str) -> str:
+    """Public bounds as "0 – 100" for an int column (the wire carries floats), "10 – 60" or "0.5 – 2.5" otherwise."""
+    lo, hi = bounds
+    if column_type == "int":
+        return f"{int(round(lo))} – {int(round(hi))}"
+    return f"{lo:g} – {hi:g}"
+
+
 def budget_bar(spent: float, total: float, label: str = "epsilon") -> str:
     """A small bar: spent (filled) out of total."""
     frac = 0.0 if total <= 0 else min(max(spent / total, 0.0), 1.0)
@@ -44,7 +52,8 @@ def node_html(node: "Node") -> str:
 def dataset_html(ds: "RemoteDataset") -> str:
     rows = []
     for c in ds.schema.columns:
-        domain = c.bounds if c.bounds else (", ".join(map(str, c.categories)) if c.categories else "")
+        domain = _bounds_text(c.bounds, c.type) if c.bounds else (", ".join(map(str, c.categories)) if c.categories
+                                                                     else "")
         rows.append([c.name, c.type, domain, c.description])
     unit = ds.schema.privacy_unit
     unit_text = f"one person ({unit.id_column}, ≤{unit.max_contributions} rows)" if unit.id_column else "one row"

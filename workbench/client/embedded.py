@@ -1,14 +1,23 @@
 """The embedded demo node: the same app, in this process, over an in-process transport.
 
-State (ledger, audit, tokens) lives under ``$WORKBENCH_HOME/embedded`` so
-budgets survive a kernel restart, as they would on a real node.
+State (ledger, audit, tokens) lives under ``$WORKBENCH_HOME/embedded/<env>``,
+one folder per user and Python environment (``<env>`` names ``sys.prefix``),
+so budgets survive a kernel restart, as they would on a real node, while a
+fresh environment (a new venv, a container, CI) starts with a full budget.
+``wb.connect(reset=True)`` or ``workbench demo --reset`` forget it.
 """
 
 from __future__ import annotations
 
 import atexit
+import hashlib
+import json
+import os
+import shutil
+import sys
 import threading
 import warnings
+from pathlib import Path
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette nags about httpx; its in-process transport is what we want
@@ -23,14 +32,43 @@ _lock = threading.Lock()
 _services: dict[str, object] = {}
 
 
-def connect_embedded(hospital: str = "hospital_a") -> Node:
+#: ``1``: serve the embedded node to the JupyterLab panel even outside a notebook kernel started by Jupyter.
+PANEL_ENV = "WORKBENCH_PANEL_EMBEDDED"
+
+
+def embedded_root() -> Path:
+    """This environment's embedded node folder: ``$WORKBENCH_HOME/embedded/<env name>-<hash of sys.prefix>``."""
+    prefix = str(Path(sys.prefix).resolve())
+    name = Path(prefix).name.strip(".") or "python"
+    return data_home() / "embedded" / f"{name}-{hashlib.sha256(prefix.encode()).hexdigest()[:8]}"
+
+
+def reset_embedded() -> list[Path]:
+    """Forget the embedded node's ledger, grants, releases and tokens (its data files stay).
+
+    A node already running in this process is closed first; the next connect starts afresh.
+    """
+    with _lock:
+        for service, _app, _accounts in _services.values():
+            service.close()
+        _services.clear()
+    state = embedded_root() / "state"
+    if state.exists():
+        shutil.rmtree(state)
+        return [state]
+    return []
+
+
+def connect_embedded(hospital: str = "hospital_a", reset: bool = False) -> Node:
     """A :class:`Node` backed by an in-process demo node (one per process and hospital)."""
     from ..demo.nodes import ensure_accounts, write_config
     from ..node.app import create_app
     from ..node.service import NodeService
     from ..node.settings import NodeConfig
 
-    root = data_home() / "embedded"
+    if reset:
+        reset_embedded()
+    root = embedded_root()
     with _lock:
         entry = _services.get(hospital)
         if entry is None:
@@ -40,6 +78,8 @@ def connect_embedded(hospital: str = "hospital_a") -> Node:
             atexit.register(service.close)  # stop its worker processes with the kernel
             entry = (service, create_app(service), accounts)
             _services[hospital] = entry
+            if os.environ.get("JPY_SESSION_NAME") or os.environ.get(PANEL_ENV) == "1":
+                _serve_for_panel(entry[1], accounts.analyst_token, hospital)
     service, app, accounts = entry
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the deprecation notice may also fire on construction
@@ -47,3 +87,50 @@ def connect_embedded(hospital: str = "hospital_a") -> Node:
     http.headers.update({PROTOCOL_HEADER: PROTOCOL_VERSION, "User-Agent": f"workbench/{__version__}",
                          "Authorization": f"Bearer {accounts.analyst_token}"})
     return Node(http, url=f"embedded://{hospital}", embedded=True)
+
+
+def _serve_for_panel(app, token: str, hospital: str) -> None:
+    """Serve the embedded node on a free loopback port while this kernel lives, for the JupyterLab panel.
+
+    The Jupyter server finds it through a 0600 file ``<embedded root>/panel/<pid>-<hospital>.json``
+    (URL and the analyst's token, as the client config holds them) and lists it as ``embedded-<pid>``;
+    the file is removed when the kernel exits. Only inside a kernel that Jupyter started for a notebook
+    (``$JPY_SESSION_NAME``), so papermill runs and scripts open no port.
+    """
+    import socket
+
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
+                                           ws="none"))
+    threading.Thread(target=server.run, daemon=True, name="workbench-embedded-panel").start()
+    folder = embedded_root() / "panel"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{os.getpid()}-{hospital}.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"name": f"embedded-{os.getpid()}", "url": f"http://127.0.0.1:{port}", "token": token,
+                   "pid": os.getpid()}, fh)
+
+    def _stop() -> None:
+        server.should_exit = True
+        path.unlink(missing_ok=True)
+
+    atexit.register(_stop)
+
+
+def panel_connections() -> list[dict]:
+    """The embedded nodes that live kernels serve to the panel (``name``, ``url``, ``token``)."""
+    folder = embedded_root() / "panel"
+    out = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            entry = json.loads(path.read_text())
+            os.kill(int(entry["pid"]), 0)  # a kernel that died without cleaning up is not listed
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        out.append(entry)
+    return out

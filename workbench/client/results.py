@@ -61,9 +61,69 @@ class Preview:
         return preview_html(self)
 
 
-def release_frame(body: DPRelease) -> pd.DataFrame:
+#: Columns of a released table that are values, not interval ends that may be clamped.
+_CLAMPED = ("estimate", "lower", "upper")
+
+
+class _ResultPlot:
+    """``result.plot()`` draws the estimate with its interval; ``result.plot.bar()`` etc. are pandas' own."""
+
+    def __init__(self, frame: "Released"):
+        self._frame = frame
+
+    def __call__(self, ax=None, *, title: str | None = None):
+        from ..jupyter.widgets import plot_result
+
+        return plot_result(self._frame, ax=ax, title=title)
+
+    def __getattr__(self, name: str):
+        return getattr(pd.plotting.PlotAccessor(self._frame), name)
+
+
+class Released(pd.DataFrame):
+    """A released result: a pandas DataFrame plus ``.plot()`` (intervals as error bars) and ``.clamp()``.
+
+    Its facts (dataset, epsilon charged, replayed, ...) ride along in ``df.attrs``.
+    """
+
+    _metadata: list[str] = []
+
+    @property
+    def _constructor(self):
+        return Released
+
+    @property
+    def plot(self) -> _ResultPlot:  # type: ignore[override]
+        """Draw the estimate with its interval as error bars (``.plot.bar()`` etc.: pandas' plots)."""
+        return _ResultPlot(self)
+
+    def clamp(self, lower: float | None = 0.0, upper: float | None = None) -> "Released":
+        """A copy with ``estimate``, ``lower`` and ``upper`` clamped to ``[lower, upper]``.
+
+        The node never clamps: a noisy count can be negative, and the raw noisy
+        value is what makes the estimate unbiased. Clamping is post-processing,
+        so it costs no privacy, and it keeps the interval's guarantee: when the
+        true value lies in ``[lower, upper]`` (a count is never below 0) and in
+        the interval, it also lies in the clamped interval.
+        """
+        out = self.copy()
+        for name in _CLAMPED:
+            if name in out.columns:
+                out[name] = out[name].astype(float).clip(lower=lower, upper=upper)
+        out.attrs["clamped"] = [lower, upper]
+        return out
+
+
+def as_released(frame: pd.DataFrame) -> Released:
+    """``frame`` as a :class:`Released` result, with its ``attrs``."""
+    out = Released(frame)
+    out.attrs.update(frame.attrs)
+    return out
+
+
+def release_frame(body: DPRelease) -> Released:
     """A released answer as a DataFrame; the release's facts ride along in ``df.attrs``."""
-    frame = pd.DataFrame(body.table.data, columns=body.table.columns)
+    frame = Released(body.table.data, columns=body.table.columns)
     frame.attrs.update({
         "dataset": body.dataset, "dataset_version": body.dataset_version, "kind": body.query.kind,
         "query": body.query.model_dump(mode="json", exclude_none=True), "release_id": body.release_id,

@@ -17,38 +17,73 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from ..config import data_home, save_connection
+from ..config import DEMO_NODES_ENV, data_home, save_connection
 from .data import HOSPITALS
 from .nodes import ensure_accounts, write_config
 
 REPO_NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 
+#: The DP mock every demo dataset gets at start-up, paid once from the dataset's cap (docs/teaching.md).
+DEMO_MOCK = {"method": "independent", "rows": 1000, "bins": 8, "epsilon": 1.0}
+
+
 def node_urls(first_port: int = 8765) -> dict[str, str]:
     return {h: f"http://127.0.0.1:{first_port + i}" for i, h in enumerate(HOSPITALS)}
 
 
-def prepare(root: Path, first_port: int = 8765) -> dict[str, Path]:
-    """Write configs and accounts for the three demo nodes; save the analyst's connections."""
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def prepare(root: Path, urls: dict[str, str], save: bool = True, mock: bool = True) -> tuple[dict[str, Path], dict[str, str]]:
+    """Configs, accounts and DP mocks for the demo nodes at ``urls`` (the nodes in parallel).
+
+    Returns each hospital's config path and analyst token; ``save`` also stores the analyst's
+    connections in the client config (what the JupyterLab panel reads).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    configs = {hospital: write_config(root, hospital, port=_port(url)) for hospital, url in urls.items()}
+    with ThreadPoolExecutor(len(configs)) as pool:
+        tokens = dict(zip(configs, pool.map(lambda path: _provision(path, mock), configs.values())))
+    if save:
+        for hospital, url in urls.items():
+            save_connection(hospital.replace("_", "-"), url, tokens[hospital])
+    return configs, tokens
+
+
+def _provision(config: Path, mock: bool) -> str:
+    """The demo accounts (and the DP mock) of one node that is not running yet; returns the analyst's token."""
     from ..node.service import NodeService
     from ..node.settings import NodeConfig
 
-    configs = {}
-    for (hospital, url) in node_urls(first_port).items():
-        port = int(url.rsplit(":", 1)[1])
-        path = write_config(root, hospital, port=port)
-        service = NodeService(NodeConfig.load(path), start_workers=False)
-        try:
-            accounts = ensure_accounts(service)
-        finally:
-            service.close()
-        save_connection(hospital.replace("_", "-"), url, accounts.analyst_token)
-        configs[hospital] = path
-    return configs
+    service = NodeService(NodeConfig.load(config), start_workers=False)
+    try:
+        accounts = ensure_accounts(service)
+        if mock:
+            publish_demo_mock(service)
+    finally:
+        service.close()
+    return accounts.analyst_token
+
+
+def publish_demo_mock(service, dataset: str = "patients") -> None:
+    """Publish ``dataset``'s DP mock once (``DEMO_MOCK``, charged to the dataset's cap) unless it has a current one."""
+    from ..synth import mocks
+    from ..synth.spec import SynthSpec
+
+    entry = service.catalog.get(dataset)
+    found = mocks.info(service, entry)
+    if found is not None and found.current:
+        return
+    spec = SynthSpec(method=DEMO_MOCK["method"], rows=DEMO_MOCK["rows"], bins=DEMO_MOCK["bins"])
+    mocks.publish_with_progress(service, dataset, spec, DEMO_MOCK["epsilon"], None, progress=False)
 
 
 def wait_healthy(url: str, timeout_s: float = 60.0) -> None:
@@ -74,7 +109,7 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def start_aggregator(root: Path, port: int) -> tuple[subprocess.Popen, str, dict[str, str]]:
+def start_aggregator(root: Path, port: int, quiet: bool = False) -> tuple[subprocess.Popen, str, dict[str, str]]:
     """Start ``workbench aggregator serve`` (state under ``root/aggregator``) with every demo hospital registered.
 
     Returns the process, its URL and each node's (fresh) aggregator token. ``port`` is used if free,
@@ -92,28 +127,28 @@ def start_aggregator(root: Path, port: int) -> tuple[subprocess.Popen, str, dict
             port = sock.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "aggregator", "serve", "--state", str(state),
                              "--host", "127.0.0.1", "--port", str(port), "--name", "demo-aggregator"],
-                            start_new_session=True)
+                            start_new_session=True, stdout=subprocess.DEVNULL if quiet else None,
+                            stderr=subprocess.DEVNULL if quiet else None)
     return proc, f"http://127.0.0.1:{port}", tokens
 
 
-def trust_aggregator(configs: dict[str, Path], url: str, tokens: dict[str, str], first_port: int = 8765) -> None:
+def trust_aggregator(configs: dict[str, Path], url: str, tokens: dict[str, str], urls: dict[str, str]) -> None:
     """Each demo node's owner trusts the aggregator at ``url`` (``PUT /v1/he/aggregators/demo``)."""
     from ..node.settings import NodeConfig
 
-    for (hospital, path), node_url in zip(configs.items(), node_urls(first_port).values()):
+    for hospital, path in configs.items():
         owner = (NodeConfig.load(path).node.state_dir / "owner.token").read_text().strip()
         body = {"url": url, "token": tokens[hospital.replace("_", "-")]}
-        r = httpx.put(f"{node_url}/v1/he/aggregators/demo", json=body, headers={"Authorization": f"Bearer {owner}"},
-                      timeout=30)
+        r = httpx.put(f"{urls[hospital]}/v1/he/aggregators/demo", json=body,
+                      headers={"Authorization": f"Bearer {owner}"}, timeout=30)
         r.raise_for_status()
 
 
-def start_nodes(configs: dict[str, Path]) -> list[subprocess.Popen]:
-    procs = []
-    for path in configs.values():
-        procs.append(subprocess.Popen([sys.executable, "-m", "workbench.cli", "node", "serve", "--config", str(path)],
-                                      start_new_session=True))
-    return procs
+def start_nodes(configs: dict[str, Path], quiet: bool = False) -> list[subprocess.Popen]:
+    out = subprocess.DEVNULL if quiet else None
+    return [subprocess.Popen([sys.executable, "-m", "workbench.cli", "node", "serve", "--config", str(path)],
+                             start_new_session=True, stdout=out, stderr=out)
+            for path in configs.values()]
 
 
 def stop(procs: list[subprocess.Popen]) -> None:
@@ -129,13 +164,108 @@ def stop(procs: list[subprocess.Popen]) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def run_demo(lab: bool = True, first_port: int = 8765, lab_port: int = 8888, root: Path | None = None) -> int:
+@dataclass
+class DemoNodes:
+    """Three running demo hospital nodes and the aggregator they trust."""
+
+    urls: dict[str, str]
+    aggregator: str
+    tokens: dict[str, str]
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    def stop(self) -> None:
+        stop(self.procs)
+        self.procs = []
+
+
+def start_demo(root: Path, urls: dict[str, str], aggregator_port: int, *, save: bool = True,
+               quiet: bool = False, mock: bool = True) -> DemoNodes:
+    """Prepare and start the demo nodes at ``urls`` and an aggregator; wait until all answer.
+
+    Whatever was started is stopped again if anything fails on the way.
+    """
+    configs, tokens = prepare(root, urls, save=save, mock=mock)
+    demo = DemoNodes(urls=dict(urls), aggregator="", tokens=tokens, procs=start_nodes(configs, quiet))
+    try:
+        agg_proc, demo.aggregator, agg_tokens = start_aggregator(root, aggregator_port, quiet)
+        demo.procs.append(agg_proc)
+        for url in urls.values():
+            wait_healthy(url)
+        wait_healthy(demo.aggregator)
+        trust_aggregator(configs, demo.aggregator, agg_tokens, urls)
+    except BaseException:
+        demo.stop()
+        raise
+    return demo
+
+
+def reset_state(root: Path) -> list[Path]:
+    """Forget every demo node's ledger, grants, releases and mocks under ``root`` (the data stays)."""
+    import shutil
+
+    removed = []
+    for folder in (root / "state", root / "aggregator"):
+        if folder.exists():
+            shutil.rmtree(folder)
+            removed.append(folder)
+    return removed
+
+
+def lab_settings(root: Path) -> Path:
+    """JupyterLab's app settings for the demo: the environment's own, plus no news pop-up over the panel."""
+    import json
+    import shutil
+
+    target = root / "lab-settings"
+    target.mkdir(parents=True, exist_ok=True)
+    default = Path(sys.prefix) / "share" / "jupyter" / "lab" / "settings"
+    overrides = {}
+    if default.is_dir():
+        for item in default.iterdir():
+            if item.is_file():
+                shutil.copyfile(item, target / item.name)
+        if (default / "overrides.json").exists():
+            overrides = json.loads((default / "overrides.json").read_text() or "{}")
+    overrides.setdefault("@jupyterlab/apputils-extension:notification", {}).update(
+        {"fetchNews": "false", "checkForUpdates": False})
+    (target / "overrides.json").write_text(json.dumps(overrides, indent=1))
+    return target
+
+
+def lab_command(lab_port: int, notebooks: Path, settings: Path, lab_args: tuple[str, ...] = ()) -> list[str]:
+    """``jupyter lab`` for the demo: loopback, the notebooks folder, ``--allow-root`` when run as root.
+
+    An option the user passes in ``lab_args`` replaces the demo's own (JupyterLab refuses one given twice).
+    """
+    given = {arg.split("=", 1)[0] for arg in lab_args if arg.startswith("--")}
+    defaults = [("--no-browser", None), ("--ip", "127.0.0.1"), ("--port", str(lab_port)),
+                ("--ServerApp.root_dir", str(notebooks)), ("--LabApp.app_settings_dir", str(settings))]
+    cmd = [sys.executable, "-m", "jupyter", "lab"]
+    cmd += [key if value is None else f"{key}={value}" for key, value in defaults if key not in given]
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and "--allow-root" not in given:
+        cmd.append("--allow-root")  # containers, Codespaces, CI: JupyterLab refuses root without it
+    return cmd + list(lab_args)
+
+
+def _explain_lab_exit(code: int) -> None:
+    print(f"\nJupyterLab stopped (exit status {code}); the demo nodes keep running. Read its message above.\n"
+          "  - As root, JupyterLab needs --allow-root (added automatically; pass other options after '--',\n"
+          "    e.g. `workbench demo -- --port-retries=50`).\n"
+          "  - Port busy: `workbench demo --lab-port 8899`.\n"
+          "  - Start JupyterLab yourself beside the nodes: `workbench demo --no-lab`, then `jupyter lab` in\n"
+          f"    another terminal with {DEMO_NODES_ENV} set as printed above.\n"
+          "Press Ctrl-C to stop the nodes.", flush=True)
+
+
+def run_demo(lab: bool = True, first_port: int = 8765, lab_port: int = 8888, root: Path | None = None,
+             lab_args: tuple[str, ...] = (), reset: bool = False) -> int:
     root = root or data_home() / "demo"
-    print(f"Preparing demo nodes under {root} ...", flush=True)
-    configs = prepare(root, first_port)
-    procs = start_nodes(configs)
-    agg_proc, agg_url, agg_tokens = start_aggregator(root, first_port + len(HOSPITALS))
-    procs.append(agg_proc)
+    if reset:
+        for folder in reset_state(root):
+            print(f"Reset: removed {folder} (ledger, grants, releases, mocks).", flush=True)
+    print(f"Preparing demo nodes under {root} (first start: publishing a DP mock per node) ...", flush=True)
+    urls = node_urls(first_port)
+    demo = start_demo(root, urls, first_port + len(HOSPITALS))
     stopping = False
 
     def _stop(*_):
@@ -143,31 +273,38 @@ def run_demo(lab: bool = True, first_port: int = 8765, lab_port: int = 8888, roo
         stopping = True
 
     signal.signal(signal.SIGTERM, _stop)
+    lab_proc = None
     try:
-        for url in node_urls(first_port).values():
-            wait_healthy(url)
-        wait_healthy(agg_url)
-        trust_aggregator(configs, agg_url, agg_tokens, first_port)
         print("Demo nodes are up:")
-        for hospital, url in node_urls(first_port).items():
+        for hospital, url in urls.items():
             print(f"  {hospital.replace('_', '-'):12s} {url}/v1/docs")
-        print(f"  {'aggregator':12s} {agg_url}/v1/docs  (trusted by every demo node: secure sums find it)")
-        print("In a notebook:  import workbench as wb; node = wb.connect('http://127.0.0.1:%d')" % first_port)
+        print(f"  {'aggregator':12s} {demo.aggregator}/v1/docs  (trusted by every demo node: secure sums find it)")
+        print(f"Notebooks: wb.connect() is the first demo node, wb.demo_federation() all three "
+              f"({DEMO_NODES_ENV}={','.join(urls.values())}).")
         if lab:
             notebooks = REPO_NOTEBOOKS if REPO_NOTEBOOKS.exists() else Path.cwd()
-            lab_proc = subprocess.Popen(
-                [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip", "127.0.0.1", "--port",
-                 str(lab_port), f"--ServerApp.root_dir={notebooks}"], start_new_session=True)
-            procs.append(lab_proc)
+            env = dict(os.environ, **{DEMO_NODES_ENV: ",".join(urls.values())})
+            cmd = lab_command(lab_port, notebooks, lab_settings(root), lab_args)
+            if "--allow-root" in cmd and "--allow-root" not in lab_args:
+                print("Running as root: JupyterLab gets --allow-root.", flush=True)
+            lab_proc = subprocess.Popen(cmd, start_new_session=True, env=env)
             print(f"JupyterLab is starting at http://127.0.0.1:{lab_port}/lab (the URL with its token follows). "
                   "Open the 'Workbench' panel in the left sidebar.", flush=True)
         else:
             print("Press Ctrl-C to stop.", flush=True)
-        while not stopping and all(p.poll() is None for p in procs):
+        while not stopping and all(p.poll() is None for p in demo.procs):
+            if lab_proc is not None and lab_proc.poll() is not None:
+                _explain_lab_exit(lab_proc.returncode)
+                lab_proc = None
             time.sleep(0.5)
+        dead = [p for p in demo.procs if p.poll() is not None]
+        if dead and not stopping:
+            print(f"A demo process stopped (exit status {dead[0].returncode}); stopping the others.", flush=True)
     except KeyboardInterrupt:
         pass
     finally:
         print("Stopping demo ...", flush=True)
-        stop(procs)
+        demo.stop()
+        if lab_proc is not None:
+            stop([lab_proc])
     return 0

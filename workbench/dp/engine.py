@@ -101,7 +101,8 @@ def validate(info: DatasetInfo, query: DPQuery, delta: float) -> DatasetInfo:
     if private_keys and delta <= 0:
         raise InvalidQuery(
             "Grouping by a column without a public category set reveals which groups exist: "
-            "it needs delta > 0 (small groups are suppressed).", code="bad_epsilon")
+            "it needs delta > 0 (small groups are suppressed), e.g. release(epsilon=..., delta=1e-6).",
+            code="needs_delta")
     if not private_keys and query.by and _key_count(info, query.by) > MAX_PUBLIC_KEYS:
         raise InvalidQuery(f"Too many groups (more than {MAX_PUBLIC_KEYS}).", code="invalid_query")
     if private_keys and query.weights is not None:
@@ -134,6 +135,15 @@ def _column(info: DatasetInfo, name: str):
     if col is None:
         raise language.unknown_column(name, [c.name for c in info.columns], info.name)
     return col
+
+
+def unknown_column(info: DatasetInfo, name: str) -> InvalidQuery:
+    """The refusal of an unknown column, with the closest public column name ("did you mean ...?")."""
+    import difflib
+
+    close = difflib.get_close_matches(name, [c.name for c in info.columns], n=1, cutoff=0.6)
+    hint = f" Did you mean '{close[0]}'?" if close else f" Its columns: {', '.join(c.name for c in info.columns)}."
+    return InvalidQuery(f"Unknown column '{name}' in dataset '{info.name}'.{hint}", code="unknown_column")
 
 
 def _key_count(info: DatasetInfo, by: list[str]) -> int:
@@ -209,6 +219,7 @@ class _Plan:
         self.with_columns: list[pl.Expr] = []
         self.keys: pl.DataFrame | None = None
         self.labels: dict[str, list] = {}  # key column -> labels of its codes 0..n-1
+        self.edges: list[float] | None = None  # a numeric histogram's public bin edges
         col = info.column(query.column) if query.column else None
         self.bounds = tuple(col.bounds) if col is not None and col.bounds else (0.0, 0.0)
         self.aggs = self._aggregates(info, query, col, scales, only)
@@ -234,6 +245,7 @@ class _Plan:
                 self.with_columns.append(_bin_index(expr, edges).alias("bin"))
                 self.by.append("bin")
                 self.labels["bin"] = _bin_labels(edges)
+                self.edges = edges
         if kind in ("count", "histogram"):
             return [dp.len(signed=True).alias("count")]
         if kind == "sum":
@@ -373,7 +385,7 @@ def run(task: dict) -> dict:
     coded = coded_columns(info) if columnar else None
     plan = _Plan(info, query, coded)
     if not plan.public_keys and delta <= 0:
-        raise InvalidQuery("Private group keys need delta > 0.", code="bad_epsilon")
+        raise InvalidQuery("Private group keys need delta > 0.", code="needs_delta")
     lf = _frame(task, info, query)
     # A statistic built from m measurements bounds each at alpha/m (union bound).
     alphas = sorted({alpha / len(statistics.PARTS[s.stat]) for s in query.aggs} if query.kind == "agg"
@@ -527,17 +539,21 @@ def _note(query: DPQuery, plan: _Plan, summary: pl.DataFrame) -> str:
         notes.append("Quantiles use the exponential mechanism over public candidates between the column's bounds; "
                      "OpenDP gives no closed-form interval for them.")
     if query.kind == "mean":
-        notes.append("Mean = noisy sum / noisy count; the interval combines both 95% bounds (conservative).")
+        notes.append("Mean = noisy sum / noisy count; each is bounded at 97.5%, so the mean's interval holds at 95% "
+                     "(union bound, conservative).")
     return " ".join(notes)
 
 
 def _table(query: DPQuery, plan: _Plan, frame: pl.DataFrame, summary: pl.DataFrame) -> dict:
+    if plan.by:  # sorted on the codes (not the labels), so numeric bins come in numeric order
+        frame = frame.sort(plan.by)
+    edges, codes = plan.edges, (frame["bin"].to_list() if plan.edges is not None else [])
     for name, labels in plan.labels.items():  # codes back to their public labels (post-processing)
         frame = frame.with_columns(pl.col(name).replace_strict(list(range(len(labels))), labels))
     out = frame.select(plan.by) if plan.by else pl.DataFrame()
-    if plan.by:
-        out = frame.sort(plan.by).select(plan.by)
-        frame = frame.sort(plan.by)
+    if edges is not None:  # each bin's public edges, beside its label
+        out = out.with_columns(pl.Series("bin_lower", [edges[i] for i in codes], dtype=pl.Float64),
+                               pl.Series("bin_upper", [edges[i + 1] for i in codes], dtype=pl.Float64))
     kind = query.kind
     if kind in ("count", "histogram", "sum"):
         name = "sum" if kind == "sum" else "count"

@@ -299,6 +299,8 @@ def _client_app(service, job: Job):
         def evaluate(self, parameters, config):
             raise InvalidQuery("Evaluation on a node's private rows is not offered.", code="fl_message_refused")
 
+    # SecAgg+ logs every stage of every round at DEBUG on the "flwr" logger: chatter in the node's terminal.
+    logging.getLogger("flwr").setLevel(logging.WARNING)
     mods = [_secagg_guard(job), secaggplus_mod] if job.spec.secure_aggregation else [_plain_guard]
     return ClientApp(client_fn=lambda context: NodeClient().to_client(), mods=mods)
 

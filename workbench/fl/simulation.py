@@ -175,7 +175,8 @@ def serve_embedded(app) -> Iterator[str]:
     import uvicorn
 
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
+                                           ws="none"))
     thread = threading.Thread(target=server.run, daemon=True, name="workbench-fl-embedded")
     thread.start()
     deadline = time.monotonic() + 20

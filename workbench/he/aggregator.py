@@ -47,6 +47,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .._version import __version__
 from ..errors import (ComputationFailed, InvalidQuery, NotAuthenticated, NotAuthorized, NotFound, PayloadTooLarge,
                       WorkbenchError)
+from ..node.api_docs import add_offline_docs
 from ..node.app import BodyLimit, error_response
 from ..node.worker import WorkerPool
 from .params import (EVAL_MAX_CONTEXT_BYTES, EVAL_SCHEME, MAX_CIPHERTEXT_BYTES, MAX_CONTEXT_BYTES, SCHEME,
@@ -305,7 +306,8 @@ Agg = Annotated[Aggregator, Depends(_aggregator_of)]
 def create_aggregator_app(aggregator: Aggregator) -> FastAPI:
     app = FastAPI(title=f"Workbench aggregator: {aggregator.name}", version=__version__,
                   description="Adds encrypted contributions from Workbench nodes; holds no decryption key.",
-                  openapi_url="/v1/openapi.json", docs_url="/v1/docs", redoc_url=None)
+                  openapi_url="/v1/openapi.json", docs_url=None, redoc_url=None)
+    add_offline_docs(app, f"Workbench aggregator {aggregator.name}")
     app.state.aggregator = aggregator
     router = APIRouter(prefix="/v1")
 
@@ -370,6 +372,6 @@ def serve(state: Path, host: str = "127.0.0.1", port: int = 8780, name: str = "a
 
     aggregator = Aggregator(state, name=name, min_parties=min_parties)
     try:
-        uvicorn.run(create_aggregator_app(aggregator), host=host, port=port, log_level="warning")
+        uvicorn.run(create_aggregator_app(aggregator), host=host, port=port, log_level="warning", ws="none")
     finally:
         aggregator.close()

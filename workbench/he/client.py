@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import BudgetExceeded, ConnectionFailed, InvalidQuery, WorkbenchError, error_class_for
+from ..client.results import as_released
 from ..protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
 from . import params
 from .spec import (ContributeResponse, EncodingPlan, HEOp, HEPreview, NoiseMode, SessionCreated, SessionResult,
@@ -259,7 +260,7 @@ def secure_sum(fds: "FederatedDataset", columns: list[str] | str, epsilon: float
                           "upper": values + np.array(half) + np.array(slack)})
     frame.attrs.update(agg.attrs())
     frame.attrs.update({"kind": "secure_sum", "alpha": alpha, "columns": columns})
-    return frame
+    return as_released(frame)
 
 
 # ---------------------------------------------------------------- regression
@@ -347,7 +348,7 @@ def linear_regression(fds: "FederatedDataset", y: str, x: list[str] | str, epsil
                         "sigma": fit["sigma"], "alpha": alpha, "xx_repaired": fit["repaired"],
                         "note": "std_err: classical OLS (sampling); dp_std_err: the DP noise's spread (simulated from "
                                 "the public noise scales); lower/upper combine both. Clipping is not included."})
-    return frame
+    return as_released(frame)
 
 
 def dp_noise_std_err(p: EncodingPlan, values: np.ndarray, x: list[str], draws: int = 300) -> np.ndarray:

@@ -146,9 +146,13 @@ class WorkbenchClients:
 
     def connections(self) -> list[Any]:
         try:
-            from workbench.config import load_connections
+            from workbench.client.embedded import panel_connections
+            from workbench.config import Connection, load_connections
 
-            return list(load_connections())
+            configured = list(load_connections())
+            # Embedded nodes that notebook kernels of this user serve on loopback (wb.connect() with no demo).
+            embedded = [Connection(name=e["name"], url=e["url"], token=e["token"]) for e in panel_connections()]
+            return configured + [c for c in embedded if all(c.url != k.url for k in configured)]
         except Exception as error:  # a broken config file must read as such
             raise ExtensionError(
                 "config_error", f"Cannot read the Workbench configuration: {error}", 500

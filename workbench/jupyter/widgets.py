@@ -20,8 +20,9 @@ from typing import Any
 
 __all__ = ["accuracy_table", "plot_result", "preview_widget"]
 
-#: Columns of a released DP table that are not group keys.
-VALUE_COLUMNS = ("estimate", "lower", "upper")
+#: Columns of a released table that are values, intervals or facts, never group keys.
+VALUE_COLUMNS = ("estimate", "lower", "upper", "coef", "std_err", "dp_std_err", "noisy_count", "nodes_reporting",
+                 "bin_lower", "bin_upper")
 
 
 def accuracy_table(preview: Any) -> Any:
@@ -43,7 +44,8 @@ def accuracy_table(preview: Any) -> Any:
         frame = pd.DataFrame(data["accuracy"])
         if "alpha" in frame and "accuracy" in frame:
             # "accuracy" is the half-width of a (1 - alpha) interval.
-            frame["confidence"] = [f"{(1 - a):.0%}" if a is not None else "" for a in frame["alpha"]]
+            # Unrounded: a mean's two statistics are each at 97.5% (so that its interval holds at 95%).
+            frame["confidence"] = [f"{(1 - a) * 100:g}%" if a is not None else "" for a in frame["alpha"]]
             frame = frame.rename(columns={"accuracy": "± error", "share": "share of ε"})
             if "share of ε" in frame and frame["share of ε"].isna().all():
                 frame = frame.drop(columns="share of ε")
@@ -154,50 +156,100 @@ def _to_pandas(df: Any) -> Any:
     return pd.DataFrame(df)
 
 
-def plot_result(df: Any, ax: Any = None, *, title: str | None = None) -> Any:
-    """Draw a released table: bars for ``estimate``, error bars ``lower``–``upper``.
+def value_label(attrs: dict) -> str:
+    """What the estimate is, from the release's facts: "mean of cost", "count", "coefficient"."""
+    query = attrs.get("query") or {}
+    kind = attrs.get("kind") or query.get("kind")
+    column = query.get("column")
+    if kind == "linear_regression":
+        return f"coefficient (y = {attrs.get('y', '?')})"
+    if kind == "secure_sum":
+        return "secure total"
+    if kind in ("count", "histogram"):
+        return "count"
+    if kind == "quantile" and query.get("quantile") is not None:
+        p = float(query["quantile"])
+        name = "median" if p == 0.5 else f"{p:g}-quantile"
+        return f"{name} of {column}" if column else name
+    if kind and column:
+        return f"{kind} of {column}"
+    return str(kind or "estimate")
 
-    ``df`` has columns ``estimate`` and optionally ``lower`` / ``upper`` (the
-    confidence interval); every other column is a group key, and the bars
-    are labelled with the keys. Returns the matplotlib ``Axes``.
+
+def _interval_errors(frame: Any, value: Any) -> Any:
+    """Error-bar lengths below and above each value from ``lower``/``upper`` (None if there are none)."""
+    if "lower" not in frame.columns or "upper" not in frame.columns:
+        return None
+    lower = frame["lower"].astype(float).to_numpy()
+    upper = frame["upper"].astype(float).to_numpy()
+    below = [max(0.0, e - lo) if math.isfinite(lo) and math.isfinite(e) else 0.0 for e, lo in zip(value, lower)]
+    above = [max(0.0, hi - e) if math.isfinite(hi) and math.isfinite(e) else 0.0 for e, hi in zip(value, upper)]
+    return [below, above]
+
+
+def _labels(frame: Any) -> tuple[list[str], str]:
+    """Bar labels and the x-axis title: the group keys, the index (regression terms), or the row."""
+    groups = [c for c in frame.columns if c not in VALUE_COLUMNS]
+    if groups:
+        labels = [" / ".join(str(v) for v in row) for row in frame[groups].itertuples(index=False)]
+        return labels, " / ".join(groups)
+    if frame.index.name or len(frame) > 1:
+        return [str(i) for i in frame.index], str(frame.index.name or "")
+    return [""], ""
+
+
+def plot_result(df: Any, ax: Any = None, *, title: str | None = None) -> Any:
+    """Draw a released result with its interval as error bars; returns the matplotlib ``Axes``.
+
+    The value is ``estimate`` (DP queries, secure sums) or ``coef``
+    (regressions); the error bars run from ``lower`` to ``upper`` (the
+    release's interval, e.g. 95%). Bars are labelled by the group columns
+    (or the index, e.g. regression terms); a numeric histogram is drawn over
+    its public bin edges (``bin_lower``/``bin_upper``) in numeric order. The
+    y axis says what the value is ("mean of cost"), read from ``df.attrs``.
 
     Privacy guarantee: draws an already released table; releases nothing.
     """
     frame = _to_pandas(df)
-    if "estimate" not in frame.columns:
-        raise ValueError(f"plot_result needs an 'estimate' column; got {list(frame.columns)}")
+    value_name = "estimate" if "estimate" in frame.columns else "coef" if "coef" in frame.columns else None
+    if value_name is None:
+        raise ValueError(f"plot_result needs an 'estimate' (or 'coef') column; got {list(frame.columns)}")
+    attrs = dict(getattr(df, "attrs", {}) or {})
     if ax is None:
         import matplotlib.pyplot as plt
 
         _, ax = plt.subplots(figsize=(max(4.0, min(12.0, 0.6 * len(frame) + 2)), 3.5))
-
-    groups = [c for c in frame.columns if c not in VALUE_COLUMNS]
-    if groups:
-        labels = [" / ".join(str(v) for v in row) for row in frame[groups].itertuples(index=False)]
-    elif len(frame) == 1:
-        labels = ["estimate"]
+    value = frame[value_name].astype(float).to_numpy()
+    yerr = _interval_errors(frame, value)
+    alpha = attrs.get("alpha")
+    interval = f"{(1 - float(alpha)):.0%} interval" if alpha is not None else "interval"
+    histogram = "bin_lower" in frame.columns and "bin_upper" in frame.columns and len(
+        [c for c in frame.columns if c not in VALUE_COLUMNS]) <= 1
+    if histogram:
+        left = frame["bin_lower"].astype(float).to_numpy()
+        width = frame["bin_upper"].astype(float).to_numpy() - left
+        centres = left + width / 2
+        ax.bar(left, value, width=width, align="edge", color="#4c78a8", alpha=0.85, edgecolor="white",
+               label="estimate")
+        if yerr is not None:
+            ax.errorbar(centres, value, yerr=yerr, fmt="none", ecolor="#333333", capsize=3, label=interval)
+        ax.set_xlabel(str((attrs.get("query") or {}).get("column") or "bin"))
     else:
-        labels = [str(i) for i in frame.index]
-
-    estimate = frame["estimate"].astype(float).to_numpy()
-    positions = list(range(len(frame)))
-    yerr = None
-    if "lower" in frame.columns and "upper" in frame.columns:
-        lower = frame["lower"].astype(float).to_numpy()
-        upper = frame["upper"].astype(float).to_numpy()
-        below = [e - lo if math.isfinite(lo) else 0.0 for e, lo in zip(estimate, lower)]
-        above = [hi - e if math.isfinite(hi) else 0.0 for e, hi in zip(estimate, upper)]
-        yerr = [[max(0.0, b) for b in below], [max(0.0, a) for a in above]]
-
-    ax.bar(positions, estimate, color="#4c78a8", alpha=0.85, label="estimate")
-    if yerr is not None:
-        ax.errorbar(positions, estimate, yerr=yerr, fmt="none", ecolor="#333333", capsize=4, label="interval")
-    ax.set_xticks(positions)
-    ax.set_xticklabels(labels, rotation=45 if len(labels) > 6 else 0, ha="right" if len(labels) > 6 else "center")
-    if groups:
-        ax.set_xlabel(" / ".join(groups))
-    ax.set_ylabel("estimate")
+        labels, xlabel = _labels(frame)
+        labels = [value_label(attrs)] if labels == [""] else labels
+        positions = list(range(len(frame)))
+        ax.bar(positions, value, color="#4c78a8", alpha=0.85, label="estimate")
+        if yerr is not None:
+            ax.errorbar(positions, value, yerr=yerr, fmt="none", ecolor="#333333", capsize=4, label=interval)
+        ax.set_xticks(positions)
+        ax.set_xticklabels(labels, rotation=45 if len(labels) > 6 else 0,
+                           ha="right" if len(labels) > 6 else "center")
+        if xlabel:
+            ax.set_xlabel(xlabel)
+    ax.set_ylabel(value_label(attrs))
     if title:
         ax.set_title(title)
     ax.axhline(0, color="#999999", linewidth=0.8)
+    if yerr is not None:
+        ax.legend(loc="best", fontsize="small")
     return ax

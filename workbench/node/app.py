@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .._version import __version__
 from ..errors import ProtocolMismatch, RateLimited, WorkbenchError
 from ..protocol import PROTOCOL_HEADER, require_supported_protocol
+from .api_docs import add_offline_docs
 from .service import NodeService
 
 log = logging.getLogger(__name__)
@@ -114,9 +115,10 @@ def create_app(service: NodeService) -> FastAPI:
         version=__version__,
         description="A Workbench data node. Rows stay here; only DP aggregates and other approved releases leave.",
         openapi_url="/v1/openapi.json",
-        docs_url="/v1/docs",
+        docs_url=None,  # served offline below
         redoc_url=None,
     )
+    add_offline_docs(app, f"Workbench node {service.name}")
     app.state.service = service
 
     @app.exception_handler(WorkbenchError)

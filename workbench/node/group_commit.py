@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from sqlalchemy.orm import Session
 
+from ..errors import WorkbenchError
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,8 @@ class GroupCommitter:
                 for one in batch:
                     self._commit([one])
             else:
-                log.warning("group-committed write failed: %r", exc)
+                if not isinstance(exc, WorkbenchError):  # a refusal (budget, grant) is an answer, not a fault
+                    log.warning("group-committed write failed: %r", exc)
                 batch[0][1].set_exception(exc)
             return
         for (_, future, _), result in zip(batch, results):

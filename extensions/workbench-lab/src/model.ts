@@ -80,6 +80,10 @@ export interface IRelease {
   dataset?: string | null;
   channel?: string | null;
   kind?: string | null;
+  /** The question in readable form, when the node sends it (e.g. "mean(cost) where age >= 65 by sex"). */
+  question?: string | null;
+  column?: string | null;
+  by?: string[] | null;
   epsilon?: number | null;
   delta?: number | null;
   grant_id?: string | number | null;
@@ -96,6 +100,12 @@ export interface IAccessRequest {
 export interface ISection<T> {
   data: T | null;
   error: IErrorInfo | null;
+}
+
+/** Where a section's data comes from: `workbench/<endPoint>?node=NAME`, field `field` of the answer. */
+export interface ISource {
+  endPoint: string;
+  field: string;
 }
 
 function emptySection<T>(): ISection<T> {
@@ -116,9 +126,10 @@ function toErrorInfo(error: unknown): IErrorInfo {
  * State of the Workbench panel, refreshed by polling the server extension.
  *
  * Every few seconds (while the panel is visible and the page is not hidden)
- * it fetches the node list and, for the selected node, the catalogue,
- * grants, release history and access requests. Each part keeps its own
- * error so one failing endpoint never blanks the rest of the panel.
+ * it fetches the node list and, for the selected node, every source the
+ * panel's sections declared with `addSource` (catalogue, grants, release
+ * history, access requests, ...). Each part keeps its own error so one
+ * failing endpoint never blanks the rest of the panel.
  */
 export class WorkbenchModel implements IDisposable {
   constructor(options: WorkbenchModel.IOptions = {}) {
@@ -139,18 +150,21 @@ export class WorkbenchModel implements IDisposable {
   get nodes(): ISection<INodeStatus[]> {
     return this._nodes;
   }
-  get catalog(): ISection<IDatasetSummary[]> {
-    return this._catalog;
+  /** The last answer for the source registered under `name`. */
+  section<T>(name: string): ISection<T> {
+    return (this._data.get(name) as ISection<T> | undefined) ?? emptySection<T>();
   }
-  get grants(): ISection<IGrant[]> {
-    return this._grants;
+
+  /** Whether any source has data (for "showing the last known state"). */
+  get hasData(): boolean {
+    return [...this._data.values()].some(x => x.data !== null);
   }
-  get history(): ISection<IRelease[]> {
-    return this._history;
+
+  /** Fetch `source` for the selected node on every poll, kept under `name`. */
+  addSource(name: string, source: ISource): void {
+    this._sources.set(name, source);
   }
-  get requests(): ISection<IAccessRequest[]> {
-    return this._requests;
-  }
+
   get schema(): ISection<IDatasetInfo> {
     return this._schema;
   }
@@ -175,10 +189,7 @@ export class WorkbenchModel implements IDisposable {
     }
     this._selectedNode = name;
     this._selectedDataset = null;
-    this._catalog = emptySection();
-    this._grants = emptySection();
-    this._history = emptySection();
-    this._requests = emptySection();
+    this._data.clear();
     this._schema = emptySection();
     this._changed.emit();
     void this.refresh();
@@ -216,7 +227,7 @@ export class WorkbenchModel implements IDisposable {
 
   /** Fetch everything now (the refresh button), schema included. */
   async refresh(): Promise<void> {
-    this._requestsUnsupported.clear();
+    this._unsupported.clear();
     if (this._selectedDataset !== null) {
       void this._fetchSchema();
     }
@@ -281,46 +292,44 @@ export class WorkbenchModel implements IDisposable {
       };
       // Keep the last data visible under the error, so a blip does not
       // blank the panel; the error says it may be stale.
-      this._catalog = { data: this._catalog.data, error };
-      this._grants = { data: this._grants.data, error };
-      this._history = { data: this._history.data, error };
-      this._requests = { data: this._requests.data, error };
+      for (const name of this._sources.keys()) {
+        this._data.set(name, { data: this.section(name).data, error });
+      }
       return;
     }
 
-    const query = `?node=${encodeURIComponent(node)}`;
-    const fetchSection = async <T>(
-      endPoint: string,
-      key: string
-    ): Promise<ISection<T>> => {
-      try {
-        const reply = await requestAPI<Record<string, T>>(endPoint + query);
-        return { data: reply[key], error: null };
-      } catch (error) {
-        return { data: null, error: toErrorInfo(error) };
-      }
-    };
-    // A node without access requests says so once; ask again only on an
-    // explicit refresh (no 501 in the console every few seconds).
-    const unsupported = this._requestsUnsupported.get(node);
-    const [catalog, grants, history, requests] = await Promise.all([
-      fetchSection<IDatasetSummary[]>('catalog', 'datasets'),
-      fetchSection<IGrant[]>('grants', 'grants'),
-      fetchSection<IRelease[]>('history', 'releases'),
-      unsupported
-        ? Promise.resolve<ISection<IAccessRequest[]>>({ data: null, error: unsupported })
-        : fetchSection<IAccessRequest[]>('requests', 'requests')
-    ]);
-    if (requests.error?.code === 'not_supported') {
-      this._requestsUnsupported.set(node, requests.error);
-    }
+    const names = [...this._sources.keys()];
+    const answers = await Promise.all(names.map(name => this._fetchSource(node, name)));
     if (generation !== this._generation || node !== this._selectedNode) {
       return; // a newer fetch or another node took over
     }
-    this._catalog = catalog;
-    this._grants = grants;
-    this._history = history;
-    this._requests = requests;
+    names.forEach((name, i) => this._data.set(name, answers[i]));
+  }
+
+  /**
+   * One source of the selected node. An endpoint the node does not support
+   * says so once; it is asked again only on an explicit refresh (no 501 in
+   * the console every few seconds).
+   */
+  private async _fetchSource(node: string, name: string): Promise<ISection<unknown>> {
+    const source = this._sources.get(name)!;
+    const memo = `${node}\u0000${name}`;
+    const unsupported = this._unsupported.get(memo);
+    if (unsupported) {
+      return { data: null, error: unsupported };
+    }
+    try {
+      const reply = await requestAPI<Record<string, unknown>>(
+        `${source.endPoint}?node=${encodeURIComponent(node)}`
+      );
+      return { data: reply[source.field], error: null };
+    } catch (error) {
+      const info = toErrorInfo(error);
+      if (info.code === 'not_supported') {
+        this._unsupported.set(memo, info);
+      }
+      return { data: null, error: info };
+    }
   }
 
   private async _fetchSchema(): Promise<void> {
@@ -350,14 +359,12 @@ export class WorkbenchModel implements IDisposable {
   private _generation = 0;
   private _lastUpdated: Date | null = null;
   private _poll: Poll;
-  private _requestsUnsupported = new Map<string, IErrorInfo>();
+  private _unsupported = new Map<string, IErrorInfo>();
   private _selectedNode: string | null = null;
   private _selectedDataset: string | null = null;
   private _nodes: ISection<INodeStatus[]> = emptySection();
-  private _catalog: ISection<IDatasetSummary[]> = emptySection();
-  private _grants: ISection<IGrant[]> = emptySection();
-  private _history: ISection<IRelease[]> = emptySection();
-  private _requests: ISection<IAccessRequest[]> = emptySection();
+  private _sources = new Map<string, ISource>();
+  private _data = new Map<string, ISection<unknown>>();
   private _schema: ISection<IDatasetInfo> = emptySection();
 }
 
