@@ -121,9 +121,13 @@ class RemoteDataset:
             spec["derive"] = list(self._derive)
         query = checks.dp_query(**spec)
         if query.kind != "sql":
-            from ..dp.language import derived_schema
+            from ..dp.language import derived_schema, unknown_column
 
-            derived_schema(self.schema, query)
+            info, _ = derived_schema(self.schema, query)
+            known = [c.name for c in info.columns]
+            for name in ([query.column] if query.column else []) + list(query.by):
+                if name not in known:  # refused at the line that asked, with "did you mean"
+                    raise unknown_column(name, known, self.name)
         return query
 
     def _query(self, **spec) -> "Query":
