@@ -23,7 +23,7 @@ from typing import Any
 import polars as pl
 
 from ..errors import InvalidQuery
-from ..node.datafiles import check_stamp
+from ..node.catalog import check_stamp
 from .columnar import CODE_TYPE, POLARS_TYPES, coded_columns, columnar_frame, schema_frame, source_frame
 from ..protocol import DatasetInfo, DPQuery
 
@@ -360,18 +360,8 @@ def run(task: dict) -> dict:
     accuracy = _accuracy_rows(summary, stat_alpha)
     if task["mode"] == "preview":
         return {"accuracy": accuracy, "note": _note(query, plan, summary)}
-    frame = _collect(measurement(lf))
+    frame = measurement(lf).collect()
     return {"accuracy": accuracy, "table": _table(query, plan, frame, summary), "note": _note(query, plan, summary)}
-
-
-def _collect(once_frame) -> pl.DataFrame:
-    """Run a release with Polars' streaming engine, so its memory stays bounded whatever the row count.
-
-    OpenDP's ``OnceFrame.collect()`` uses the in-memory engine (12 GB at 100M rows); its plan, noise included,
-    is collected here exactly once by the node (``lazy()`` needs OpenDP's honest-but-curious flag, which this
-    worker process, running only the node's own code, may set)."""
-    _opendp().enable_features("honest-but-curious")
-    return once_frame.lazy().collect(engine="streaming")
 
 
 def _accuracy_rows(summary: pl.DataFrame, alpha: float) -> list[dict]:

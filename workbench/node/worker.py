@@ -56,7 +56,10 @@ class _Worker:
     def __init__(self):
         task_r, task_w = os.pipe()
         result_r, result_w = os.pipe()
-        env = dict(os.environ, POLARS_MAX_THREADS=os.environ.get("POLARS_MAX_THREADS", "2"))
+        # Polars' streaming engine for every collect in a worker (OpenDP's releases included): bounded memory
+        # whatever the dataset's size (docs/scale.md).
+        env = dict(os.environ, POLARS_MAX_THREADS=os.environ.get("POLARS_MAX_THREADS", "2"),
+                   POLARS_AUTO_NEW_STREAMING=os.environ.get("POLARS_AUTO_NEW_STREAMING", "1"))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "workbench.node.worker", str(task_r), str(result_w)],
             pass_fds=(task_r, result_w), stdin=subprocess.DEVNULL, env=env, start_new_session=True)
