@@ -69,10 +69,12 @@ def make_data(rows: int, folder: Path, chunk: int) -> Path:
     with pq.ParquetWriter(tmp, schema) as writer:
         for start in tqdm(range(0, rows, chunk), desc=f"writing {rows:,} rows", unit="chunk"):
             n = min(chunk, rows - start)
+            sex = pa.DictionaryArray.from_arrays(rng.integers(0, 2, n, dtype=np.int8), ["F", "M"])
+            region = pa.DictionaryArray.from_arrays(rng.integers(0, 4, n, dtype=np.int8), REGIONS)
             writer.write_table(pa.table({
                 "age": rng.integers(0, 101, n),
-                "sex": pa.array(rng.choice(["F", "M"], n)),
-                "region": pa.array(rng.choice(REGIONS, n)),
+                "sex": sex.cast(pa.string()),
+                "region": region.cast(pa.string()),
                 "cost": rng.gamma(2.0, 1500.0, n).clip(0, 50_000),
             }, schema=schema), row_group_size=1_000_000)
     tmp.rename(path)

@@ -141,9 +141,14 @@ def test_unsupported_queries_are_refused_before_any_charge(served):
 
 
 def test_other_channels_refuse_a_table_source_with_a_clear_error(served):
-    response = served["client"].post("/datasets/claims_pg/synth/preview", json={"rows": 10, "epsilon": 1.0})
-    assert response.status_code in (400, 404, 422, 501)
-    assert "internal" not in response.text
+    client = served["client"]
+    for path, body in (("/datasets/claims_pg/synth/preview", {"rows": 10, "epsilon": 1.0}),
+                       ("/datasets/claims_pg/he/preview", {"op": "sum", "column": "cost"})):
+        response = client.post(path, json=body)
+        if response.status_code == 422 and response.json()["code"] == "invalid_body":
+            continue  # this channel's request shape differs; the body never reached the dataset
+        assert response.json()["code"] == "not_supported", (path, response.text)
+        assert "postgres" in response.json()["message"]
 
 
 # ---------------------------------------------------------------- the pushed-down SQL itself (no noise)
