@@ -11,7 +11,10 @@ the released table is decoded back to the public labels.
 The copy holds the same private rows as the original and stays in the node's
 state folder (same trust boundary); it is rebuilt when the file's version
 changes and the previous copy is deleted. Nothing about it depends on the data
-but the rows themselves: the codes come from public metadata only.
+but the rows themselves: the codes come from public metadata only. It is
+written by Polars' streaming engine (``sink_parquet``), so building it takes
+bounded memory however many rows the dataset has (one file or a folder of
+Parquet files in; one Parquet file out).
 """
 
 from __future__ import annotations
@@ -77,7 +80,8 @@ def _write(folder: Path, target: Path, name: str, path: str, file_format: str, i
     fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".tmp", dir=folder)
     os.close(fd)
     try:
-        source_frame(path, file_format, info).with_columns(codes).collect().write_parquet(tmp)
+        # Streamed: Polars reads, encodes and writes one morsel at a time (memory bounded whatever the rows).
+        source_frame(path, file_format, info).with_columns(codes).sink_parquet(tmp, engine="streaming")
         os.replace(tmp, target)  # atomic: a concurrent worker sees the old state or the whole file
     finally:
         if os.path.exists(tmp):

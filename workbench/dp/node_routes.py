@@ -23,12 +23,15 @@ from ..node.ledger import Cost, choose_grant, left
 from ..node.routes import Caller, Service
 from ..node.service import NodeService
 from . import engine, language
+from .pushdown.run import check as pushdown_check
+from .pushdown.sources import pushdown_task
 from .sql import compile_sql
 from .text import readable
 
 router = APIRouter(tags=["dp"])
 ALPHA = 0.05
 ENGINE = "workbench.dp.engine:run"
+PUSHDOWN = "workbench.dp.pushdown.run:run"  # tables in PostgreSQL or Spark
 MIN_EPSILON = 1e-6
 MIN_DELTA = 1e-20
 
@@ -36,14 +39,23 @@ _previews: "OrderedDict[str, dict]" = OrderedDict()
 _previews_lock = threading.Lock()
 
 
-def _task(entry: DatasetEntry, body: DPRequest, mode: str, columnar: str | None) -> dict:
+def _task(service: NodeService, entry: DatasetEntry, body: DPRequest, mode: str) -> dict:
     spec = identity(body.query)
     key = hashlib.sha256(json.dumps([entry.name, entry.version, entry.info.model_dump(mode="json"), spec,
                                      body.epsilon, body.delta, ALPHA], sort_keys=True).encode()).hexdigest()
-    return {"info": entry.info.model_dump(mode="json"), "query": spec, "epsilon": body.epsilon, "delta": body.delta,
-            "alpha": ALPHA, "path": str(entry.path), "format": entry.config.file_format, "mode": mode,
-            "stamp": list(entry.stamp), "columnar": columnar,
-            "cache_key": key}
+    task = {"info": entry.info.model_dump(mode="json"), "query": spec, "epsilon": body.epsilon, "delta": body.delta,
+            "alpha": ALPHA, "format": entry.config.file_format, "mode": mode, "stamp": list(entry.stamp),
+            "columnar": _columnar(service), "cache_key": key, "source": None}
+    if entry.source is not None:  # a table in PostgreSQL or Spark (workbench.dp.pushdown): no file, no copy
+        task.update(source=pushdown_task(entry, service.config.node.state_dir), path=None, columnar=None, stamp=None)
+    else:
+        task["path"] = str(entry.path)
+    return task
+
+
+def _target(entry: DatasetEntry) -> str:
+    """The worker function that answers a query on this dataset: OpenDP on Polars, or the SQL pushdown."""
+    return PUSHDOWN if entry.source is not None else ENGINE
 
 
 def _columnar(service: NodeService) -> str:
@@ -70,6 +82,8 @@ def _checked(service: NodeService, name: str, body: DPRequest) -> tuple[DatasetE
         query = compile_sql(query.sql, entry.name).model_copy(update={"by": query.by or []})
     query = language.canonical(query)
     engine.validate(entry.info, query, body.delta)
+    if entry.source is not None:  # a table: what the pushdown cannot answer is refused here, before the gate
+        pushdown_check(entry.info, query, entry.source.decimals)
     return entry, body.model_copy(update={"query": query, "delta": engine.delta_used(entry.info, query, body.delta)})
 
 
@@ -86,13 +100,13 @@ def identity(query: DPQuery) -> dict:
 def _accuracy(service: NodeService, entry: DatasetEntry, body: DPRequest, user: str) -> dict:
     """OpenDP's accuracy for this query shape: metadata only, cached. A new shape is calibrated in the
     low-priority preview pool, within the caller's share (free work never takes a paid release's worker)."""
-    task = _task(entry, body, "preview", _columnar(service))
+    task = _task(service, entry, body, "preview")
     with _previews_lock:
         hit = _previews.get(task["cache_key"])
     if hit is not None:
         return hit
     with service.fair.admit(user, "compute"):
-        result = service.preview_pool.run(ENGINE, task, user=user)
+        result = service.preview_pool.run(_target(entry), task, user=user)
     with _previews_lock:
         _previews[task["cache_key"]] = result
         while len(_previews) > 1024:
@@ -131,10 +145,10 @@ def preview(name: str, body: DPRequest, service: Service, caller: Caller) -> DPP
 async def release(name: str, body: DPRequest, service: Service, caller: Caller) -> DPRelease:
     """Release a DP query: charged once, through the gate; the identical question again is free."""
     entry, body = _checked(service, name, body)
-    task = _task(entry, body, "release", _columnar(service))
+    task = _task(service, entry, body, "release")
     outcome = await service.gate.release_async(
         caller, entry, "dp", body.query.kind, identity(body.query), Cost(body.epsilon, body.delta),
-        compute=lambda: service.pool.run(ENGINE, task, user=caller.name), grant_id=body.grant_id,
+        compute=lambda: service.pool.run(_target(entry), task, user=caller.name), grant_id=body.grant_id,
         request_id=body.request_id, text=readable(body.query))
     return release_response(entry, body, outcome)
 

@@ -1,12 +1,19 @@
 """The catalogue: each configured dataset's public metadata, file and version.
 
-A dataset's *version* is the SHA-256 of its file (cached by size and mtime),
-so a changed file is a new dataset version: replays of old answers stop and
-new questions are charged. On each new version the node checks the data
-against the public metadata it relies on (columns present; every value
-readable as its declared type, see :mod:`workbench.node.datacheck`; with an
-identifier privacy unit, no person has more than ``max_contributions`` rows;
-no more than ``max_rows`` rows) and refuses to serve a dataset that breaks them.
+A dataset's *version* is the SHA-256 of its file, or of every file of a
+folder of Parquet files (cached by size and mtime), so a changed file is a
+new dataset version: replays of old answers stop and new questions are
+charged. On each new version the node checks the data against the public
+metadata it relies on (columns present; every value readable as its declared
+type, see :mod:`workbench.node.datacheck`; with an identifier privacy unit, no
+person has more than ``max_contributions`` rows; no more than ``max_rows``
+rows), in bounded memory (:mod:`workbench.node.datafiles`), and refuses to
+serve a dataset that breaks them.
+
+A dataset whose rows live in PostgreSQL or Spark (``source``) is versioned
+by the owner's label (``source.version``) and checked for its columns; its
+contribution bound is enforced inside every query (see
+:mod:`workbench.dp.pushdown`), so the node does not scan it.
 """
 
 from __future__ import annotations
@@ -21,10 +28,14 @@ from pathlib import Path
 
 import polars as pl
 
-from ..errors import ComputationFailed, NotFound
+from ..errors import ComputationFailed, NotFound, NotSupported
 from ..protocol import DatasetInfo
 from .datacheck import check_declared_types
+from . import datafiles
+from .datafiles import check_stamp
 from .settings import DatasetConfig, NodeConfig
+
+__all__ = ["Catalog", "DatasetEntry", "check_stamp", "scan"]
 
 log = logging.getLogger(__name__)
 
@@ -40,35 +51,25 @@ class DatasetEntry:
 
     @property
     def path(self) -> Path:
+        """The dataset's file or folder; a table in PostgreSQL or Spark has none (only DP queries reach it)."""
+        if self.config.path is None:
+            raise NotSupported(f"Dataset '{self.name}' lives in a {self.config.source.kind} table: only DP queries "
+                               "are supported on it.", code="not_supported")
         return self.config.path
+
+    @property
+    def source(self):
+        """The table source (:class:`~workbench.node.settings.TableSource`), or None for a file dataset."""
+        return self.config.source
 
     @property
     def version(self) -> str:
         return self.info.version
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def check_stamp(path: str | Path, stamp: tuple[int, int] | list[int] | None) -> None:
-    """Refuse to compute on a file that is not the version the node priced and labelled."""
-    if stamp is None:
-        return
-    st = Path(path).stat()
-    if (st.st_size, st.st_mtime_ns) != tuple(stamp):
-        raise ComputationFailed("The dataset's file changed during this request; ask again (it is a new version).",
-                                code="dataset_unavailable")
-
-
 def scan(config: DatasetConfig) -> pl.LazyFrame:
-    if config.file_format == "csv":
-        return pl.scan_csv(config.path)
-    return pl.scan_parquet(config.path)
+    """A lazy scan of a file dataset (one file or a folder of Parquet files)."""
+    return datafiles.scan(config.path, config.file_format)
 
 
 class Catalog:
@@ -99,12 +100,11 @@ class Catalog:
             self._refreshed_at = now
             for name, ds in self.config.datasets.items():
                 try:
-                    stat = ds.path.stat()
+                    stamp = datafiles.stamp(ds.path) if ds.path is not None else (0, 0)
                 except OSError:
                     self._problems[name] = "data file missing"
                     self._entries.pop(name, None)
                     continue
-                stamp = (stat.st_size, stat.st_mtime_ns)
                 known = self._entries.get(name)
                 if known is not None and known.stamp == stamp:
                     continue
@@ -123,15 +123,24 @@ class Catalog:
                 self._save_cache()
 
     def _version(self, name: str, ds: DatasetConfig, stamp: tuple[int, int]) -> str:
+        if ds.source is not None:
+            from ..dp.pushdown.sources import source_version
+
+            return source_version(ds.source)
         key = f"{ds.path}|{stamp[0]}|{stamp[1]}"
         cached = self._known.get(name)
         if cached and cached.get("key") == key:
             return cached["version"]
-        version = "sha256:" + file_sha256(ds.path)[:32]
+        version = "sha256:" + datafiles.content_sha256(ds.path)[:32]
         self._known[name] = {"key": key, "version": version}
         return version
 
     def _check(self, name: str, ds: DatasetConfig) -> None:
+        if ds.source is not None:
+            from ..dp.pushdown.sources import check_columns
+
+            check_columns(name, ds)
+            return
         lf = scan(ds)
         present = set(lf.collect_schema().names())
         missing = [c for c in ds.columns if c not in present]
@@ -140,14 +149,14 @@ class Catalog:
         bad_types = check_declared_types(ds)
         if bad_types:
             raise ValueError("the file does not match its declared types: " + "; ".join(bad_types))
-        rows = lf.select(pl.len()).collect().item()
+        rows = datafiles.row_count(lf)
         if rows > ds.max_rows:
             raise ValueError(f"{rows} rows exceed the declared max_rows={ds.max_rows}")
         unit = ds.privacy_unit
         if unit.id_column:
             if unit.id_column not in present:
                 raise ValueError(f"privacy unit column {unit.id_column!r} is not in the file")
-            worst = lf.group_by(unit.id_column).len().select(pl.col("len").max()).collect().item() or 0
+            worst = datafiles.most_rows_per_id(lf, unit.id_column, rows)
             if worst > unit.max_contributions:
                 raise ValueError(f"an identifier has {worst} rows, more than max_contributions="
                                  f"{unit.max_contributions}")

@@ -38,8 +38,51 @@ class ColumnConfig(_Config):
         return self
 
 
+class TableSource(_Config):
+    """A dataset that lives in a database engine: a PostgreSQL table or view, or a Spark table or Parquet lakehouse.
+
+    ``url``: ``postgresql://host:port/db`` (no password: the node reads ``WORKBENCH_SOURCE_<NAME>_USER`` and
+    ``WORKBENCH_SOURCE_<NAME>_PASSWORD`` from its environment, see docs/node.md) or a Spark master
+    (``local[2]``, ``spark://host:7077``). ``table``: the table (or view) name; for Spark, ``parquet`` instead
+    names a folder of Parquet files read by Spark. ``version``: the owner's label of the table's contents
+    (bump it when the data changes: a new version stops replays of old answers). ``decimals``: the fixed-point
+    precision of float sums (sums are computed as scaled integers in the engine).
+    """
+
+    url: str
+    table: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62}){0,2}$")
+    parquet: str | None = None
+    version: str = Field("1", max_length=64)
+    decimals: int = Field(3, ge=0, le=9)
+
+    @model_validator(mode="after")
+    def _check(self) -> "TableSource":
+        from urllib.parse import urlsplit
+
+        if (self.table is None) == (self.parquet is None):
+            raise ValueError("a source needs exactly one of 'table' or 'parquet'")
+        if self.kind == "postgres":
+            if urlsplit(self.url).password is not None:
+                raise ValueError("a source url must not hold a password: set WORKBENCH_SOURCE_<NAME>_PASSWORD")
+            if self.parquet is not None:
+                raise ValueError("a PostgreSQL source names a 'table'")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """``postgres`` or ``spark``, from the url's scheme."""
+        scheme = self.url.split(":", 1)[0].split("+", 1)[0].lower()
+        if scheme in ("postgresql", "postgres"):
+            return "postgres"
+        if scheme.startswith("local") or scheme in ("spark", "sc", "yarn", "k8s"):
+            return "spark"
+        raise ValueError(f"unknown source url scheme {scheme!r} (postgresql://..., local[N], spark://...)")
+
+
 class DatasetConfig(_Config):
-    path: Path
+    path: Path | None = None
+    #: A dataset in PostgreSQL or Spark instead of a file (workbench.dp.pushdown); only DP queries use it.
+    source: TableSource | None = None
     format: Literal["csv", "parquet"] | None = None
     tier: Literal["open", "private"] = "private"
     description: str = ""
@@ -53,8 +96,16 @@ class DatasetConfig(_Config):
     synth_max_rows: int = Field(100_000, ge=1)
     synth_timeout_s: float = Field(900.0, gt=0)
 
+    @model_validator(mode="after")
+    def _one_place(self) -> "DatasetConfig":
+        if (self.path is None) == (self.source is None):
+            raise ValueError("a dataset needs exactly one of 'path' (a file or a folder of Parquet files) or 'source'")
+        return self
+
     @property
     def file_format(self) -> str:
+        if self.path is None:
+            return "table"
         return self.format or ("csv" if self.path.suffix.lower() == ".csv" else "parquet")
 
     def public_info(self, name: str, version: str) -> DatasetInfo:
@@ -114,7 +165,8 @@ class NodeConfig(_Config):
     def resolved(self, base: Path) -> "NodeConfig":
         node = self.node.model_copy(update={"state_dir": (base / self.node.state_dir).resolve()})
         datasets = {
-            name: ds.model_copy(update={"path": (base / ds.path).resolve()}) for name, ds in self.datasets.items()
+            name: ds.model_copy(update={"path": (base / ds.path).resolve()}) if ds.path is not None else ds
+            for name, ds in self.datasets.items()
         }
         return self.model_copy(update={"node": node, "datasets": datasets})
 

@@ -59,7 +59,10 @@ class _Worker:
     def __init__(self, nice: int = 0):
         task_r, task_w = os.pipe()
         result_r, result_w = os.pipe()
+        # Polars' streaming engine for every collect in a worker (OpenDP's releases included): bounded memory
+        # whatever the dataset's size (docs/scale.md).
         env = dict(os.environ, POLARS_MAX_THREADS=os.environ.get("POLARS_MAX_THREADS", "2"),
+                   POLARS_AUTO_NEW_STREAMING=os.environ.get("POLARS_AUTO_NEW_STREAMING", "1"),
                    WORKBENCH_WORKER_NICE=str(nice))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "workbench.node.worker", str(task_r), str(result_w)],

@@ -1,0 +1,236 @@
+"""One node, a lot of rows: time and memory of a DP group-by mean, beside raw Polars streaming on the same file.
+
+For each ``--rows`` size (the file is generated in chunks of ``--chunk`` rows,
+4 columns, ~9.5 bytes a row in Parquet):
+
+* raw Polars: ``scan_parquet(...).group_by("region").agg(mean("cost"))`` with
+  the streaming engine, in a fresh process (its peak RSS is that process's);
+* the node: a real ``workbench node serve`` process (HTTP, token, gate, ledger,
+  audit, OpenDP in a worker). Reported separately: start-up (version hash and
+  checks of the file), the first release (it writes the node's columnar copy,
+  streamed), then the median of ``--repeat`` DP group-by means (each a new
+  question), and the peak resident memory summed over the node and all its
+  child processes, sampled every 50 ms (``psutil``), during each phase;
+* with ``--spark``: the same DP query on a dataset whose source is the same
+  Parquet file read by Spark ``local[2]`` (first, with the session start, and warm).
+
+The load average of the shared machine is printed beside the table.
+
+    python benchmarks/scale.py --rows 100000000 [--rows 1000000000] [--spark] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import tomli_w
+from tqdm import tqdm
+
+HERE = Path(__file__).resolve().parent
+REGIONS = ["north", "south", "east", "west"]
+COLUMNS = {
+    "age": {"type": "int", "bounds": [0, 100]},
+    "sex": {"type": "category", "categories": ["F", "M"]},
+    "region": {"type": "category", "categories": REGIONS},
+    "cost": {"type": "float", "bounds": [0.0, 50_000.0]},
+}
+QUERY = {"kind": "mean", "column": "cost", "by": ["region"]}
+RAW = """
+import resource, sys, time, polars as pl
+start = time.perf_counter()
+out = pl.scan_parquet(sys.argv[1]).group_by("region").agg(pl.col("cost").mean()).collect(engine="streaming")
+print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def make_data(rows: int, folder: Path, chunk: int) -> Path:
+    """``rows`` rows written ``chunk`` at a time (memory bounded by one chunk), one Parquet file."""
+    path = folder / f"scale_{rows}.parquet"
+    if path.exists():
+        return path
+    tmp = path.with_suffix(".tmp")
+    rng = np.random.default_rng(rows)
+    schema = pa.schema([("age", pa.int64()), ("sex", pa.string()), ("region", pa.string()), ("cost", pa.float64())])
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for start in tqdm(range(0, rows, chunk), desc=f"writing {rows:,} rows", unit="chunk"):
+            n = min(chunk, rows - start)
+            sex = pa.DictionaryArray.from_arrays(rng.integers(0, 2, n, dtype=np.int8), ["F", "M"])
+            region = pa.DictionaryArray.from_arrays(rng.integers(0, 4, n, dtype=np.int8), REGIONS)
+            writer.write_table(pa.table({
+                "age": rng.integers(0, 101, n),
+                "sex": sex.cast(pa.string()),
+                "region": region.cast(pa.string()),
+                "cost": rng.gamma(2.0, 1500.0, n).clip(0, 50_000),
+            }, schema=schema), row_group_size=1_000_000)
+    tmp.rename(path)
+    return path
+
+
+class PeakRSS:
+    """The peak of the summed resident memory of a process and all its descendants, sampled in a thread."""
+
+    def __init__(self, pid: int, every_s: float = 0.05):
+        self.root, self.every, self.peak = psutil.Process(pid), every_s, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        total = 0
+        for proc in [self.root, *self.root.children(recursive=True)]:
+            try:
+                total += proc.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> "PeakRSS":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_node(root: Path, datasets: dict[str, dict]):
+    """A provisioned ``workbench node serve`` process; returns (process, base url, token, start-up seconds)."""
+    import httpx
+
+    from workbench.node import admin
+    from workbench.node.service import NodeService
+    from workbench.node.settings import NodeConfig
+
+    config = {"node": {"name": "scale", "state_dir": str(root / "state"), "workers": 2, "query_timeout_s": 3600},
+              "datasets": datasets}
+    config_path = root / "scale.toml"
+    config_path.write_text(tomli_w.dumps(config))
+    start = time.perf_counter()
+    service = NodeService(NodeConfig.load(config_path), start_workers=False)  # hashes and checks the files
+    token = admin.add_user(service.store, service.authority, "bench", "analyst")
+    for name in datasets:
+        admin.add_grant(service.store, "bench", name, "benchmark", epsilon=1000.0)
+    service.close()
+    startup = time.perf_counter() - start
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "node", "serve", "--config", str(config_path),
+                             "--port", str(port)], start_new_session=True, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 3600
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    return proc, url, token, startup
+
+
+def release(client, name: str, epsilon: float) -> float:
+    start = time.perf_counter()
+    response = client.post(f"/datasets/{name}/dp/release", json={"query": QUERY, "epsilon": epsilon})
+    response.raise_for_status()
+    return time.perf_counter() - start
+
+
+def raw_polars(path: Path) -> tuple[float, int]:
+    out = subprocess.run([sys.executable, "-c", RAW, str(path)], capture_output=True, text=True, check=True)
+    seconds, rss = out.stdout.split()
+    return float(seconds), int(rss)
+
+
+def measure(path: Path, rows: int, repeat: int, spark: bool) -> dict:
+    import httpx
+
+    result = {"rows": rows, "file_gb": path.stat().st_size / 1e9}
+    raw = [raw_polars(path) for _ in range(repeat)]
+    result["raw_s"], result["raw_rss"] = statistics.median(r[0] for r in raw), max(r[1] for r in raw)
+    datasets = {"file": {"path": str(path), "max_rows": rows, "columns": COLUMNS,
+                         "budget": {"epsilon": 1e6, "delta": 1e-3}}}
+    if spark:
+        datasets["spark"] = {"source": {"url": "local[2]", "parquet": str(path)}, "max_rows": rows,
+                             "columns": COLUMNS, "budget": {"epsilon": 1e6, "delta": 1e-3}}
+    root = Path(tempfile.mkdtemp(prefix="wb-scale-", dir=HERE / "data"))
+    proc, url, token, result["startup_s"] = start_node(root, datasets)
+    try:
+        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=3600)
+        with PeakRSS(proc.pid) as first:
+            result["first_s"] = release(client, "file", 1.0)
+        result["first_rss"] = first.peak
+        with PeakRSS(proc.pid) as steady:
+            times = [release(client, "file", 1.0 + (i + 1) * 1e-3) for i in range(repeat)]
+        result["node_s"], result["node_rss"] = statistics.median(times), steady.peak
+        if spark:
+            with PeakRSS(proc.pid) as spark_peak:
+                result["spark_first_s"] = release(client, "spark", 1.0)
+                result["spark_s"] = statistics.median(release(client, "spark", 1.0 + (i + 1) * 1e-3)
+                                                      for i in range(repeat))
+            result["spark_rss"] = spark_peak.peak
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=120)
+    return result
+
+
+def print_table(results: list[dict], load_before, load_after) -> None:
+    gib = 2 ** 30
+    print(f"\nload average before {load_before[0]:.1f}/{load_before[1]:.1f}/{load_before[2]:.1f}, "
+          f"after {load_after[0]:.1f}/{load_after[1]:.1f}/{load_after[2]:.1f} (1/5/15 min; 2 cores, shared)")
+    print(f"{'rows':>14} {'file GB':>8} {'raw s':>7} {'raw GiB':>8} {'node s':>7} {'node/raw':>9} "
+          f"{'node GiB':>9} {'start s':>8} {'1st s':>7} {'1st GiB':>8} {'spark 1st s':>12} {'spark s':>8} "
+          f"{'spark GiB':>10}")
+    for r in results:
+        spark = (f"{r['spark_first_s']:>12.1f} {r['spark_s']:>8.1f} {r['spark_rss'] / gib:>10.2f}"
+                 if "spark_s" in r else f"{'-':>12} {'-':>8} {'-':>10}")
+        print(f"{r['rows']:>14,} {r['file_gb']:>8.2f} {r['raw_s']:>7.2f} {r['raw_rss'] / gib:>8.2f} "
+              f"{r['node_s']:>7.2f} {r['node_s'] / r['raw_s']:>8.2f}x {r['node_rss'] / gib:>9.2f} "
+              f"{r['startup_s']:>8.1f} {r['first_s']:>7.1f} {r['first_rss'] / gib:>8.2f} {spark}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, action="append", help="rows (repeatable); default 100M")
+    parser.add_argument("--chunk", type=int, default=10_000_000, help="rows generated at a time")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--spark", action="store_true", help="also Spark local[2] on the same file")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    sizes = args.rows or [100_000_000]
+    data_dir = HERE / "data"
+    data_dir.mkdir(exist_ok=True)
+    files = {rows: make_data(rows, data_dir, args.chunk) for rows in sizes}
+    load_before = os.getloadavg()
+    results = [measure(files[rows], rows, args.repeat, args.spark) for rows in sizes]
+    load_after = os.getloadavg()
+    print_table(results, load_before, load_after)
+    if args.json:
+        args.json.write_text(json.dumps({"results": results, "load": [load_before, load_after]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
