@@ -137,15 +137,6 @@ def _column(info: DatasetInfo, name: str):
     return col
 
 
-def unknown_column(info: DatasetInfo, name: str) -> InvalidQuery:
-    """The refusal of an unknown column, with the closest public column name ("did you mean ...?")."""
-    import difflib
-
-    close = difflib.get_close_matches(name, [c.name for c in info.columns], n=1, cutoff=0.6)
-    hint = f" Did you mean '{close[0]}'?" if close else f" Its columns: {', '.join(c.name for c in info.columns)}."
-    return InvalidQuery(f"Unknown column '{name}' in dataset '{info.name}'.{hint}", code="unknown_column")
-
-
 def _key_count(info: DatasetInfo, by: list[str]) -> int:
     return math.prod(len(info.column(b).categories) for b in by)
 

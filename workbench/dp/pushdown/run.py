@@ -43,6 +43,7 @@ import itertools
 from ...errors import InvalidQuery
 from ...protocol import DatasetInfo, DPQuery
 from .. import engine
+from ..statistics import mean_interval
 from .compile import BIGINT_LIMIT, BIN, CELL, Compiled, compile_query, fixed_point, render
 from .noise import integer_vector, noisy_min
 
@@ -193,7 +194,7 @@ def _table(info, query: DPQuery, compiled: Compiled, mechanisms: dict, vectors: 
         a_s = mechanisms["sum"].accuracy / compiled.scale
         a_c = mechanisms["count"].accuracy
         col = info.column(query.column)
-        stats = [[*engine._mean_interval(s, float(c), a_s, a_c, tuple(col.bounds)), float(c)]
+        stats = [[*mean_interval(s, float(c), a_s, a_c, tuple(col.bounds)), float(c)]
                  for s, c in zip(sums, counts)]
     else:
         name = "sum" if kind == "sum" else "count"
