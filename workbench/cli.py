@@ -120,15 +120,16 @@ def user_add(name: str, role: str, config_path: str) -> None:
 @click.argument("name")
 @click.option("--revoke-old", is_flag=True, help="Invalidate every earlier token of this user.")
 @click.option("--ttl-days", type=float, default=None, help="Token lifetime (default from config).")
+@click.option("--dpop-jkt", default=None, help="Bind the token to the analyst's DPoP key (their 'workbench dpop-key').")
 @config_option
-def user_token(name: str, revoke_old: bool, ttl_days: float | None, config_path: str) -> None:
+def user_token(name: str, revoke_old: bool, ttl_days: float | None, dpop_jkt: str | None, config_path: str) -> None:
     """Issue a new token for a user (printed once)."""
     from .node import admin
 
     service = _service(config_path)
     try:
         click.echo(admin.issue_token(service.store, service.authority, name, revoke_old=revoke_old,
-                                     ttl_s=None if ttl_days is None else ttl_days * 86400))
+                                     ttl_s=None if ttl_days is None else ttl_days * 86400, dpop_jkt=dpop_jkt))
     finally:
         service.close()
 

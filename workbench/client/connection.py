@@ -159,17 +159,29 @@ class Node:
         return node_html(self)
 
 
+def _bound(token: str) -> bool:
+    """True if the token (read unverified, for choosing the scheme only) names a DPoP key (``cnf.jkt``)."""
+    from .login import unverified_claims
+
+    cnf = unverified_claims(token).get("cnf")
+    return isinstance(cnf, dict) and "jkt" in cnf
+
+
 def _quote(name: str) -> str:
     from urllib.parse import quote
 
     return quote(name, safe="")
 
 
-def connect(url: str | None = None, token: str | None = None, *, timeout: float = 300.0) -> Node:
+def connect(url: str | None = None, token: str | None = None, *, timeout: float = 300.0,
+            dpop_key: Any = None) -> Node:
     """Connect to a node.
 
     ``connect("http://host:port")`` talks HTTP; the token comes from ``token=``,
     ``WORKBENCH_TOKEN`` or the config file (see :mod:`workbench.config`).
+    A DPoP-bound token (its ``cnf.jkt``) is sent with a fresh proof per request,
+    signed by ``dpop_key`` (a :class:`~workbench.client.dpop.DPoPKey`; default:
+    your key beside the client config).
     ``connect()`` starts the embedded demo node in this process (same app,
     in-process transport): no server needed, state kept under ``$WORKBENCH_HOME``.
     """
@@ -182,9 +194,14 @@ def connect(url: str | None = None, token: str | None = None, *, timeout: float 
         raise ConnectionFailed(f"A node address starts with http:// or https://, not {url!r}.")
     headers = {PROTOCOL_HEADER: PROTOCOL_VERSION, "User-Agent": f"workbench/{__version__}"}
     found = token_for(url, token)
-    if found:
+    auth = None
+    if found and _bound(found):
+        from .dpop import DPoPAuth, DPoPKey
+
+        auth = DPoPAuth(found, dpop_key if isinstance(dpop_key, DPoPKey) else DPoPKey.load_or_create(dpop_key))
+    elif found:
         headers["Authorization"] = f"Bearer {found}"
-    http = httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0))
+    http = httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0), auth=auth)
     node = Node(http, url)
     node.request("GET", "/info")  # fail fast, with a clear error, if nothing answers there
     return node

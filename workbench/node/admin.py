@@ -6,6 +6,7 @@ Every action is written to the audit log in the same transaction.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select
@@ -36,15 +37,20 @@ def add_user(store: Store, authority: TokenAuthority, name: str, role: str, acto
 
 
 def issue_token(store: Store, authority: TokenAuthority, name: str, revoke_old: bool = False,
-                actor: str = "owner-cli", ttl_s: float | None = None) -> str:
+                actor: str = "owner-cli", ttl_s: float | None = None, dpop_jkt: str | None = None) -> str:
+    """A new token for ``name``; with ``dpop_jkt`` (the analyst's ``workbench dpop-key`` thumbprint) DPoP-bound."""
+    if dpop_jkt is not None and not re.fullmatch(r"[A-Za-z0-9_-]{43}", dpop_jkt):
+        raise InvalidQuery("A DPoP key thumbprint is 43 base64url characters (see 'workbench dpop-key').",
+                           code="invalid_query")
     with store.transaction() as session:
         user = session.execute(select(User).where(User.name == name)).scalar_one_or_none()
         if user is None:
             raise NotFound(f"No user {name!r}.", code="not_found")
         if revoke_old:
             user.token_version += 1
-        audit.append(session, actor, "token_issue", None, user=name, revoked_old=revoke_old)
-        return authority.issue(user, ttl_s=ttl_s)
+        audit.append(session, actor, "token_issue", None, user=name, revoked_old=revoke_old,
+                     **({"dpop_jkt": dpop_jkt} if dpop_jkt else {}))
+        return authority.issue(user, ttl_s=ttl_s, jkt=dpop_jkt)
 
 
 def list_users(store: Store) -> list[dict]:

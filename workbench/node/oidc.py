@@ -46,6 +46,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from ..errors import NotAuthenticated, NotAuthorized
 from . import audit
+from .dpop import bound_key
 from .store import Base, Store, User, utcnow
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,7 @@ class OIDCIdentity:
     issuer: str
     subject: str
     groups: tuple[str, ...]
+    jkt: str | None = None  # cnf.jkt: the DPoP key this token is bound to
 
 
 def _refused(reason: str, message: str) -> NotAuthenticated:
@@ -359,7 +361,7 @@ class OIDCVerifier:
                                 "the node's owner to map one of them ([oidc] role_map).", code="oidc_no_role",
                                 details={"groups": list(groups)})
         identity = OIDCIdentity(name=name, role=role, purposes=self.purposes_for(groups), token_id=token_id,
-                                issuer=s.issuer, subject=subject, groups=groups)
+                                issuer=s.issuer, subject=subject, groups=groups, jkt=bound_key(claims))
         self._sync_user(identity)
         return identity
 

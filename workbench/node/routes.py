@@ -14,7 +14,7 @@ from ..errors import NotAuthenticated, PrivacyError
 from ..protocol import (PROTOCOL_VERSION, SUPPORTED_PROTOCOLS, BudgetInfo, DatasetInfo, GrantInfo, HistoryEntry,
                         NodeInfo, RowsResponse, Table)
 from . import admin, audit
-from .auth import Principal, bearer_token
+from .auth import Principal, credentials
 from .catalog import DatasetEntry, scan
 from .gate import check_not_private
 from .ledger import choose_grant
@@ -27,26 +27,43 @@ def service_of(request: Request) -> NodeService:
     return request.app.state.service
 
 
-def _bearer(request: Request) -> str:
-    token = bearer_token(request.headers.get("authorization", ""))
-    if token is None:
-        raise NotAuthenticated("Send your token as 'Authorization: Bearer <token>'.", code="not_authenticated")
-    return token
+def _credentials(request: Request) -> tuple[str, str]:
+    found = credentials(request.headers.get("authorization", ""))
+    if found is None:
+        raise NotAuthenticated("Send your token as 'Authorization: Bearer <token>' (or 'DPoP <token>' with a DPoP "
+                               "proof).", code="not_authenticated")
+    return found
+
+
+def _sender_checked(service: NodeService, request: Request, scheme: str, token: str,
+                    principal: Principal) -> Principal:
+    """Apply the DPoP rules (workbench.node.dpop) to an authenticated request; refusals are audited."""
+    url = str(request.url.replace(query="", fragment=""))
+    try:
+        service.authority.check_sender(principal, scheme, request.headers.get("dpop"), request.method, url, token)
+    except NotAuthenticated as exc:
+        with service.store.transaction("light") as session:
+            audit.append(session, principal.name, "auth_failed", None, reason=exc.message,
+                         client=request.client.host if request.client else None)
+        raise
+    return principal
 
 
 def principal_of(request: Request) -> Principal:
-    """Authenticate the bearer token (every endpoint but /info and /health needs one)."""
-    service, token = service_of(request), _bearer(request)
-    return service.authority.remembered(token) or _authenticate(service, request, token)
+    """Authenticate the token (every endpoint but /info and /health needs one), DPoP proof included."""
+    service, (scheme, token) = service_of(request), _credentials(request)
+    principal = service.authority.remembered(token) or _authenticate(service, request, token)
+    return _sender_checked(service, request, scheme, token, principal)
 
 
 async def caller_of(request: Request) -> Principal:
     """:func:`principal_of` for the event loop: a token verified moments ago costs no thread and no database."""
-    service, token = service_of(request), _bearer(request)
+    service, (scheme, token) = service_of(request), _credentials(request)
     known = service.authority.remembered(token)
-    if known is not None:
-        return known
-    return await run_in_threadpool(_authenticate, service, request, token)
+    if known is not None and scheme == "bearer" and known.jkt is None:
+        return known  # remembered tokens are unbound and the node does not require binding: no proof to check
+    principal = known or await run_in_threadpool(_authenticate, service, request, token)
+    return await run_in_threadpool(_sender_checked, service, request, scheme, token, principal)
 
 
 def _authenticate(service: NodeService, request: Request, token: str) -> Principal:

@@ -84,6 +84,8 @@ class NodeSection(_Config):
     max_epsilon_per_release: float = Field(10.0, gt=0)
     #: How many synthesis fits may run at once (each in its own worker process).
     synth_workers: int = Field(1, ge=1, le=16)
+    #: FAPI 2.0: refuse plain bearer tokens; every token must be DPoP-bound (workbench.node.dpop).
+    require_sender_constrained: bool = False
 
 
 class NodeConfig(_Config):
