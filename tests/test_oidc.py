@@ -299,7 +299,12 @@ def test_device_flow_with_the_kernel_library(provider, node):
 
     token = wb.login(provider.issuer, client_id="wb-device", device=True, audience=AUDIENCE, on_prompt=person)
     assert len(prompts) == 1 and token.claims["sub"] == "alice"
-    assert me(node, token).json() == {**me(node, token).json(), "user": "alice", "role": "analyst"}
+    # The provider advertises DPoP, so wb.login bound the token to this user's key; wb.connect sends proofs.
+    assert "jkt" in token.claims["cnf"]
+    handle = wb.connect(node.url, token=token)
+    assert (handle.info()["user"], handle.info()["role"]) == ("alice", "analyst")
+    handle.close()
+    assert me(node, token).json()["details"]["reason"] == "bound_token_as_bearer", "a bound token is no bearer token"
     # The ID token that came with it is for the client (aud = client id), not an access token for the node.
     assert token.id_token is not None
     refused = me(node, token.id_token)

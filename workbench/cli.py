@@ -448,6 +448,17 @@ def login(url: str, name: str | None) -> None:
     click.echo(f"Saved {info['name']} ({url}) as user {info['user']} in {path}")
 
 
+@main.command("dpop-key")
+def dpop_key() -> None:
+    """Print the thumbprint of your DPoP key (created 0600 beside the client config on first use).
+
+    Send it to a node's owner, who binds your token to it: 'workbench node user token NAME --dpop-jkt THUMBPRINT'.
+    """
+    from .client.dpop import DPoPKey, default_key_path
+
+    click.echo(f"{DPoPKey.load_or_create().thumbprint}  ({default_key_path()})")
+
+
 @main.command("demo")
 @click.option("--lab/--no-lab", default=True, help="Also start JupyterLab with the notebooks.")
 @click.option("--port", default=8765, show_default=True, help="First node port (three nodes: port..port+2).")
