@@ -338,8 +338,8 @@ def run(task: dict) -> dict:
     needed = _needed(info, query)
     if task["mode"] == "release":
         check_stamp(task["path"], task.get("stamp"))
-        lf = (columnar_frame(columnar, task["path"], task["format"], info, needed) if columnar
-              else source_frame(task["path"], task["format"], info, needed))
+        lf = (columnar_frame(columnar, task["path"], task["format"], info, needed, task.get("consent")) if columnar
+              else source_frame(task["path"], task["format"], info, needed, task.get("consent")))
     else:  # a preview reads no data
         lf = schema_frame(info, needed) if columnar else source_frame(task["path"], task["format"], info, needed)
     # Mean intervals combine two statistics: each is bounded at alpha/2 (union bound).

@@ -18,6 +18,7 @@ from fastapi import APIRouter
 from ..errors import InvalidQuery
 from ..protocol import Accuracy, Budget, DPPreview, DPRelease, DPRequest, Table
 from ..node.catalog import DatasetEntry
+from ..node.consent import consent_spec
 from ..node.gate import Outcome, spec_hash
 from ..node.ledger import Cost, choose_grant, left
 from ..node.routes import Caller, Service
@@ -40,7 +41,7 @@ def _task(entry: DatasetEntry, body: DPRequest, mode: str, columnar: str | None)
                                      body.epsilon, body.delta, ALPHA], sort_keys=True).encode()).hexdigest()
     return {"info": entry.info.model_dump(mode="json"), "query": spec, "epsilon": body.epsilon, "delta": body.delta,
             "alpha": ALPHA, "path": str(entry.path), "format": entry.config.file_format, "mode": mode,
-            "stamp": list(entry.stamp), "columnar": columnar,
+            "stamp": list(entry.stamp), "columnar": columnar, "consent": consent_spec(entry.config),
             "cache_key": key}
 
 

@@ -22,6 +22,7 @@ import polars as pl
 
 from ..errors import ComputationFailed, NotFound
 from ..protocol import DatasetInfo
+from . import consent
 from .settings import DatasetConfig, NodeConfig
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class DatasetEntry:
     config: DatasetConfig
     info: DatasetInfo
     stamp: tuple[int, int] = (0, 0)  # (size, mtime_ns) of the file this version was read from
+    consent_stamp: tuple[int, int] | None = None  # the same for the opt-out list, if any
 
     @property
     def path(self) -> Path:
@@ -64,6 +66,7 @@ def check_stamp(path: str | Path, stamp: tuple[int, int] | list[int] | None) -> 
 
 
 def scan(config: DatasetConfig) -> pl.LazyFrame:
+    """The raw file (every row: callers that compute apply :func:`workbench.node.consent.consenting`)."""
     if config.file_format == "csv":
         return pl.scan_csv(config.path)
     return pl.scan_parquet(config.path)
@@ -98,13 +101,14 @@ class Catalog:
             for name, ds in self.config.datasets.items():
                 try:
                     stat = ds.path.stat()
+                    consent_stamp = consent.stamp(ds)
                 except OSError:
-                    self._problems[name] = "data file missing"
+                    self._problems[name] = "data file or opt-out list missing"
                     self._entries.pop(name, None)
                     continue
                 stamp = (stat.st_size, stat.st_mtime_ns)
                 known = self._entries.get(name)
-                if known is not None and known.stamp == stamp:
+                if known is not None and (known.stamp, known.consent_stamp) == (stamp, consent_stamp):
                     continue
                 try:
                     version = self._version(name, ds, stamp)
@@ -115,17 +119,21 @@ class Catalog:
                     self._entries.pop(name, None)
                     continue
                 self._problems.pop(name, None)
-                self._entries[name] = DatasetEntry(name, ds, ds.public_info(name, version), stamp)
+                self._entries[name] = DatasetEntry(name, ds, ds.public_info(name, version), stamp, consent_stamp)
                 changed = True
             if changed:
                 self._save_cache()
 
     def _version(self, name: str, ds: DatasetConfig, stamp: tuple[int, int]) -> str:
-        key = f"{ds.path}|{stamp[0]}|{stamp[1]}"
+        agreed = consent.fingerprint(ds)  # the opt-out list is part of the version: a new opt-out, a new version
+        key = f"{ds.path}|{stamp[0]}|{stamp[1]}|{agreed}"
         cached = self._known.get(name)
         if cached and cached.get("key") == key:
             return cached["version"]
-        version = "sha256:" + file_sha256(ds.path)[:32]
+        digest = file_sha256(ds.path)
+        if agreed:
+            digest = hashlib.sha256(f"{digest}|{agreed}".encode()).hexdigest()
+        version = "sha256:" + digest[:32]
         self._known[name] = {"key": key, "version": version}
         return version
 
@@ -135,6 +143,7 @@ class Catalog:
         missing = [c for c in ds.columns if c not in present]
         if missing:
             raise ValueError(f"columns {missing} are in the config but not in the file")
+        consent.check(ds, present)
         rows = lf.select(pl.len()).collect().item()
         if rows > ds.max_rows:
             raise ValueError(f"{rows} rows exceed the declared max_rows={ds.max_rows}")

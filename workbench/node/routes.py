@@ -16,6 +16,7 @@ from ..protocol import (PROTOCOL_VERSION, SUPPORTED_PROTOCOLS, BudgetInfo, Datas
 from . import admin, audit
 from .auth import Principal, credentials
 from .catalog import DatasetEntry, scan
+from .consent import consenting
 from .gate import check_not_private
 from .ledger import choose_grant
 from .service import NodeService
@@ -156,7 +157,7 @@ def rows(name: str, service: Service, caller: Caller,
     except PrivacyError as exc:
         service.gate.refuse(caller, entry.name, exc, attempted="read_rows")
         raise
-    frame = scan(entry.config).select(list(entry.config.columns)).head(limit).collect()
+    frame = consenting(scan(entry.config), entry.config).select(list(entry.config.columns)).head(limit).collect()
     with service.store.transaction() as session:
         audit.append(session, caller.name, "open_read", entry.name, rows=frame.height, licence=entry.info.licence,
                      dataset_version=entry.version)

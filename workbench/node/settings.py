@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ..errors import InvalidQuery
 from ..fl.config import FLSection
 from ..protocol import Budget, ColumnInfo, DatasetInfo, DatasetName, Identifier, PrivacyUnit
+from .consent import ConsentConfig
 from .oidc import OIDCSection
 
 
@@ -52,6 +53,14 @@ class DatasetConfig(_Config):
     #: Synthetic data (workbench.synth): most rows one synthesis may return, and its time limit.
     synth_max_rows: int = Field(100_000, ge=1)
     synth_timeout_s: float = Field(900.0, gt=0)
+    #: The data subject's say (workbench.node.consent): a consent column or an opt-out list file.
+    consent: ConsentConfig | None = None
+
+    @model_validator(mode="after")
+    def _consent_keyed(self) -> "DatasetConfig":
+        if self.consent is not None and self.consent.opt_out_file is not None and not self.privacy_unit.id_column:
+            raise ValueError("an opt-out list is keyed by the privacy-unit id: set privacy_unit.id_column")
+        return self
 
     @property
     def file_format(self) -> str:
@@ -107,11 +116,16 @@ class NodeConfig(_Config):
 
     def resolved(self, base: Path) -> "NodeConfig":
         node = self.node.model_copy(update={"state_dir": (base / self.node.state_dir).resolve()})
-        datasets = {
-            name: ds.model_copy(update={"path": (base / ds.path).resolve()}) for name, ds in self.datasets.items()
-        }
+        datasets = {name: ds.model_copy(update={"path": (base / ds.path).resolve(), "consent": _resolved(ds, base)})
+                    for name, ds in self.datasets.items()}
         return self.model_copy(update={"node": node, "datasets": datasets})
 
     @property
     def database_url(self) -> str:
         return self.node.database_url or f"sqlite:///{self.node.state_dir / 'node.sqlite'}"
+
+
+def _resolved(ds: DatasetConfig, base: Path) -> ConsentConfig | None:
+    if ds.consent is None or ds.consent.opt_out_file is None:
+        return ds.consent
+    return ds.consent.model_copy(update={"opt_out_file": (base / ds.consent.opt_out_file).resolve()})
