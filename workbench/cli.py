@@ -159,11 +159,13 @@ def node_grant(name: str, dataset: str, purpose: str, epsilon: float, delta: flo
                config_path: str) -> None:
     """Grant user NAME a privacy budget on DATASET for a purpose."""
     from .node import admin
+    from .node.agreement import agreements
 
     service = _service(config_path)
     try:
         grant = admin.add_grant(service.store, name, dataset, purpose, epsilon, delta, expires_days,
-                                known_datasets=set(service.config.datasets))
+                                known_datasets=set(service.config.datasets),
+                                agreement=agreements(service.config).get(dataset))
         click.echo(f"grant {grant.grant_id}: {name} on {dataset} for {purpose!r}: epsilon={epsilon:g} delta={delta:g}")
     finally:
         service.close()
@@ -247,13 +249,14 @@ def node_requests(config_path: str, status: str | None) -> None:
 def node_approve(request_id: int, as_owner: str, config_path: str, epsilon, delta, expires_days, reason) -> None:
     """Approve an access request (creates the grant). Nobody approves their own request."""
     from .node import governance
+    from .node.agreement import agreements
     from .protocol import ApproveBody
 
     service = _service(config_path)
     try:
         info = governance.approve_request(service.store, _owner(service, as_owner), request_id,
                                           ApproveBody(epsilon=epsilon, delta=delta, expires_days=expires_days,
-                                                      reason=reason))
+                                                      reason=reason), agreements(service.config))
         click.echo(f"request {request_id} approved: grant {info.grant_id} for {info.user} on {info.dataset}")
     finally:
         service.close()

@@ -11,7 +11,8 @@ import pandas as pd
 from .._version import __version__
 from ..config import token_for
 from ..errors import ConnectionFailed, NotSupported, WorkbenchError, error_class_for
-from ..protocol import PROTOCOL_HEADER, PROTOCOL_VERSION, DatasetInfo, GrantInfo, HistoryEntry, NodeInfo
+from ..protocol import (PROTOCOL_HEADER, PROTOCOL_VERSION, PROTOCOLS_HEADER, SUPPORTED_PROTOCOLS, DatasetInfo,
+                        GrantInfo, HistoryEntry, NodeInfo, highest_common)
 
 DEFAULT_TIMEOUT = httpx.Timeout(300.0, connect=10.0)
 
@@ -25,6 +26,7 @@ class Node:
         self.embedded = embedded
         self._owner = owner  # keeps an embedded node's service alive as long as the handle
         self._info: NodeInfo | None = None
+        self.protocol = PROTOCOL_VERSION  # the version agreed with the node (see negotiate)
 
     # ---------------------------------------------------------------- transport
 
@@ -192,7 +194,7 @@ def connect(url: str | None = None, token: str | None = None, *, timeout: float 
     url = url.rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise ConnectionFailed(f"A node address starts with http:// or https://, not {url!r}.")
-    headers = {PROTOCOL_HEADER: PROTOCOL_VERSION, "User-Agent": f"workbench/{__version__}"}
+    headers = {"User-Agent": f"workbench/{__version__}"}  # the protocol header is set by negotiate()
     found = token_for(url, token)
     auth = None
     if found and _bound(found):
@@ -203,5 +205,28 @@ def connect(url: str | None = None, token: str | None = None, *, timeout: float 
         headers["Authorization"] = f"Bearer {found}"
     http = httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0), auth=auth)
     node = Node(http, url)
-    node.request("GET", "/info")  # fail fast, with a clear error, if nothing answers there
+    negotiate(node)  # fails fast, with a clear error, if nothing answers there
     return node
+
+
+def negotiate(node: Node) -> str:
+    """Agree on a protocol version with the node: state ours, take the highest common one, or refuse.
+
+    Nodes since protocol 2 answer the ``X-Workbench-Protocols`` offer in ``X-Workbench-Protocol``;
+    older ones ignore it, and their ``/info`` lists what they speak.
+    """
+    offer = ", ".join(SUPPORTED_PROTOCOLS)
+    try:
+        response = node._http.get("/v1/info", headers={PROTOCOLS_HEADER: offer})
+    except httpx.HTTPError as exc:
+        raise ConnectionFailed(f"Cannot reach the node at {node.url}: {exc}") from None
+    if response.status_code != 200:
+        node.request("GET", "/info")  # the node's own error, as a WorkbenchError
+    chosen = response.headers.get(PROTOCOL_HEADER) or highest_common(", ".join(response.json().get("protocols", [])))
+    if chosen not in SUPPORTED_PROTOCOLS:
+        raise NotSupported(f"The node at {node.url} speaks Workbench protocol "
+                           f"{', '.join(response.json().get('protocols', [])) or '?'} and this client {offer}; "
+                           "upgrade the side that is older.", code="protocol_unsupported")
+    node.protocol = chosen
+    node._http.headers[PROTOCOL_HEADER] = chosen
+    return chosen

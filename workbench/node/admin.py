@@ -14,6 +14,7 @@ from sqlalchemy import select
 from ..errors import InvalidQuery, NotFound
 from ..protocol import GrantInfo
 from . import audit
+from .agreement import AgreementConfig, check_grant, recorded_claims
 from .auth import ROLES, TokenAuthority
 from .ledger import left
 from .store import Grant, Store, User
@@ -60,8 +61,9 @@ def list_users(store: Store) -> list[dict]:
 
 
 def add_grant(store: Store, user: str, dataset: str, purpose: str, epsilon: float, delta: float = 0.0,
-              expires_days: float | None = None, actor: str = "owner-cli", known_datasets: set[str] | None = None
-              ) -> GrantInfo:
+              expires_days: float | None = None, actor: str = "owner-cli", known_datasets: set[str] | None = None,
+              agreement: AgreementConfig | None = None) -> GrantInfo:
+    """Grant ``user`` a budget on ``dataset`` for ``purpose``, within the dataset's sharing ``agreement``."""
     if not (0 < epsilon <= 1000) or not (0 <= delta < 1):
         raise InvalidQuery("A grant needs 0 < epsilon <= 1000 and 0 <= delta < 1.", code="bad_epsilon")
     if not purpose.strip():
@@ -70,8 +72,12 @@ def add_grant(store: Store, user: str, dataset: str, purpose: str, epsilon: floa
         raise NotFound(f"Unknown dataset '{dataset}'.", code="unknown_dataset")
     expires = datetime.now(timezone.utc) + timedelta(days=expires_days) if expires_days else None
     with store.transaction() as session:
-        if session.execute(select(User).where(User.name == user)).scalar_one_or_none() is None:
+        grantee = session.execute(select(User).where(User.name == user)).scalar_one_or_none()
+        if grantee is None:
             raise NotFound(f"No user {user!r}.", code="not_found")
+        if grantee.role != "owner":
+            expires = check_grant(agreement, purpose=purpose, epsilon=epsilon, delta=delta,
+                                  claims=recorded_claims(session, user), expires_at=expires)
         grant = Grant(user_name=user, dataset=dataset, purpose=purpose.strip(), epsilon=epsilon, delta=delta,
                       expires_at=expires, created_by=actor)
         session.add(grant)

@@ -25,7 +25,8 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 from pathlib import Path
 
 import jwt
@@ -51,6 +52,8 @@ class Principal:
     purposes: tuple[str, ...] | None = None  # None: unrestricted; else the purposes this caller may name
     issuer: str | None = None  # set for callers authenticated by an external OIDC issuer
     jkt: str | None = None  # the DPoP key thumbprint the token is bound to (cnf.jkt), if any
+    #: identity-provider claims (sharing agreements check them); None for the node's own users
+    claims: Mapping[str, Any] | None = field(default=None, compare=False, hash=False)
 
     def require(self, *roles: str) -> None:
         if self.role not in roles:
@@ -135,7 +138,7 @@ class TokenAuthority:
         if self.oidc is not None and self.oidc.handles(token):
             who = self.oidc.verify(token)
             return Principal(name=who.name, role=who.role, token_id=who.token_id, purposes=who.purposes,
-                             issuer=who.issuer, jkt=who.jkt)
+                             issuer=who.issuer, jkt=who.jkt, claims=who.claims)
         try:
             claims = jwt.decode(
                 token,

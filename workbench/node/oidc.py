@@ -32,7 +32,7 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -46,6 +46,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from ..errors import NotAuthenticated, NotAuthorized
 from . import audit
+from .agreement import UserClaims, record_claims, recorded_claims
 from .dpop import bound_key
 from .store import Base, Store, User, utcnow
 
@@ -140,6 +141,7 @@ class OIDCIdentity:
     subject: str
     groups: tuple[str, ...]
     jkt: str | None = None  # cnf.jkt: the DPoP key this token is bound to
+    claims: dict[str, Any] = field(default_factory=dict)  # the descriptive claims (for sharing agreements)
 
 
 def _refused(reason: str, message: str) -> NotAuthenticated:
@@ -154,6 +156,22 @@ def unverified_issuer(token: str) -> str | None:
         return None
     iss = claims.get("iss")
     return iss if isinstance(iss, str) else None
+
+
+#: Claims about the token, not about its holder: never kept for sharing-agreement checks.
+TOKEN_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "cnf", "client_id", "scope", "auth_time",
+                          "acr", "amr", "azp", "sid", "nonce", "at_hash", "typ"})
+
+
+def descriptive_claims(claims: dict[str, Any]) -> dict[str, Any]:
+    """The claims that describe who the holder is (strings or lists of strings: country, organisation, groups)."""
+    out: dict[str, Any] = {}
+    for name, value in claims.items():
+        if name in TOKEN_CLAIMS:
+            continue
+        if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            out[name] = value
+    return out
 
 
 def claim_at(claims: dict[str, Any], path: str) -> Any:
@@ -298,6 +316,7 @@ class OIDCVerifier:
         self.keys = KeySet(section, http)
         self._store = store
         OIDCUser.__table__.create(store.engine, checkfirst=True)
+        UserClaims.__table__.create(store.engine, checkfirst=True)
 
     def handles(self, token: str) -> bool:
         """True if the token claims to come from the configured issuer (checked for real by :meth:`verify`)."""
@@ -361,7 +380,8 @@ class OIDCVerifier:
                                 "the node's owner to map one of them ([oidc] role_map).", code="oidc_no_role",
                                 details={"groups": list(groups)})
         identity = OIDCIdentity(name=name, role=role, purposes=self.purposes_for(groups), token_id=token_id,
-                                issuer=s.issuer, subject=subject, groups=groups, jkt=bound_key(claims))
+                                issuer=s.issuer, subject=subject, groups=groups, jkt=bound_key(claims),
+                                claims=descriptive_claims(claims))
         self._sync_user(identity)
         return identity
 
@@ -405,10 +425,11 @@ class OIDCVerifier:
             link = session.get(OIDCUser, identity.name)
             state = None if user is None else (user.role, user.disabled)
             link_owner = None if link is None else (link.issuer, link.subject)
+            same_claims = recorded_claims(session, identity.name) == identity.claims
         if state is not None and link_owner == (identity.issuer, identity.subject):
             if state[1]:
                 raise _refused("disabled", "Your account on this node has been disabled by its owner.")
-            if state[0] == identity.role:
+            if state[0] == identity.role and same_claims:
                 return  # the common case: nothing to write
         with self._store.transaction() as session:
             user = session.execute(select(User).where(User.name == identity.name)).scalar_one_or_none()
@@ -419,6 +440,7 @@ class OIDCVerifier:
             else:
                 conflict = False
             if not conflict:
+                record_claims(session, identity.name, identity.claims)
                 if user is None:
                     user = User(name=identity.name, role=identity.role, token_version=1)
                     session.add(user)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ..errors import InvalidQuery
 from ..fl.config import FLSection
 from ..protocol import Budget, ColumnInfo, DatasetInfo, DatasetName, Identifier, PrivacyUnit
+from .agreement import AgreementConfig
 from .consent import ConsentConfig
 from .oidc import OIDCSection
 
@@ -55,6 +56,8 @@ class DatasetConfig(_Config):
     synth_timeout_s: float = Field(900.0, gt=0)
     #: The data subject's say (workbench.node.consent): a consent column or an opt-out list file.
     consent: ConsentConfig | None = None
+    #: The sharing agreement (workbench.node.agreement): purposes, channels, licence, grantees, expiry, largest grant.
+    agreement: AgreementConfig | None = None
 
     @model_validator(mode="after")
     def _consent_keyed(self) -> "DatasetConfig":
@@ -77,6 +80,7 @@ class DatasetConfig(_Config):
             privacy_unit=self.privacy_unit,
             budget=self.budget if self.tier == "private" else None,
             columns=[ColumnInfo(name=n, **c.model_dump()) for n, c in self.columns.items()],
+            agreement=None if self.agreement is None else self.agreement.public(self.licence),
         )
 
 
