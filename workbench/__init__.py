@@ -7,6 +7,7 @@
 
 from ._version import __version__
 from .client import GroupBy, Node, Preview, Query, RemoteDataset, connect
+from .client.directory import from_directory
 from .client.federation import FederatedDataset, Federation, federation
 from .client.login import login
 from .errors import (
@@ -23,6 +24,8 @@ from .errors import (
     ProtocolMismatch,
     WorkbenchError,
 )
+
+federation.from_directory = from_directory  # wb.federation.from_directory(url, consortium_key)
 
 __all__ = [
     "BudgetExceeded",

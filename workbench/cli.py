@@ -462,6 +462,49 @@ def dpop_key() -> None:
     click.echo(f"{DPoPKey.load_or_create().thumbprint}  ({default_key_path()})")
 
 
+@main.group("directory")
+def directory() -> None:
+    """A consortium's signed directory of member nodes (docs/ecosystem.md)."""
+
+
+@directory.command("key")
+@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False),
+              help="The consortium's Ed25519 private key (PEM; created 0600 if missing).")
+def directory_key(key_path: str) -> None:
+    """Print the consortium's public JWK: members and readers pin it (give it to them out of band)."""
+    from .directory import load_or_create_signing_key, public_jwk
+
+    click.echo(json.dumps(public_jwk(load_or_create_signing_key(key_path))))
+
+
+@directory.command("sign")
+@click.argument("members_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--valid-days", type=float, default=90.0, show_default=True)
+def directory_sign(members_file: str, key_path: str, out_path: str, valid_days: float) -> None:
+    """Sign MEMBERS_FILE (TOML: consortium = "...", [[members]] name, url[, catalogue_url]) into a directory.
+
+    Each member's signing keys are read from its node's /v1/jwks unless the file lists them.
+    """
+    import tomllib
+
+    import httpx
+
+    from .directory import Member, load_or_create_signing_key, sign
+
+    raw = tomllib.loads(Path(members_file).read_text())
+    members = []
+    for m in raw.get("members", []):
+        url = m["url"].rstrip("/")
+        keys = m.get("signing_keys") or httpx.get(url + "/v1/jwks", timeout=30).raise_for_status().json()["keys"]
+        members.append(Member(name=m["name"], url=url, catalogue_url=m.get("catalogue_url", url + "/v1/catalog.jsonld"),
+                              signing_keys=keys))
+    token = sign(raw["consortium"], members, load_or_create_signing_key(key_path), valid_days)
+    Path(out_path).write_text(token + "\n")
+    click.echo(f"signed directory of {len(members)} members for {raw['consortium']} -> {out_path}")
+
+
 @main.command("demo")
 @click.option("--lab/--no-lab", default=True, help="Also start JupyterLab with the notebooks.")
 @click.option("--port", default=8765, show_default=True, help="First node port (three nodes: port..port+2).")

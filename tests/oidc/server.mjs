@@ -14,6 +14,7 @@
 //   ttl_s           access-token lifetime of every other client (default 300)
 //   client_groups   {client_id: [groups]} for client-credentials tokens
 //   account_groups  {account_id: [groups]} for device-flow (user) tokens
+//   client_claims   {client_id: {claim: value}} more claims in client-credentials tokens (country, ...)
 //   fapi            true: the FAPI 2.0 Security Profile (features.fapi profile '2.0': PKCE required, ...)
 //                   with DPoP (RFC 9449) on, and `wb-dpop-svc` / `wb-notebook` demanding DPoP-bound tokens
 //
@@ -149,7 +150,8 @@ const provider = new Provider(issuer, {
   scopes: ['openid', 'workbench'],
   extraTokenClaims: async (ctx, token) => {
     const groups = token.accountId ? accountGroups[token.accountId] : clientGroups[token.clientId];
-    return { groups: groups ?? [] };
+    const extra = token.accountId ? {} : (cfg.client_claims ?? {})[token.clientId];
+    return { groups: groups ?? [], ...(extra ?? {}) };
   },
   async findAccount(ctx, sub) {
     return { accountId: sub, async claims() { return { sub, groups: accountGroups[sub] ?? [] }; } };

@@ -10,7 +10,7 @@ import pandas as pd
 
 from .._version import __version__
 from ..config import token_for
-from ..errors import ConnectionFailed, NotSupported, WorkbenchError, error_class_for
+from ..errors import ConnectionFailed, NotSupported, ProtocolMismatch, WorkbenchError, error_class_for
 from ..protocol import (PROTOCOL_HEADER, PROTOCOL_VERSION, PROTOCOLS_HEADER, SUPPORTED_PROTOCOLS, DatasetInfo,
                         GrantInfo, HistoryEntry, NodeInfo, highest_common)
 
@@ -224,7 +224,7 @@ def negotiate(node: Node) -> str:
         node.request("GET", "/info")  # the node's own error, as a WorkbenchError
     chosen = response.headers.get(PROTOCOL_HEADER) or highest_common(", ".join(response.json().get("protocols", [])))
     if chosen not in SUPPORTED_PROTOCOLS:
-        raise NotSupported(f"The node at {node.url} speaks Workbench protocol "
+        raise ProtocolMismatch(f"The node at {node.url} speaks Workbench protocol "
                            f"{', '.join(response.json().get('protocols', [])) or '?'} and this client {offer}; "
                            "upgrade the side that is older.", code="protocol_unsupported")
     node.protocol = chosen

@@ -190,6 +190,9 @@ def create_app(service: NodeService) -> FastAPI:
     from . import governance_routes
 
     app.include_router(governance_routes.router, prefix="/v1")
+    from . import ecosystem_routes
+
+    app.include_router(ecosystem_routes.router, prefix="/v1")
     app.add_middleware(BodyLimit, limit=service.config.node.max_body_bytes)
     from .metrics import install as install_metrics
 

@@ -96,7 +96,7 @@ class TokenAuthority:
         self.issuer = f"workbench-node:{node_name}"
         self.audience = f"workbench:{node_name}"
         self._key = load_or_create_key(state_dir)
-        self._public = self._key.public_key()
+        self.public_key = self._key.public_key()  # published at /v1/jwks (a consortium directory lists it)
         self._store = store
         self._ttl = ttl_days * 86400
         self.oidc = OIDCVerifier(oidc, store) if oidc is not None else None
@@ -142,7 +142,7 @@ class TokenAuthority:
         try:
             claims = jwt.decode(
                 token,
-                self._public,
+                self.public_key,
                 algorithms=[ALGORITHM],
                 audience=self.audience,
                 issuer=self.issuer,
