@@ -9,6 +9,7 @@ from ._version import __version__
 from .client import GroupBy, Node, Preview, Query, RemoteDataset, connect
 from .client.expressions import Expr, col, count, lit, mean, median, quantile, std, var
 from .client.expressions import sum  # noqa: A004 - the statistic wb.sum(column)
+from .client.directory import from_directory
 from .client.federation import FederatedDataset, Federation, federation
 from .client.login import login
 from .demo.federation import demo_federation
@@ -27,6 +28,8 @@ from .errors import (
     RateLimited,
     WorkbenchError,
 )
+
+federation.from_directory = from_directory  # wb.federation.from_directory(url, consortium_key)
 
 __all__ = [
     "BudgetExceeded",

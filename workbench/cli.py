@@ -121,15 +121,16 @@ def user_add(name: str, role: str, config_path: str) -> None:
 @click.argument("name")
 @click.option("--revoke-old", is_flag=True, help="Invalidate every earlier token of this user.")
 @click.option("--ttl-days", type=float, default=None, help="Token lifetime (default from config).")
+@click.option("--dpop-jkt", default=None, help="Bind the token to the analyst's DPoP key (their 'workbench dpop-key').")
 @config_option
-def user_token(name: str, revoke_old: bool, ttl_days: float | None, config_path: str) -> None:
+def user_token(name: str, revoke_old: bool, ttl_days: float | None, dpop_jkt: str | None, config_path: str) -> None:
     """Issue a new token for a user (printed once)."""
     from .node import admin
 
     service = _service(config_path)
     try:
         click.echo(admin.issue_token(service.store, service.authority, name, revoke_old=revoke_old,
-                                     ttl_s=None if ttl_days is None else ttl_days * 86400))
+                                     ttl_s=None if ttl_days is None else ttl_days * 86400, dpop_jkt=dpop_jkt))
     finally:
         service.close()
 
@@ -220,11 +221,13 @@ def node_grant(name: str, dataset: str, purpose: str, epsilon: float, delta: flo
                config_path: str) -> None:
     """Grant user NAME a privacy budget on DATASET for a purpose."""
     from .node import admin
+    from .node.agreement import agreements
 
     service = _service(config_path)
     try:
         grant = admin.add_grant(service.store, name, dataset, purpose, epsilon, delta, expires_days,
-                                known_datasets=set(service.config.datasets))
+                                known_datasets=set(service.config.datasets),
+                                agreement=agreements(service.config).get(dataset))
         click.echo(f"grant {grant.grant_id}: {name} on {dataset} for {purpose!r}: epsilon={epsilon:g} delta={delta:g}")
     finally:
         service.close()
@@ -308,13 +311,14 @@ def node_requests(config_path: str, status: str | None) -> None:
 def node_approve(request_id: int, as_owner: str, config_path: str, epsilon, delta, expires_days, reason) -> None:
     """Approve an access request (creates the grant). Nobody approves their own request."""
     from .node import governance
+    from .node.agreement import agreements
     from .protocol import ApproveBody
 
     service = _service(config_path)
     try:
         info = governance.approve_request(service.store, _owner(service, as_owner), request_id,
                                           ApproveBody(epsilon=epsilon, delta=delta, expires_days=expires_days,
-                                                      reason=reason))
+                                                      reason=reason), agreements(service.config))
         click.echo(f"request {request_id} approved: grant {info.grant_id} for {info.user} on {info.dataset}")
     finally:
         service.close()
@@ -507,6 +511,60 @@ def login(url: str, name: str | None) -> None:
     info = node_handle.info()
     path = save_connection(name or info["name"], url, token)
     click.echo(f"Saved {info['name']} ({url}) as user {info['user']} in {path}")
+
+
+@main.command("dpop-key")
+def dpop_key() -> None:
+    """Print the thumbprint of your DPoP key (created 0600 beside the client config on first use).
+
+    Send it to a node's owner, who binds your token to it: 'workbench node user token NAME --dpop-jkt THUMBPRINT'.
+    """
+    from .client.dpop import DPoPKey, default_key_path
+
+    click.echo(f"{DPoPKey.load_or_create().thumbprint}  ({default_key_path()})")
+
+
+@main.group("directory")
+def directory() -> None:
+    """A consortium's signed directory of member nodes (docs/ecosystem.md)."""
+
+
+@directory.command("key")
+@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False),
+              help="The consortium's Ed25519 private key (PEM; created 0600 if missing).")
+def directory_key(key_path: str) -> None:
+    """Print the consortium's public JWK: members and readers pin it (give it to them out of band)."""
+    from .directory import load_or_create_signing_key, public_jwk
+
+    click.echo(json.dumps(public_jwk(load_or_create_signing_key(key_path))))
+
+
+@directory.command("sign")
+@click.argument("members_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--valid-days", type=float, default=90.0, show_default=True)
+def directory_sign(members_file: str, key_path: str, out_path: str, valid_days: float) -> None:
+    """Sign MEMBERS_FILE (TOML: consortium = "...", [[members]] name, url[, catalogue_url]) into a directory.
+
+    Each member's signing keys are read from its node's /v1/jwks unless the file lists them.
+    """
+    import tomllib
+
+    import httpx
+
+    from .directory import Member, load_or_create_signing_key, sign
+
+    raw = tomllib.loads(Path(members_file).read_text())
+    members = []
+    for m in raw.get("members", []):
+        url = m["url"].rstrip("/")
+        keys = m.get("signing_keys") or httpx.get(url + "/v1/jwks", timeout=30).raise_for_status().json()["keys"]
+        members.append(Member(name=m["name"], url=url, catalogue_url=m.get("catalogue_url", url + "/v1/catalog.jsonld"),
+                              signing_keys=keys))
+    token = sign(raw["consortium"], members, load_or_create_signing_key(key_path), valid_days)
+    Path(out_path).write_text(token + "\n")
+    click.echo(f"signed directory of {len(members)} members for {raw['consortium']} -> {out_path}")
 
 
 @main.command("demo", context_settings={"ignore_unknown_options": True})

@@ -6,11 +6,12 @@ stable ``code``; the client re-raises it as the same class::
     WorkbenchError                      (root; catch this to catch all)
     ├── ConnectionFailed   node_unreachable
     ├── ProtocolMismatch   protocol_unsupported
-    ├── NotAuthenticated   not_authenticated
+    ├── NotAuthenticated   not_authenticated, directory_untrusted
     ├── NotAuthorized      not_authorized, no_grant, grant_expired,
     │                      untrusted_aggregator, fl_fab_not_allowed,
     │                      self_approval, purpose_not_allowed, not_approved,
-    │                      oidc_no_role, oidc_user_conflict, sdv_not_approved
+    │                      oidc_no_role, oidc_user_conflict, sdv_not_approved,
+    │                      agreement_refused
     │   └── PrivacyError   privacy_violation, fl_secagg_required,
     │                      fl_secagg_unsafe
     ├── BudgetExceeded     budget_exceeded, dataset_budget_exceeded,
@@ -205,6 +206,9 @@ _BY_CODE: dict[str, type[WorkbenchError]] = {
     # external identity (workbench.node.oidc)
     "oidc_no_role": NotAuthorized,
     "oidc_user_conflict": NotAuthorized,
+    # the federated ecosystem (workbench.node.agreement, workbench.directory)
+    "agreement_refused": NotAuthorized,
+    "directory_untrusted": NotAuthenticated,
 }
 
 

@@ -13,9 +13,28 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-PROTOCOL_VERSION = "1"
-SUPPORTED_PROTOCOLS = ("1",)
+PROTOCOL_VERSION = "2"
+#: Oldest first. 2 added: DPoP-bound tokens, ``DatasetInfo.agreement`` (docs/ecosystem.md, "Protocol versions").
+SUPPORTED_PROTOCOLS = ("1", "2")
 PROTOCOL_HEADER = "X-Workbench-Protocol"
+#: The versions a client speaks (``"1, 2"``); the node answers in PROTOCOL_HEADER with the highest common one.
+PROTOCOLS_HEADER = "X-Workbench-Protocols"
+
+
+def highest_common(offered: str, supported: tuple[str, ...] = SUPPORTED_PROTOCOLS) -> str | None:
+    """The highest version in both a comma-separated offer and ``supported``, or None."""
+    wanted = {v.strip() for v in offered.split(",") if v.strip()}
+    common = [v for v in supported if v in wanted]
+    return max(common, key=int) if common else None
+
+
+def for_protocol(info: "DatasetInfo", version: str) -> dict:
+    """A dataset's description as a caller speaking ``version`` reads it: fields newer than that are left out
+    (they are optional and safe to drop; protocol 1 clients refuse unknown fields)."""
+    body = info.model_dump(mode="json")
+    if version == "1":
+        body.pop("agreement", None)
+    return body
 
 
 def require_supported_protocol(asked: str) -> None:
@@ -78,6 +97,18 @@ class Budget(Strict):
     delta: float = 0.0
 
 
+class AgreementInfo(Strict):
+    """A dataset's sharing agreement as the catalogue shows it (protocol 2; see workbench.node.agreement)."""
+
+    id: str = ""
+    purposes: list[str] = Field(default_factory=list)
+    channels: list[str] = Field(default_factory=list)
+    licence: str = ""
+    grantee_claims: dict[str, list[str]] = Field(default_factory=dict)
+    expires: str | None = None
+    max_grant: Budget | None = None
+
+
 class DatasetInfo(Strict):
     name: DatasetName
     tier: Literal["open", "private"]
@@ -90,6 +121,8 @@ class DatasetInfo(Strict):
     columns: list[ColumnInfo]
     #: A public DP mock of this dataset is published (``ds.mock()``, free); see workbench.synth.
     has_mock: bool = False
+    #: The sharing agreement (protocol 2 and later; absent for protocol 1 callers and datasets without one).
+    agreement: AgreementInfo | None = None
 
     def column(self, name: str) -> ColumnInfo | None:
         return next((c for c in self.columns if c.name == name), None)

@@ -14,6 +14,9 @@
 //   ttl_s           access-token lifetime of every other client (default 300)
 //   client_groups   {client_id: [groups]} for client-credentials tokens
 //   account_groups  {account_id: [groups]} for device-flow (user) tokens
+//   client_claims   {client_id: {claim: value}} more claims in client-credentials tokens (country, ...)
+//   fapi            true: the FAPI 2.0 Security Profile (features.fapi profile '2.0': PKCE required, ...)
+//                   with DPoP (RFC 9449) on, and `wb-dpop-svc` / `wb-notebook` demanding DPoP-bound tokens
 //
 // Clients (test secrets, loopback only):
 //   wb-analyst-svc / wb-auditor-svc / wb-owner-svc / wb-nogroup-svc / wb-short-svc  client_credentials
@@ -22,6 +25,9 @@
 //                  algorithm-confusion forgery, produced by the real provider
 //   wb-es256-svc   client_credentials, ES256-signed (needs an EC P-256 key in `jwks`)
 //   wb-device      public client for the device authorization grant (RFC 8628)
+//   wb-dpop-svc    client_credentials; its access tokens must be DPoP-bound (dpop_bound_access_tokens)
+//   wb-notebook    public native client: authorization code + PKCE + PAR (required), loopback
+//                  redirect http://127.0.0.1:<any port>/callback, DPoP-bound tokens
 // The device flow's login/consent pages are oidc-provider's built-in development interactions
 // (any login name, any password). Everything is in memory: for tests only.
 //
@@ -47,6 +53,7 @@ const secrets = {
   'wb-short-svc': 'short-secret',
   'wb-hs256-svc': 'hs256-secret',
   'wb-es256-svc': 'es256-secret',
+  'wb-dpop-svc': 'dpop-secret',
 };
 const clientGroups = cfg.client_groups ?? {
   'wb-analyst-svc': ['wb-analysts', 'study-diabetes'],
@@ -56,6 +63,7 @@ const clientGroups = cfg.client_groups ?? {
   'wb-short-svc': ['wb-analysts'],
   'wb-hs256-svc': ['wb-owners'],
   'wb-es256-svc': ['wb-analysts'],
+  'wb-dpop-svc': ['wb-analysts', 'study-diabetes'],
 };
 const accountGroups = cfg.account_groups ?? { alice: ['wb-analysts'] };
 const audience = cfg.audience ?? 'urn:workbench:test';
@@ -84,6 +92,7 @@ const ccClients = Object.entries(secrets).map(([clientId, secret]) => ({
   response_types: [],
   redirect_uris: [],
   scope: 'workbench',
+  ...(clientId === 'wb-dpop-svc' ? { dpop_bound_access_tokens: true } : {}),
 }));
 
 const provider = new Provider(issuer, {
@@ -97,6 +106,17 @@ const provider = new Provider(issuer, {
       redirect_uris: [],
       scope: 'openid workbench',
     },
+    {
+      client_id: 'wb-notebook',
+      application_type: 'native',
+      token_endpoint_auth_method: 'none',
+      grant_types: ['authorization_code'],
+      response_types: ['code'],
+      redirect_uris: ['http://127.0.0.1/callback'],
+      require_pushed_authorization_requests: true,
+      dpop_bound_access_tokens: true,
+      scope: 'openid workbench',
+    },
   ],
   jwks,
   features: {
@@ -105,6 +125,9 @@ const provider = new Provider(issuer, {
     devInteractions: { enabled: true },
     introspection: { enabled: false },
     revocation: { enabled: false },
+    dPoP: { enabled: true },
+    pushedAuthorizationRequests: { enabled: true },
+    ...(cfg.fapi ? { fapi: { enabled: true, profile: '2.0' } } : {}),
     resourceIndicators: {
       enabled: true,
       defaultResource: async () => audience,
@@ -127,7 +150,8 @@ const provider = new Provider(issuer, {
   scopes: ['openid', 'workbench'],
   extraTokenClaims: async (ctx, token) => {
     const groups = token.accountId ? accountGroups[token.accountId] : clientGroups[token.clientId];
-    return { groups: groups ?? [] };
+    const extra = token.accountId ? {} : (cfg.client_claims ?? {})[token.clientId];
+    return { groups: groups ?? [], ...(extra ?? {}) };
   },
   async findAccount(ctx, sub) {
     return { accountId: sub, async claims() { return { sub, groups: accountGroups[sub] ?? [] }; } };

@@ -10,8 +10,9 @@ import pandas as pd
 
 from .._version import __version__
 from ..config import DEMO_NODES_ENV, demo_node_urls, token_for
-from ..errors import ConnectionFailed, InvalidQuery, NotSupported, WorkbenchError, error_class_for
-from ..protocol import PROTOCOL_HEADER, PROTOCOL_VERSION, DatasetInfo, GrantInfo, HistoryEntry, NodeInfo
+from ..errors import ConnectionFailed, InvalidQuery, NotSupported, ProtocolMismatch, WorkbenchError, error_class_for
+from ..protocol import (PROTOCOL_HEADER, PROTOCOL_VERSION, PROTOCOLS_HEADER, SUPPORTED_PROTOCOLS, DatasetInfo,
+                        GrantInfo, HistoryEntry, NodeInfo, highest_common)
 
 DEFAULT_TIMEOUT = httpx.Timeout(300.0, connect=10.0)
 MAX_RETRY_AFTER_S = 30.0
@@ -34,6 +35,7 @@ class Node:
         self.embedded = embedded
         self._owner = owner  # keeps an embedded node's service alive as long as the handle
         self._info: NodeInfo | None = None
+        self.protocol = PROTOCOL_VERSION  # the version agreed with the node (see negotiate)
 
     # ---------------------------------------------------------------- transport
 
@@ -179,6 +181,14 @@ class Node:
         return node_html(self)
 
 
+def _bound(token: str) -> bool:
+    """True if the token (read unverified, for choosing the scheme only) names a DPoP key (``cnf.jkt``)."""
+    from .login import unverified_claims
+
+    cnf = unverified_claims(token).get("cnf")
+    return isinstance(cnf, dict) and "jkt" in cnf
+
+
 def _quote(name: str) -> str:
     from urllib.parse import quote
 
@@ -186,7 +196,7 @@ def _quote(name: str) -> str:
 
 
 def connect(url: str | None = None, token: str | None = None, *, timeout: float = 300.0,
-            reset: bool = False) -> Node:
+            reset: bool = False, dpop_key: Any = None) -> Node:
     """Connect to a node.
 
     ``connect("http://host:port")`` talks HTTP; the token comes from ``token=``,
@@ -196,6 +206,9 @@ def connect(url: str | None = None, token: str | None = None, *, timeout: float 
     JupyterLab panel shows; anywhere else the embedded demo node in this
     process (same app, in-process transport, no server needed). ``reset=True``
     gives the embedded node a fresh ledger first (full budget, no history).
+    A DPoP-bound token (its ``cnf.jkt``) is sent with a fresh proof per request,
+    signed by ``dpop_key`` (a :class:`~workbench.client.dpop.DPoPKey`; default:
+    your key beside the client config).
     """
     if url is None:
         demo = demo_node_urls()
@@ -204,18 +217,46 @@ def connect(url: str | None = None, token: str | None = None, *, timeout: float 
                 raise InvalidQuery(f"connect(reset=True) resets the embedded node, but this kernel runs inside "
                                    f"`workbench demo` ({DEMO_NODES_ENV} is set): restart the demo with "
                                    "`workbench demo --reset` instead.", code="invalid_query")
-            return connect(demo[0], token, timeout=timeout)
+            return connect(demo[0], token, timeout=timeout, dpop_key=dpop_key)
         from .embedded import connect_embedded
 
         return connect_embedded(reset=reset)
     url = url.rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise ConnectionFailed(f"A node address starts with http:// or https://, not {url!r}.")
-    headers = {PROTOCOL_HEADER: PROTOCOL_VERSION, "User-Agent": f"workbench/{__version__}"}
+    headers = {"User-Agent": f"workbench/{__version__}"}  # the protocol header is set by negotiate()
     found = token_for(url, token)
-    if found:
+    auth = None
+    if found and _bound(found):
+        from .dpop import DPoPAuth, DPoPKey
+
+        auth = DPoPAuth(found, dpop_key if isinstance(dpop_key, DPoPKey) else DPoPKey.load_or_create(dpop_key))
+    elif found:
         headers["Authorization"] = f"Bearer {found}"
-    http = httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0))
+    http = httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0), auth=auth)
     node = Node(http, url)
-    node.request("GET", "/info")  # fail fast, with a clear error, if nothing answers there
+    negotiate(node)  # fails fast, with a clear error, if nothing answers there
     return node
+
+
+def negotiate(node: Node) -> str:
+    """Agree on a protocol version with the node: state ours, take the highest common one, or refuse.
+
+    Nodes since protocol 2 answer the ``X-Workbench-Protocols`` offer in ``X-Workbench-Protocol``;
+    older ones ignore it, and their ``/info`` lists what they speak.
+    """
+    offer = ", ".join(SUPPORTED_PROTOCOLS)
+    try:
+        response = node._http.get("/v1/info", headers={PROTOCOLS_HEADER: offer})
+    except httpx.HTTPError as exc:
+        raise ConnectionFailed(f"Cannot reach the node at {node.url}: {exc}") from None
+    if response.status_code != 200:
+        node.request("GET", "/info")  # the node's own error, as a WorkbenchError
+    chosen = response.headers.get(PROTOCOL_HEADER) or highest_common(", ".join(response.json().get("protocols", [])))
+    if chosen not in SUPPORTED_PROTOCOLS:
+        raise ProtocolMismatch(f"The node at {node.url} speaks Workbench protocol "
+                           f"{', '.join(response.json().get('protocols', [])) or '?'} and this client {offer}; "
+                           "upgrade the side that is older.", code="protocol_unsupported")
+    node.protocol = chosen
+    node._http.headers[PROTOCOL_HEADER] = chosen
+    return chosen

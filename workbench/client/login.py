@@ -43,8 +43,10 @@ import httpx
 
 from ..config import save_connection
 from ..errors import ConnectionFailed, InvalidQuery, NotAuthenticated
+from .code_flow import AuthorizationPrompt, code_flow
+from .dpop import ALGORITHM, DPoPKey
 
-__all__ = ["DeviceCode", "OIDCToken", "discover", "login"]
+__all__ = ["AuthorizationPrompt", "DeviceCode", "OIDCToken", "discover", "login"]
 
 SECRET_ENV = "WORKBENCH_OIDC_CLIENT_SECRET"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -67,7 +69,7 @@ class OIDCToken(str):
         token.expires_at = time.time() + float(expires_in) if expires_in is not None else None
         token.scope = scope
         token.issuer = issuer
-        token.claims = _unverified_claims(value)
+        token.claims = unverified_claims(value)
         return token
 
     @property
@@ -102,12 +104,14 @@ class DeviceCode:
                 + f"\nThe code expires in {self.expires_in / 60:.0f} minutes.")
 
 
-def _unverified_claims(token: str) -> dict[str, Any]:
+def unverified_claims(token: str) -> dict[str, Any]:
+    """A JWT's claims read without any check (for display and choosing a scheme only), else ``{}``."""
     try:
         payload = token.split(".")[1]
-        return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except (IndexError, ValueError):
         return {}
+    return claims if isinstance(claims, dict) else {}
 
 
 def _json(response: httpx.Response, what: str) -> dict:
@@ -156,9 +160,11 @@ def _secret(client_secret: str | None, client_secret_file: str | Path | None) ->
 
 
 def _token_request(http: httpx.Client, endpoint: str, data: dict, client_id: str, secret: str | None,
-                   auth_method: str) -> httpx.Response:
+                   auth_method: str, dpop_key: DPoPKey | None = None) -> httpx.Response:
     data = dict(data)
     headers = {"Accept": "application/json"}
+    if dpop_key is not None:  # RFC 9449: the provider binds the token it issues to this key (cnf.jkt)
+        headers["DPoP"] = dpop_key.proof("POST", endpoint)
     if secret is not None and auth_method == "basic":  # RFC 6749 2.3.1: form-encode before Basic
         pair = f"{quote(client_id, safe='')}:{quote(secret, safe='')}".encode()
         headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
@@ -167,7 +173,12 @@ def _token_request(http: httpx.Client, endpoint: str, data: dict, client_id: str
         if secret is not None:
             data["client_secret"] = secret
     try:
-        return http.post(endpoint, data=data, headers=headers)
+        response = http.post(endpoint, data=data, headers=headers)
+        nonce = response.headers.get("dpop-nonce")
+        if dpop_key is not None and response.status_code in (400, 401) and nonce:  # the provider wants its nonce
+            headers["DPoP"] = dpop_key.proof("POST", endpoint, nonce=nonce)
+            response = http.post(endpoint, data=data, headers=headers)
+        return response
     except httpx.HTTPError as exc:
         raise ConnectionFailed(f"Cannot reach the identity provider at {endpoint}: {exc}") from None
 
@@ -181,45 +192,96 @@ def _refused(body: dict, status: int) -> NotAuthenticated:
 
 def login(issuer: str, client_id: str, *, client_secret: str | None = None,
           client_secret_file: str | Path | None = None, audience: str | None = None, device: bool = False,
+          flow: str | None = None, dpop: bool | None = None, dpop_key: DPoPKey | str | Path | None = None,
           scope: str | None = None, audience_param: str = "resource", auth_method: str = "basic",
           node_url: str | None = None, save_as: str | None = None, open_browser: bool = False,
-          on_prompt: Callable[[DeviceCode], None] | None = None, timeout: float = 30.0,
+          on_prompt: Callable[[Any], None] | None = None, timeout: float = 30.0, login_wait_s: float = 600.0,
           http: httpx.Client | None = None) -> OIDCToken:
-    """Get an access token from ``issuer`` for ``client_id``: client credentials, or ``device=True``.
+    """Get an access token from ``issuer`` for ``client_id``.
 
-    ``audience``: the node's ``[oidc] audience``, sent as ``resource`` (RFC 8707) or, for providers that
-    want it so, as ``audience_param="audience"``. ``scope``: extra scopes (the device flow adds
-    ``openid``). ``on_prompt``: called with the :class:`DeviceCode` instead of printing it.
+    ``flow``: ``"client_credentials"`` (the default; needs the secret), ``"device"`` (same as
+    ``device=True``), ``"code"`` (authorization code + PKCE + PAR) or ``"interactive"`` (a person:
+    ``"code"`` where the provider offers PAR, the device flow otherwise).
+    ``dpop``: bind the token to your DPoP key (``dpop_key``, default beside the client config); by
+    default on whenever the provider advertises DPoP (FAPI 2.0). ``audience``: the node's ``[oidc]
+    audience``, sent as ``resource`` (RFC 8707) or as ``audience_param="audience"``. ``on_prompt``:
+    called with the :class:`DeviceCode` or :class:`AuthorizationPrompt` instead of printing it.
     ``save_as`` + ``node_url``: remember the token for ``wb.connect(node_url)``.
     """
     if auth_method not in ("basic", "post"):
         raise InvalidQuery("auth_method is 'basic' or 'post'.", code="invalid_query")
     if (save_as is None) != (node_url is None):
         raise InvalidQuery("Give both save_as= and node_url= to save the token, or neither.", code="invalid_query")
+    flow = flow or ("device" if device else "client_credentials")
+    if flow not in ("client_credentials", "device", "code", "interactive"):
+        raise InvalidQuery("flow is 'client_credentials', 'device', 'code' or 'interactive'.", code="invalid_query")
     secret = _secret(client_secret, client_secret_file)
     own_http = http is None
     http = http or httpx.Client(timeout=httpx.Timeout(timeout), follow_redirects=False)
     try:
         doc = discover(issuer, http)
-        endpoint = doc.get("token_endpoint")
-        if not isinstance(endpoint, str):
+        if not isinstance(doc.get("token_endpoint"), str):
             raise NotAuthenticated(f"{issuer} lists no token_endpoint.", code="not_authenticated")
-        _check_url(endpoint, "token endpoint")
+        _check_url(doc["token_endpoint"], "token endpoint")
+        offers_dpop = ALGORITHM in (doc.get("dpop_signing_alg_values_supported") or [])
+        key = _dpop_key(dpop_key) if (dpop if dpop is not None else offers_dpop) else None
+        client = _Client(http, doc, client_id, secret, auth_method, key)
         extra = {audience_param: audience} if audience else {}
-        if device:
-            body = _device_flow(http, doc, client_id, secret, auth_method, scope, extra, open_browser, on_prompt)
-        else:
-            if secret is None:
-                raise InvalidQuery(f"The client-credentials flow needs the client's secret: pass client_secret= or "
-                                   f"client_secret_file=, or set ${SECRET_ENV}.", code="invalid_query")
-            data = {"grant_type": "client_credentials", **extra, **({"scope": scope} if scope else {})}
-            response = _token_request(http, endpoint, data, client_id, secret, auth_method)
-            body = _json(response, "token endpoint")
-            if response.status_code != 200:
-                raise _refused(body, response.status_code)
+        body = _run_flow(client, flow, scope, extra, open_browser, on_prompt, login_wait_s)
     finally:
         if own_http:
             http.close()
+    return _token_from(body, issuer, save_as, node_url)
+
+
+@dataclass(frozen=True)
+class _Client:
+    """One OAuth client talking to one provider (and its DPoP key, if tokens are to be bound)."""
+
+    http: httpx.Client
+    doc: dict
+    client_id: str
+    secret: str | None
+    auth_method: str
+    dpop_key: DPoPKey | None
+
+    def post(self, endpoint: str, data: dict, what: str, dpop: bool = False) -> dict:
+        response = _token_request(self.http, endpoint, data, self.client_id, self.secret, self.auth_method,
+                                  self.dpop_key if dpop else None)
+        body = _json(response, what)
+        if response.status_code not in (200, 201):
+            raise _refused(body, response.status_code)
+        return body
+
+
+def _dpop_key(given: DPoPKey | str | Path | None) -> DPoPKey:
+    return given if isinstance(given, DPoPKey) else DPoPKey.load_or_create(given)
+
+
+def _run_flow(client: _Client, flow: str, scope: str | None, extra: dict, open_browser: bool,
+              on_prompt: Callable[[Any], None] | None, wait_s: float) -> dict:
+    if flow == "interactive":
+        flow = "code" if isinstance(client.doc.get("pushed_authorization_request_endpoint"), str) else "device"
+    if flow == "device":
+        return _device_flow(client, scope, extra, open_browser, on_prompt)
+    if flow == "code":
+        for name in ("pushed_authorization_request_endpoint", "authorization_endpoint"):
+            if not isinstance(client.doc.get(name), str):
+                raise NotAuthenticated(f"{client.doc.get('issuer')} lists no {name}.", code="not_authenticated")
+            _check_url(client.doc[name], name.replace("_", " "))
+        jkt = client.dpop_key.thumbprint if client.dpop_key is not None else None
+        return code_flow(client.doc, client.client_id, scope, extra, jkt,
+                         push=lambda endpoint, data: client.post(endpoint, data, "PAR endpoint"),
+                         redeem=lambda data: client.post(client.doc["token_endpoint"], data, "token endpoint", True),
+                         on_prompt=on_prompt, open_browser=open_browser, wait_s=wait_s)
+    if client.secret is None:
+        raise InvalidQuery(f"The client-credentials flow needs the client's secret: pass client_secret= or "
+                           f"client_secret_file=, or set ${SECRET_ENV}.", code="invalid_query")
+    data = {"grant_type": "client_credentials", **extra, **({"scope": scope} if scope else {})}
+    return client.post(client.doc["token_endpoint"], data, "token endpoint", dpop=True)
+
+
+def _token_from(body: dict, issuer: str, save_as: str | None, node_url: str | None) -> OIDCToken:
     access = body.get("access_token")
     if not isinstance(access, str) or not access:
         raise NotAuthenticated("The identity provider answered without an access token.", code="not_authenticated")
@@ -231,9 +293,10 @@ def login(issuer: str, client_id: str, *, client_secret: str | None = None,
     return token
 
 
-def _device_flow(http: httpx.Client, doc: dict, client_id: str, secret: str | None, auth_method: str,
-                 scope: str | None, extra: dict, open_browser: bool,
+def _device_flow(client: _Client, scope: str | None, extra: dict, open_browser: bool,
                  on_prompt: Callable[[DeviceCode], None] | None) -> dict:
+    http, doc, client_id, secret, auth_method = (client.http, client.doc, client.client_id, client.secret,
+                                                 client.auth_method)
     endpoint = doc.get("device_authorization_endpoint")
     if not isinstance(endpoint, str):
         raise NotAuthenticated(f"{doc.get('issuer')} does not offer the device authorization flow.",
@@ -262,7 +325,7 @@ def _device_flow(http: httpx.Client, doc: dict, client_id: str, secret: str | No
     deadline = time.monotonic() + code.expires_in
     while True:
         response = _token_request(http, doc["token_endpoint"], {"grant_type": DEVICE_GRANT, "device_code": device_code},
-                                  client_id, secret, auth_method)
+                                  client_id, secret, auth_method, client.dpop_key)
         body = _json(response, "token endpoint")
         if response.status_code == 200:
             return body

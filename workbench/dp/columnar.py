@@ -26,6 +26,7 @@ from pathlib import Path
 
 import polars as pl
 
+from ..node.consent import consenting
 from ..protocol import DatasetInfo
 
 CODE_TYPE = pl.UInt32
@@ -44,14 +45,15 @@ def schema(info: DatasetInfo) -> dict[str, pl.DataType]:
     return {c.name: CODE_TYPE if c.name in coded else POLARS_TYPES[c.type] for c in info.columns}
 
 
-def source_frame(path: str, file_format: str, info: DatasetInfo, columns: list[str] | None = None) -> pl.LazyFrame:
-    """The owner's file itself, ``columns`` (default all) cast to their declared types."""
+def source_frame(path: str, file_format: str, info: DatasetInfo, columns: list[str] | None = None,
+                 consent: dict | None = None) -> pl.LazyFrame:
+    """The owner's file itself, consenting rows only, ``columns`` (default all) cast to their declared types."""
     wanted = {c.name: POLARS_TYPES[c.type] for c in info.columns if columns is None or c.name in columns}
     if file_format == "csv":
         lf = pl.scan_csv(path, schema_overrides=wanted)
     else:
         lf = pl.scan_parquet(path)
-    return lf.select([pl.col(n).cast(t) for n, t in wanted.items()])
+    return consenting(lf, consent).select([pl.col(n).cast(t) for n, t in wanted.items()])
 
 
 def schema_frame(info: DatasetInfo, columns: list[str]) -> pl.LazyFrame:
@@ -60,17 +62,19 @@ def schema_frame(info: DatasetInfo, columns: list[str]) -> pl.LazyFrame:
     return pl.LazyFrame(schema={n: full[n] for n in columns})
 
 
-def columnar_frame(folder: str | Path, path: str, file_format: str, info: DatasetInfo, columns: list[str]) -> pl.LazyFrame:
+def columnar_frame(folder: str | Path, path: str, file_format: str, info: DatasetInfo, columns: list[str],
+                   consent: dict | None = None) -> pl.LazyFrame:
     """The copy of ``path`` at this dataset version (written first if missing), reading ``columns``."""
     folder = Path(folder)
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", info.name)
     target = folder / f"{name}-{info.version.split(':')[-1]}-{FORMAT}.parquet"
     if not target.exists():
-        _write(folder, target, name, path, file_format, info)
+        _write(folder, target, name, path, file_format, info, consent)
     return pl.scan_parquet(target).select(columns)
 
 
-def _write(folder: Path, target: Path, name: str, path: str, file_format: str, info: DatasetInfo) -> None:
+def _write(folder: Path, target: Path, name: str, path: str, file_format: str, info: DatasetInfo,
+           consent: dict | None) -> None:
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     codes = []
     for column, values in coded_columns(info).items():
@@ -81,7 +85,7 @@ def _write(folder: Path, target: Path, name: str, path: str, file_format: str, i
     os.close(fd)
     try:
         # Streamed: Polars reads, encodes and writes one morsel at a time (memory bounded whatever the rows).
-        source_frame(path, file_format, info).with_columns(codes).sink_parquet(tmp, engine="streaming")
+        source_frame(path, file_format, info, consent=consent).with_columns(codes).sink_parquet(tmp, engine="streaming")
         os.replace(tmp, target)  # atomic: a concurrent worker sees the old state or the whole file
     finally:
         if os.path.exists(tmp):

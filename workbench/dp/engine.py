@@ -408,8 +408,9 @@ def _frame(task: dict, info: DatasetInfo, query: DPQuery):
     columnar, needed = task.get("columnar"), _needed(info, query)
     if task["mode"] == "release":
         check_stamp(task["path"], task.get("stamp"))
-        return (columnar_frame(columnar, task["path"], task["format"], info, needed) if columnar
-                else source_frame(task["path"], task["format"], info, needed))
+        consent = task.get("consent")  # the data subjects' say: rows without consent never reach OpenDP
+        return (columnar_frame(columnar, task["path"], task["format"], info, needed, consent) if columnar
+                else source_frame(task["path"], task["format"], info, needed, consent))
     return schema_frame(info, needed) if columnar else source_frame(task["path"], task["format"], info, needed)
 
 

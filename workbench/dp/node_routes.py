@@ -18,6 +18,7 @@ from fastapi import APIRouter
 from ..errors import InvalidQuery
 from ..protocol import Accuracy, Budget, DPPreview, DPQuery, DPRelease, DPRequest, Table, require_supported_protocol
 from ..node.catalog import DatasetEntry
+from ..node.consent import consent_spec
 from ..node.gate import Outcome, spec_hash
 from ..node.ledger import Cost, choose_grant, left
 from ..node.routes import Caller, Service
@@ -45,7 +46,8 @@ def _task(service: NodeService, entry: DatasetEntry, body: DPRequest, mode: str)
                                      body.epsilon, body.delta, ALPHA], sort_keys=True).encode()).hexdigest()
     task = {"info": entry.info.model_dump(mode="json"), "query": spec, "epsilon": body.epsilon, "delta": body.delta,
             "alpha": ALPHA, "format": entry.config.file_format, "mode": mode, "stamp": list(entry.stamp),
-            "columnar": _columnar(service), "cache_key": key, "source": None}
+            "columnar": _columnar(service), "consent": consent_spec(entry.config), "cache_key": key,
+            "source": None}
     if entry.source is not None:  # a table in PostgreSQL or Spark (workbench.dp.pushdown): no file, no copy
         task.update(source=pushdown_task(entry, service.config.node.state_dir), path=None, columnar=None, stamp=None)
     else:

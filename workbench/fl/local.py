@@ -26,6 +26,7 @@ import numpy as np
 import polars as pl
 
 from ..errors import ComputationFailed
+from ..node.consent import consenting
 from .trainers import FeatureMap, get_trainer
 
 __all__ = ["local_round"]
@@ -47,7 +48,7 @@ def _load(payload: dict, fmap: FeatureMap) -> dict[str, Any]:
     if stamp is not None and (stat.st_size, stat.st_mtime_ns) != tuple(stamp):
         raise ComputationFailed("The dataset's file changed during this round; start a new job (it is a new "
                                 "version).", code="dataset_unavailable")
-    key = (payload["path"], stat.st_size, stat.st_mtime_ns, repr(fmap.as_dict()))
+    key = (payload["path"], stat.st_size, stat.st_mtime_ns, repr(fmap.as_dict()), repr(payload.get("consent")))
     hit = _CACHE.get(key)
     if hit is None:
         X, y = _read(payload, fmap)
@@ -63,7 +64,7 @@ def _read(payload: dict, fmap: FeatureMap) -> tuple[np.ndarray, np.ndarray]:
         lf = pl.scan_csv(payload["path"])
     else:
         lf = pl.scan_parquet(payload["path"])
-    frame = lf.select(columns).collect()
+    frame = consenting(lf, payload.get("consent")).select(columns).collect()
     raw = {c: frame[c].to_numpy() if frame[c].dtype.is_numeric() else frame[c].to_list() for c in fmap.x}
     X = fmap.transform(raw)
     y = fmap.target(frame[fmap.y].to_list())

@@ -35,6 +35,7 @@ import numpy as np
 from ..errors import BudgetExceeded, InvalidQuery, NotAuthorized, NotFound, WorkbenchError
 from ..node.auth import Principal
 from ..node.catalog import DatasetEntry
+from ..node.consent import consent_spec
 from ..node.ledger import Cost, choose_grant
 from ..node.store import DatasetBudget
 from .accountant import JobPlan, plan_job
@@ -262,6 +263,7 @@ def run_round(service, job: Job, weights: list[np.ndarray]) -> dict:
     payload = {"model": job.spec.model, "features": job.fmap.as_dict(), "hyperparameters": job.hp,
                "max_contributions": unit.max_contributions if unit.id_column else 1,
                "path": str(entry.path), "format": entry.config.file_format, "stamp": list(entry.stamp),
+               "consent": consent_spec(entry.config),
                "weights": [w.tolist() for w in weights], "count": job.count,
                "sigma_count": job.plan.sigma_count, "sigma_metrics": job.plan.sigma_metrics,
                "sigma_grad": job.plan.sigma_grad, "local_steps": job.plan.local_steps}

@@ -28,6 +28,7 @@ from typing import Any
 import polars as pl
 
 from ..node.catalog import check_stamp
+from ..node.consent import consenting
 from ..protocol import DatasetInfo
 from .spec import EncodingPlan, HEOp
 
@@ -35,10 +36,10 @@ _TYPES = {"int": pl.Int64, "float": pl.Float64, "category": pl.String, "bool": p
           "id": pl.String}
 
 
-def _frame(path: str, file_format: str, info: DatasetInfo) -> pl.LazyFrame:
+def _frame(path: str, file_format: str, info: DatasetInfo, consent: dict | None) -> pl.LazyFrame:
     wanted = {c.name: _TYPES[c.type] for c in info.columns}
     lf = pl.scan_csv(path, schema_overrides=wanted) if file_format == "csv" else pl.scan_parquet(path)
-    return lf.select([pl.col(n).cast(t) for n, t in wanted.items()])
+    return consenting(lf, consent).select([pl.col(n).cast(t) for n, t in wanted.items()])
 
 
 def _clipped(info: DatasetInfo, name: str) -> pl.Expr:
@@ -117,5 +118,5 @@ def noisy_contribution(task: dict[str, Any]) -> dict:
     op = HEOp.model_validate(task["op"])
     plan = EncodingPlan.model_validate(task["plan"])
     check_stamp(task["path"], task.get("stamp"))
-    values = exact_sums(info, op, plan, _frame(task["path"], task["format"], info))
+    values = exact_sums(info, op, plan, _frame(task["path"], task["format"], info, task.get("consent")))
     return {"values": add_noise(values, plan)}

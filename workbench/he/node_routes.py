@@ -30,6 +30,7 @@ from fastapi import APIRouter
 from ..errors import (ComputationFailed, ConnectionFailed, InvalidQuery, NotAuthorized, NotFound, WorkbenchError,
                       error_class_for)
 from ..node.catalog import DatasetEntry
+from ..node.consent import consent_spec
 from ..node.ledger import Cost, choose_grant
 from ..node.routes import Caller, Service
 from ..node.service import NodeService
@@ -147,7 +148,7 @@ def _epsilon_cap(service: NodeService, epsilon: float) -> None:
 
 def _task(entry: DatasetEntry, op: dict, enc: dict) -> dict:
     return {"info": entry.info.model_dump(mode="json"), "op": op, "plan": enc, "path": str(entry.path),
-            "format": entry.config.file_format, "stamp": list(entry.stamp)}
+            "format": entry.config.file_format, "stamp": list(entry.stamp), "consent": consent_spec(entry.config)}
 
 
 @router.post("/datasets/{name}/he/preview", response_model=HEPreview)

@@ -6,6 +6,7 @@ Every action is written to the audit log in the same transaction.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select
@@ -13,6 +14,7 @@ from sqlalchemy import select
 from ..errors import InvalidQuery, NotFound
 from ..protocol import GrantInfo
 from . import audit
+from .agreement import AgreementConfig, check_grant, recorded_claims
 from .auth import ROLES, TokenAuthority
 from .ledger import left
 from .store import Grant, RetiredUser, Store, User, first_token_version
@@ -36,15 +38,20 @@ def add_user(store: Store, authority: TokenAuthority, name: str, role: str, acto
 
 
 def issue_token(store: Store, authority: TokenAuthority, name: str, revoke_old: bool = False,
-                actor: str = "owner-cli", ttl_s: float | None = None) -> str:
+                actor: str = "owner-cli", ttl_s: float | None = None, dpop_jkt: str | None = None) -> str:
+    """A new token for ``name``; with ``dpop_jkt`` (the analyst's ``workbench dpop-key`` thumbprint) DPoP-bound."""
+    if dpop_jkt is not None and not re.fullmatch(r"[A-Za-z0-9_-]{43}", dpop_jkt):
+        raise InvalidQuery("A DPoP key thumbprint is 43 base64url characters (see 'workbench dpop-key').",
+                           code="invalid_query")
     with store.transaction() as session:
         user = session.execute(select(User).where(User.name == name)).scalar_one_or_none()
         if user is None:
             raise NotFound(f"No user {name!r}.", code="not_found")
         if revoke_old:
             user.token_version += 1
-        audit.append(session, actor, "token_issue", None, user=name, revoked_old=revoke_old)
-        return authority.issue(user, ttl_s=ttl_s)
+        audit.append(session, actor, "token_issue", None, user=name, revoked_old=revoke_old,
+                     **({"dpop_jkt": dpop_jkt} if dpop_jkt else {}))
+        return authority.issue(user, ttl_s=ttl_s, jkt=dpop_jkt)
 
 
 def _user(session, name: str) -> User:
@@ -114,8 +121,9 @@ def list_users(store: Store) -> list[dict]:
 
 
 def add_grant(store: Store, user: str, dataset: str, purpose: str, epsilon: float, delta: float = 0.0,
-              expires_days: float | None = None, actor: str = "owner-cli", known_datasets: set[str] | None = None
-              ) -> GrantInfo:
+              expires_days: float | None = None, actor: str = "owner-cli", known_datasets: set[str] | None = None,
+              agreement: AgreementConfig | None = None) -> GrantInfo:
+    """Grant ``user`` a budget on ``dataset`` for ``purpose``, within the dataset's sharing ``agreement``."""
     if not (0 < epsilon <= 1000) or not (0 <= delta < 1):
         raise InvalidQuery("A grant needs 0 < epsilon <= 1000 and 0 <= delta < 1.", code="bad_epsilon")
     if not purpose.strip():
@@ -124,8 +132,12 @@ def add_grant(store: Store, user: str, dataset: str, purpose: str, epsilon: floa
         raise NotFound(f"Unknown dataset '{dataset}'.", code="unknown_dataset")
     expires = datetime.now(timezone.utc) + timedelta(days=expires_days) if expires_days else None
     with store.transaction() as session:
-        if session.execute(select(User).where(User.name == user)).scalar_one_or_none() is None:
+        grantee = session.execute(select(User).where(User.name == user)).scalar_one_or_none()
+        if grantee is None:
             raise NotFound(f"No user {user!r}.", code="not_found")
+        if grantee.role != "owner":
+            expires = check_grant(agreement, purpose=purpose, epsilon=epsilon, delta=delta,
+                                  claims=recorded_claims(session, user), expires_at=expires)
         grant = Grant(user_name=user, dataset=dataset, purpose=purpose.strip(), epsilon=epsilon, delta=delta,
                       expires_at=expires, created_by=actor)
         session.add(grant)

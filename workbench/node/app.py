@@ -18,8 +18,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._version import __version__
-from ..errors import ProtocolMismatch, RateLimited, WorkbenchError
-from ..protocol import PROTOCOL_HEADER, require_supported_protocol
+from ..errors import RateLimited, WorkbenchError
+from ..protocol import PROTOCOL_HEADER, PROTOCOLS_HEADER, SUPPORTED_PROTOCOLS, highest_common
 from .api_docs import add_offline_docs
 from .service import NodeService
 
@@ -85,8 +85,12 @@ class _TooLarge(Exception):
 
 
 class ProtocolCheck:
-    """Pure ASGI middleware: refuse a protocol version this node does not speak, in one sentence.
+    """Pure ASGI middleware: negotiate the protocol, or refuse in one sentence.
 
+    A client that lists the versions it speaks (``X-Workbench-Protocols: 1, 2``) gets the highest common
+    one back in ``X-Workbench-Protocol``; one that names a single version (``X-Workbench-Protocol``, as
+    every release since 0.1 does) gets that version if this node speaks it. Without either header the
+    newest is used. The chosen version is ``request.state.protocol`` for the routes.
     (Replaces a ``BaseHTTPMiddleware``, which cost a task group and a stream per request.)
     """
 
@@ -94,16 +98,28 @@ class ProtocolCheck:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            wanted = PROTOCOL_HEADER.lower().encode()
-            for key, value in scope.get("headers") or []:
-                if key == wanted:
-                    try:
-                        require_supported_protocol(value.decode("latin-1"))
-                    except ProtocolMismatch as exc:
-                        return await error_response(exc.status, exc.code, exc.message)(scope, receive, send)
-                    break
-        return await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        offered = headers.get(PROTOCOLS_HEADER.lower().encode())
+        asked = headers.get(PROTOCOL_HEADER.lower().encode())
+        text = (offered if offered is not None else asked or SUPPORTED_PROTOCOLS[-1].encode()).decode("latin-1")
+        chosen = highest_common(text)
+        if chosen is None or (offered is None and text.strip() != chosen):
+            return await error_response(
+                400, "protocol_unsupported",
+                f"This node speaks Workbench protocol {', '.join(SUPPORTED_PROTOCOLS)}, not "
+                f"{text[:16]!r}; upgrade the side that is older.")(scope, receive, send)
+        scope.setdefault("state", {})["protocol"] = chosen
+        if offered is None:
+            return await self.app(scope, receive, send)
+
+        async def answer_with_version(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (PROTOCOL_HEADER.lower().encode(), chosen.encode())]
+            await send(message)
+
+        return await self.app(scope, receive, answer_with_version)
 
 
 def create_app(service: NodeService) -> FastAPI:
@@ -179,6 +195,9 @@ def create_app(service: NodeService) -> FastAPI:
     from . import governance_routes
 
     app.include_router(governance_routes.router, prefix="/v1")
+    from . import ecosystem_routes
+
+    app.include_router(ecosystem_routes.router, prefix="/v1")
     app.add_middleware(BodyLimit, limit=service.config.node.max_body_bytes)
     from .metrics import install as install_metrics
 

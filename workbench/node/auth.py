@@ -13,7 +13,11 @@ other token is checked as one of this node's own.
 A verified node token is remembered for up to ``USER_RECHECK_S`` seconds (never
 past its expiry): a change to any user made through this node process takes
 effect at once; a change made by another process sharing the database (the
-owner's CLI) takes effect within ``USER_RECHECK_S``.
+owner's CLI) takes effect within ``USER_RECHECK_S``. DPoP-bound tokens (a
+``cnf.jkt`` claim, see :mod:`workbench.node.dpop`) are never remembered, and
+with ``require_sender_constrained`` nothing is: every request of theirs has its
+proof checked (so the DP replay fast path, which only serves remembered
+tokens, never skips a proof).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 from pathlib import Path
 
 import jwt
@@ -29,6 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..errors import NotAuthenticated, NotAuthorized
+from .dpop import ProofChecker, bound_key, check_sender
 from .oidc import OIDCSection, OIDCVerifier
 from .store import Store, User, users_generation
 
@@ -45,6 +51,9 @@ class Principal:
     token_id: str = ""
     purposes: tuple[str, ...] | None = None  # None: unrestricted; else the purposes this caller may name
     issuer: str | None = None  # set for callers authenticated by an external OIDC issuer
+    jkt: str | None = None  # the DPoP key thumbprint the token is bound to (cnf.jkt), if any
+    #: identity-provider claims (sharing agreements check them); None for the node's own users
+    claims: Mapping[str, Any] | None = field(default=None, compare=False, hash=False)
 
     def require(self, *roles: str) -> None:
         if self.role not in roles:
@@ -54,9 +63,15 @@ class Principal:
 
 def bearer_token(header: str) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header value, or None."""
+    found = credentials(header)
+    return found[1] if found is not None and found[0] == "bearer" else None
+
+
+def credentials(header: str) -> tuple[str, str] | None:
+    """``("bearer" | "dpop", token)`` from an ``Authorization`` header value, or None."""
     scheme, _, token = header.partition(" ")
-    token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
+    token, scheme = token.strip(), scheme.lower()
+    return (scheme, token) if scheme in ("bearer", "dpop") and token else None
 
 
 def load_or_create_key(state_dir: Path) -> Ed25519PrivateKey:
@@ -77,18 +92,21 @@ def load_or_create_key(state_dir: Path) -> Ed25519PrivateKey:
 
 class TokenAuthority:
     def __init__(self, node_name: str, state_dir: Path, store: Store, ttl_days: float = 90.0,
-                 oidc: OIDCSection | None = None):
+                 oidc: OIDCSection | None = None, require_sender_constrained: bool = False):
         self.issuer = f"workbench-node:{node_name}"
         self.audience = f"workbench:{node_name}"
         self._key = load_or_create_key(state_dir)
-        self._public = self._key.public_key()
+        self.public_key = self._key.public_key()  # published at /v1/jwks (a consortium directory lists it)
         self._store = store
         self._ttl = ttl_days * 86400
         self.oidc = OIDCVerifier(oidc, store) if oidc is not None else None
+        self.require_sender_constrained = require_sender_constrained
+        self.proofs = ProofChecker()
         # token -> (principal, expiry (epoch s), checked at (monotonic s), users generation)
         self._verified: dict[str, tuple[Principal, float, float, int]] = {}
 
-    def issue(self, user: User, ttl_s: float | None = None) -> str:
+    def issue(self, user: User, ttl_s: float | None = None, jkt: str | None = None) -> str:
+        """A signed token for ``user``; with ``jkt`` (a DPoP key thumbprint) it is bound to that key."""
         now = int(time.time())
         claims = {
             "iss": self.issuer,
@@ -99,13 +117,14 @@ class TokenAuthority:
             "iat": now,
             "exp": now + int(ttl_s if ttl_s is not None else self._ttl),
             "jti": secrets.token_hex(12),
+            **({"cnf": {"jkt": jkt}} if jkt else {}),
         }
         return jwt.encode(claims, self._key, algorithm=ALGORITHM)
 
     def remembered(self, token: str) -> Principal | None:
         """The principal of a node token verified moments ago, without touching the database (else None)."""
         hit = self._verified.get(token)
-        if hit is None:
+        if hit is None or self.require_sender_constrained:
             return None
         principal, expires, checked, generation = hit
         if time.time() >= expires or time.monotonic() - checked > USER_RECHECK_S or generation != users_generation():
@@ -119,11 +138,11 @@ class TokenAuthority:
         if self.oidc is not None and self.oidc.handles(token):
             who = self.oidc.verify(token)
             return Principal(name=who.name, role=who.role, token_id=who.token_id, purposes=who.purposes,
-                             issuer=who.issuer)
+                             issuer=who.issuer, jkt=who.jkt, claims=who.claims)
         try:
             claims = jwt.decode(
                 token,
-                self._public,
+                self.public_key,
                 algorithms=[ALGORITHM],
                 audience=self.audience,
                 issuer=self.issuer,
@@ -140,8 +159,16 @@ class TokenAuthority:
             if (user is None or user.disabled or user.token_version != claims.get("ver")
                     or user.role != claims.get("role")):
                 raise NotAuthenticated("The token has been revoked.", code="not_authenticated")
-            principal = Principal(name=user.name, role=user.role, token_id=claims["jti"])
+            principal = Principal(name=user.name, role=user.role, token_id=claims["jti"], jkt=bound_key(claims))
+        if principal.jkt is not None:
+            return principal  # bound: never remembered, so no path skips its proof
         if len(self._verified) >= _MAX_REMEMBERED:
             self._verified.clear()
         self._verified[token] = (principal, float(claims["exp"]), time.monotonic(), generation)
         return principal
+
+    def check_sender(self, principal: Principal, scheme: str, proof: str | None, method: str, url: str,
+                     token: str) -> None:
+        """The DPoP / sender-constraint rules of :mod:`workbench.node.dpop` for one authenticated request."""
+        check_sender(self.proofs, bound_jkt=principal.jkt, scheme=scheme, proof=proof, method=method, url=url,
+                     access_token=token, required=self.require_sender_constrained)

@@ -18,6 +18,7 @@ contribution bound is enforced inside every query (see
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -32,6 +33,7 @@ from ..protocol import DatasetInfo
 from .datacheck import check_declared_types
 from . import datafiles
 from .datafiles import check_stamp
+from . import consent
 from .settings import DatasetConfig, NodeConfig
 
 __all__ = ["Catalog", "DatasetEntry", "check_stamp", "scan"]
@@ -47,6 +49,7 @@ class DatasetEntry:
     config: DatasetConfig
     info: DatasetInfo
     stamp: tuple[int, int] = (0, 0)  # (size, mtime_ns) of the file this version was read from
+    consent_stamp: tuple[int, int] | None = None  # the same for the opt-out list, if any
 
     @property
     def path(self) -> Path:
@@ -67,7 +70,8 @@ class DatasetEntry:
 
 
 def scan(config: DatasetConfig) -> pl.LazyFrame:
-    """A lazy scan of a file dataset (one file or a folder of Parquet files)."""
+    """A lazy scan of a file dataset, one file or a folder of Parquet files (every row: callers that compute
+    apply :func:`workbench.node.consent.consenting`)."""
     return datafiles.scan(config.path, config.file_format)
 
 
@@ -100,12 +104,13 @@ class Catalog:
             for name, ds in self.config.datasets.items():
                 try:
                     stamp = datafiles.stamp(ds.path) if ds.path is not None else (0, 0)
+                    consent_stamp = consent.stamp(ds)
                 except OSError:
-                    self._problems[name] = "data file missing"
+                    self._problems[name] = "data file or opt-out list missing"
                     self._entries.pop(name, None)
                     continue
                 known = self._entries.get(name)
-                if known is not None and known.stamp == stamp:
+                if known is not None and (known.stamp, known.consent_stamp) == (stamp, consent_stamp):
                     continue
                 try:
                     version = self._version(name, ds, stamp)
@@ -116,7 +121,7 @@ class Catalog:
                     self._entries.pop(name, None)
                     continue
                 self._problems.pop(name, None)
-                self._entries[name] = DatasetEntry(name, ds, ds.public_info(name, version), stamp)
+                self._entries[name] = DatasetEntry(name, ds, ds.public_info(name, version), stamp, consent_stamp)
                 changed = True
             if changed:
                 self._save_cache()
@@ -126,11 +131,15 @@ class Catalog:
             from ..dp.pushdown.sources import source_version
 
             return source_version(ds.source)
-        key = f"{ds.path}|{stamp[0]}|{stamp[1]}"
+        agreed = consent.fingerprint(ds)  # the opt-out list is part of the version: a new opt-out, a new version
+        key = f"{ds.path}|{stamp[0]}|{stamp[1]}|{agreed}"
         cached = self._known.get(name)
         if cached and cached.get("key") == key:
             return cached["version"]
-        version = "sha256:" + datafiles.content_sha256(ds.path)[:32]
+        digest = datafiles.content_sha256(ds.path)
+        if agreed:
+            digest = hashlib.sha256(f"{digest}|{agreed}".encode()).hexdigest()
+        version = "sha256:" + digest[:32]
         self._known[name] = {"key": key, "version": version}
         return version
 
@@ -145,6 +154,7 @@ class Catalog:
         missing = [c for c in ds.columns if c not in present]
         if missing:
             raise ValueError(f"columns {missing} are in the config but not in the file")
+        consent.check(ds, present)
         bad_types = check_declared_types(ds)
         if bad_types:
             raise ValueError("the file does not match its declared types: " + "; ".join(bad_types))

@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from ..errors import ComputationFailed, InvalidQuery, PrivacyError, WorkbenchError
 from ..protocol import Budget
 from . import audit
+from .agreement import check_release
 from .answers import AnswerIndex, StoredAnswer
 from .auth import Principal
 from .catalog import DatasetEntry
@@ -76,8 +77,19 @@ class ReleaseGate:
 
     # ---------------------------------------------------------------- authorization
 
-    def authorize(self, principal: Principal, entry: DatasetEntry) -> None:
+    def authorize(self, principal: Principal, entry: DatasetEntry, channel: str | None = None) -> None:
+        """Role, then the dataset's sharing agreement for this channel (refusals name the clause, audited)."""
         principal.require(*RELEASING_ROLES)
+        if channel is not None:
+            self.check_agreement(principal, entry, channel)
+
+    def check_agreement(self, principal: Principal, entry: DatasetEntry, channel: str) -> None:
+        """The dataset's sharing agreement for this caller and channel (workbench.node.agreement); audited refusal."""
+        try:
+            check_release(entry.config.agreement, channel=channel, role=principal.role, claims=principal.claims)
+        except WorkbenchError as exc:
+            self.refuse(principal, entry.name, exc, channel=channel, clause=exc.details.get("clause"))
+            raise
 
     def refuse(self, principal: Principal, dataset: str | None, error: WorkbenchError, **details: Any) -> None:
         """Record a refusal in the audit log (its own transaction: the refused one rolled back)."""
@@ -96,7 +108,7 @@ class ReleaseGate:
                 text: str = "") -> Outcome:
         """Charge, compute and record one release (or replay a stored one for free). ``text``: the question in
         readable form, kept in the audit record (the analyst's history shows it)."""
-        self.authorize(principal, entry)
+        self.authorize(principal, entry, channel)
         qhash = spec_hash(channel, spec, cost)
         replay = self._replay_remembered(principal, entry, channel, kind, qhash, request_id, text)
         if replay is not None:
@@ -109,7 +121,7 @@ class ReleaseGate:
         """:meth:`release` for the event loop: a replay of a remembered answer waits on no thread."""
         from starlette.concurrency import run_in_threadpool
 
-        self.authorize(principal, entry)
+        self.authorize(principal, entry, channel)
         qhash = spec_hash(channel, spec, cost)
         replay = self._replay_remembered(principal, entry, channel, kind, qhash, request_id, text)
         if replay is not None:
@@ -120,7 +132,7 @@ class ReleaseGate:
     def replay_if_known(self, principal: Principal, entry: DatasetEntry, channel: str, kind: str, spec: dict,
                         cost: Cost, request_id: str | None = None, text: str = "") -> "Future[Outcome] | None":
         """The replay of an answer this process remembers (its audit record group-committed), or None."""
-        self.authorize(principal, entry)
+        self.authorize(principal, entry, channel)
         return self._replay_remembered(principal, entry, channel, kind, spec_hash(channel, spec, cost), request_id,
                                        text)
 

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Mapping
 
 from sqlalchemy import select
 
 from ..errors import InvalidQuery, NotAuthorized, NotFound, WorkbenchError
 from ..protocol import (AccessRequestBody, AccessRequestInfo, ApproveBody, Check, DenyBody, Explanation, ReviewInfo)
 from . import audit
+from .agreement import AgreementConfig, check_grant, recorded_claims
 from .auth import Principal
 from .catalog import DatasetEntry
 from .ledger import TOLERANCE, grant_is_live
@@ -56,6 +57,9 @@ def submit_request(store: Store, principal: Principal, entry: DatasetEntry, body
     if entry.info.tier == "open":
         raise InvalidQuery(f"'{entry.name}' is open data: it needs no grant.", code="invalid_query")
     _check_purpose(principal, body.purpose)
+    if principal.role != "owner":  # asking outside the agreement is refused at once, naming the clause
+        check_grant(entry.config.agreement, purpose=body.purpose, epsilon=body.epsilon, delta=body.delta,
+                    claims=principal.claims, expires_at=None)
     with store.transaction() as session:
         row = AccessRequest(user_name=principal.name, dataset=entry.name, purpose=body.purpose.strip(),
                             epsilon=body.epsilon, delta=body.delta, note=body.note, expires_days=body.expires_days)
@@ -97,8 +101,9 @@ def _pending_for_decision(session, principal: Principal, request_id: int) -> Acc
     return row
 
 
-def approve_request(store: Store, principal: Principal, request_id: int, body: ApproveBody) -> AccessRequestInfo:
-    """Approve a pending request: create its grant, at most the budget asked for."""
+def approve_request(store: Store, principal: Principal, request_id: int, body: ApproveBody,
+                    agreements: Mapping[str, AgreementConfig | None] | None = None) -> AccessRequestInfo:
+    """Approve a pending request: create its grant, at most the budget asked for, within the dataset's agreement."""
     with store.transaction() as session:
         row = _pending_for_decision(session, principal, request_id)
         epsilon = row.epsilon if body.epsilon is None else body.epsilon
@@ -108,6 +113,8 @@ def approve_request(store: Store, principal: Principal, request_id: int, body: A
                                code="invalid_query")
         days = body.expires_days if body.expires_days is not None else row.expires_days
         expires = datetime.now(timezone.utc) + timedelta(days=days) if days else None
+        expires = check_grant((agreements or {}).get(row.dataset), purpose=row.purpose, epsilon=epsilon, delta=delta,
+                              claims=recorded_claims(session, row.user_name), expires_at=expires)
         grant = Grant(user_name=row.user_name, dataset=row.dataset, purpose=row.purpose, epsilon=epsilon,
                       delta=delta, expires_at=expires, created_by=principal.name)
         session.add(grant)

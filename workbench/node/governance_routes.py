@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..protocol import AccessRequestBody, AccessRequestInfo, ApproveBody, DenyBody, Explanation, ReviewInfo
 from . import governance
+from .agreement import agreements
 from .ledger import Cost
 from .routes import Caller, Service
 
@@ -36,7 +37,7 @@ def request_status(request_id: int, service: Service, caller: Caller) -> AccessR
 @router.post("/requests/{request_id}/approve", response_model=AccessRequestInfo, tags=["governance"])
 def approve(request_id: int, body: ApproveBody, service: Service, caller: Caller) -> AccessRequestInfo:
     """Owners (not the requester): approve, optionally with a smaller budget or an expiry."""
-    return governance.approve_request(service.store, caller, request_id, body)
+    return governance.approve_request(service.store, caller, request_id, body, agreements(service.config))
 
 
 @router.post("/requests/{request_id}/deny", response_model=AccessRequestInfo, tags=["governance"])

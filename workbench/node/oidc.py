@@ -3,9 +3,10 @@
 A node configured with an ``[oidc]`` table accepts, besides its own tokens,
 JWT access tokens (RFC 9068) from one issuer. The issuer's discovery document
 (``/.well-known/openid-configuration``) names its ``jwks_uri``; both are
-fetched with short timeouts and size caps, and cached. A token whose ``kid``
-is not in the cached key set triggers one refetch (at most every
-``jwks_refetch_min_s`` seconds), so the issuer can rotate keys.
+fetched with short timeouts and size caps. PyJWT's ``PyJWKClient`` caches
+the key set (``jwks_cache_s``) and refetches once for a ``kid`` it does not
+know (at most every ``jwks_refetch_min_s`` seconds), so the issuer can rotate
+keys.
 
 Refused with 401 (``not_authenticated``, ``details.reason`` says why): a
 malformed token, an algorithm outside the configured asymmetric list (so
@@ -30,9 +31,8 @@ import ipaddress
 import json
 import logging
 import re
-import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -46,6 +46,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from ..errors import NotAuthenticated, NotAuthorized
 from . import audit
+from .agreement import UserClaims, record_claims, recorded_claims
+from .dpop import bound_key
 from .store import Base, Store, User, first_token_version, utcnow
 
 log = logging.getLogger(__name__)
@@ -138,6 +140,8 @@ class OIDCIdentity:
     issuer: str
     subject: str
     groups: tuple[str, ...]
+    jkt: str | None = None  # cnf.jkt: the DPoP key this token is bound to
+    claims: dict[str, Any] = field(default_factory=dict)  # the descriptive claims (for sharing agreements)
 
 
 def _refused(reason: str, message: str) -> NotAuthenticated:
@@ -152,6 +156,22 @@ def unverified_issuer(token: str) -> str | None:
         return None
     iss = claims.get("iss")
     return iss if isinstance(iss, str) else None
+
+
+#: Claims about the token, not about its holder: never kept for sharing-agreement checks.
+TOKEN_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "cnf", "client_id", "scope", "auth_time",
+                          "acr", "amr", "azp", "sid", "nonce", "at_hash", "typ"})
+
+
+def descriptive_claims(claims: dict[str, Any]) -> dict[str, Any]:
+    """The claims that describe who the holder is (strings or lists of strings: country, organisation, groups)."""
+    out: dict[str, Any] = {}
+    for name, value in claims.items():
+        if name in TOKEN_CLAIMS:
+            continue
+        if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            out[name] = value
+    return out
 
 
 def claim_at(claims: dict[str, Any], path: str) -> Any:
@@ -177,16 +197,16 @@ def _as_groups(value: Any) -> tuple[str, ...]:
 
 
 class KeySet:
-    """The issuer's discovery document and signing keys, fetched over HTTP(S) and cached."""
+    """The issuer's signing keys: PyJWT's :class:`jwt.PyJWKClient` (key-set cache, one rate-limited refetch
+    for an unknown ``kid``) fed by our own discovery and a size-capped, redirect-free fetch."""
 
     def __init__(self, section: OIDCSection, http: httpx.Client | None = None):
         self.section = section
         self._http = http or httpx.Client(timeout=httpx.Timeout(section.http_timeout_s), follow_redirects=False)
-        self._lock = threading.Lock()
-        self._keys: dict[str, tuple[jwt.PyJWK, str | None]] = {}
-        self._unnamed: list[tuple[jwt.PyJWK, str | None]] = []
-        self._fetched_at = -1e18  # monotonic time of the last successful fetch
-        self._attempted_at = -1e18  # monotonic time of the last attempt (success or not)
+        self.client = _CappedJWKClient(self)
+        self._last_good: dict | None = None
+        self._failed_at: float | None = None
+        self._declared: dict[str, object] = {}  # kid -> the `alg` its JWK declares (if any)
         self.fetches = 0
 
     def _get_json(self, url: str, what: str) -> dict:
@@ -204,7 +224,28 @@ class KeySet:
             raise ValueError(f"{what} {url} is not a JSON object")
         return doc
 
-    def _fetch(self) -> None:
+    def fetch(self) -> dict:
+        """Discovery, then the key set, keeping only public signing keys; the last good set if this fails."""
+        s = self.section
+        if self._last_good is None and self._failed_at is not None \
+                and time.monotonic() - self._failed_at < s.jwks_refetch_min_s:
+            raise _refused("provider_unreachable", f"The node has no signing keys of {s.issuer} yet (retrying at "
+                                                   f"most every {s.jwks_refetch_min_s:g} s).")
+        try:
+            keys = self._download()
+        except (httpx.HTTPError, ValueError) as exc:
+            self._failed_at = time.monotonic()
+            if self._last_good is not None:
+                log.warning("OIDC: cannot refresh keys of %s (keeping cached keys): %s", s.issuer, exc)
+                return self._last_good
+            raise _refused("provider_unreachable", f"The node cannot fetch the signing keys of {s.issuer}: {exc}") \
+                from None
+        self._last_good, self._failed_at = keys, None
+        self._declared = {k["kid"]: k.get("alg") for k in keys["keys"]}
+        self.fetches += 1
+        return keys
+
+    def _download(self) -> dict:
         issuer = self.section.issuer
         discovery = self._get_json(issuer.rstrip("/") + "/.well-known/openid-configuration", "discovery document")
         if discovery.get("issuer") != issuer:
@@ -212,74 +253,59 @@ class KeySet:
         jwks_uri = discovery.get("jwks_uri")
         if not isinstance(jwks_uri, str):
             raise ValueError("the discovery document has no jwks_uri")
-        jwks = self._get_json(jwks_uri, "JWKS")
-        keys: dict[str, tuple[jwt.PyJWK, str | None]] = {}
-        unnamed: list[tuple[jwt.PyJWK, str | None]] = []
-        for raw in jwks.get("keys") or []:
-            if not isinstance(raw, dict) or raw.get("use", "sig") != "sig" or raw.get("kty") == "oct":
-                continue
-            if any(k in raw for k in ("d", "p", "q")):  # a private key published by mistake: never use it
-                continue
-            declared = raw.get("alg") if isinstance(raw.get("alg"), str) else None
-            try:
-                key = (jwt.PyJWK(raw), declared)
-            except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
-                continue
-            if isinstance(raw.get("kid"), str):
-                keys[raw["kid"]] = key
-            else:
-                unnamed.append(key)
-        if not keys and not unnamed:
+        raw_keys = self._get_json(jwks_uri, "JWKS").get("keys") or []
+        usable = [k for k in raw_keys if _usable_public_signing_key(k)]
+        if not usable:
             raise ValueError(f"the JWKS at {jwks_uri} holds no usable signing key")
-        self._keys, self._unnamed = keys, unnamed
-        self._fetched_at = time.monotonic()
-        self.fetches += 1
-
-    def _have_keys(self) -> bool:
-        return bool(self._keys or self._unnamed)
-
-    def _attempt(self) -> None:
-        """One fetch; on failure keep the cached keys (if any) and say why in the log."""
-        self._attempted_at = time.monotonic()
-        try:
-            self._fetch()
-        except (httpx.HTTPError, ValueError) as exc:
-            if self._have_keys():
-                log.warning("OIDC: cannot refresh keys of %s (keeping cached keys): %s", self.section.issuer, exc)
-                return
-            raise _refused("provider_unreachable",
-                           f"The node cannot fetch the signing keys of {self.section.issuer}: {exc}") from None
+        return {"keys": usable}
 
     def key_for(self, kid: str | None) -> tuple[jwt.PyJWK, str | None]:
-        """The verification key (and the algorithm its JWK declares, if any) for a token's ``kid``.
+        """The verification key (and the algorithm its JWK declares, if any) for a token's ``kid``."""
+        if kid is None:
+            keys = self.client.get_signing_keys()
+            if len(keys) != 1:
+                raise _refused("unknown_kid", f"The token names no key id and {self.section.issuer} has "
+                                              f"{len(keys)} keys.")
+            key = keys[0]
+        else:
+            try:
+                key = self.client.get_signing_key(kid)
+            except jwt.PyJWKClientError:
+                raise _refused("unknown_kid", f"The token's key id {kid!r} is not among {self.section.issuer}'s "
+                                              "keys.") from None
+        declared = self._declared.get(key.key_id)
+        return key, declared if isinstance(declared, str) else None
 
-        Fetches when the cache is older than ``jwks_cache_s``, and once more for an unknown ``kid``;
-        attempts are at least ``jwks_refetch_min_s`` apart, so a flood of made-up key ids cannot
-        turn the node into a load generator against the provider.
-        """
-        s = self.section
-        with self._lock:
-            now = time.monotonic()
-            recently_tried = now - self._attempted_at < s.jwks_refetch_min_s
-            if not self._have_keys() and recently_tried:
-                raise _refused("provider_unreachable",
-                               f"The node has no signing keys of {s.issuer} yet (retrying at most every "
-                               f"{s.jwks_refetch_min_s:g} s).")
-            if now - self._fetched_at > s.jwks_cache_s and not recently_tried:
-                self._attempt()
-            found = self._find(kid)
-            if found is None and time.monotonic() - self._attempted_at >= s.jwks_refetch_min_s:
-                self._attempt()  # key rotation: one refetch, rate-limited
-                found = self._find(kid)
-        if found is None:
-            raise _refused("unknown_kid", f"The token's key id {kid!r} is not among {s.issuer}'s keys.")
-        return found
 
-    def _find(self, kid: str | None) -> tuple[jwt.PyJWK, str | None] | None:
-        if kid is not None:
-            return self._keys.get(kid)
-        candidates = list(self._keys.values()) + self._unnamed
-        return candidates[0] if len(candidates) == 1 else None
+def _usable_public_signing_key(raw: object) -> bool:
+    """A JWK we may verify with: a dict, for signing, not symmetric, and no private part published by mistake."""
+    if not isinstance(raw, dict) or raw.get("use", "sig") != "sig" or raw.get("kty") == "oct":
+        return False
+    if any(k in raw for k in ("d", "p", "q")) or not isinstance(raw.get("kid"), str):
+        return False
+    try:
+        jwt.PyJWK(raw)
+    except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
+        return False
+    return True
+
+
+class _CappedJWKClient(jwt.PyJWKClient):
+    """PyJWKClient whose network fetch is :meth:`KeySet.fetch` (discovery, size cap, no redirects)."""
+
+    def __init__(self, keys: "KeySet"):
+        s = keys.section
+        super().__init__(keys.section.issuer, cache_keys=False, cache_jwk_set=True,
+                         lifespan=max(s.jwks_cache_s, 1e-6), timeout=s.http_timeout_s,
+                         cooldown_duration=s.jwks_refetch_min_s)
+        self._keys = keys
+
+    def fetch_data(self) -> dict:
+        data = self._keys.fetch()
+        if self.jwk_set_cache is not None:
+            self.jwk_set_cache.put(data)
+        self._last_successful_fetch = time.monotonic()
+        return data
 
 
 class OIDCVerifier:
@@ -290,6 +316,7 @@ class OIDCVerifier:
         self.keys = KeySet(section, http)
         self._store = store
         OIDCUser.__table__.create(store.engine, checkfirst=True)
+        UserClaims.__table__.create(store.engine, checkfirst=True)
 
     def handles(self, token: str) -> bool:
         """True if the token claims to come from the configured issuer (checked for real by :meth:`verify`)."""
@@ -353,7 +380,8 @@ class OIDCVerifier:
                                 "the node's owner to map one of them ([oidc] role_map).", code="oidc_no_role",
                                 details={"groups": list(groups)})
         identity = OIDCIdentity(name=name, role=role, purposes=self.purposes_for(groups), token_id=token_id,
-                                issuer=s.issuer, subject=subject, groups=groups)
+                                issuer=s.issuer, subject=subject, groups=groups, jkt=bound_key(claims),
+                                claims=descriptive_claims(claims))
         self._sync_user(identity)
         return identity
 
@@ -397,10 +425,11 @@ class OIDCVerifier:
             link = session.get(OIDCUser, identity.name)
             state = None if user is None else (user.role, user.disabled)
             link_owner = None if link is None else (link.issuer, link.subject)
+            same_claims = recorded_claims(session, identity.name) == identity.claims
         if state is not None and link_owner == (identity.issuer, identity.subject):
             if state[1]:
                 raise _refused("disabled", "Your account on this node has been disabled by its owner.")
-            if state[0] == identity.role:
+            if state[0] == identity.role and same_claims:
                 return  # the common case: nothing to write
         with self._store.transaction() as session:
             user = session.execute(select(User).where(User.name == identity.name)).scalar_one_or_none()
@@ -411,6 +440,7 @@ class OIDCVerifier:
             else:
                 conflict = False
             if not conflict:
+                record_claims(session, identity.name, identity.claims)
                 if user is None:
                     user = User(name=identity.name, role=identity.role,
                                 token_version=first_token_version(session, identity.name))

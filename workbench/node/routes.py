@@ -5,17 +5,19 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from .._version import __version__
 from ..errors import NotAuthenticated, PrivacyError
 from ..protocol import (PROTOCOL_VERSION, SUPPORTED_PROTOCOLS, BudgetInfo, DatasetInfo, GrantInfo, HistoryEntry,
-                        NodeInfo, RowsResponse, Table)
+                        NodeInfo, RowsResponse, Table, for_protocol)
 from . import admin, audit
-from .auth import Principal, bearer_token
+from .auth import Principal, credentials
 from .catalog import DatasetEntry, scan
+from .agreement import agreements
+from .consent import consenting
 from .gate import check_not_private
 from .ledger import choose_grant
 from .service import NodeService
@@ -27,26 +29,43 @@ def service_of(request: Request) -> NodeService:
     return request.app.state.service
 
 
-def _bearer(request: Request) -> str:
-    token = bearer_token(request.headers.get("authorization", ""))
-    if token is None:
-        raise NotAuthenticated("Send your token as 'Authorization: Bearer <token>'.", code="not_authenticated")
-    return token
+def _credentials(request: Request) -> tuple[str, str]:
+    found = credentials(request.headers.get("authorization", ""))
+    if found is None:
+        raise NotAuthenticated("Send your token as 'Authorization: Bearer <token>' (or 'DPoP <token>' with a DPoP "
+                               "proof).", code="not_authenticated")
+    return found
+
+
+def _sender_checked(service: NodeService, request: Request, scheme: str, token: str,
+                    principal: Principal) -> Principal:
+    """Apply the DPoP rules (workbench.node.dpop) to an authenticated request; refusals are audited."""
+    url = str(request.url.replace(query="", fragment=""))
+    try:
+        service.authority.check_sender(principal, scheme, request.headers.get("dpop"), request.method, url, token)
+    except NotAuthenticated as exc:
+        with service.store.transaction("light") as session:
+            audit.append(session, principal.name, "auth_failed", None, reason=exc.message,
+                         client=request.client.host if request.client else None)
+        raise
+    return principal
 
 
 def principal_of(request: Request) -> Principal:
-    """Authenticate the bearer token (every endpoint but /info and /health needs one)."""
-    service, token = service_of(request), _bearer(request)
-    return service.authority.remembered(token) or _authenticate(service, request, token)
+    """Authenticate the token (every endpoint but /info and /health needs one), DPoP proof included."""
+    service, (scheme, token) = service_of(request), _credentials(request)
+    principal = service.authority.remembered(token) or _authenticate(service, request, token)
+    return _sender_checked(service, request, scheme, token, principal)
 
 
 async def caller_of(request: Request) -> Principal:
     """:func:`principal_of` for the event loop: a token verified moments ago costs no thread and no database."""
-    service, token = service_of(request), _bearer(request)
+    service, (scheme, token) = service_of(request), _credentials(request)
     known = service.authority.remembered(token)
-    if known is not None:
-        return known
-    return await run_in_threadpool(_authenticate, service, request, token)
+    if known is not None and scheme == "bearer" and known.jkt is None:
+        return known  # remembered tokens are unbound and the node does not require binding: no proof to check
+    principal = known or await run_in_threadpool(_authenticate, service, request, token)
+    return await run_in_threadpool(_sender_checked, service, request, scheme, token, principal)
 
 
 def _authenticate(service: NodeService, request: Request, token: str) -> Principal:
@@ -97,20 +116,27 @@ def me(service: Service, caller: Caller) -> NodeInfo:
                     protocols=list(SUPPORTED_PROTOCOLS), user=caller.name, role=caller.role)
 
 
+def protocol_of(request: Request) -> str:
+    """The protocol version negotiated for this request (workbench.node.app.ProtocolCheck)."""
+    return getattr(request.state, "protocol", PROTOCOL_VERSION)
+
+
 @router.get("/catalog", response_model=list[DatasetInfo], tags=["catalogue"])
-def catalog(service: Service, caller: Caller) -> list[DatasetInfo]:
-    """Every dataset's public metadata (``has_mock``: a free public DP mock is published)."""
+def catalog(request: Request, service: Service, caller: Caller) -> JSONResponse:
+    """Every dataset's public metadata (``has_mock``: a free public DP mock is published; ``agreement``:
+    its sharing agreement, protocol 2)."""
     from ..synth.mocks import annotate
 
-    return [annotate(service, e) for e in service.catalog.entries()]
+    version = protocol_of(request)
+    return JSONResponse([for_protocol(annotate(service, e), version) for e in service.catalog.entries()])
 
 
 @router.get("/datasets/{name}", response_model=DatasetInfo, tags=["catalogue"])
-def dataset(name: str, service: Service, caller: Caller) -> DatasetInfo:
-    """One dataset's public metadata: columns, types, bounds, categories, privacy unit, licence."""
+def dataset(name: str, request: Request, service: Service, caller: Caller) -> JSONResponse:
+    """One dataset's public metadata: columns, types, bounds, categories, privacy unit, licence, agreement."""
     from ..synth.mocks import annotate
 
-    return annotate(service, dataset_entry(service, name))
+    return JSONResponse(for_protocol(annotate(service, dataset_entry(service, name)), protocol_of(request)))
 
 
 @router.get("/datasets/{name}/budget", response_model=BudgetInfo, tags=["budget"])
@@ -138,7 +164,8 @@ def rows(name: str, service: Service, caller: Caller,
     except PrivacyError as exc:
         service.gate.refuse(caller, entry.name, exc, attempted="read_rows")
         raise
-    frame = scan(entry.config).select(list(entry.config.columns)).head(limit).collect()
+    service.gate.check_agreement(caller, entry, "open")
+    frame = consenting(scan(entry.config), entry.config).select(list(entry.config.columns)).head(limit).collect()
     with service.store.transaction() as session:
         audit.append(session, caller.name, "open_read", entry.name, rows=frame.height, licence=entry.info.licence,
                      dataset_version=entry.version)
@@ -169,7 +196,8 @@ def create_grant(body: GrantRequest, service: Service, caller: Caller) -> GrantI
     """Owner only: grant a user a budget on a dataset for a purpose."""
     caller.require("owner")
     return admin.add_grant(service.store, body.user, body.dataset, body.purpose, body.epsilon, body.delta,
-                           body.expires_days, actor=caller.name, known_datasets=set(service.config.datasets))
+                           body.expires_days, actor=caller.name, known_datasets=set(service.config.datasets),
+                           agreement=agreements(service.config).get(body.dataset))
 
 
 @router.delete("/grants/{grant_id}", tags=["admin"])

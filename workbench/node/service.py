@@ -27,7 +27,8 @@ class NodeService:
         self.store.sync_dataset_budgets(
             {name: (ds.budget.epsilon, ds.budget.delta) for name, ds in config.datasets.items() if ds.tier == "private"})
         self.authority = TokenAuthority(config.node.name, config.node.state_dir, self.store, config.node.token_ttl_days,
-                                        oidc=config.oidc)
+                                        oidc=config.oidc,
+                                        require_sender_constrained=config.node.require_sender_constrained)
         node = config.node
         self.fair = UserLimiter(compute=node.per_user_compute, session=node.per_user_sessions)
         self.gate = ReleaseGate(self.store, self.fair)

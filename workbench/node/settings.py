@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ..errors import InvalidQuery
 from ..fl.config import FLSection
 from ..protocol import Budget, ColumnInfo, DatasetInfo, DatasetName, Identifier, PrivacyUnit
+from .agreement import AgreementConfig
+from .consent import ConsentConfig
 from .oidc import OIDCSection
 
 
@@ -95,6 +97,16 @@ class DatasetConfig(_Config):
     #: Synthetic data (workbench.synth): most rows one synthesis may return, and its time limit.
     synth_max_rows: int = Field(100_000, ge=1)
     synth_timeout_s: float = Field(900.0, gt=0)
+    #: The data subject's say (workbench.node.consent): a consent column or an opt-out list file.
+    consent: ConsentConfig | None = None
+    #: The sharing agreement (workbench.node.agreement): purposes, channels, licence, grantees, expiry, largest grant.
+    agreement: AgreementConfig | None = None
+
+    @model_validator(mode="after")
+    def _consent_keyed(self) -> "DatasetConfig":
+        if self.consent is not None and self.consent.opt_out_file is not None and not self.privacy_unit.id_column:
+            raise ValueError("an opt-out list is keyed by the privacy-unit id: set privacy_unit.id_column")
+        return self
 
     @model_validator(mode="after")
     def _one_place(self) -> "DatasetConfig":
@@ -119,6 +131,7 @@ class DatasetConfig(_Config):
             privacy_unit=self.privacy_unit,
             budget=self.budget if self.tier == "private" else None,
             columns=[ColumnInfo(name=n, **c.model_dump()) for n, c in self.columns.items()],
+            agreement=None if self.agreement is None else self.agreement.public(self.licence),
         )
 
 
@@ -143,6 +156,8 @@ class NodeSection(_Config):
     preview_workers: int = Field(1, ge=1, le=16)
     #: Failed authentications: one record per source per window, then a count for the window.
     auth_failure_window_s: float = Field(60.0, gt=0)
+    #: FAPI 2.0: refuse plain bearer tokens; every token must be DPoP-bound (workbench.node.dpop).
+    require_sender_constrained: bool = False
 
 
 class NodeConfig(_Config):
@@ -165,7 +180,8 @@ class NodeConfig(_Config):
     def resolved(self, base: Path) -> "NodeConfig":
         node = self.node.model_copy(update={"state_dir": (base / self.node.state_dir).resolve()})
         datasets = {
-            name: ds.model_copy(update={"path": (base / ds.path).resolve()}) if ds.path is not None else ds
+            name: ds.model_copy(update={"path": (base / ds.path).resolve(), "consent": _resolved(ds, base)})
+            if ds.path is not None else ds.model_copy(update={"consent": _resolved(ds, base)})
             for name, ds in self.datasets.items()
         }
         return self.model_copy(update={"node": node, "datasets": datasets})
@@ -173,3 +189,9 @@ class NodeConfig(_Config):
     @property
     def database_url(self) -> str:
         return self.node.database_url or f"sqlite:///{self.node.state_dir / 'node.sqlite'}"
+
+
+def _resolved(ds: DatasetConfig, base: Path) -> ConsentConfig | None:
+    if ds.consent is None or ds.consent.opt_out_file is None:
+        return ds.consent
+    return ds.consent.model_copy(update={"opt_out_file": (base / ds.consent.opt_out_file).resolve()})

@@ -81,6 +81,7 @@ def _scan(task: dict, info: DatasetInfo, columns: list[str]):
     import polars as pl
 
     from ..node.catalog import check_stamp
+    from ..node.consent import consenting
 
     check_stamp(task["path"], task.get("stamp"))  # the file the node priced and labelled, or a refusal
     kinds = {c.name: c.type for c in info.columns}
@@ -89,6 +90,7 @@ def _scan(task: dict, info: DatasetInfo, columns: list[str]):
         lf = pl.scan_csv(task["path"], schema_overrides=wanted)
     else:
         lf = pl.scan_parquet(task["path"])
+    lf = consenting(lf, task.get("consent"))
     exprs = []
     for n, t in wanted.items():
         e = pl.col(n).cast(t)

@@ -23,6 +23,7 @@ from ..errors import InvalidQuery, NotAuthorized, NotFound
 from ..node import admin
 from ..node.auth import Principal
 from ..node.catalog import DatasetEntry
+from ..node.consent import consent_spec
 from ..node.ledger import Cost
 from ..node.store import User
 from .spec import MockInfo, MockRelease, SynthSpec
@@ -133,6 +134,7 @@ def publish_with_progress(service, dataset: str, spec: SynthSpec, epsilon: float
         progress_path = Path(tmp) / "progress.json"
         payload = {"info": entry.info.model_dump(mode="json"), "path": str(entry.path),
                    "format": entry.config.file_format, "stamp": list(entry.stamp), "spec": spec_dict,
+                   "consent": consent_spec(entry.config),
                    "epsilon": epsilon,
                    "progress_path": str(progress_path), "jax_cache": jobs_of(service).jax_cache}
         stop = threading.Event()

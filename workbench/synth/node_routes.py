@@ -24,6 +24,7 @@ from fastapi import APIRouter
 from ..errors import BudgetExceeded, InvalidQuery, NotAuthorized, WorkbenchError
 from ..node import governance
 from ..node.catalog import DatasetEntry
+from ..node.consent import consent_spec
 from ..node.gate import Outcome, spec_hash
 from ..node.ledger import Cost, choose_grant, left
 from ..node.routes import Caller, Service
@@ -64,7 +65,7 @@ def canonical(spec: SynthSpec, plan: domain.Plan) -> dict[str, Any]:
 
 def task(service: NodeService, entry: DatasetEntry, spec: dict, epsilon: float, job: Job | None) -> dict:
     return {"info": entry.info.model_dump(mode="json"), "path": str(entry.path), "format": entry.config.file_format,
-            "stamp": list(entry.stamp), "spec": spec, "epsilon": epsilon, "progress_path": str(job.progress_path) if job else None,
+            "stamp": list(entry.stamp), "consent": consent_spec(entry.config), "spec": spec, "epsilon": epsilon, "progress_path": str(job.progress_path) if job else None,
             "jax_cache": jobs_of(service).jax_cache}
 
 
@@ -243,7 +244,7 @@ def sdv_on_real(name: str, body: SDVRequest, service: Service, caller: Caller) -
     def work(job: Job) -> None:
         payload = {"info": entry.info.model_dump(mode="json"), "path": str(entry.path),
                    "format": entry.config.file_format, "stamp": list(entry.stamp), "spec": spec,
-                   "columns": plan.columns,
+                   "columns": plan.columns, "consent": consent_spec(entry.config),
                    "progress_path": str(job.progress_path),
                    "sdv_home": str(service.config.node.state_dir / "synth" / "sdv-home")}
         result = run_isolated(SDV_FIT, payload, timeout)
