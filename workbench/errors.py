@@ -10,7 +10,8 @@ stable ``code``; the client re-raises it as the same class::
     ├── NotAuthorized      not_authorized, no_grant, grant_expired,
     │                      untrusted_aggregator, fl_fab_not_allowed,
     │                      self_approval, purpose_not_allowed, not_approved,
-    │                      oidc_no_role, oidc_user_conflict, sdv_not_approved
+    │                      oidc_no_role, oidc_user_conflict, sdv_not_approved,
+    │                      jobs_disabled
     │   └── PrivacyError   privacy_violation, fl_secagg_required,
     │                      fl_secagg_unsafe
     ├── BudgetExceeded     budget_exceeded, dataset_budget_exceeded,
@@ -23,10 +24,10 @@ stable ``code``; the client re-raises it as the same class::
     │                      session_closed, fl_unknown_model,
     │                      fl_message_refused, fl_secagg_needs_nodes,
     │                      fl_job_stale, not_pending, stale_review,
-    │                      too_many_rows
+    │                      too_many_rows, too_many_outputs, invalid_notebook
     ├── NotFound           unknown_dataset, not_found, fl_unknown_job, no_mock
     ├── PayloadTooLarge    payload_too_large
-    ├── NotSupported       not_supported
+    ├── NotSupported       not_supported, sandbox_unavailable
     └── ComputationFailed  computation_failed, computation_timeout,
                            dataset_unavailable, internal_error, synthesis_cancelled,
                            session_incomplete
@@ -182,6 +183,11 @@ _BY_CODE: dict[str, type[WorkbenchError]] = {
     # external identity (workbench.node.oidc)
     "oidc_no_role": NotAuthorized,
     "oidc_user_conflict": NotAuthorized,
+    # code jobs (workbench.channels.jobs)
+    "jobs_disabled": NotAuthorized,
+    "too_many_outputs": InvalidQuery,
+    "invalid_notebook": InvalidQuery,
+    "sandbox_unavailable": NotSupported,
 }
 
 

@@ -168,6 +168,9 @@ def create_app(service: NodeService) -> FastAPI:
     from ..synth import node_routes as synth_routes
 
     app.include_router(synth_routes.router, prefix="/v1")
+    from ..channels.jobs import routes as jobs_routes
+
+    app.include_router(jobs_routes.router, prefix="/v1")
     from ..dp.fast_replay import ReplayFastPath
 
     release_route = next((r for r in app.routes if getattr(r, "path", "") == "/v1/datasets/{name}/dp/release"), None)

@@ -34,6 +34,13 @@ LOG = "/job/job.log"
 DP_SOCKET_ENV = "WORKBENCH_DP_SOCKET"
 
 
+def load(data_path: str):
+    """The dataset (or, in ``run_on_mock``, its DP mock) as a pandas DataFrame, whatever its file format."""
+    import pandas as pd
+
+    return pd.read_csv(data_path) if data_path.endswith(".csv") else pd.read_parquet(data_path)
+
+
 def dp_release(query: dict, epsilon: float, delta: float = 0.0):
     """Release a DP answer from inside a job: ``query`` is a DP query spec (e.g. ``{"kind": "count",
     "by": ["sex"]}``). Returns a pandas DataFrame (estimate, lower, upper per group).

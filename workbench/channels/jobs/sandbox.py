@@ -19,7 +19,7 @@ seconds, address space, processes, file size. The node adds the wall-time
 limit (it kills the process group) and caps the bytes it reads back.
 
 There is no fallback: without ``bwrap`` (or ``prlimit``/``setpriv``) the node
-refuses to run jobs (:class:`SandboxUnavailable`).
+refuses to run jobs (``sandbox_unavailable``).
 """
 
 from __future__ import annotations
@@ -40,12 +40,6 @@ RUNTIME_IN_SANDBOX = "/opt/workbench/workbench_job.py"
 DP_SOCKET_IN_SANDBOX = "/run/workbench/dp.sock"
 ETC_FILES = ("ld.so.cache", "localtime", "nsswitch.conf", "passwd", "group", "fonts", "mime.types")
 RUNTIME = Path(__file__).with_name("runtime.py")
-
-
-class SandboxUnavailable(NotSupported):
-    """The node cannot build the sandbox; it refuses to run code (never runs it unsandboxed)."""
-
-    default_code = "sandbox_unavailable"
 
 
 @dataclass(frozen=True)
@@ -70,7 +64,7 @@ def tools() -> dict[str, str]:
     missing = [name for name, path in found.items() if path is None]
     if missing:
         package = {"bwrap": "bubblewrap", "prlimit": "util-linux", "setpriv": "util-linux"}
-        raise SandboxUnavailable(
+        raise NotSupported(
             f"This node cannot run code jobs: {', '.join(missing)} is not installed (Debian package "
             f"{', '.join(sorted({package[m] for m in missing}))}; scripts/setup installs it). Jobs never run "
             "outside the sandbox.", code="sandbox_unavailable")
@@ -150,7 +144,7 @@ def check_readable(data_path: Path) -> None:
     """The sandbox uid reads the dataset file through its own permissions: refuse clearly if it cannot."""
     mode = data_path.stat().st_mode
     if os.geteuid() == 0 and not mode & 0o004:
-        raise SandboxUnavailable(f"The sandbox runs as uid {SANDBOX_UID}, which cannot read {data_path.name} "
+        raise NotSupported(f"The sandbox runs as uid {SANDBOX_UID}, which cannot read {data_path.name} "
                                  "(make the file world-readable, e.g. chmod o+r, or keep it in a folder only the "
                                  "node's user can enter).", code="sandbox_unavailable")
 
