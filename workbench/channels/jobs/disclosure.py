@@ -233,13 +233,14 @@ def _joined(value) -> str:
 
 
 def longest_printed_table(text: str) -> int:
-    """The longest run of consecutive lines with the same number (3+) of tokens, most of them numbers."""
+    """The longest run of consecutive lines with the same number (3+) of tokens, a third or more of them (and
+    at least 3) numbers: the shape ``print(df)`` leaves."""
     best = run = 0
     shape = None
     for line in text.splitlines():
         tokens = line.replace(",", " ").split()
         numeric = sum(1 for t in tokens if NUMBER.match(t.strip('"')))
-        this = len(tokens) if len(tokens) >= 3 and numeric * 2 >= len(tokens) else None
+        this = len(tokens) if numeric >= 3 and numeric * 3 >= len(tokens) else None
         run = run + 1 if this is not None and this == shape else (1 if this is not None else 0)
         shape = this
         best = max(best, run)

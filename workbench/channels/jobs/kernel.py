@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+from pydantic import ValidationError
 
 from ...errors import ComputationFailed, InvalidQuery
 from . import runtime
@@ -220,8 +221,14 @@ def code_job(dataset: "RemoteDataset", code: str | Path, parameters: dict[str, A
     ``dp_epsilon > 0``, as DP answers of the node (``workbench_job.dp_release``) charged to your grant.
     """
     kind, text = code_text(code)
-    submission = JobSubmission(code=text, code_name=Path(code).name, kind=kind, parameters=parameters or {},
-                               outputs=list(outputs), dp_epsilon=dp_epsilon)
+    try:
+        submission = JobSubmission(code=text, code_name=Path(code).name, kind=kind, parameters=parameters or {},
+                                   outputs=list(outputs), dp_epsilon=dp_epsilon)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+        raise InvalidQuery(f"This code job cannot be sent: {problems}. Parameters are JSON values (numbers, "
+                           "text, lists, flat objects); outputs are file names ending in .csv, .json, .txt, .md, "
+                           ".png, .jpg or .svg.", code="invalid_query") from None
     return CodeJob(dataset, submission)
 
 

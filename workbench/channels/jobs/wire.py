@@ -22,7 +22,7 @@ LOG_TYPES = {"executed.ipynb": "application/x-ipynb+json", "job.log": "text/plai
 CodeKind = Literal["ipynb", "py"]
 OutputName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,80}\.(csv|json|txt|md|png|jpg|jpeg|svg)$")]
 Scalar = Union[bool, int, float, str, None]
-ParameterValue = Union[Scalar, list[Scalar]]
+ParameterValue = Union[Scalar, list[Scalar], dict[str, Scalar]]
 JobStatus = Literal["pending", "approved", "running", "held", "released", "rejected", "failed", "withheld"]
 OutputStatus = Literal["pending", "approved", "rejected"]
 

@@ -131,6 +131,9 @@ def _generic(error: str | None) -> str | None:
     """The analyst sees the exception's class only if it is a well-known one (a message could carry data)."""
     if error is None:
         return None
+    status = error.removeprefix("the script exited with status ")
+    if status != error and status.lstrip("-").isdigit():
+        return f"the script exited with status {int(status)}"
     name = error.split(":", 1)[0].strip()
     return f"the code raised {name}" if name in KNOWN_ERRORS else "the code raised an error"
 
