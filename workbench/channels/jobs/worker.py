@@ -147,6 +147,15 @@ class JobRunner:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         ensure_tables(service.store)
+        self._recover()
+
+    def _recover(self) -> None:
+        """Jobs left ``running`` by a node that stopped mid-run fail (their sandbox died with it); submitting
+        the same job again runs it again. (One runner per database: see docs/code_jobs.md.)"""
+        with self.service.store.transaction("read") as session:
+            stale = session.execute(select(CodeJobRecord.id).where(CodeJobRecord.status == "running")).scalars().all()
+        for job_id in stale:
+            self._finish(job_id, "failed", "the node stopped during the run; submit the job again")
 
     def wake(self) -> None:
         with self._lock:
