@@ -2,6 +2,8 @@ import { LabIcon, refreshIcon } from '@jupyterlab/ui-components';
 import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
+import { OwnerView } from './sections/owner';
+
 import {
   IAccessRequest,
   IDatasetInfo,
@@ -238,6 +240,7 @@ export class WorkbenchPanel extends Widget {
     this._budgets = new Section(content, 'budgets', 'Budgets');
     this._requests = new Section(content, 'requests', 'Access requests');
     this._history = new Section(content, 'history', 'Release history');
+    this._owner = new OwnerView(content); // owner view: src/sections/{reviews,jobs}.ts
 
     this.model.changed.connect(this._render, this);
     this._render();
@@ -294,6 +297,7 @@ export class WorkbenchPanel extends Widget {
     this._history.update([m.history, showStale], () =>
       this._renderHistory(m.history, showStale)
     );
+    this._owner.show(m.selectedNode, selected?.status === 'up' ? selected.role : null);
   }
 
   /** What an empty section says while the node is down (the banner says why). */
@@ -699,4 +703,5 @@ export class WorkbenchPanel extends Widget {
   private _budgets: Section;
   private _requests: Section;
   private _history: Section;
+  private _owner: OwnerView;
 }
