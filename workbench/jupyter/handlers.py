@@ -53,7 +53,7 @@ ENDPOINTS = (
     "requests",
     "owner",
     "owner/jobs/<id>",
-    "owner/<requests|reviews|jobs>/<id>/<decision>",
+    "owner/<kind>/<id>/<decision>",
 )
 
 #: Seconds a panel read may wait for a node (the library's default, 300 s, is

@@ -44,6 +44,15 @@ class JobSubmission(_Model):
     grant_id: int | None = None
     dp_epsilon: float = Field(0.0, ge=0, le=100)
 
+    @field_validator("code", "code_name", "purpose", "note")
+    @classmethod
+    def _utf8(cls, text: str) -> str:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("must be valid UTF-8 text") from None
+        return text
+
     @field_validator("outputs")
     @classmethod
     def _unique(cls, names: list[str]) -> list[str]:
