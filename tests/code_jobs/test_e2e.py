@@ -16,7 +16,7 @@ from workbench.demo.data import patients
 from .conftest import needs_bwrap
 from .honest_analysis import honest
 
-pytestmark = [needs_bwrap, pytest.mark.slow]
+pytestmark = [needs_bwrap, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def cli(node, *args: str) -> str:

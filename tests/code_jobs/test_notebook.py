@@ -8,7 +8,7 @@ from tests.test_notebooks import errors_in, figures_with_captions, jupyter_dirs,
 
 from .conftest import needs_bwrap
 
-pytestmark = [needs_bwrap, pytest.mark.slow]
+pytestmark = [needs_bwrap, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def test_08_code_jobs(jupyter_dirs, tmp_path):  # noqa: F811

@@ -15,7 +15,7 @@ from tests.conftest import launch
 
 from .test_browser import lab, page, shot, widen_sidebar  # noqa: F401 - the fixtures, with our running_node
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow,
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(1200),
               pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")]
 
 SUMMARY_JOB = """import os, workbench_job

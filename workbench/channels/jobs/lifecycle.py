@@ -6,6 +6,8 @@ released (or rejected) → collected through the gate.
   A changed cell is a new hash and needs a new approval; the same hash on a new dataset version is approved
   already (its outputs are checked and held again).
 * Nobody approves their own code or releases their own outputs (as for access requests).
+* Only the node process runs jobs: these functions change records (the CLI calls them too); the node's
+  routes wake its runner (:mod:`.worker`).
 * Every step is in the audit log: through the gate's ``record`` for the job's own steps, through the review
   queue for output decisions, and through the gate's release path for collection.
 """
@@ -110,10 +112,6 @@ def submit(service, principal: Principal, dataset: str, body: JobSubmission) -> 
 
     service.gate.record(principal.name, "job_submit", entry.name, add, code_hash=code_hash, job_hash=job_hash,
                         dataset_version=entry.version, approved_with_job=row.approved_with_job)
-    if earlier is not None:
-        from .worker import runner_of
-
-        runner_of(service).wake()
     return show(service, principal, row.id)
 
 
@@ -199,10 +197,6 @@ def decide(service, principal: Principal, job_id: int, approve: bool, reason: st
         return {"job_id": job_id, "user": row.user_name, "code_hash": row.code_hash, "job_hash": row.job_hash}
 
     service.gate.record(principal.name, "job_approve" if approve else "job_reject", dataset, change, reason=reason)
-    if approve:
-        from .worker import runner_of
-
-        runner_of(service).wake()
     return show(service, principal, job_id)
 
 

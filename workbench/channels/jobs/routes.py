@@ -31,7 +31,9 @@ Status = Annotated[str | None, Query(pattern="^(pending|approved|running|held|re
 @router.post("/datasets/{name}/jobs", response_model=CodeJobInfo, status_code=201)
 def submit(name: str, body: JobSubmission, service: Service, caller: Caller) -> CodeJobInfo:
     """Submit code to run beside this dataset once an owner approves it (or at once if its hash was approved)."""
-    return lifecycle.submit(service, caller, name, body)
+    job = lifecycle.submit(service, caller, name, body)
+    runner_of(service).wake()  # approved already if its hash was
+    return job
 
 
 @router.get("/jobs", response_model=list[CodeJobInfo])
@@ -49,7 +51,9 @@ def job(job_id: int, service: Service, caller: Caller) -> CodeJobInfo:
 @router.post("/jobs/{job_id}/approve", response_model=CodeJobInfo)
 def approve(job_id: int, body: Decision, service: Service, caller: Caller) -> CodeJobInfo:
     """Owners (not the submitter): approve exactly this code, parameters and outputs; it runs in the sandbox."""
-    return lifecycle.decide(service, caller, job_id, True, body.reason)
+    job = lifecycle.decide(service, caller, job_id, True, body.reason)
+    runner_of(service).wake()
+    return job
 
 
 @router.post("/jobs/{job_id}/reject", response_model=CodeJobInfo)
@@ -77,4 +81,6 @@ def collect(job_id: int, output: str, service: Service, caller: Caller) -> Colle
 @router.post("/jobs/{job_id}/rerun", response_model=CodeJobInfo, status_code=201)
 def rerun(job_id: int, service: Service, caller: Caller) -> CodeJobInfo:
     """Run the approved code again on the dataset's current version; its outputs are checked and held again."""
-    return lifecycle.rerun(service, caller, job_id)
+    job = lifecycle.rerun(service, caller, job_id)
+    runner_of(service).wake()
+    return job

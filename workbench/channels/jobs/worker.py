@@ -170,7 +170,7 @@ class JobRunner:
             try:
                 job_id = self._claim()
             except Exception:  # noqa: BLE001 - e.g. the store is gone (node closed): stop quietly
-                log.debug("job runner stops", exc_info=True)
+                log.warning("the code-job runner stops", exc_info=True)
                 return
             if job_id is None:
                 idle += 1
