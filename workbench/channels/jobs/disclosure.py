@@ -131,7 +131,7 @@ def _copied_rows(table: pl.DataFrame, ctx: DataContext) -> Check:
     floats = ctx.columns_of("float")
     if len(shared) < 3 or not floats & set(shared):
         return Check(check="copied rows", ok=True, detail="fewer than 3 input columns (one a float): not compared")
-    as_text = [pl.col(c).cast(pl.String) for c in shared]
+    as_text = [_text(c) for c in shared]
     try:
         hits = table.lazy().select(as_text).join(ctx.frame.select(as_text).unique(), on=shared, how="semi")
         copied = int(hits.select(pl.len()).collect().item())
@@ -139,6 +139,11 @@ def _copied_rows(table: pl.DataFrame, ctx: DataContext) -> Check:
         return Check(check="copied rows", ok=False, detail=f"columns {shared} could not be compared; read it")
     return Check(check="copied rows", ok=copied == 0,
                  detail=f"{copied} output rows equal input rows on {', '.join(shared)}")
+
+
+def _text(column: str) -> pl.Expr:
+    """A column as lower-case text, so ``True`` (pandas) and ``true`` (Polars) compare equal."""
+    return pl.col(column).cast(pl.String).str.to_lowercase()
 
 
 def _small_cells(table: pl.DataFrame, ctx: DataContext) -> list[Check]:
@@ -163,7 +168,7 @@ def _small_cells(table: pl.DataFrame, ctx: DataContext) -> list[Check]:
 
 
 def _group_sizes(table: pl.DataFrame, ctx: DataContext, keys: list[str]) -> list[int] | None:
-    as_text = [pl.col(k).cast(pl.String) for k in keys]
+    as_text = [_text(k) for k in keys]
     try:
         counts = ctx.frame.select(as_text).group_by(keys).agg(pl.len().alias("__n"))
         joined = table.lazy().select(as_text).join(counts, on=keys, how="left", nulls_equal=True)
@@ -182,13 +187,13 @@ def _dominance(table: pl.DataFrame, ctx: DataContext) -> list[Check]:
             continue
         magnitude = pl.col(value).cast(pl.Float64).abs()
         share = (magnitude.top_k(n).sum() / magnitude.sum()).alias("__share")
-        frame = ctx.frame.with_columns([pl.col(c).cast(pl.String) for c in keys])
+        frame = ctx.frame.with_columns([_text(c) for c in keys])
         try:
             shares = (frame.group_by(keys).agg(share) if keys else frame.select(share)).collect()
         except Exception:  # noqa: BLE001
             continue
         if keys:
-            wanted = table.select([pl.col(c).cast(pl.String) for c in keys]).unique()
+            wanted = table.select([_text(c) for c in keys]).unique()
             shares = shares.join(wanted, on=keys, how="semi")
         dominated = shares.filter(pl.col("__share") > k).height
         out.append(Check(check=f"dominance ({n}, {k:g}) on '{value}'", ok=dominated == 0,
