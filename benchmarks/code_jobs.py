@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -67,8 +65,8 @@ def direct(kind: str, code: str, data: Path) -> float:
 
 def sandboxed(kind: str, code: str, data: Path) -> tuple[float, dict]:
     limits = sandbox.Limits.of(CodeJobSettings())
-    task = {"kind": kind, "code": code, "parameters": {}, "outputs": ["out.csv"], "max_output_bytes": limits.output_bytes,
-            "data_path": "/data/dataset.parquet"}
+    task = {"kind": kind, "code": code, "parameters": {}, "outputs": ["out.csv"],
+            "max_output_bytes": limits.output_bytes, "data_path": "/data/dataset.parquet"}
     with tempfile.TemporaryDirectory() as scratch:
         started = time.perf_counter()
         result = execute(sandbox.command(data, limits, Path(scratch)), task, limits)

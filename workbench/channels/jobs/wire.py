@@ -20,7 +20,8 @@ OUTPUT_TYPES = {"csv": "text/csv", "json": "application/json", "txt": "text/plai
 LOG_TYPES = {"executed.ipynb": "application/x-ipynb+json", "job.log": "text/plain"}
 
 CodeKind = Literal["ipynb", "py"]
-OutputName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,80}\.(csv|json|txt|md|png|jpg|jpeg|svg)$")]
+OutputName = Annotated[str, StringConstraints(
+    pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,80}\.(csv|json|txt|md|png|jpg|jpeg|svg)$")]
 Scalar = Union[bool, int, float, str, None]
 ParameterValue = Union[Scalar, list[Scalar], dict[str, Scalar]]
 JobStatus = Literal["pending", "approved", "running", "held", "released", "rejected", "failed", "withheld"]
