@@ -28,6 +28,7 @@ EXECUTED_BY = {
     "04_federated_queries_and_he.ipynb": "tests/test_notebooks_channels.py::test_04_federated_queries_and_he",
     "05_federated_learning.ipynb": "tests/test_notebooks_channels.py::test_05_federated_learning",
     "scheduled_report.ipynb": "tests/test_notebooks_schedule.py",
+    "08_code_jobs.ipynb": "tests/code_jobs/test_notebook.py",
 }
 
 

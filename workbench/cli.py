@@ -394,6 +394,15 @@ def reviews_reject(review_id: int, as_owner: str, config_path: str, reason: str)
     _decide_review(review_id, as_owner, config_path, False, reason)
 
 
+def _jobs_commands() -> None:
+    from .channels.jobs.commands import commands
+
+    node.add_command(commands(config_option, as_option, _service, _owner))
+
+
+_jobs_commands()
+
+
 @node.command("why")
 @click.argument("user_name")
 @click.argument("dataset")

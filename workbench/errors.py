@@ -11,7 +11,7 @@ stable ``code``; the client re-raises it as the same class::
     │                      untrusted_aggregator, fl_fab_not_allowed,
     │                      self_approval, purpose_not_allowed, not_approved,
     │                      oidc_no_role, oidc_user_conflict, sdv_not_approved,
-    │                      agreement_refused
+    │                      agreement_refused, jobs_disabled
     │   └── PrivacyError   privacy_violation, fl_secagg_required,
     │                      fl_secagg_unsafe
     ├── BudgetExceeded     budget_exceeded, dataset_budget_exceeded,
@@ -25,11 +25,12 @@ stable ``code``; the client re-raises it as the same class::
     │                      fl_message_refused, fl_secagg_needs_nodes,
     │                      fl_job_stale, not_pending, stale_review,
     │                      too_many_rows, unsupported_operator, unsupported_sql,
-    │                      bad_sql, bad_quantile, query_too_large
+    │                      bad_sql, bad_quantile, query_too_large, too_many_outputs,
+    │                      invalid_notebook
     ├── NotFound           unknown_dataset, not_found, fl_unknown_job, no_mock
     ├── PayloadTooLarge    payload_too_large
     ├── RateLimited        rate_limited (HTTP 429, ``retry_after_s`` in details)
-    ├── NotSupported       not_supported
+    ├── NotSupported       not_supported, sandbox_unavailable
     └── ComputationFailed  computation_failed, computation_timeout,
                            dataset_unavailable, internal_error, synthesis_cancelled,
                            session_incomplete
@@ -209,6 +210,11 @@ _BY_CODE: dict[str, type[WorkbenchError]] = {
     # the federated ecosystem (workbench.node.agreement, workbench.directory)
     "agreement_refused": NotAuthorized,
     "directory_untrusted": NotAuthenticated,
+    # code jobs (workbench.channels.jobs)
+    "jobs_disabled": NotAuthorized,
+    "too_many_outputs": InvalidQuery,
+    "invalid_notebook": InvalidQuery,
+    "sandbox_unavailable": NotSupported,
 }
 
 

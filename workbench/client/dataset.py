@@ -285,6 +285,8 @@ class RemoteDataset:
 
         return mock(self)
 
+    from ..channels.jobs.kernel import code_job  # channel hook: ds.code_job(...) (workbench.channels.jobs)
+
     # ---------------------------------------------------------------- raw rows (open tier only)
 
     def to_pandas(self, limit: int = 1_000_000) -> pd.DataFrame:

@@ -16,6 +16,7 @@ Endpoints (all ``GET``, all JSON)::
     workbench/grants?node=NAME           {"node", "grants": [my grants with epsilon spent/left]}
     workbench/history?node=NAME          {"node", "releases": [my releases]}
     workbench/requests?node=NAME         {"node", "requests": [my access requests]}
+    workbench/owner...                   the owner view: see :mod:`workbench.jupyter.owner_handlers`
 
 ``node`` defaults to the first configured connection. Every error is
 ``{"code": ..., "message": ...}``; a node's own error keeps the node's code
@@ -50,6 +51,9 @@ ENDPOINTS = (
     "grants",
     "history",
     "requests",
+    "owner",
+    "owner/jobs/<id>",
+    "owner/<kind>/<id>/<decision>",
 )
 
 #: Seconds a panel read may wait for a node (the library's default, 300 s, is
@@ -367,7 +371,10 @@ def setup_handlers(web_app: Any, log: Any = None) -> None:
     def route(path: str) -> str:
         return url_path_join(base_url, "workbench", path)
 
+    from .owner_handlers import owner_routes
+
     handlers = [
+        *owner_routes(route),  # the owner view (docs/jupyterlab.md): requests, reviews, code jobs
         (route("nodes"), NodesHandler),
         (route("catalog"), CatalogHandler),
         (route(r"datasets/([^/]+)"), DatasetHandler),

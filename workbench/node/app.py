@@ -188,6 +188,9 @@ def create_app(service: NodeService) -> FastAPI:
     from ..synth import node_routes as synth_routes
 
     app.include_router(synth_routes.router, prefix="/v1")
+    from ..channels.jobs import routes as jobs_routes
+
+    app.include_router(jobs_routes.router, prefix="/v1")
     from ..dp.fast_replay import ReplayFastPath
 
     app.add_middleware(ReplayFastPath, service=service)

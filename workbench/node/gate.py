@@ -96,6 +96,15 @@ class ReleaseGate:
         with self.store.transaction() as session:
             audit.append(session, principal.name, "refusal", dataset, code=error.code, **details)
 
+    def record(self, actor: str, action: str, dataset: str | None, change: Callable[[Any], dict | None] | None = None,
+               **details: Any) -> None:
+        """A step that releases nothing (code submitted, approved, run, ...): the channel's change to its own rows
+        (``change(session)``, which may return more audit details) and its audit record, in one durable
+        transaction. Channels log through here, never to the audit log directly."""
+        with self.store.transaction() as session:
+            extra = change(session) if change is not None else None
+            audit.append(session, actor, action, dataset, **details, **(extra or {}))
+
     # ---------------------------------------------------------------- the release path
 
     def has_answer(self, principal: Principal, entry: DatasetEntry, qhash: str) -> bool:

@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ..channels.jobs.config import CodeJobSettings
 from ..errors import InvalidQuery
 from ..fl.config import FLSection
 from ..protocol import Budget, ColumnInfo, DatasetInfo, DatasetName, Identifier, PrivacyUnit
@@ -97,6 +98,8 @@ class DatasetConfig(_Config):
     #: Synthetic data (workbench.synth): most rows one synthesis may return, and its time limit.
     synth_max_rows: int = Field(100_000, ge=1)
     synth_timeout_s: float = Field(900.0, gt=0)
+    #: Code jobs (workbench.channels.jobs): sandbox limits and disclosure thresholds.
+    code_jobs: CodeJobSettings = CodeJobSettings()
     #: The data subject's say (workbench.node.consent): a consent column or an opt-out list file.
     consent: ConsentConfig | None = None
     #: The sharing agreement (workbench.node.agreement): purposes, channels, licence, grantees, expiry, largest grant.

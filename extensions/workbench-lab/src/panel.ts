@@ -9,6 +9,7 @@ import { BudgetsSection } from './sections/budgets';
 import { CatalogSection } from './sections/catalog';
 import { HistorySection } from './sections/history';
 import { NodesSection } from './sections/nodes';
+import { OwnerView } from './sections/owner';
 import { RequestsSection } from './sections/requests';
 
 /**
@@ -64,6 +65,7 @@ export class WorkbenchPanel extends Widget {
       }
       return new SectionView(content, section);
     });
+    this._owner = new OwnerView(content); // owner view: src/sections/{owner,reviews,jobs}.ts
 
     this.model.changed.connect(this._render, this);
     this._render();
@@ -118,9 +120,11 @@ export class WorkbenchPanel extends Widget {
     for (const view of this._views) {
       view.update(ctx);
     }
+    this._owner.show(m.selectedNode, selected?.status === 'up' ? selected.role : null);
   }
 
   private _status: HTMLElement;
   private _banner: HTMLElement;
   private _views: SectionView[];
+  private _owner: OwnerView;
 }

@@ -1,0 +1,91 @@
+"""The panel's owner view in a real JupyterLab and Chromium: approve an access request, read and approve a
+code job, then release its output; the analyst then collects it. (Real node, real bubblewrap.)"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+import workbench as wb
+from tests.conftest import launch
+
+from .test_browser import lab, page, shot, widen_sidebar  # noqa: F401 - the fixtures, with our running_node
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(1200),
+              pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")]
+
+SUMMARY_JOB = """import os, workbench_job
+df = workbench_job.load(data_path)
+df.groupby("sex").size().rename("n").reset_index().to_csv(os.path.join(output_dir, "summary.csv"), index=False)
+"""
+
+
+@pytest.fixture
+def running_node(tmp_path):
+    """A real node whose JupyterLab connection is an owner's (olga); the analyst's token kept aside, with a
+    pending access request and a pending code job."""
+    node = launch(tmp_path / "node")
+    added = subprocess.run([sys.executable, "-m", "workbench.cli", "node", "user", "add", "olga", "--role", "owner",
+                            "--config", str(node.config_path)], capture_output=True, text=True, timeout=120)
+    assert added.returncode == 0, added.stderr
+    analyst = wb.connect(node.url, token=node.analyst_token)
+    ds = analyst.dataset("patients")
+    node.request = ds.request_access("follow-up study", epsilon=1.0)
+    script = tmp_path / "by_sex.py"
+    script.write_text(SUMMARY_JOB)
+    node.job = ds.code_job(script, outputs=["summary.csv"]).submit(purpose="sex ratio")
+    node.analyst = analyst
+    node.analyst_token = added.stdout.strip().splitlines()[-1].strip()  # the panel's connection: olga
+    yield node
+    analyst.close()
+    node.stop()
+
+
+def wait_for(check, timeout_s: float = 120.0):
+    deadline = time.monotonic() + timeout_s
+    while not (value := check()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.5)
+    return value
+
+
+def test_owner_approves_a_request_and_a_code_job_and_releases_its_output(lab, page, running_node):  # noqa: F811
+    from playwright.sync_api import expect
+
+    job_id, request_id = running_node.job.job_id, running_node.request["request_id"]
+    page.goto(f"{lab.url}/lab?reset&token={lab.token}")
+    page.wait_for_selector("#jp-main-dock-panel")
+    page.locator('.lm-TabBar-tab[data-id="workbench-lab-panel"]').click()
+    panel = page.locator(".jp-WorkbenchPanel")
+    widen_sidebar(page, 520)
+
+    request = panel.locator(f'[data-section="decisions"] [data-request="{request_id}"]')
+    expect(request).to_contain_text("follow-up study", timeout=90_000)
+    shot(page, "owner-decisions")
+    request.locator("button", has_text="Approve").click()
+    wait_for(lambda: running_node.analyst.requests().set_index("request_id").loc[request_id, "status"] == "approved")
+    expect(request).to_have_count(0, timeout=60_000)
+
+    jobs = panel.locator('[data-section="jobs"]')
+    row = jobs.locator(f'[data-job="{job_id}"]')
+    expect(row).to_have_attribute("data-status", "pending", timeout=60_000)
+    row.click()
+    detail = jobs.locator(f'[data-job-detail="{job_id}"]')
+    expect(detail.locator("[data-code]")).to_contain_text('groupby("sex")')
+    shot(page, "owner-job-code")
+    detail.locator('[data-action="approve"]').click()
+    expect(row).to_have_attribute("data-status", "held", timeout=300_000)
+    output = detail.locator('[data-output="summary.csv"]')
+    expect(output).to_contain_text("cell sizes", timeout=60_000)
+    shot(page, "owner-job-checks")
+    assert running_node.job.outputs() == {}  # held until the owner's release
+    output.locator('[data-action="release"]').click()
+    files = wait_for(lambda: running_node.job.outputs())
+    assert set(files) == {"summary.csv"}
+    assert set(files["summary.csv"].frame()["sex"]) == {"F", "M"}
+    shot(page, "owner-job-released")
+    assert not page.errors, page.errors

@@ -1,0 +1,1 @@
+"""Release channels, one package each (kernel side, node routes, worker, wire models)."""
