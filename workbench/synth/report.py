@@ -44,7 +44,8 @@ def _normalized(noisy: np.ndarray) -> tuple[np.ndarray, float]:
     return clipped / total, total
 
 
-def fidelity_figures(plan: "Plan", cells: dict[str, np.ndarray], measurements: list[dict[str, Any]]) -> dict:
+def fidelity_figures(plan: "Plan", cells: dict[str, np.ndarray], measurements: list[dict[str, Any]],
+                     shapes: list[dict[str, Any]] | None = None) -> dict:
     """TVD between the synthetic rows and each released noisy marginal, plus the noise floor.
 
     ``noise_floor`` is the TVD that noise alone would give (E|noise| per cell over the noisy total):
@@ -69,15 +70,71 @@ def fidelity_figures(plan: "Plan", cells: dict[str, np.ndarray], measurements: l
         })
     one = [m["tvd"] for m in marginals if len(m["columns"]) == 1]
     two = [m["tvd"] for m in marginals if len(m["columns"]) == 2]
+    ks = [s["ks"] for s in shapes or [] if s["ks"] is not None]
     return {
         "dp": True,
         "synthetic_rows": rows,
         "tvd_1way_mean": float(np.mean(one)) if one else None,
         "tvd_2way_mean": float(np.mean(two)) if two else None,
+        "shape_ks_mean": float(np.mean(ks)) if ks else None,
         "marginals": marginals,
+        "shapes": shapes or [],
         "covered": COVERED,
         "not_covered": NOT_COVERED,
     }
+
+
+def column_shapes(plan: "Plan", cells: dict[str, np.ndarray], fines: dict, fine_cells: dict[str, np.ndarray],
+                  fine_noisy: dict[str, dict], measurements: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each column's shape: its DP marginal next to the synthetic rows' histogram on the same cells.
+
+    The DP marginal is the column's fine one-way measurement when it has fine cells, otherwise its released
+    one-way marginal (or one summed out of a released pair containing it). Noisy counts are clipped at zero
+    and normalised; ``noise_share`` is the Laplace std over the noisy total (the error bar of one cell). ``ks``
+    is the largest gap between the two cumulative shares (numeric columns; categories have no order). Reads
+    DP measurements and synthetic rows only.
+    """
+    out = []
+    for n in plan.columns:
+        if n in fines:
+            labels, noisy, std = fines[n].labels(), fine_noisy[n]["noisy"], fine_noisy[n]["noise_std"]
+            mine, source = fine_cells[n], f"fine one-way marginal ({fines[n].cells} cells)"
+        else:
+            found = oneway_marginal(n, measurements)
+            if found is None:
+                continue
+            noisy, std, source = found
+            labels, mine = list(plan.domains[n].labels), cells[n]
+        ref, total = _normalized(np.asarray(noisy, dtype=float))
+        syn = np.bincount(np.asarray(mine, dtype=np.int64), minlength=len(ref))[: len(ref)].astype(float)
+        syn = syn / syn.sum() if syn.sum() > 0 else syn
+        numeric = plan.domains[n].keys is None
+        ks = float(np.abs(np.cumsum(ref) - np.cumsum(syn)).max()) if numeric else None
+        out.append({"column": n, "source": source, "cells": len(ref), "labels": labels, "noisy": ref.tolist(),
+                    "synthetic": syn.tolist(), "noise_std": std, "noisy_total": total,
+                    "noise_share": std / total if total > 0 else None, "tvd": _tvd(syn, ref), "ks": ks})
+    return out
+
+
+def oneway_marginal(column: str, measurements: list[dict[str, Any]]) -> tuple[np.ndarray, float, str] | None:
+    """A released marginal of ``column`` alone: measured, or summed out of a measured pair (post-processing)."""
+    for m in measurements:
+        if m["columns"] == [column]:
+            return np.asarray(m["noisy"], dtype=float), m["noise_std"], "released one-way marginal"
+    for m in measurements:
+        if column in m["columns"]:
+            return None if m.get("shape") is None else _summed(column, m)
+    return None
+
+
+def _summed(column: str, m: dict[str, Any]) -> tuple[np.ndarray, float, str]:
+    table = np.asarray(m["noisy"], dtype=float).reshape(m["shape"])
+    axis = m["columns"].index(column)
+    others = [a for a in range(table.ndim) if a != axis]
+    summed = table.sum(axis=tuple(others))
+    cells_summed = table.size // table.shape[axis]
+    return summed, m["noise_std"] * math.sqrt(cells_summed), "summed out of the released " + " x ".join(
+        m["columns"]) + " marginal"
 
 
 def _product(lists: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
