@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -104,13 +105,8 @@ def _scan(task: dict, info: DatasetInfo, columns: list[str]):
 def _opendp():
     """The parts of OpenDP a fit uses, without ``opendp.prelude`` (which also imports scikit-learn: ~2 s of
     every fresh worker's start)."""
-    import sys
     from types import SimpleNamespace
 
-    # dp.mbi's MST builds numpy domains through opendp.extras.numpy, which imports opendp.prelude and with it
-    # scikit-learn (~2 s of CPU): nothing a fit uses. OpenDP imports it as an optional dependency, so marking
-    # it absent in this worker process makes OpenDP skip it.
-    sys.modules.setdefault("sklearn", None)  # type: ignore[arg-type]
     import opendp.extras.mbi as mbi
     import opendp.extras.polars as polars
     from opendp.context import Context, loss_of, unit_of
@@ -140,7 +136,12 @@ def expected_fits(spec: SynthSpec, p: Plan) -> int:
 
 
 def run(task: dict) -> dict:
-    """Fit and sample one DP synthesizer. ``task`` is plain data built by the node."""
+    """Fit and sample one DP synthesizer in a worker process of its own. ``task`` is plain data built by the
+    node."""
+    # dp.mbi's MST builds numpy domains through opendp.extras.numpy, which imports opendp.prelude and with it
+    # scikit-learn (~2 s of CPU), which no fit uses. OpenDP imports it as an optional dependency, so marking it
+    # absent in this (dedicated) process makes OpenDP skip it.
+    sys.modules.setdefault("sklearn", None)  # type: ignore[arg-type]
     progress = Progress(task.get("progress_path"))
     _configure_jax(task.get("jax_cache"))
     dp = _opendp()
@@ -157,13 +158,7 @@ def run(task: dict) -> dict:
     fines = {n: f for n in p.columns if (f := shapes.fine_bins(p.domains[n])) is not None}
     shares = budget_shares(spec.method, epsilon, len(fines))
     estimator = _estimator(spec, p, progress)
-    ctx = dp.Context.compositor(
-        data=_scan(task, info, p.columns),
-        privacy_unit=dp.unit_of(contributions=info.privacy_unit.max_contributions),
-        privacy_loss=dp.loss_of(epsilon=epsilon),
-        split_by_weights=[shares["model"], shares["shapes"]] if fines else [1.0],
-        margins=[dp.polars.Margin(by=[], max_length=info.max_rows)],
-    )
+    ctx = compositor(dp, _scan(task, info, p.columns), info, shares)
     progress.write("measuring marginals", 0.02, force=True)
     keys = {n: d.keys for n, d in p.domains.items() if d.keys is not None}
     cuts = {n: d.cuts for n, d in p.domains.items() if d.cuts is not None}
@@ -235,6 +230,20 @@ def budget_shares(method: str, epsilon: float, fine_columns: int) -> dict[str, f
     return {"epsilon": epsilon, "model": 1.0 - share, "shapes": share,
             "model_epsilon": epsilon * (1.0 - share), "shapes_epsilon": epsilon * share,
             "shapes_epsilon_per_column": epsilon * share / fine_columns if fine_columns else 0.0}
+
+
+def compositor(dp, data, info: DatasetInfo, shares: dict[str, float]):
+    """The one OpenDP compositor of a fit: pure epsilon-DP at the dataset's privacy unit, ``shares["epsilon"]``
+    in total, split into the model's query and (when any column has fine cells) the shapes' query. OpenDP
+    refuses any further query and any query over its share."""
+    weights = [shares["model"], shares["shapes"]] if shares["shapes"] > 0 else [1.0]
+    return dp.Context.compositor(
+        data=data,
+        privacy_unit=dp.unit_of(contributions=info.privacy_unit.max_contributions),
+        privacy_loss=dp.loss_of(epsilon=shares["epsilon"]),
+        split_by_weights=weights,
+        margins=[dp.polars.Margin(by=[], max_length=info.max_rows)],
+    )
 
 
 def privacy_paragraph(spec: SynthSpec, shares: dict[str, float], fines: dict) -> str:

@@ -61,8 +61,9 @@ class JunctionTree:
         tree, _ = junction_tree.make_junction_tree(domain, cliques)
         self.nodes: list[Clique] = [tuple(n) for n in tree.nodes]
         self.home = {c: next(n for n in self.nodes if set(c) <= set(n)) for c in cliques}
-        root = self.nodes[0]
-        self.order = list(nx.bfs_edges(tree, root)) if len(self.nodes) > 1 else []   # (parent, child) pairs
+        self.order = []   # (parent, child) pairs, root first, for every connected part of the tree (a forest)
+        for part in nx.connected_components(tree):
+            self.order += list(nx.bfs_edges(tree, next(iter(part))))
         self.neighbours = {n: [tuple(m) for m in tree.neighbors(n)] for n in self.nodes}
         self.shapes = {n: tuple(domain.project(n).shape) for n in self.nodes}
 
