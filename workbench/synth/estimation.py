@@ -74,3 +74,57 @@ def check_against_power_iteration(domain: Any, measurements: list) -> tuple[floa
     maximal = maximal_subset([tuple(m.clique) for m in measurements])
     estimate = float(np.asarray(marginal_loss.calculate_l2_lipschitz(domain, maximal, loss.loss_fn)))
     return float(identity_lipschitz(domain, measurements) or 0.0), estimate
+
+
+def _simplex_projection(values: np.ndarray, total: float) -> np.ndarray:
+    """The Euclidean projection of ``values`` onto ``{x >= 0, sum(x) = total}`` (sort-based)."""
+    v = np.asarray(values, dtype=np.float64)
+    u = np.sort(v)[::-1]
+    cumulative = np.cumsum(u) - total
+    k = np.arange(1, len(u) + 1)
+    rho = int(np.nonzero(u - cumulative / k > 0)[0][-1])
+    return np.maximum(v - cumulative[rho] / (rho + 1), 0.0)
+
+
+def only_oneway(measurements: list) -> bool:
+    """Whether every measurement is a full one-way marginal (or the total): :func:`oneway_model` applies."""
+    from mbi import Factor
+
+    return bool(measurements) and all(m.query == Factor.datavector and len(tuple(m.clique)) <= 1
+                                       for m in measurements)
+
+
+def oneway_model(domain: Any, measurements: list, *, potentials: Any = None) -> Any:
+    """The L2 estimate of a model whose measurements are all one-way marginals, in closed form.
+
+    Such a model's columns are independent, so mbi's loss separates per column:
+    ``sum_M ||x_c - y_M||^2 / (2 sigma_M^2)`` over distributions ``x_c`` with the estimated total. Its
+    minimiser is the inverse-variance mean of the column's measurements projected onto the scaled simplex
+    -- the point mirror descent converges to, without compiling JAX programs. A column nobody measured is
+    uniform. Reads DP measurements only (post-processing). ``potentials`` (a warm start) is not needed.
+    """
+    from mbi import CliqueVector, Factor, MarkovRandomField
+    from mbi.estimation import minimum_variance_unbiased_total
+
+    total = float(minimum_variance_unbiased_total(measurements))
+    sums: dict[str, np.ndarray] = {}
+    weights: dict[str, float] = {}
+    for m in measurements:
+        clique = tuple(m.clique)
+        if not clique:
+            continue
+        w = 1.0 / max(float(m.stddev), 1e-12) ** 2
+        sums[clique[0]] = sums.get(clique[0], 0.0) + w * np.asarray(m.noisy_measurement, dtype=np.float64)
+        weights[clique[0]] = weights.get(clique[0], 0.0) + w
+    cliques = [(a,) for a in domain.attrs]
+    marginals, logs = {}, {}
+    for (a,) in cliques:
+        size = domain[a]
+        fitted = (_simplex_projection(sums[a] / weights[a], total) if a in sums
+                  else np.full(size, total / size))
+        # a floor of 1e-3 rows keeps every cell reachable when the model is a warm start for a later fit
+        probs = np.maximum(fitted, 1e-3) / np.maximum(fitted, 1e-3).sum()
+        logs[(a,)] = Factor(domain.project((a,)), np.log(probs))   # NumPy values: nothing for JAX to compile
+        marginals[(a,)] = Factor(domain.project((a,)), probs * total)
+    return MarkovRandomField(potentials=CliqueVector(domain, cliques, logs),
+                             marginals=CliqueVector(domain, cliques, marginals), total=total)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ import numpy as np
 from ..errors import ComputationFailed
 from ..protocol import DatasetInfo
 from .domain import Plan, plan as make_plan
-from .report import fidelity_figures
+from . import shapes
+from .report import column_shapes, fidelity_figures, oneway_marginal
 from .spec import SynthSpec
 
 _POLARS_TYPES = {"int": "Int64", "float": "Float64", "category": "String", "bool": "Boolean", "string": "String"}
@@ -37,7 +39,9 @@ FIT_ITERS = 1000      # mirror-descent iterations of a model with multi-way marg
 # measuring the chosen pairs and 10% on choosing them. Measured at 30k x 8, epsilon 1 (docs/synthesis.md).
 MST_ONEWAY_SPLIT = 0.25
 MST_MEASURE_SPLIT = 0.9
-ONEWAY_ITERS = 100    # ... of a model of one-way marginals only (independent columns: converges in a few dozen)
+# The share of epsilon spent on fine one-way marginals of the numeric columns (the shapes inside the public
+# bins; workbench.synth.shapes). The method gets the rest, split as above. Measured in docs/synthesis.md.
+SHAPE_SPLIT = 0.2
 
 
 class Progress:
@@ -134,12 +138,17 @@ def expected_fits(spec: SynthSpec, p: Plan) -> int:
 
 
 def run(task: dict) -> dict:
-    """Fit and sample one DP synthesizer. ``task`` is plain data built by the node."""
+    """Fit and sample one DP synthesizer in a worker process of its own. ``task`` is plain data built by the
+    node."""
+    # dp.mbi's MST builds numpy domains through opendp.extras.numpy, which imports opendp.prelude and with it
+    # scikit-learn (~2 s of CPU), which no fit uses. OpenDP imports it as an optional dependency, so marking it
+    # absent in this (dedicated) process makes OpenDP skip it.
+    sys.modules.setdefault("sklearn", None)  # type: ignore[arg-type]
     progress = Progress(task.get("progress_path"))
     _configure_jax(task.get("jax_cache"))
     dp = _opendp()
 
-    from . import _calibration, estimation, sampling
+    from . import _calibration, sampling
 
     dp.enable_features("contrib")
     _calibration.install()
@@ -148,64 +157,173 @@ def run(task: dict) -> dict:
     spec = SynthSpec.model_validate(task["spec"])
     epsilon = float(task["epsilon"])
     p = make_plan(info, spec)
-    fits = {"done": 0, "total": expected_fits(spec, p)}
+    fines = {n: f for n in p.columns if (f := shapes.fine_bins(p.domains[n])) is not None}
+    shares = budget_shares(spec.method, epsilon, len(fines))
+    estimator = _estimator(spec, p, progress)
+    ctx = compositor(dp, _scan(task, info, p.columns), info, shares)
+    progress.write("measuring marginals", 0.02, force=True)
+    keys = {n: d.keys for n, d in p.domains.items() if d.keys is not None}
+    cuts = {n: d.cuts for n, d in p.domains.items() if d.cuts is not None}
+    table = _release(dp, ctx.query().contingency_table(keys=keys, cuts=cuts,
+                                                       algorithm=_algorithm(dp, spec, p, estimator)))
+    _check_domain(table, p)
+    fine_noisy = _measure_shapes(dp, ctx, fines) if fines else {}
+    progress.write("sampling rows", 0.92, force=True)
+    measured = _released_marginals(table, p)
+    cells, fine_cells, data = _sample(table.model, p, int(spec.rows), fines, fine_noisy, measured)
+    progress.write("writing the fidelity report", 0.97, force=True)
+    report = fidelity_figures(p, cells, measured, column_shapes(p, cells, fines, fine_cells, fine_noisy, measured))
+    report.update(method=spec.method, epsilon=epsilon, delta=0.0, rows=int(spec.rows), columns=p.columns,
+                  dropped=p.dropped, privacy_unit=info.privacy_unit.model_dump(mode="json"),
+                  budget=shares | {"shape_columns": list(fines)}, privacy=privacy_paragraph(spec, shares, fines),
+                  mechanism=f"OpenDP dp.mbi {MECHANISMS[spec.method]}, pure epsilon-DP (Laplace noise)")
+    rows = [list(r) for r in zip(*(data[n] for n in p.columns))]
+    progress.write("done", 1.0, force=True)
+    return {"table": {"columns": p.columns, "data": rows}, "report": report}
 
-    from mbi.estimation import mirror_descent
+
+def _sample(model, p: Plan, rows: int, fines: dict, fine_noisy: dict, measured: list[dict]):
+    """Cells from the model (restricted to cells the DP measurements support), then values: numeric columns
+    with fine cells follow their fine marginal inside each coarse cell, the others decode uniformly."""
+    from . import sampling
+
+    rng = np.random.default_rng()
+    supports = {n: shapes.supported(fine_noisy[n]["noisy"], fine_noisy[n]["noise_std"]) for n in fines}
+    allowed = {n: shapes.coarse_allowed(fines[n], supports[n]) for n in fines}
+    allowed |= _null_cells_allowed(p, measured)
+    indices = sampling.synthetic_rows(model, rows, rng, allowed=allowed)
+    cells = {n: indices[n].astype(np.int64) for n in p.columns}
+    data, fine_cells = {}, {}
+    for n in p.columns:
+        if n in fines:
+            shares = shapes.conditional_shares(fines[n], fine_noisy[n]["noisy"], supports[n])
+            fine_cells[n] = shapes.within_bin_cells(cells[n], fines[n], shares, rng)
+            data[n] = fines[n].decode(fine_cells[n], rng).tolist()
+        else:
+            data[n] = p.domains[n].decode(cells[n], rng)
+    return cells, fine_cells, data
+
+
+def _null_cells_allowed(p: Plan, measured: list[dict]) -> dict[str, np.ndarray]:
+    """A categorical column's null cell (missing or unlisted values) is kept only when its released one-way
+    count is at least ``NULL_NOISE_STDS`` noise stds (a Laplace draw exceeds 4 stds with probability 0.2%):
+    otherwise the noise alone would put missing values into a column that may have none. Post-processing of
+    the DP marginals."""
+    out = {}
+    for n in p.columns:
+        d = p.domains[n]
+        found = oneway_marginal(n, measured) if d.keys is not None else None
+        if found is not None:
+            noisy, std, _ = found
+            allowed = np.ones(d.cells, dtype=bool)
+            allowed[-1] = noisy[-1] >= shapes.NULL_NOISE_STDS * std
+            out[n] = allowed
+    return out
+
+
+MECHANISMS = {"mst": "MST", "aim": "AIM", "fixed": "Fixed", "independent": "Fixed (one-way marginals only)"}
+
+
+def budget_shares(method: str, epsilon: float, fine_columns: int) -> dict[str, float]:
+    """How one fit's epsilon is split: ``model`` (the method's marginals) and ``shapes`` (the fine one-way
+    marginals of ``fine_columns`` numeric columns, split evenly). Nothing goes to shapes when no column has
+    fine cells. The two parts are one sequential composition: they add up to ``epsilon``."""
+    share = SHAPE_SPLIT if fine_columns else 0.0
+    return {"epsilon": epsilon, "model": 1.0 - share, "shapes": share,
+            "model_epsilon": epsilon * (1.0 - share), "shapes_epsilon": epsilon * share,
+            "shapes_epsilon_per_column": epsilon * share / fine_columns if fine_columns else 0.0}
+
+
+def compositor(dp, data, info: DatasetInfo, shares: dict[str, float]):
+    """The one OpenDP compositor of a fit: pure epsilon-DP at the dataset's privacy unit, ``shares["epsilon"]``
+    in total, split into the model's query and (when any column has fine cells) the shapes' query. OpenDP
+    refuses any further query and any query over its share."""
+    weights = [shares["model"], shares["shapes"]] if shares["shapes"] > 0 else [1.0]
+    return dp.Context.compositor(
+        data=data,
+        privacy_unit=dp.unit_of(contributions=info.privacy_unit.max_contributions),
+        privacy_loss=dp.loss_of(epsilon=shares["epsilon"]),
+        split_by_weights=weights,
+        margins=[dp.polars.Margin(by=[], max_length=info.max_rows)],
+    )
+
+
+def privacy_paragraph(spec: SynthSpec, shares: dict[str, float], fines: dict) -> str:
+    """The release's privacy statement: one composition, its parts and what each bought."""
+    eps = shares["epsilon"]
+    text = (f"One sequential composition under pure epsilon-DP (Laplace noise, delta = 0), epsilon = {eps:g} in "
+            f"total, charged once: {shares['model']:.0%} (epsilon = {shares['model_epsilon']:.4g}) on the "
+            f"{MECHANISMS[spec.method]} marginals over the public bins")
+    if fines:
+        text += (f", {shares['shapes']:.0%} (epsilon = {shares['shapes_epsilon']:.4g}, "
+                 f"{shares['shapes_epsilon_per_column']:.4g} per column) on fine one-way marginals of "
+                 f"{', '.join(fines)} (the shape of values inside each public bin)")
+    return text + ". Everything else (model, rows, report) is post-processing of these measurements."
+
+
+def _release(dp, query):
+    try:
+        return query.release()
+    except dp.OpenDPException as exc:  # the message is about budgets and domains, never data values
+        raise ComputationFailed(f"OpenDP refused the synthesis: {str(exc).strip().splitlines()[-1][:300]}",
+                                code="computation_failed") from None
+
+
+def _measure_shapes(dp, ctx, fines: dict) -> dict[str, dict]:
+    """The fine one-way marginal of every column in ``fines``: one OpenDP ``contingency_table`` query on the
+    compositor's second share (Fixed workload of one-way counts, so the share is split evenly over the
+    columns; the model it fits is the closed-form independent one, unused)."""
+    from . import estimation
+
+    algorithm = dp.mbi.Fixed(estimator=estimation.oneway_model, oneway="unkeyed",
+                             queries=[dp.mbi.Count((n,)) for n in fines])
+    query = ctx.query().select(list(fines)).contingency_table(
+        keys={}, cuts={n: f.cuts for n, f in fines.items()}, algorithm=algorithm)
+    table = _release(dp, query)
+    out = {}
+    for m in table.marginals.flatten():
+        clique = tuple(m.clique)
+        if len(clique) == 1 and clique[0] in fines and len(m.noisy_measurement) == fines[clique[0]].cells:
+            out[clique[0]] = {"noisy": np.asarray(m.noisy_measurement, dtype=float), "noise_std": float(m.stddev)}
+    if set(out) != set(fines):
+        raise ComputationFailed("The fine marginals do not match the public bins.", code="computation_failed")
+    return out
+
+
+def _estimator(spec: SynthSpec, p: Plan, progress: Progress):
+    """The model fit OpenDP's dp.mbi calls: closed form for one-way models, mbi's mirror descent otherwise
+    (in NumPy for identity measurements, :mod:`workbench.synth.mirror_descent`; mbi's JAX code for others)."""
+    from mbi.estimation import minimum_variance_unbiased_total, mirror_descent
+
+    from . import estimation
+    from .mirror_descent import mirror_descent as numpy_mirror_descent
+
+    fits = {"done": 0, "total": expected_fits(spec, p)}
 
     def estimator(domain, loss_fn, *, potentials=None):
         k = fits["done"]
         total = fits["total"]
         label = f"fitting model {min(k + 1, total)} of {total}" if total > 1 else "fitting model"
-        oneway = all(len(m.clique) <= 1 for m in loss_fn) if isinstance(loss_fn, list) else False
-        iters = ONEWAY_ITERS if oneway and spec.method != "independent" else FIT_ITERS
+        fits["done"] = min(k + 1, total - 1) if spec.method == "aim" else k + 1
+        if isinstance(loss_fn, list) and estimation.only_oneway(loss_fn):
+            return estimation.oneway_model(domain, loss_fn)
 
-        def tick(_potentials, _state={"i": 0}):
-            _state["i"] += 1
-            progress.write(label, 0.05 + 0.85 * (k + _state["i"] / iters) / fits["total"])
+        def tick(i):
+            progress.write(label, 0.05 + 0.85 * (k + (i + 1) / FIT_ITERS) / total)
 
-        progress.write(label, 0.05 + 0.85 * k / fits["total"], force=True)
+        progress.write(label, 0.05 + 0.85 * k / total, force=True)
+        if isinstance(loss_fn, list) and (lipschitz := estimation.identity_lipschitz(domain, loss_fn)) is not None:
+            known_total = float(minimum_variance_unbiased_total(loss_fn))
+            return numpy_mirror_descent(domain, loss_fn, known_total, lipschitz, potentials=potentials,
+                                        iters=FIT_ITERS, callback=tick)
         known_total = None
         if isinstance(loss_fn, list):
             loss_fn, known_total = estimation.l2_loss(domain, loss_fn)
-        model = mirror_descent(domain, loss_fn, known_total=known_total, potentials=potentials, iters=iters,
-                               callback_fn=tick)
-        fits["done"] = min(k + 1, fits["total"] - 1) if spec.method == "aim" else k + 1
-        return model
+        step = iter(range(FIT_ITERS))
+        return mirror_descent(domain, loss_fn, known_total=known_total, potentials=potentials, iters=FIT_ITERS,
+                              callback_fn=lambda _mu: tick(next(step, FIT_ITERS - 1)))
 
-    lf = _scan(task, info, p.columns)
-    ctx = dp.Context.compositor(
-        data=lf,
-        privacy_unit=dp.unit_of(contributions=info.privacy_unit.max_contributions),
-        privacy_loss=dp.loss_of(epsilon=epsilon),
-        split_evenly_over=1,
-        margins=[dp.polars.Margin(by=[], max_length=info.max_rows)],
-    )
-    keys = {n: d.keys for n, d in p.domains.items() if d.keys is not None}
-    cuts = {n: d.cuts for n, d in p.domains.items() if d.cuts is not None}
-    progress.write("measuring marginals", 0.02, force=True)
-    try:
-        query = ctx.query().contingency_table(keys=keys, cuts=cuts, algorithm=_algorithm(dp, spec, p, estimator))
-        table = query.release()
-    except dp.OpenDPException as exc:  # the message is about budgets and domains, never data values
-        raise ComputationFailed(f"OpenDP refused the synthesis: {str(exc).strip().splitlines()[-1][:300]}",
-                                code="computation_failed") from None
-    _check_domain(table, p)
-    progress.write("sampling rows", 0.92, force=True)
-    rng = np.random.default_rng()
-    indices = sampling.synthetic_rows(table.model, int(spec.rows), rng)
-    cells = {n: indices[n].astype(np.int64) for n in p.columns}
-    data = {n: p.domains[n].decode(cells[n], rng) for n in p.columns}
-    progress.write("writing the fidelity report", 0.97, force=True)
-    measurements = _released_marginals(table, p)
-    report = fidelity_figures(p, cells, measurements)
-    report.update(method=spec.method, epsilon=epsilon, delta=0.0, rows=int(spec.rows), columns=p.columns,
-                  dropped=p.dropped, privacy_unit=info.privacy_unit.model_dump(mode="json"),
-                  mechanism="OpenDP dp.mbi " + {"mst": "MST", "aim": "AIM", "fixed": "Fixed",
-                                                 "independent": "Fixed (one-way marginals only)"}[spec.method]
-                  + ", pure epsilon-DP (Laplace noise)")
-    rows = [list(r) for r in zip(*(data[n] for n in p.columns))]
-    progress.write("done", 1.0, force=True)
-    return {"table": {"columns": p.columns, "data": rows}, "report": report}
+    return estimator
 
 
 def _check_domain(table, p: Plan) -> None:
@@ -240,6 +358,7 @@ def _released_marginals(table, p: Plan) -> list[dict[str, Any]]:
         weights = np.array([1.0 / float(m.stddev) ** 2 for m in ms])
         values = sum(w * np.asarray(m.noisy_measurement, dtype=float) for w, m in zip(weights, ms)) / weights.sum()
         std = float(np.sqrt(1.0 / weights.sum()))
-        out.append({"columns": list(clique), "noisy": values.tolist(), "noise_std": std})
+        out.append({"columns": list(clique), "noisy": values.tolist(), "noise_std": std,
+                    "shape": [p.domains[c].cells for c in clique]})
     out.sort(key=lambda m: (len(m["columns"]), [p.columns.index(c) for c in m["columns"]]))
     return out

@@ -18,16 +18,19 @@ if TYPE_CHECKING:  # pragma: no cover
 
 COVERED = (
     "Covered by DP: every synthetic row, every number in this report, and the noisy marginals it compares "
-    "against are post-processing of one OpenDP measurement that satisfies pure epsilon-DP at the dataset's "
-    "privacy unit (one person, with up to max_contributions rows). Any analysis of these rows stays within "
-    "that epsilon."
+    "against are post-processing of one composition of OpenDP measurements (the method's marginals over the "
+    "public bins and, for numeric columns, fine one-way marginals that shape values inside those bins) that "
+    "satisfies pure epsilon-DP at the dataset's privacy unit (one person, with up to max_contributions rows). "
+    "Any analysis of these rows stays within that epsilon."
 )
 NOT_COVERED = (
     "Not covered by DP: the public metadata (columns, types, bounds, category sets, the privacy unit, "
     "max_rows) is published by the owner as-is; bounds and category sets were not learned from the data and "
     "shape every output. The report compares synthetic rows with NOISY marginals, not with the real data: "
     "a small TVD means 'as good as the noise allows', and pairs the method did not measure are not checked. "
-    "Real values outside the public domain were folded into the outermost bin or the null cell. "
+    "Real values outside the public domain were folded into the outermost bin or the null cell. Synthetic "
+    "values stay inside the range the DP fine marginals support, so a real tail thinner than their noise is "
+    "cut. "
     "Fit time is visible to you and depends mostly on the dataset's shape, not its values."
 )
 
@@ -44,7 +47,8 @@ def _normalized(noisy: np.ndarray) -> tuple[np.ndarray, float]:
     return clipped / total, total
 
 
-def fidelity_figures(plan: "Plan", cells: dict[str, np.ndarray], measurements: list[dict[str, Any]]) -> dict:
+def fidelity_figures(plan: "Plan", cells: dict[str, np.ndarray], measurements: list[dict[str, Any]],
+                     shapes: list[dict[str, Any]] | None = None) -> dict:
     """TVD between the synthetic rows and each released noisy marginal, plus the noise floor.
 
     ``noise_floor`` is the TVD that noise alone would give (E|noise| per cell over the noisy total):
@@ -69,15 +73,71 @@ def fidelity_figures(plan: "Plan", cells: dict[str, np.ndarray], measurements: l
         })
     one = [m["tvd"] for m in marginals if len(m["columns"]) == 1]
     two = [m["tvd"] for m in marginals if len(m["columns"]) == 2]
+    ks = [s["ks"] for s in shapes or [] if s["ks"] is not None]
     return {
         "dp": True,
         "synthetic_rows": rows,
         "tvd_1way_mean": float(np.mean(one)) if one else None,
         "tvd_2way_mean": float(np.mean(two)) if two else None,
+        "shape_ks_mean": float(np.mean(ks)) if ks else None,
         "marginals": marginals,
+        "shapes": shapes or [],
         "covered": COVERED,
         "not_covered": NOT_COVERED,
     }
+
+
+def column_shapes(plan: "Plan", cells: dict[str, np.ndarray], fines: dict, fine_cells: dict[str, np.ndarray],
+                  fine_noisy: dict[str, dict], measurements: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each column's shape: its DP marginal next to the synthetic rows' histogram on the same cells.
+
+    The DP marginal is the column's fine one-way measurement when it has fine cells, otherwise its released
+    one-way marginal (or one summed out of a released pair containing it). Noisy counts are clipped at zero
+    and normalised; ``noise_share`` is the Laplace std over the noisy total (the error bar of one cell). ``ks``
+    is the largest gap between the two cumulative shares (numeric columns; categories have no order). Reads
+    DP measurements and synthetic rows only.
+    """
+    out = []
+    for n in plan.columns:
+        if n in fines:
+            labels, noisy, std = fines[n].labels(), fine_noisy[n]["noisy"], fine_noisy[n]["noise_std"]
+            mine, source = fine_cells[n], f"fine one-way marginal ({fines[n].cells} cells)"
+        else:
+            found = oneway_marginal(n, measurements)
+            if found is None:
+                continue
+            noisy, std, source = found
+            labels, mine = list(plan.domains[n].labels), cells[n]
+        ref, total = _normalized(np.asarray(noisy, dtype=float))
+        syn = np.bincount(np.asarray(mine, dtype=np.int64), minlength=len(ref))[: len(ref)].astype(float)
+        syn = syn / syn.sum() if syn.sum() > 0 else syn
+        numeric = plan.domains[n].keys is None
+        ks = float(np.abs(np.cumsum(ref) - np.cumsum(syn)).max()) if numeric else None
+        out.append({"column": n, "source": source, "cells": len(ref), "labels": labels, "noisy": ref.tolist(),
+                    "synthetic": syn.tolist(), "noise_std": std, "noisy_total": total,
+                    "noise_share": std / total if total > 0 else None, "tvd": _tvd(syn, ref), "ks": ks})
+    return out
+
+
+def oneway_marginal(column: str, measurements: list[dict[str, Any]]) -> tuple[np.ndarray, float, str] | None:
+    """A released marginal of ``column`` alone: measured, or summed out of a measured pair (post-processing)."""
+    for m in measurements:
+        if m["columns"] == [column]:
+            return np.asarray(m["noisy"], dtype=float), m["noise_std"], "released one-way marginal"
+    for m in measurements:
+        if column in m["columns"]:
+            return None if m.get("shape") is None else _summed(column, m)
+    return None
+
+
+def _summed(column: str, m: dict[str, Any]) -> tuple[np.ndarray, float, str]:
+    table = np.asarray(m["noisy"], dtype=float).reshape(m["shape"])
+    axis = m["columns"].index(column)
+    others = [a for a in range(table.ndim) if a != axis]
+    summed = table.sum(axis=tuple(others))
+    cells_summed = table.size // table.shape[axis]
+    return summed, m["noise_std"] * math.sqrt(cells_summed), "summed out of the released " + " x ".join(
+        m["columns"]) + " marginal"
 
 
 def _product(lists: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
@@ -140,6 +200,53 @@ class FidelityReport:
                 for m in self.raw.get("marginals", [])]
         return pd.DataFrame(rows, columns=["marginal", "ways", "cells", "noise_std", "tvd", "noise_floor"])
 
+    @property
+    def privacy(self) -> str:
+        """The release's privacy paragraph: one composition, its parts and what each bought."""
+        return self.raw.get("privacy", "")
+
+    @property
+    def budget(self) -> dict[str, Any]:
+        """How epsilon was split: ``model`` and ``shapes`` shares (they add up to 1), epsilons, shape columns."""
+        return dict(self.raw.get("budget") or {})
+
+    def shapes(self):
+        """One row per column: which DP marginal its shape is compared with, cells, TVD and (numeric columns)
+        the largest gap between the cumulative shares (a Kolmogorov-Smirnov distance on those cells)."""
+        import pandas as pd
+
+        rows = [{"column": c["column"], "dp_marginal": c["source"], "cells": c["cells"], "tvd": c["tvd"],
+                 "ks": c["ks"], "noise_share": c["noise_share"]} for c in self.raw.get("shapes", [])]
+        return pd.DataFrame(rows, columns=["column", "dp_marginal", "cells", "tvd", "ks", "noise_share"])
+
+    def plot_shapes(self, columns: list[str] | None = None):
+        """A matplotlib figure, one panel per column: the DP marginal (grey, with +-2 noise std error bars)
+        against the synthetic rows' shares (green line) on the same cells."""
+        import matplotlib.pyplot as plt
+
+        shapes = [c for c in self.raw.get("shapes", []) if columns is None or c["column"] in columns]
+        cols = min(len(shapes), 4) or 1
+        rows = max(math.ceil(len(shapes) / cols), 1)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows), squeeze=False)
+        for ax in axes.ravel()[len(shapes):]:
+            ax.set_axis_off()
+        for ax, shape in zip(axes.ravel(), shapes):
+            x = np.arange(shape["cells"])
+            band = 2 * (shape["noise_share"] or 0.0)
+            ax.bar(x, shape["noisy"], width=1.0, color="#b0b0b0", label="DP marginal")
+            ax.errorbar(x, shape["noisy"], yerr=band, fmt="none", ecolor="#707070", elinewidth=0.6,
+                        label="±2 noise std")
+            ax.step(x, shape["synthetic"], where="mid", color="#2a9d55", linewidth=1.2, label="synthetic")
+            ticks = x if len(x) <= 12 else x[:: max(len(x) // 6, 1)]
+            ax.set_xticks(ticks, [shape["labels"][i] for i in ticks], rotation=60, fontsize=6)
+            ks = "" if shape["ks"] is None else f", KS {shape['ks']:.3f}"
+            ax.set_title(f"{shape['column']} (TVD {shape['tvd']:.3f}{ks})", fontsize=9)
+        if shapes:
+            axes.ravel()[0].legend(fontsize=6)
+            fig.suptitle("column shapes: synthetic rows vs the DP marginals (no real statistic)", fontsize=10)
+        fig.tight_layout()
+        return fig
+
     def plot(self, marginal: str | list[str] | None = None):
         """A matplotlib figure: TVD per released marginal (left) and the synthetic vs noisy distribution of
         one marginal (right; default: the worst two-way one)."""
@@ -199,26 +306,37 @@ class FidelityReport:
             if self.epsilon_charged is not None else f"epsilon={self.epsilon:g}"
         t1 = "n/a" if self.tvd_1way is None else f"{self.tvd_1way:.4f}"
         t2 = "n/a (no pair was measured)" if self.tvd_2way is None else f"{self.tvd_2way:.4f}"
+        ks = self.raw.get("shape_ks_mean")
+        shape = "" if ks is None else f"; column shapes: mean KS vs the DP marginals {ks:.4f}"
         return (f"{self.raw.get('mechanism', self.method)}; privacy spent: {spent}; "
-                f"mean TVD vs noisy 1-way marginals {t1}, 2-way {t2}.")
+                f"mean TVD vs noisy 1-way marginals {t1}, 2-way {t2}{shape}.")
 
     def __repr__(self) -> str:
         return f"<FidelityReport {self.summary()}>"
 
     def _repr_html_(self) -> str:
-        import base64
         import html
-        import io
-
-        import matplotlib.pyplot as plt
 
         parts = [f"<p><b>{html.escape(self.summary())}</b></p>"]
         if self.dp:
-            parts.append(self.figures().to_html(index=False, float_format=lambda v: f"{v:.4f}"))
-            fig = self.plot()
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=80)
-            plt.close(fig)
-            parts.append(f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"/>')
+            parts += [self.figures().to_html(index=False, float_format=lambda v: f"{v:.4f}"), _png(self.plot())]
+            if self.raw.get("shapes"):
+                parts += [self.shapes().to_html(index=False, float_format=lambda v: f"{v:.4f}"),
+                          _png(self.plot_shapes())]
+        if self.privacy:
+            parts.append(f"<p>{html.escape(self.privacy)}</p>")
         parts.append(f"<p>{html.escape(self.covered)}</p><p>{html.escape(self.not_covered)}</p>")
         return "\n".join(parts)
+
+
+def _png(fig) -> str:
+    """A matplotlib figure as an inline HTML image (the figure is closed)."""
+    import base64
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"/>'

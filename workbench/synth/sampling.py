@@ -111,12 +111,25 @@ def _extra_stratum(data: dict[str, np.ndarray], parents: tuple[str, ...], domain
     return (best[1],) if best else ()
 
 
-def synthetic_rows(model: Any, rows: int, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+def _allowed_only(probs: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
+    """``probs`` (last axis: the column's cells) restricted to the allowed cells and renormalised; a row with
+    no mass left on them becomes uniform over the allowed cells."""
+    if allowed is None:
+        return probs
+    mask = np.asarray(allowed, dtype=float)
+    kept = probs * mask
+    total = kept.sum(axis=-1, keepdims=True)
+    return np.where(total > 0, kept / np.where(total > 0, total, 1.0), mask / mask.sum())
+
+
+def synthetic_rows(model: Any, rows: int, rng: np.random.Generator | None = None,
+                   allowed: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """``rows`` rows of cell indices drawn from the model, one column at a time (stratified sampling).
 
     Columns are sampled in the reverse of the junction tree's elimination order; each column is drawn
     conditionally on its already-sampled neighbours in the triangulated graph (which separate it from the
-    other sampled columns, so the conditional is exact).
+    other sampled columns, so the conditional is exact). ``allowed`` (optional, per column) names the cells a
+    column may take: the model is conditioned on them (cells the DP measurements put below the noise).
 
     Privacy guarantee: reads only the fitted model (post-processing of the pure epsilon-DP measurement) and
     fresh randomness, never the data; the rows keep the measurement's epsilon.
@@ -124,6 +137,7 @@ def synthetic_rows(model: Any, rows: int, rng: np.random.Generator | None = None
     from mbi import junction_tree
 
     rng = rng or np.random.default_rng()
+    allowed = allowed or {}
     total = int(rows)
     domain = model.domain
     cliques = [tuple(c) for c in model.cliques]
@@ -136,11 +150,11 @@ def synthetic_rows(model: Any, rows: int, rng: np.random.Generator | None = None
         neighbours = set().union(*(c for c in tree_cliques if col in c)) if tree_cliques else set()
         parents = tuple(a for a in data if a in neighbours)
         if not parents or total == 0:
-            probs = _normalised(project(model, (col,)))
+            probs = _allowed_only(_normalised(project(model, (col,))), allowed.get(col))
             data[col] = _first_column(probs, total, rng)
             continue
         joint = project(model, parents + (col,))
-        cond = _normalised(joint)
+        cond = _allowed_only(_normalised(joint), allowed.get(col))
         cdf = np.cumsum(cond, axis=-1)
         # Stratify inside finer groups: parents plus one more sampled column. The model makes ``col``
         # independent of it given the parents, so the conditional is the same; stratifying on it too makes
@@ -165,7 +179,6 @@ def synthetic_rows(model: Any, rows: int, rng: np.random.Generator | None = None
 def install_fast_projection() -> None:
     """Make ``MarkovRandomField.project`` use :func:`project` for marginals the model does not store
     (worker processes only; the result is the same Factor, computed without JAX compilation)."""
-    import jax.numpy as jnp
     from mbi import Factor, MarkovRandomField
 
     if getattr(MarkovRandomField.project, "_workbench_fast", False):
@@ -176,7 +189,7 @@ def install_fast_projection() -> None:
         attrs = (attrs,) if isinstance(attrs, str) else tuple(attrs)
         if self.marginals.supports(attrs) or len(self.domain.attrs) > _MAX_EINSUM_LABELS:
             return original(self, attrs)
-        return Factor(self.domain.project(attrs), jnp.asarray(project(self, attrs)))
+        return Factor(self.domain.project(attrs), project(self, attrs))  # NumPy values: no JAX dispatch
 
     fast._workbench_fast = True  # type: ignore[attr-defined]
     MarkovRandomField.project = fast
