@@ -23,8 +23,8 @@ from typing import Any
 import polars as pl
 
 from ..errors import InvalidQuery
-from ..node.catalog import check_stamp
-from .columnar import CODE_TYPE, POLARS_TYPES, coded_columns, columnar_frame, schema_frame, source_frame
+from ..node.data import POLARS_TYPES, check_stamp, scan
+from .columnar import CODE_TYPE, coded_columns, columnar_frame, schema_frame
 from ..protocol import DatasetInfo, DPQuery
 
 MAX_PUBLIC_KEYS = 10_000
@@ -339,9 +339,9 @@ def run(task: dict) -> dict:
     if task["mode"] == "release":
         check_stamp(task["path"], task.get("stamp"))
         lf = (columnar_frame(columnar, task["path"], task["format"], info, needed) if columnar
-              else source_frame(task["path"], task["format"], info, needed))
+              else scan(task["path"], task["format"], info, needed))
     else:  # a preview reads no data
-        lf = schema_frame(info, needed) if columnar else source_frame(task["path"], task["format"], info, needed)
+        lf = schema_frame(info, needed) if columnar else scan(task["path"], task["format"], info, needed)
     # Mean intervals combine two statistics: each is bounded at alpha/2 (union bound).
     stat_alpha = alpha / 2 if query.kind == "mean" else alpha
     hit = _CALIBRATED.get(task["cache_key"])

@@ -15,20 +15,18 @@ from collections import OrderedDict
 
 from fastapi import APIRouter
 
-from ..errors import InvalidQuery
-from ..protocol import Accuracy, Budget, DPPreview, DPRelease, DPRequest, Table
+from ..node import policy
 from ..node.catalog import DatasetEntry
+from ..node.data import task_payload
 from ..node.gate import Outcome, spec_hash
 from ..node.ledger import Cost, choose_grant, left
 from ..node.routes import Caller, Service
 from ..node.service import NodeService
+from ..protocol import Accuracy, Budget, DPPreview, DPRelease, DPRequest, Table
 from . import engine
 
 router = APIRouter(tags=["dp"])
 ALPHA = 0.05
-ENGINE = "workbench.dp.engine:run"
-MIN_EPSILON = 1e-6
-MIN_DELTA = 1e-20
 
 _previews: "OrderedDict[str, dict]" = OrderedDict()
 _previews_lock = threading.Lock()
@@ -38,10 +36,8 @@ def _task(entry: DatasetEntry, body: DPRequest, mode: str, columnar: str | None)
     spec = body.query.model_dump(mode="json")
     key = hashlib.sha256(json.dumps([entry.name, entry.version, entry.info.model_dump(mode="json"), spec,
                                      body.epsilon, body.delta, ALPHA], sort_keys=True).encode()).hexdigest()
-    return {"info": entry.info.model_dump(mode="json"), "query": spec, "epsilon": body.epsilon, "delta": body.delta,
-            "alpha": ALPHA, "path": str(entry.path), "format": entry.config.file_format, "mode": mode,
-            "stamp": list(entry.stamp), "columnar": columnar,
-            "cache_key": key}
+    return task_payload(entry, query=spec, epsilon=body.epsilon, delta=body.delta, alpha=ALPHA, mode=mode,
+                        columnar=columnar, cache_key=key)
 
 
 def _columnar(service: NodeService) -> str:
@@ -51,13 +47,7 @@ def _columnar(service: NodeService) -> str:
 
 def _checked(service: NodeService, name: str, body: DPRequest) -> DatasetEntry:
     entry = service.catalog.get(name)
-    limit = service.config.node.max_epsilon_per_release
-    if body.epsilon > limit:
-        raise InvalidQuery(f"This node caps one release at epsilon={limit:g}.", code="bad_epsilon")
-    # Vanishing losses make OpenDP search noise scales near overflow for many seconds (a free DoS by preview).
-    if body.epsilon < MIN_EPSILON or 0 < body.delta < MIN_DELTA:
-        raise InvalidQuery(f"epsilon must be at least {MIN_EPSILON:g} and delta 0 or at least {MIN_DELTA:g}.",
-                           code="bad_epsilon")
+    policy.check_loss(service, body.epsilon, body.delta)
     engine.validate(entry.info, body.query, body.delta)
     return entry
 
@@ -69,7 +59,7 @@ def _accuracy(service: NodeService, entry: DatasetEntry, body: DPRequest) -> dic
         hit = _previews.get(task["cache_key"])
     if hit is not None:
         return hit
-    result = service.pool.run(ENGINE, task)
+    result = service.pool.run("dp.query", task)
     with _previews_lock:
         _previews[task["cache_key"]] = result
         while len(_previews) > 1024:
@@ -108,7 +98,7 @@ async def release(name: str, body: DPRequest, service: Service, caller: Caller) 
     task = _task(entry, body, "release", _columnar(service))
     outcome = await service.gate.release_async(
         caller, entry, "dp", body.query.kind, body.query.model_dump(mode="json"), Cost(body.epsilon, body.delta),
-        compute=lambda: service.pool.run(ENGINE, task), grant_id=body.grant_id, request_id=body.request_id)
+        compute=lambda: service.pool.run("dp.query", task), grant_id=body.grant_id, request_id=body.request_id)
     return release_response(entry, body, outcome)
 
 

@@ -204,7 +204,7 @@ class Aggregator:
             cap = MAX_CONTEXT_BYTES if scheme == SCHEME else EVAL_MAX_CONTEXT_BYTES
             if len(body.context) > (cap * 4) // 3 + 8:
                 raise PayloadTooLarge(f"The context is larger than {cap} bytes.", code="payload_too_large")
-            context_sha = self.pool.run("workbench.he.params:check_context",
+            context_sha = self.pool.run("secagg.check_context",
                                         {"context": body.context, "scheme": scheme})["context_sha256"]
         if op.kind == "evaluate":
             needed = len(eval_monomials(op))
@@ -215,7 +215,7 @@ class Aggregator:
                 if len(text) > (MAX_CIPHERTEXT_BYTES * 4) // 3 + 8:
                     raise PayloadTooLarge(f"A weight ciphertext is larger than {MAX_CIPHERTEXT_BYTES} bytes.",
                                           code="payload_too_large")
-            self.pool.run("workbench.he.evaluate:check_weights", {"context": body.context, "weights": body.weights,
+            self.pool.run("secagg.check_weights", {"context": body.context, "weights": body.weights,
                                                                    "moments": needed})
         session_id = secrets.token_urlsafe(24)
         token = secrets.token_urlsafe(32)
@@ -249,7 +249,7 @@ class Aggregator:
         if len(body.ciphertext) > (MAX_CIPHERTEXT_BYTES * 4) // 3 + 8:
             raise PayloadTooLarge(f"The ciphertext is larger than {MAX_CIPHERTEXT_BYTES} bytes.",
                                   code="payload_too_large")
-        checked = self.pool.run("workbench.he.params:check_ciphertext",
+        checked = self.pool.run("secagg.check_ciphertext",
                                 {"context": session.spec.context, "ciphertext": body.ciphertext,
                                  "length": session.length, "scheme": session.scheme})
         with session.lock:
@@ -278,7 +278,7 @@ class Aggregator:
                 if waiting:
                     raise ComputationFailed(f"Still waiting for contributions from {waiting}.",
                                             code="session_incomplete", details={"waiting_for": waiting})
-                total = self.pool.run("workbench.he.params:add", {
+                total = self.pool.run("secagg.add", {
                     "context": session.spec.context, "length": session.length, "scheme": session.scheme,
                     "ciphertexts": [session.contributions[p] for p in session.spec.parties]})
                 session.result = SessionResult(session_id=session_id, parties=session.spec.parties,

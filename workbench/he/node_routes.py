@@ -29,7 +29,9 @@ from fastapi import APIRouter
 
 from ..errors import (ComputationFailed, ConnectionFailed, InvalidQuery, NotAuthorized, NotFound, WorkbenchError,
                       error_class_for)
+from ..node import policy
 from ..node.catalog import DatasetEntry
+from ..node.data import task_payload
 from ..node.ledger import Cost, choose_grant
 from ..node.routes import Caller, Service
 from ..node.service import NodeService
@@ -139,15 +141,8 @@ def _call(entry: dict, method: str, path: str, json_body: dict | None = None) ->
 # ---------------------------------------------------------------- preview and contribute
 
 
-def _epsilon_cap(service: NodeService, epsilon: float) -> None:
-    limit = service.config.node.max_epsilon_per_release
-    if epsilon > limit:
-        raise InvalidQuery(f"This node caps one release at epsilon={limit:g}.", code="bad_epsilon")
-
-
 def _task(entry: DatasetEntry, op: dict, enc: dict) -> dict:
-    return {"info": entry.info.model_dump(mode="json"), "op": op, "plan": enc, "path": str(entry.path),
-            "format": entry.config.file_format, "stamp": list(entry.stamp)}
+    return task_payload(entry, op=op, plan=enc)
 
 
 @router.post("/datasets/{name}/he/preview", response_model=HEPreview)
@@ -155,7 +150,7 @@ def he_preview(name: str, body: HEPreviewRequest, service: Service, caller: Call
     """The encoding, noise scales and price of a secure-aggregation contribution. Spends nothing."""
     entry = service.catalog.get(name)
     caller.require("analyst", "owner")
-    _epsilon_cap(service, body.epsilon)
+    policy.check_loss(service, body.epsilon)
     enc = plan(entry.info, body.op, body.parties, body.epsilon, body.mode)
     left = grant_id = None
     if entry.info.tier == "private":
@@ -190,7 +185,7 @@ def read_session(service: NodeService, entry: DatasetEntry, caller, aggregator_u
     if len(spec.parties) < MIN_PARTIES:
         raise NotAuthorized(f"A secure sum needs at least {MIN_PARTIES} parties, so no single node's value can be "
                             "decrypted.", code="privacy_violation")
-    _epsilon_cap(service, spec.epsilon)
+    policy.check_loss(service, spec.epsilon)
     return aggregator, spec
 
 
@@ -209,25 +204,25 @@ def contribute(name: str, body: ContributeRequest, service: Service, caller: Cal
     enc = plan(entry.info, spec.op, len(spec.parties), spec.epsilon, spec.mode)
     evaluate = spec.op.kind == "evaluate"
     scheme = EVAL_SCHEME if evaluate else SCHEME
-    checked = service.pool.run("workbench.he.params:check_context", {"context": spec.context, "scheme": scheme})
+    checked = service.pool.run("secagg.check_context", {"context": spec.context, "scheme": scheme})
     if checked["context_sha256"] != spec.context_sha256:
         raise InvalidQuery("The session's context does not match its hash.", code="bad_context")
     if evaluate:  # vet the analyst's weight ciphertexts before anything is charged
-        service.pool.run("workbench.he.evaluate:check_weights",
+        service.pool.run("secagg.check_weights",
                          {"context": spec.context, "weights": spec.weights, "moments": len(enc.slots)})
     op = spec.op.model_dump(mode="json")
     task = _task(entry, op, enc.model_dump(mode="json"))
     outcome = service.gate.release(
         caller, entry, "he", f"secure_{spec.op.kind}", question(spec, aggregator, enc), Cost(spec.epsilon, 0.0),
-        compute=lambda: service.pool.run("workbench.he.node_compute:noisy_contribution", task),
+        compute=lambda: service.pool.run("secagg.contribution", task),
         grant_id=body.grant_id, request_id=body.request_id)
     # Charged above; only now is the (noisy) contribution encrypted and released, to the aggregator only.
     if evaluate:
-        sealed = service.pool.run("workbench.he.evaluate:node_evaluate", {
+        sealed = service.pool.run("secagg.evaluate", {
             "context": spec.context, "weights": spec.weights, "moments": len(enc.slots),
             "values": outcome.result["values"], "decimals": enc.decimals, "max_rows": entry.info.max_rows})
     else:
-        sealed = service.pool.run("workbench.he.params:encrypt",
+        sealed = service.pool.run("secagg.encrypt",
                                   {"context": spec.context, "values": outcome.result["values"]})
     try:
         _call(aggregator, "POST", f"/sessions/{body.session_id}/contributions", {"ciphertext": sealed["ciphertext"]})

@@ -22,6 +22,7 @@ import polars as pl
 
 from ..errors import ComputationFailed, NotFound
 from ..protocol import DatasetInfo
+from .data import file_stamp, raw_scan
 from .settings import DatasetConfig, NodeConfig
 
 log = logging.getLogger(__name__)
@@ -53,22 +54,6 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_stamp(path: str | Path, stamp: tuple[int, int] | list[int] | None) -> None:
-    """Refuse to compute on a file that is not the version the node priced and labelled."""
-    if stamp is None:
-        return
-    st = Path(path).stat()
-    if (st.st_size, st.st_mtime_ns) != tuple(stamp):
-        raise ComputationFailed("The dataset's file changed during this request; ask again (it is a new version).",
-                                code="dataset_unavailable")
-
-
-def scan(config: DatasetConfig) -> pl.LazyFrame:
-    if config.file_format == "csv":
-        return pl.scan_csv(config.path)
-    return pl.scan_parquet(config.path)
-
-
 class Catalog:
     def __init__(self, config: NodeConfig):
         self.config = config
@@ -97,12 +82,11 @@ class Catalog:
             self._refreshed_at = now
             for name, ds in self.config.datasets.items():
                 try:
-                    stat = ds.path.stat()
+                    stamp = file_stamp(ds.path)
                 except OSError:
                     self._problems[name] = "data file missing"
                     self._entries.pop(name, None)
                     continue
-                stamp = (stat.st_size, stat.st_mtime_ns)
                 known = self._entries.get(name)
                 if known is not None and known.stamp == stamp:
                     continue
@@ -130,7 +114,7 @@ class Catalog:
         return version
 
     def _check(self, name: str, ds: DatasetConfig) -> None:
-        lf = scan(ds)
+        lf = raw_scan(ds.path, ds.file_format)
         present = set(lf.collect_schema().names())
         missing = [c for c in ds.columns if c not in present]
         if missing:

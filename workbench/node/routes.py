@@ -15,7 +15,8 @@ from ..protocol import (PROTOCOL_VERSION, SUPPORTED_PROTOCOLS, BudgetInfo, Datas
                         NodeInfo, RowsResponse, Table)
 from . import admin, audit
 from .auth import Principal, bearer_token
-from .catalog import DatasetEntry, scan
+from .catalog import DatasetEntry
+from .data import raw_scan
 from .gate import check_not_private
 from .ledger import choose_grant
 from .service import NodeService
@@ -139,7 +140,7 @@ def rows(name: str, service: Service, caller: Caller,
     except PrivacyError as exc:
         service.gate.refuse(caller, entry.name, exc, attempted="read_rows")
         raise
-    frame = scan(entry.config).select(list(entry.config.columns)).head(limit).collect()
+    frame = raw_scan(entry.path, entry.config.file_format).select(list(entry.config.columns)).head(limit).collect()
     with service.store.transaction() as session:
         audit.append(session, caller.name, "open_read", entry.name, rows=frame.height, licence=entry.info.licence,
                      dataset_version=entry.version)

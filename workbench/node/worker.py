@@ -8,7 +8,6 @@ state with the node beyond the plain-data task they are handed.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import json
 import os
@@ -22,6 +21,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ..errors import ComputationFailed, WorkbenchError, error_class_for
+from . import tasks
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +36,9 @@ def _serve(conn_in: Connection, conn_out: Connection) -> None:
             return
         if message is None:
             return
-        target, payload = message
-        module_name, func_name = target.rsplit(":", 1)
+        name, payload = message
         try:
-            if not target.startswith(WorkerPool.ALLOWED_PREFIX):
-                raise ValueError("refused target")
-            func = getattr(importlib.import_module(module_name), func_name)
-            reply = ("ok", func(payload))
+            reply = ("ok", tasks.resolve(name)(payload))
         except WorkbenchError as exc:
             reply = ("error", {"code": exc.code, "message": exc.message})
         except Exception as exc:  # noqa: BLE001 - reported as a generic failure, without data
@@ -82,10 +78,7 @@ class _Worker:
 
 
 class WorkerPool:
-    """Run ``module:function`` on a payload in a worker process, with a time limit."""
-
-    #: Only these modules may be run by a worker: the node never runs names it was sent.
-    ALLOWED_PREFIX = "workbench."
+    """Run a registered task (:mod:`workbench.node.tasks`) on a payload in a worker process, with a time limit."""
 
     def __init__(self, size: int = 2, timeout_s: float = 120.0):
         self._idle: "queue.LifoQueue[_Worker]" = queue.LifoQueue()
@@ -112,15 +105,15 @@ class WorkerPool:
         with self._lock:
             self._started -= 1
 
-    def run(self, target: str, payload: Any, timeout_s: float | None = None) -> Any:
-        if not target.startswith(self.ALLOWED_PREFIX):
-            raise ValueError(f"refusing to run {target!r}")
+    def run(self, task: str, payload: Any, timeout_s: float | None = None) -> Any:
+        """The result of task ``task`` (a name in :data:`workbench.node.tasks.TASKS`) on ``payload``."""
+        tasks.target_of(task)  # only registered names reach a worker
         if self._closed:
             raise ComputationFailed("The node is shutting down.", code="computation_failed")
         worker = self._checkout()
         timeout = timeout_s or self._timeout
         try:
-            worker.send((target, payload))
+            worker.send((task, payload))
             if not worker.results.poll(timeout):
                 self._replace(worker)
                 raise ComputationFailed(f"The computation took longer than {timeout:g} s and was stopped.",
@@ -137,7 +130,7 @@ class WorkerPool:
         if status == "error":
             raise error_class_for(value["code"])(value["message"], code=value["code"])
         # The traceback may quote data: it goes to the owner's log only, never to the client.
-        log.warning("worker error running %s: %s", target, value)
+        log.warning("worker error running %s: %s", task, value)
         raise ComputationFailed("The computation failed inside the worker.", code="computation_failed")
 
     def warm(self) -> None:

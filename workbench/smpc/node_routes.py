@@ -67,7 +67,7 @@ def contribute(name: str, body: ContributeRequest, service: Service, caller: Cal
     task = _task(entry, spec.op.model_dump(mode="json"), enc.model_dump(mode="json"))
     outcome = service.gate.release(
         caller, entry, "smpc", f"secure_{spec.op.kind}", question(spec, aggregator, enc), Cost(spec.epsilon, 0.0),
-        compute=lambda: service.pool.run("workbench.he.node_compute:noisy_contribution", task),
+        compute=lambda: service.pool.run("secagg.contribution", task),
         grant_id=body.grant_id, request_id=body.request_id)
     values = [int(v) for v in outcome.result["values"]]
     me, sid, length = spec.you, body.session_id, len(values)

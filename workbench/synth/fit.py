@@ -30,7 +30,6 @@ from .domain import Plan, plan as make_plan
 from .report import fidelity_figures
 from .spec import SynthSpec
 
-_POLARS_TYPES = {"int": "Int64", "float": "Float64", "category": "String", "bool": "Boolean", "string": "String"}
 FIT_ITERS = 1000      # mirror-descent iterations of a model with multi-way marginals
 # MST's budget: a quarter of epsilon on the one-way marginals (OpenDP's default is half: they only steer the
 # choice of pairs, and the pairs measured afterwards cover every column again), then 90% of the rest on
@@ -78,24 +77,14 @@ def _configure_jax(cache_dir: str | None) -> None:
 
 
 def _scan(task: dict, info: DatasetInfo, columns: list[str]):
+    """The checked, typed scan of the file the node priced and labelled; NaN reads as missing."""
     import polars as pl
 
-    from ..node.catalog import check_stamp
+    from ..node.data import scan_task
 
-    check_stamp(task["path"], task.get("stamp"))  # the file the node priced and labelled, or a refusal
+    _, lf = scan_task(task, columns)
     kinds = {c.name: c.type for c in info.columns}
-    wanted = {n: getattr(pl, _POLARS_TYPES[kinds[n]]) for n in columns}
-    if task["format"] == "csv":
-        lf = pl.scan_csv(task["path"], schema_overrides=wanted)
-    else:
-        lf = pl.scan_parquet(task["path"])
-    exprs = []
-    for n, t in wanted.items():
-        e = pl.col(n).cast(t)
-        if kinds[n] == "float":
-            e = e.fill_nan(None)
-        exprs.append(e.alias(n))
-    return lf.select(exprs)
+    return lf.with_columns([pl.col(n).fill_nan(None) for n in columns if kinds[n] == "float"])
 
 
 def _opendp():

@@ -124,17 +124,13 @@ def publish_with_progress(service, dataset: str, spec: SynthSpec, epsilon: float
     import tempfile
     import threading
 
-    from .node_routes import FIT, canonical, checked, run_isolated
-    from .jobs import jobs_of
+    from .node_routes import canonical, checked, run_isolated, task
 
     entry, plan = checked(service, dataset, spec, None)
     spec_dict = canonical(spec, plan)
     with tempfile.TemporaryDirectory() as tmp:
         progress_path = Path(tmp) / "progress.json"
-        payload = {"info": entry.info.model_dump(mode="json"), "path": str(entry.path),
-                   "format": entry.config.file_format, "stamp": list(entry.stamp), "spec": spec_dict,
-                   "epsilon": epsilon,
-                   "progress_path": str(progress_path), "jax_cache": jobs_of(service).jax_cache}
+        payload = task(service, entry, spec_dict, epsilon, None) | {"progress_path": str(progress_path)}
         stop = threading.Event()
 
         def show() -> None:
@@ -156,7 +152,7 @@ def publish_with_progress(service, dataset: str, spec: SynthSpec, epsilon: float
             watcher.start()
         try:
             return publish(service, dataset, SynthSpec.model_validate(spec_dict), epsilon, owner,
-                           run=lambda: run_isolated(FIT, payload, entry.config.synth_timeout_s))
+                           run=lambda: run_isolated("synth.fit", payload, entry.config.synth_timeout_s))
         finally:
             stop.set()
             if watcher is not None:
