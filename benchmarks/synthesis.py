@@ -79,7 +79,7 @@ def main() -> None:
     from workbench.demo.data import PATIENT_COLUMNS, patients
     from workbench.node.settings import DatasetConfig
     from workbench.synth.domain import plan as make_plan
-    from workbench.synth.node_routes import run_isolated
+    from workbench.synth.prepare import run_isolated
     from workbench.synth.sdv_support import sdv_metadata_dict
     from workbench.synth.spec import SynthSpec
 

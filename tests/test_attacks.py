@@ -68,7 +68,7 @@ def node(tmp_path_factory):
 
     from tests.conftest import make_config
     from workbench.demo.nodes import ensure_accounts
-    from workbench.node.app import create_app
+    from workbench.server import create_app
     from workbench.node.service import NodeService
     from workbench.node.settings import NodeConfig
 

@@ -16,7 +16,7 @@ import pytest
 
 import workbench as wb
 from tests.conftest import launch, start_aggregator
-from workbench.he.aggregator import add_node
+from workbench.aggregator.app import add_node
 
 HOSPITALS = ("hospital_a", "hospital_b", "hospital_c")
 

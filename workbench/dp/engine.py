@@ -23,6 +23,7 @@ from typing import Any
 import polars as pl
 
 from ..errors import InvalidQuery
+from ..intervals import mean_interval
 from ..node.data import POLARS_TYPES, check_stamp, scan
 from .columnar import CODE_TYPE, coded_columns, columnar_frame, schema_frame
 from ..protocol import DatasetInfo, DPQuery
@@ -290,6 +291,12 @@ def _resolve(query):
     evaluation at scale 1 gives the scale; the result is re-checked by OpenDP,
     and falls back to OpenDP's search if the check fails. :func:`run` caches
     the result per query shape (dataset version + spec + loss).
+
+    Pinned to OpenDP 0.16.0 (pyproject pins ``opendp[polars]==0.16.0``): OpenDP has no public accessor for a
+    query's input domain, metric and (d_in, d_out), so this reads the private ``_query``, ``_chain``,
+    ``_d_in``, ``_d_out`` and ``_output_measure``. Safe by construction (OpenDP re-checks every measurement
+    it returns, and any surprise falls back to the public ``query.resolve()``); tests/test_opendp_pin.py fails
+    if an upgrade removes them, so the fast path cannot vanish silently.
     """
     dp = _opendp()
     inner = object.__getattribute__(query, "_query")
@@ -415,7 +422,7 @@ def _table(query: DPQuery, plan: _Plan, frame: pl.DataFrame, summary: pl.DataFra
         bounds = plan.bounds
         est, lower, upper = [], [], []
         for sv, cv in zip(s.to_list(), c.to_list()):
-            e, lo, hi = _mean_interval(sv, cv, a_s, a_c, bounds)
+            e, lo, hi = mean_interval(sv, cv, a_s, a_c, bounds)
             est.append(e), lower.append(lo), upper.append(hi)
         out = out.with_columns(pl.Series("estimate", est, dtype=pl.Float64),
                                pl.Series("lower", lower, dtype=pl.Float64),
@@ -426,18 +433,3 @@ def _table(query: DPQuery, plan: _Plan, frame: pl.DataFrame, summary: pl.DataFra
                                pl.lit(None, dtype=pl.Float64).alias("lower"),
                                pl.lit(None, dtype=pl.Float64).alias("upper"))
     return {"columns": out.columns, "data": [list(r) for r in out.iter_rows()]}
-
-
-def _mean_interval(s: float, c: float, a_s: float | None, a_c: float | None, bounds: tuple[float, float]):
-    """Post-processing: the mean and an interval from the noisy sum and count, their public
-    accuracies and the column's public bounds (a mean always lies within them)."""
-    lo, hi = bounds
-    if c is None or s is None or c <= 0:
-        return None, float(lo), float(hi)
-    estimate = min(max(s / c, lo), hi)
-    if a_s is None or a_c is None or c - a_c <= 0:
-        return estimate, float(lo), float(hi)
-    lo_count, hi_count = c - a_c, c + a_c
-    lo_sum, hi_sum = s - a_s, s + a_s
-    candidates = [lo_sum / lo_count, lo_sum / hi_count, hi_sum / lo_count, hi_sum / hi_count]
-    return estimate, max(min(candidates), lo), min(max(candidates), hi)

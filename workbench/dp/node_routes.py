@@ -28,8 +28,25 @@ from . import engine
 router = APIRouter(tags=["dp"])
 ALPHA = 0.05
 
-_previews: "OrderedDict[str, dict]" = OrderedDict()
-_previews_lock = threading.Lock()
+
+class PreviewCache:
+    """This node's accuracy previews by query shape (metadata only, so sharing them leaks nothing)."""
+
+    SIZE = 1024
+
+    def __init__(self, _service: NodeService | None = None):
+        self._items: "OrderedDict[str, dict]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> dict | None:
+        with self._lock:
+            return self._items.get(key)
+
+    def put(self, key: str, value: dict) -> None:
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.SIZE:
+                self._items.popitem(last=False)
 
 
 def _task(entry: DatasetEntry, body: DPRequest, mode: str, columnar: str | None) -> dict:
@@ -55,15 +72,12 @@ def _checked(service: NodeService, name: str, body: DPRequest) -> DatasetEntry:
 def _accuracy(service: NodeService, entry: DatasetEntry, body: DPRequest) -> dict:
     """OpenDP's accuracy for this query shape: metadata only, cached."""
     task = _task(entry, body, "preview", _columnar(service))
-    with _previews_lock:
-        hit = _previews.get(task["cache_key"])
+    previews = service.state_of("dp", PreviewCache)
+    hit = previews.get(task["cache_key"])
     if hit is not None:
         return hit
     result = service.pool.run("dp.query", task)
-    with _previews_lock:
-        _previews[task["cache_key"]] = result
-        while len(_previews) > 1024:
-            _previews.popitem(last=False)
+    previews.put(task["cache_key"], result)
     return result
 
 

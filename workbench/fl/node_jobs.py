@@ -128,6 +128,11 @@ class JobRegistry:
         while len(self._jobs) >= MAX_JOBS:
             del self._jobs[next(iter(self._jobs))]
 
+    def jobs(self) -> list[Job]:
+        """The jobs this node holds now (a copy)."""
+        with self._lock:
+            return list(self._jobs.values())
+
     def get(self, job_id: str) -> Job:
         with self._lock:
             job = self._jobs.get(job_id)
@@ -176,17 +181,9 @@ class JobRegistry:
         return message_to_proto(reply).SerializeToString()
 
 
-_registries: "weakref.WeakKeyDictionary[Any, JobRegistry]" = weakref.WeakKeyDictionary()
-_registries_lock = threading.Lock()
-
-
 def registry(service) -> JobRegistry:
     """The job registry of a node service (created on first use)."""
-    with _registries_lock:
-        reg = _registries.get(service)
-        if reg is None:
-            reg = _registries[service] = JobRegistry(service)
-        return reg
+    return service.state_of("fl", JobRegistry)
 
 
 # ---------------------------------------------------------------- one round, through the gate

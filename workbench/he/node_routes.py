@@ -27,8 +27,7 @@ from pathlib import Path
 import httpx
 from fastapi import APIRouter
 
-from ..errors import (ComputationFailed, ConnectionFailed, InvalidQuery, NotAuthorized, NotFound, WorkbenchError,
-                      error_class_for)
+from ..errors import ComputationFailed, InvalidQuery, NotAuthorized, NotFound, WorkbenchError
 from ..node import policy
 from ..node.catalog import DatasetEntry
 from ..node.data import task_payload
@@ -36,6 +35,7 @@ from ..node.ledger import Cost, choose_grant
 from ..node.routes import Caller, Service
 from ..node.service import NodeService
 from ..protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
+from ..wire import raise_for_error, send
 from .params import EVAL_SCHEME, SCHEME, eval_params_doc, params_doc
 from .spec import (AggregatorEntry, ContributeRequest, ContributeResponse, HEPreview, HEPreviewRequest, SessionSpec,
                    plan)
@@ -117,21 +117,14 @@ def _aggregator_for(service: NodeService, url: str) -> dict:
                         "(PUT /v1/he/aggregators/NAME).", code="untrusted_aggregator")
 
 
-def _call(entry: dict, method: str, path: str, json_body: dict | None = None) -> dict:
+def call_aggregator(entry: dict, method: str, path: str, json_body: dict | None = None) -> dict:
+    """One call from this node to a trusted aggregator (HE and SMPC sessions); its errors relayed as ours."""
     headers = {"Authorization": f"Bearer {entry['token']}", PROTOCOL_HEADER: PROTOCOL_VERSION}
-    try:
-        response = httpx.request(method, entry["url"] + "/v1" + path, json=json_body, headers=headers,
-                                 timeout=httpx.Timeout(60.0, connect=5.0))
-    except httpx.HTTPError as exc:
-        raise ConnectionFailed(f"The node cannot reach the aggregator at {entry['url']}: {type(exc).__name__}.",
-                               code="node_unreachable") from None
-    if response.status_code >= 400:
-        try:
-            body = response.json()
-            code, message = str(body["code"]), str(body["message"])[:300]
-        except Exception:  # noqa: BLE001
-            raise ComputationFailed(f"The aggregator answered HTTP {response.status_code}.") from None
-        raise error_class_for(code)(f"Aggregator: {message}", code=code)
+    with httpx.Client(timeout=httpx.Timeout(60.0, connect=5.0)) as http:
+        response = send(http, method, entry["url"] + "/v1" + path, who="aggregator", where=entry["url"],
+                        json=json_body, headers=headers)
+    raise_for_error(response, "aggregator", prefix="Aggregator: ", max_message=300, details=False,
+                    unreadable=ComputationFailed, unreadable_code="computation_failed")
     try:
         return response.json()
     except ValueError:
@@ -141,7 +134,8 @@ def _call(entry: dict, method: str, path: str, json_body: dict | None = None) ->
 # ---------------------------------------------------------------- preview and contribute
 
 
-def _task(entry: DatasetEntry, op: dict, enc: dict) -> dict:
+def contribution_task(entry: DatasetEntry, op: dict, enc: dict) -> dict:
+    """The worker task of a noisy contribution (task ``secagg.contribution``), for either protocol."""
     return task_payload(entry, op=op, plan=enc)
 
 
@@ -171,7 +165,7 @@ def read_session(service: NodeService, entry: DatasetEntry, caller, aggregator_u
         service.gate.refuse(caller, entry.name, exc, channel=protocol, attempted="contribute")
         raise
     try:
-        spec = SessionSpec.model_validate(_call(aggregator, "GET", f"/sessions/{session_id}"))
+        spec = SessionSpec.model_validate(call_aggregator(aggregator, "GET", f"/sessions/{session_id}"))
     except ValueError:
         raise ComputationFailed("The aggregator's session description is malformed.") from None
     if spec.protocol != protocol:
@@ -211,7 +205,7 @@ def contribute(name: str, body: ContributeRequest, service: Service, caller: Cal
         service.pool.run("secagg.check_weights",
                          {"context": spec.context, "weights": spec.weights, "moments": len(enc.slots)})
     op = spec.op.model_dump(mode="json")
-    task = _task(entry, op, enc.model_dump(mode="json"))
+    task = contribution_task(entry, op, enc.model_dump(mode="json"))
     outcome = service.gate.release(
         caller, entry, "he", f"secure_{spec.op.kind}", question(spec, aggregator, enc), Cost(spec.epsilon, 0.0),
         compute=lambda: service.pool.run("secagg.contribution", task),
@@ -225,7 +219,7 @@ def contribute(name: str, body: ContributeRequest, service: Service, caller: Cal
         sealed = service.pool.run("secagg.encrypt",
                                   {"context": spec.context, "values": outcome.result["values"]})
     try:
-        _call(aggregator, "POST", f"/sessions/{body.session_id}/contributions", {"ciphertext": sealed["ciphertext"]})
+        call_aggregator(aggregator, "POST", f"/sessions/{body.session_id}/contributions", {"ciphertext": sealed["ciphertext"]})
     except WorkbenchError as exc:
         raise ComputationFailed(f"The contribution was charged but the aggregator refused it ({exc.code}); "
                                 "asking again in a new session with the same parties replays it for free.",

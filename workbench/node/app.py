@@ -106,10 +106,8 @@ class ProtocolCheck:
         return await self.app(scope, receive, send)
 
 
-def create_app(service: NodeService) -> FastAPI:
-    from . import routes
-    from ..dp import node_routes as dp_routes
-
+def new_app(service: NodeService) -> FastAPI:
+    """The node's FastAPI application with its error handlers, before any route (see :mod:`workbench.server`)."""
     app = FastAPI(
         title=f"Workbench node: {service.name}",
         version=__version__,
@@ -119,6 +117,12 @@ def create_app(service: NodeService) -> FastAPI:
         redoc_url=None,
     )
     app.state.service = service
+    install_error_handlers(app, "The node hit an internal error; the owner can see it in the logs.")
+    return app
+
+
+def install_error_handlers(app: FastAPI, internal_message: str) -> None:
+    """Every error as JSON ``{"code", "message"}``: the one set of handlers of the node and the aggregator."""
 
     @app.exception_handler(WorkbenchError)
     async def _workbench_error(_request: Request, exc: WorkbenchError):
@@ -152,30 +156,12 @@ def create_app(service: NodeService) -> FastAPI:
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception):
         log.exception("unexpected error", exc_info=exc)
-        return error_response(500, "internal_error", "The node hit an internal error; the owner can see it in the logs.")
+        return error_response(500, "internal_error", internal_message)
 
-    app.include_router(routes.router, prefix="/v1")
-    app.include_router(dp_routes.router, prefix="/v1")
-    from ..he import node_routes as he_routes
 
-    app.include_router(he_routes.router, prefix="/v1")
-    from ..smpc import node_routes as smpc_routes
-
-    app.include_router(smpc_routes.router, prefix="/v1")
-    from ..fl import node_routes as fl_routes
-
-    app.include_router(fl_routes.router, prefix="/v1")
-    from ..synth import node_routes as synth_routes
-
-    app.include_router(synth_routes.router, prefix="/v1")
-    from ..dp.fast_replay import ReplayFastPath
-
-    release_route = next((r for r in app.routes if getattr(r, "path", "") == "/v1/datasets/{name}/dp/release"), None)
-    app.add_middleware(ReplayFastPath, service=service, route=release_route)
+def finish_app(app: FastAPI, service: NodeService) -> FastAPI:
+    """The outer middleware every node has, added after the channels' own (outermost last)."""
     app.add_middleware(ProtocolCheck)
-    from . import governance_routes
-
-    app.include_router(governance_routes.router, prefix="/v1")
     app.add_middleware(BodyLimit, limit=service.config.node.max_body_bytes)
     from .metrics import install as install_metrics
 

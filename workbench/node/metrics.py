@@ -234,59 +234,13 @@ def _node_lines(service) -> list[str]:
     ]
 
 
-def _fl_lines(service) -> list[str]:
-    """Federated learning on this node: its SuperNode (deployment engine) and its training jobs."""
-    fl = getattr(service.config, "fl", None)
-    configured = int(getattr(fl, "superlink", None) is not None)
-    alive = 0
-    if configured:
-        import psutil
-
-        try:
-            for child in psutil.Process().children(recursive=True):
-                try:
-                    if any("flower-supernode" in part for part in child.cmdline()[:3]):
-                        alive += 1
-                except psutil.Error:
-                    pass
-        except psutil.Error:
-            pass
-    out = ["# HELP workbench_fl_supernode_configured 1 if this node joins a Flower SuperLink.",
-           "# TYPE workbench_fl_supernode_configured gauge", f"workbench_fl_supernode_configured {configured}",
-           "# HELP workbench_fl_supernode_processes flower-supernode processes started by this node and alive.",
-           "# TYPE workbench_fl_supernode_processes gauge", f"workbench_fl_supernode_processes {alive}"]
-    try:
-        from ..fl import node_jobs
-    except ImportError:
-        return out
-    registry = node_jobs._registries.get(service)  # never create one just to be scraped
-    jobs = list(registry._jobs.values()) if registry is not None else []
-    by_state: dict[tuple[str, str], int] = defaultdict(int)
-    rounds: dict[str, int] = defaultdict(int)
-    spent: dict[str, float] = defaultdict(float)
-    for job in jobs:
-        by_state[(job.dataset, job.status)] += 1
-        rounds[job.dataset] += job.releases
-        spent[job.dataset] += job.epsilon_spent
-    out += ["# HELP workbench_fl_jobs Training jobs held by this node, by dataset and status.",
-            "# TYPE workbench_fl_jobs gauge"]
-    out += [f"workbench_fl_jobs{_labels(dataset=d, status=st)} {n}" for (d, st), n in sorted(by_state.items())]
-    out += ["# HELP workbench_fl_rounds_done Rounds this node has trained for its current jobs.",
-            "# TYPE workbench_fl_rounds_done gauge"]
-    out += [f"workbench_fl_rounds_done{_labels(dataset=d)} {n}" for d, n in sorted(rounds.items())]
-    out += ["# HELP workbench_fl_epsilon_spent Epsilon charged by this node's current training jobs.",
-            "# TYPE workbench_fl_epsilon_spent gauge"]
-    out += [f"workbench_fl_epsilon_spent{_labels(dataset=d)} {_num(v)}" for d, v in sorted(spent.items())]
-    return out
-
-
 def collect(service, metrics: Metrics | None) -> str:
     """The whole exposition text for one scrape."""
     lines = _node_lines(service)
     if metrics is not None:
         lines += metrics.lines()
     lines += _ledger_lines(service)
-    for collector in [_fl_lines] + list(_collectors):
+    for collector in list(_collectors):
         try:
             lines += list(collector(service))
         except Exception:  # noqa: BLE001 - one broken producer must not hide the rest

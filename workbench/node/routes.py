@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Callable
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse
@@ -77,6 +77,19 @@ def dataset_entry(service: NodeService, name: str) -> DatasetEntry:
     return service.catalog.get(name)
 
 
+#: What channels add to a dataset's public metadata (synthesis: ``has_mock``), registered by
+#: :mod:`workbench.server`; each gets the metadata so far and returns it, changed or not.
+INFO_ANNOTATORS: list[Callable[[NodeService, DatasetEntry, DatasetInfo], DatasetInfo]] = []
+
+
+def public_info(service: NodeService, entry: DatasetEntry) -> DatasetInfo:
+    """A dataset's public metadata as the catalogue shows it."""
+    info = entry.info
+    for annotate in INFO_ANNOTATORS:
+        info = annotate(service, entry, info)
+    return info
+
+
 @router.get("/health", tags=["node"])
 def health(service: Service) -> dict:
     """Liveness: the node answers and its database responds."""
@@ -102,17 +115,13 @@ def me(service: Service, caller: Caller) -> NodeInfo:
 @router.get("/catalog", response_model=list[DatasetInfo], tags=["catalogue"])
 def catalog(service: Service, caller: Caller) -> list[DatasetInfo]:
     """Every dataset's public metadata (``has_mock``: a free public DP mock is published)."""
-    from ..synth.mocks import annotate
-
-    return [annotate(service, e) for e in service.catalog.entries()]
+    return [public_info(service, e) for e in service.catalog.entries()]
 
 
 @router.get("/datasets/{name}", response_model=DatasetInfo, tags=["catalogue"])
 def dataset(name: str, service: Service, caller: Caller) -> DatasetInfo:
     """One dataset's public metadata: columns, types, bounds, categories, privacy unit, licence."""
-    from ..synth.mocks import annotate
-
-    return annotate(service, dataset_entry(service, name))
+    return public_info(service, dataset_entry(service, name))
 
 
 @router.get("/datasets/{name}/budget", response_model=BudgetInfo, tags=["budget"])

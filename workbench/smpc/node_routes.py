@@ -28,7 +28,7 @@ import time
 from fastapi import APIRouter
 
 from ..errors import ComputationFailed, InvalidQuery, WorkbenchError
-from ..he.node_routes import _call, _task, question, read_session
+from ..he.node_routes import call_aggregator, contribution_task, question, read_session
 from ..he.spec import ContributeRequest, plan
 from ..node.ledger import Cost
 from ..node.routes import Caller, Service
@@ -45,7 +45,7 @@ def _wait(aggregator: dict, path: str, what: str) -> dict:
     deadline = time.monotonic() + WAIT_S
     pause = 0.01
     while True:
-        reply = _call(aggregator, "GET", path)
+        reply = call_aggregator(aggregator, "GET", path)
         if not reply["waiting_for"]:
             return reply
         if time.monotonic() > deadline:
@@ -64,7 +64,7 @@ def contribute(name: str, body: ContributeRequest, service: Service, caller: Cal
     if spec.op.kind == "evaluate":
         raise InvalidQuery("Encrypted model evaluation runs over HE only.", code="invalid_query")
     enc = plan(entry.info, spec.op, len(spec.parties), spec.epsilon, spec.mode)
-    task = _task(entry, spec.op.model_dump(mode="json"), enc.model_dump(mode="json"))
+    task = contribution_task(entry, spec.op.model_dump(mode="json"), enc.model_dump(mode="json"))
     outcome = service.gate.release(
         caller, entry, "smpc", f"secure_{spec.op.kind}", question(spec, aggregator, enc), Cost(spec.epsilon, 0.0),
         compute=lambda: service.pool.run("secagg.contribution", task),
@@ -74,13 +74,13 @@ def contribute(name: str, body: ContributeRequest, service: Service, caller: Cal
     base = f"/sessions/{sid}/smpc"
     try:
         secret, public = sealing.new_key()
-        _call(aggregator, "POST", f"{base}/key", {"public_key": public})
+        call_aggregator(aggregator, "POST", f"{base}/key", {"public_key": public})
         keys = _wait(aggregator, f"{base}/keys", "public keys")["keys"]
         shares = field.split(values, len(spec.parties))
         mine = shares[spec.parties.index(me)]
         sealed = {p: sealing.seal(secret, keys[p], sid, me, p, field.to_bytes(s), length)
                   for p, s in zip(spec.parties, shares) if p != me}
-        _call(aggregator, "POST", f"{base}/shares", {"shares": sealed})
+        call_aggregator(aggregator, "POST", f"{base}/shares", {"shares": sealed})
         received = _wait(aggregator, f"{base}/inbox", "shares")["shares"]
         opened = [field.from_bytes(sealing.open_sealed(secret, keys[p], sid, p, me, received[p], length), length)
                   for p in spec.parties if p != me]

@@ -121,12 +121,16 @@ def expected_fits(spec: SynthSpec, p: Plan) -> int:
 
 
 def run(task: dict) -> dict:
-    """Fit and sample one DP synthesizer. ``task`` is plain data built by the node."""
+    """Fit and sample one DP synthesizer. ``task`` is plain data built by the node.
+
+    Privacy guarantee: OpenDP's ``dp.mbi`` measures the marginals under pure epsilon-DP for the
+    dataset's privacy unit; the model, the rows sampled from it and the report are post-processing.
+    """
     progress = Progress(task.get("progress_path"))
     _configure_jax(task.get("jax_cache"))
     dp = _opendp()
 
-    from . import _calibration, estimation, sampling
+    from . import _calibration, sampling
 
     dp.enable_features("contrib")
     _calibration.install()
@@ -135,9 +139,18 @@ def run(task: dict) -> dict:
     spec = SynthSpec.model_validate(task["spec"])
     epsilon = float(task["epsilon"])
     p = make_plan(info, spec)
-    fits = {"done": 0, "total": expected_fits(spec, p)}
+    table = _measure(dp, task, info, spec, p, epsilon, progress)
+    _check_domain(table, p)
+    return _sample(table, info, spec, p, epsilon, progress)
 
+
+def _estimator(spec: SynthSpec, p: Plan, progress: Progress):
+    """mbi's mirror descent, reporting its progress (one bar across every model an algorithm fits)."""
     from mbi.estimation import mirror_descent
+
+    from . import estimation
+
+    fits = {"done": 0, "total": expected_fits(spec, p)}
 
     def estimator(domain, loss_fn, *, potentials=None):
         k = fits["done"]
@@ -159,6 +172,11 @@ def run(task: dict) -> dict:
         fits["done"] = min(k + 1, fits["total"] - 1) if spec.method == "aim" else k + 1
         return model
 
+    return estimator
+
+
+def _measure(dp, task: dict, info: DatasetInfo, spec: SynthSpec, p: Plan, epsilon: float, progress: Progress):
+    """The DP contingency table: OpenDP measures the marginals at ``epsilon`` and fits the model."""
     lf = _scan(task, info, p.columns)
     ctx = dp.Context.compositor(
         data=lf,
@@ -171,20 +189,25 @@ def run(task: dict) -> dict:
     cuts = {n: d.cuts for n, d in p.domains.items() if d.cuts is not None}
     progress.write("measuring marginals", 0.02, force=True)
     try:
-        query = ctx.query().contingency_table(keys=keys, cuts=cuts, algorithm=_algorithm(dp, spec, p, estimator))
-        table = query.release()
+        algorithm = _algorithm(dp, spec, p, _estimator(spec, p, progress))
+        query = ctx.query().contingency_table(keys=keys, cuts=cuts, algorithm=algorithm)
+        return query.release()
     except dp.OpenDPException as exc:  # the message is about budgets and domains, never data values
         raise ComputationFailed(f"OpenDP refused the synthesis: {str(exc).strip().splitlines()[-1][:300]}",
                                 code="computation_failed") from None
-    _check_domain(table, p)
+
+
+def _sample(table, info: DatasetInfo, spec: SynthSpec, p: Plan, epsilon: float, progress: Progress) -> dict:
+    """Rows sampled from the fitted model, decoded to public values, and the fidelity report (post-processing)."""
+    from . import sampling
+
     progress.write("sampling rows", 0.92, force=True)
     rng = np.random.default_rng()
     indices = sampling.synthetic_rows(table.model, int(spec.rows), rng)
     cells = {n: indices[n].astype(np.int64) for n in p.columns}
     data = {n: p.domains[n].decode(cells[n], rng) for n in p.columns}
     progress.write("writing the fidelity report", 0.97, force=True)
-    measurements = _released_marginals(table, p)
-    report = fidelity_figures(p, cells, measurements)
+    report = fidelity_figures(p, cells, _released_marginals(table, p))
     report.update(method=spec.method, epsilon=epsilon, delta=0.0, rows=int(spec.rows), columns=p.columns,
                   dropped=p.dropped, privacy_unit=info.privacy_unit.model_dump(mode="json"),
                   mechanism="OpenDP dp.mbi " + {"mst": "MST", "aim": "AIM", "fixed": "Fixed",

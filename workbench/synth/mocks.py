@@ -25,6 +25,8 @@ from ..node.auth import Principal
 from ..node.catalog import DatasetEntry
 from ..node.ledger import Cost
 from ..node.store import User
+from ..protocol import DatasetInfo
+from .prepare import canonical, checked, run_isolated, task
 from .spec import MockInfo, MockRelease, SynthSpec
 
 PURPOSE = "publish the dataset's public DP mock"
@@ -124,8 +126,6 @@ def publish_with_progress(service, dataset: str, spec: SynthSpec, epsilon: float
     import tempfile
     import threading
 
-    from .node_routes import canonical, checked, run_isolated, task
-
     entry, plan = checked(service, dataset, spec, None)
     spec_dict = canonical(spec, plan)
     with tempfile.TemporaryDirectory() as tmp:
@@ -159,8 +159,16 @@ def publish_with_progress(service, dataset: str, spec: SynthSpec, epsilon: float
                 watcher.join(timeout=2)
 
 
-def annotate(service, entry: DatasetEntry):
-    """The entry's public metadata with ``has_mock`` set (a file check: cheap enough for every catalogue call)."""
+def annotate(service, entry: DatasetEntry, info: DatasetInfo) -> DatasetInfo:
+    """``info`` with ``has_mock`` set (a file check: cheap enough for every catalogue call)."""
     if entry.info.tier == "private" and _path(service, entry.name).exists():
-        return entry.info.model_copy(update={"has_mock": True})
-    return entry.info
+        return info.model_copy(update={"has_mock": True})
+    return info
+
+
+def install(_app, _service) -> None:
+    """Show ``has_mock`` in the catalogue (see :data:`workbench.node.routes.INFO_ANNOTATORS`)."""
+    from ..node.routes import INFO_ANNOTATORS
+
+    if annotate not in INFO_ANNOTATORS:
+        INFO_ANNOTATORS.append(annotate)

@@ -17,7 +17,6 @@ metadata and the caller's own budget only.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from fastapi import APIRouter
 
@@ -30,11 +29,11 @@ from ..node.gate import Outcome, spec_hash
 from ..node.ledger import Cost, choose_grant, left
 from ..node.routes import Caller, Service
 from ..node.service import NodeService
-from ..node.worker import WorkerPool
 from ..protocol import Budget, Table
 from . import domain, mocks
 from .fit import MST_MEASURE_SPLIT, MST_ONEWAY_SPLIT
 from .jobs import Job, jobs_of
+from .prepare import canonical, checked, run_isolated, task
 from .spec import (MockInfo, MockRelease, PlannedMeasurement, SDVRequest, SynthJob, SynthPreview, SynthRelease,
                    SynthRequest, SynthSpec)
 
@@ -43,35 +42,6 @@ CHANNEL = "synth"
 
 
 # ---------------------------------------------------------------- checks (public metadata only)
-
-
-def checked(service: NodeService, name: str, spec: SynthSpec, epsilon: float | None) -> tuple[DatasetEntry,
-                                                                                               domain.Plan]:
-    entry = service.catalog.get(name)
-    policy.check_loss(service, epsilon)
-    if spec.rows > entry.config.synth_max_rows:
-        raise InvalidQuery(f"The owner allows at most {entry.config.synth_max_rows} synthetic rows per synthesis "
-                           f"of '{entry.name}'.", code="too_many_rows")
-    return entry, domain.plan(entry.info, spec)
-
-
-def canonical(spec: SynthSpec, plan: domain.Plan) -> dict[str, Any]:
-    """The spec with its columns resolved, so ``columns=None`` and the explicit list are one question."""
-    return spec.model_copy(update={"columns": plan.columns}).model_dump(mode="json")
-
-
-def task(service: NodeService, entry: DatasetEntry, spec: dict, epsilon: float, job: Job | None) -> dict:
-    return task_payload(entry, spec=spec, epsilon=epsilon, progress_path=str(job.progress_path) if job else None,
-                        jax_cache=jobs_of(service).jax_cache)
-
-
-def run_isolated(target: str, payload: dict, timeout_s: float) -> dict:
-    """Run one fit in a fresh worker process of its own (killed on time-out, crash or cancel)."""
-    pool = WorkerPool(1, timeout_s)
-    try:
-        return pool.run(target, payload, timeout_s=timeout_s)
-    finally:
-        pool.close()
 
 
 def planned(spec: SynthSpec, plan: domain.Plan, epsilon: float, contributions: int) -> tuple[list, str]:

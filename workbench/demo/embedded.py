@@ -10,14 +10,10 @@ import atexit
 import threading
 import warnings
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # starlette nags about httpx; its in-process transport is what we want
-    from starlette.testclient import TestClient
-
 from .._version import __version__
+from ..client.connection import Node
 from ..config import data_home
 from ..protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
-from .connection import Node
 
 _lock = threading.Lock()
 _services: dict[str, object] = {}
@@ -25,10 +21,14 @@ _services: dict[str, object] = {}
 
 def connect_embedded(hospital: str = "hospital_a") -> Node:
     """A :class:`Node` backed by an in-process demo node (one per process and hospital)."""
-    from ..demo.nodes import ensure_accounts, write_config
-    from ..node.app import create_app
     from ..node.service import NodeService
     from ..node.settings import NodeConfig
+    from ..server import create_app
+    from .nodes import ensure_accounts, write_config
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # starlette nags about httpx; its in-process transport is what we want
+        from starlette.testclient import TestClient
 
     root = data_home() / "embedded"
     with _lock:
