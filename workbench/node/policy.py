@@ -9,8 +9,8 @@ contributions, FL jobs) asks this module before it computes or reserves:
   make noise scales overflow (``1/epsilon``) or send calibration searches into
   seconds of free worker time; a refusal costs nothing.
 * :func:`precheck_budget`: a release that could not be paid (the grant's or
-  the dataset's lifetime budget) is refused *before* anything runs, with the
-  ledger's own tolerance (:func:`workbench.node.ledger.fits`), and the refusal
+  the dataset's lifetime budget) is refused *before* anything runs, by the
+  ledger's own test (:func:`workbench.node.ledger.check_fits`), and the refusal
   is written to the audit log. The ledger's reservation stays the authority;
   this check only spares the node work that would be refused anyway.
 """
@@ -20,10 +20,10 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from ..errors import BudgetExceeded, InvalidQuery, NotAuthorized, WorkbenchError
+from ..errors import InvalidQuery, WorkbenchError
 from .auth import Principal
 from .catalog import DatasetEntry
-from .ledger import choose_grant, fits
+from .ledger import check_fits, choose_grant
 from .store import DatasetBudget
 
 if TYPE_CHECKING:
@@ -55,21 +55,8 @@ def precheck_budget(service: NodeService, caller: Principal, entry: DatasetEntry
     try:
         with service.store.transaction("read") as session:
             grant = choose_grant(session, caller.name, entry.name, grant_id)
-            eps_left, delta_left = grant.epsilon - grant.epsilon_spent, grant.delta - grant.delta_spent
-            cap = session.get(DatasetBudget, entry.name)
-            cap_left = None if cap is None else (cap.epsilon_cap - cap.epsilon_spent, cap.delta_cap - cap.delta_spent)
-        if not fits(epsilon, delta, eps_left, delta_left):
-            raise BudgetExceeded(
-                f"{what} costs epsilon={epsilon:g}, delta={delta:g}; grant {grant.id} has "
-                f"epsilon={max(eps_left, 0):g}, delta={max(delta_left, 0):g} left.",
-                code="budget_exceeded", details={"grant_id": grant.id, "epsilon_left": max(eps_left, 0.0),
-                                                 "delta_left": max(delta_left, 0.0)})
-        if cap_left is None:
-            raise NotAuthorized(f"Dataset '{entry.name}' has no budget configured.", code="not_authorized")
-        if not fits(epsilon, delta, *cap_left):
-            raise BudgetExceeded(f"Dataset '{entry.name}' has reached its lifetime privacy budget.",
-                                 code="dataset_budget_exceeded")
-        return grant.id
+            check_fits(grant, session.get(DatasetBudget, entry.name), entry.name, epsilon, delta, what)
+            return grant.id
     except WorkbenchError as exc:
         service.gate.refuse(caller, entry.name, exc, channel=channel, kind=kind, epsilon=epsilon, delta=delta)
         raise
