@@ -278,6 +278,36 @@ def absolute_imports(source: str, module: str, is_package: bool, moved: dict[str
     return "".join(lines)
 
 
+def relative_again(source: str, module: str, is_package: bool, new_modules: set[str]) -> str:
+    """In a file that stays and writes relative imports, ``from workbench.<new> import x`` -> ``from ..<new>``.
+
+    Only imports of a module the move created change, so a file keeps one import style.
+    """
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return source
+    package = module.split(".") if is_package else module.split(".")[:-1]
+    lines = source.splitlines(keepends=True)
+    edits = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in new_modules:
+            parts = node.module.split(".")
+            common = 0
+            while common < min(len(parts), len(package)) and parts[common] == package[common]:
+                common += 1
+            if common == 0:
+                continue
+            relative = "." * (len(package) - common + 1) + ".".join(parts[common:])
+            edits.append((node.lineno, node.col_offset, node.module, relative))
+    for lineno, col, absolute, relative in sorted(edits, reverse=True):
+        line = lines[lineno - 1]
+        m = re.compile(r"from\s+" + re.escape(absolute) + r"(?=\s)").match(line, col)
+        if m:
+            lines[lineno - 1] = line[:m.start()] + f"from {relative}" + line[m.end():]
+    return "".join(lines)
+
+
 def _reaches(target: str, names: list[str], moved: dict[str, str]) -> bool:
     """Whether ``from target import names`` touches a moved module or package."""
     parts = target.split(".")
@@ -408,6 +438,8 @@ def text_files(root: Path) -> list[str]:
 def rewrite(root: Path, p: Plan, dry_run: bool) -> list[str]:
     """Rewrite every text file in place (before the moves: paths are the old ones). Returns the changed files."""
     rewriter = Rewriter(p)
+    new_modules = set(p.modules.values())
+    new_modules |= {m.rsplit(".", 1)[0] for m in new_modules}  # and their packages
     changed = []
     for rel in text_files(root):
         path = root / rel
@@ -428,6 +460,9 @@ def rewrite(root: Path, p: Plan, dry_run: bool) -> list[str]:
             if rel in p.moves and rel.startswith("tests/"):
                 text = shift_file_parents(text, len(Path(p.moves[rel]).parts) - len(Path(rel).parts))
         text = rewriter.text(text)
+        if (rel.endswith(".py") and rel.startswith("workbench/") and rel not in p.moves
+                and not any(rel.startswith(f + "/") for f in FOLDERS) and re.search(r"^\s*from \.", original, re.M)):
+            text = relative_again(text, module_of(rel), rel.endswith("__init__.py"), new_modules)
         if text != original:
             changed.append(rel)
             if not dry_run:

@@ -78,12 +78,12 @@ def test_moves_and_rewrites(tmp_path):
     assert read(tmp_path, "workbench/channels/dp/newly_added.py").startswith("from workbench.channels.dp.worker import")
     assert read(tmp_path, "workbench/channels/dp/federated.py") == "from workbench.channels.dp.worker import run\n"
     assert read(tmp_path, "workbench/node/app.py").splitlines()[1:3] == [
-        "    from workbench.channels.dp import routes as dp_routes", "    from . import tasks"]  # others stay relative
+        "    from ..channels.dp import routes as dp_routes", "    from . import tasks"]  # a relative file stays so
     assert '"workbench.channels.dp.worker:run"' in read(tmp_path, "workbench/node/tasks.py")
     assert '"workbench.channels.fl.worker:local_round"' in read(tmp_path, "workbench/node/tasks.py")
     assert read(tmp_path, "workbench/__init__.py") == (
-        "from workbench.channels.secagg import kernel as _he_kernel\n"
-        "from workbench.channels.secagg import he_evaluate as _he_evaluate  # noqa: F401\n")
+        "from .channels.secagg import kernel as _he_kernel\n"
+        "from .channels.secagg import he_evaluate as _he_evaluate  # noqa: F401\n")
     assert read(tmp_path, "workbench/channels/secagg/smpc_kernel.py") == (
         "from workbench.channels.secagg.session import node_call\n"
         "from workbench.channels.secagg import smpc_field as field\n")
