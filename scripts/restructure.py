@@ -344,9 +344,10 @@ def submodule_imports(source: str, modules: dict[str, str]) -> str:
     lines = source.splitlines(keepends=True)
     for node, statements in sorted(edits, key=lambda e: (e[0].lineno, e[0].col_offset), reverse=True):
         first, last = lines[node.lineno - 1], lines[node.end_lineno - 1]
-        indent = first[: node.col_offset]
-        text = ("\n" + indent).join(statements)
-        lines[node.lineno - 1: node.end_lineno] = [first[: node.col_offset] + text + last[node.end_col_offset:]]
+        indent, tail = first[: node.col_offset], last[node.end_col_offset:]
+        comment = tail.rstrip("\n") if tail.strip().startswith("#") else ""
+        text = (comment + "\n" + indent).join(statements)  # a trailing comment (noqa) goes on every line
+        lines[node.lineno - 1: node.end_lineno] = [indent + text + tail]
     return "".join(lines)
 
 

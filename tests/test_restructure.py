@@ -82,7 +82,7 @@ def test_moves_and_rewrites(tmp_path):
     assert '"workbench.channels.dp.worker:run"' in read(tmp_path, "workbench/node/tasks.py")
     assert '"workbench.channels.fl.worker:local_round"' in read(tmp_path, "workbench/node/tasks.py")
     assert read(tmp_path, "workbench/__init__.py") == (
-        "from .channels.secagg import kernel as _he_kernel\n"
+        "from .channels.secagg import kernel as _he_kernel  # noqa: F401\n"
         "from .channels.secagg import he_evaluate as _he_evaluate  # noqa: F401\n")
     assert read(tmp_path, "workbench/channels/secagg/smpc_kernel.py") == (
         "from workbench.channels.secagg.session import node_call\n"
