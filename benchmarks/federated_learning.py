@@ -91,7 +91,7 @@ if os.environ.get("WB_FL_STAGE_TRACE"):
             yield session
         _rec("node.tx_" + mode, time.perf_counter() - t0)
     store.Store.transaction = _transaction
-    import workbench.node.app as app
+    import workbench.server as app
     _create = app.create_app
 
     def _create_app(service):

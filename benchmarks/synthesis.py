@@ -1,6 +1,6 @@
 """DP synthesizers vs an SDV reference on 30k rows x 8 columns (run by the owner: it reads the TRUE marginals).
 
-Each DP method runs as the node runs it (``workbench.synth.fit:run`` in a fresh worker process, cold JAX
+Each DP method runs as the node runs it (task ``synth.fit``, :mod:`workbench.node.tasks`, in a fresh worker process, cold JAX
 compilation cache) at the same epsilon; SDV GaussianCopula is fitted on the real rows as a NON-DP
 reference. Fidelity is measured against the real data on one fixed public discretisation, whatever bins a
 method fitted on: 16 equal-width bins over each numeric column's public bounds, one cell per category
@@ -83,7 +83,7 @@ def main() -> None:
     from workbench.demo.data import PATIENT_COLUMNS, patients
     from workbench.node.settings import DatasetConfig
     from workbench.synth.domain import plan as make_plan
-    from workbench.synth.node_routes import FIT, run_isolated
+    from workbench.synth.prepare import run_isolated
     from workbench.synth.sdv_support import sdv_metadata_dict
     from workbench.synth.spec import SynthSpec
 
@@ -112,7 +112,7 @@ def main() -> None:
                    "jax_cache": str(tmp / cache)}  # one cache per method: every first fit compiles cold
         cpu0, t0 = child_cpu(), time.perf_counter()
         try:
-            out = run_isolated(FIT, payload, timeout_s=1800)
+            out = run_isolated("synth.fit", payload, timeout_s=1800)
         except Exception as exc:  # noqa: BLE001 - a benchmark reports failures as rows
             results.append({"method": label, "dp": "yes", "epsilon": args.epsilon, "error": str(exc)[:80]})
             continue

@@ -177,7 +177,7 @@ def app_client(service):
     from starlette.testclient import TestClient
 
     from workbench.demo.nodes import ensure_accounts
-    from workbench.node.app import create_app
+    from workbench.server import create_app
 
     accounts = ensure_accounts(service)
     client = TestClient(create_app(service), raise_server_exceptions=False)

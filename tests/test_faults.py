@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from tests.conftest import launch, start_node
-from tests.test_load import load_module
+from benchmarks import loadkit
 
 ITERATIONS = int(os.environ.get("WORKBENCH_FAULT_ITERATIONS", "2"))
 SHAPES = [{"kind": "count"}, {"kind": "mean", "column": "age"}, {"kind": "count", "by": ["region", "sex"]},
@@ -92,7 +92,7 @@ def _db(config_path: Path) -> sqlite3.Connection:
 
 def assert_books_balance(config_path: Path, answered: list[dict], allow_reserved: bool = False) -> dict:
     """The ledger, the stored answers, the audit chain and what clients received all agree."""
-    load = load_module()
+    load = loadkit
     report = load.ledger_report(config_path)
     assert report["overspent"] == [] and report["mismatch"] == [], report
     assert report["uncharged_releases"] == 0 and report["committed_without_answer"] == 0, report
@@ -136,10 +136,11 @@ def test_node_sigkilled_during_releases(tmp_path):
                 assert warm.status_code == 200, warm.text  # workers are warm: kills land mid-stream
                 answered.append(warm.json())
             with Analysts(node.url, node.analyst_token, threads=4, prefix=f"k{it}") as crowd:
-                deadline = time.monotonic() + 30
-                while not any(s == 200 for _r, s, _b in list(crowd.results)) and time.monotonic() < deadline:
+                deadline = time.monotonic() + 120  # generous: a loaded machine answers late, never never
+                while not any(s == 200 for _r, s, _b in list(crowd.results)):
+                    assert time.monotonic() < deadline, "no release was answered before the kill"
                     time.sleep(0.05)
-                time.sleep(rng.uniform(0.0, 1.5))
+                time.sleep(rng.uniform(0.0, 1.5))  # a seeded random moment in the stream (fault injection)
                 os.killpg(node.process.pid, signal.SIGKILL)
                 node.process.wait(timeout=10)
             answered += [body for _r, status, body in crowd.results if status == 200]
@@ -202,7 +203,7 @@ def test_workers_sigkilled_mid_query(tmp_path):
     kills = 0
     try:
         with Analysts(node.url, node.analyst_token, threads=3, prefix="w") as crowd:
-            deadline = time.monotonic() + 20 + 4 * ITERATIONS
+            deadline = time.monotonic() + 120 + 10 * ITERATIONS  # generous: kills count, not seconds
             while kills < 2 * ITERATIONS and time.monotonic() < deadline:
                 time.sleep(rng.uniform(0.5, 2.0))
                 workers = _workers(node.process.pid)

@@ -16,7 +16,7 @@ import pytest
 
 import workbench as wb
 from tests.conftest import launch, start_aggregator
-from workbench.he.aggregator import add_node
+from workbench.aggregator.app import add_node
 
 HOSPITALS = ("hospital_a", "hospital_b", "hospital_c")
 
@@ -41,7 +41,7 @@ def env(tmp_path_factory):
     handles = [wb.connect(n.url, token=n.analyst_token) for n in nodes]
     data = pl.concat([_read(_data_path(n.config_path)) for n in nodes])
     yield {"nodes": nodes, "handles": handles, "fed": wb.federation(handles), "agg_url": agg_url, "agg": proc,
-           "pooled": data, "root": root}
+           "pooled": data, "root": root, "agg_tokens": tokens}
     for h in handles:
         h.close()
     for n in nodes:
@@ -384,14 +384,18 @@ def test_smpc_abort_releases_a_waiting_node(env):
                                  headers={"Authorization": f"Bearer {node.analyst_token}"}, timeout=90)
 
     t = threading.Thread(target=ask)
-    started = time.monotonic()
     t.start()
-    time.sleep(1.5)  # node A has posted its key and waits for hospital-b's
+    keys_url = f"{env['agg_url']}/v1/sessions/{created['session_id']}/smpc/keys"
+    as_b = {"Authorization": f"Bearer {env['agg_tokens']['hospital-b']}"}
+    deadline = time.monotonic() + 60
+    while "hospital-a" not in httpx.get(keys_url, headers=as_b, timeout=30).json()["keys"]:
+        assert time.monotonic() < deadline, "node A never posted its key"  # then it waits for hospital-b's
+        time.sleep(0.1)
     r = httpx.post(f"{env['agg_url']}/v1/sessions/{created['session_id']}/abort",
                    headers={"X-Result-Token": created["result_token"]})
     assert r.status_code == 200
-    t.join(30)
-    assert time.monotonic() - started < 20
+    t.join(60)
+    assert not t.is_alive(), "the waiting node was not released by the abort"  # (it would wait 90 s)
     assert answer["r"].status_code == 422 and answer["r"].json()["code"] == "session_closed"
     assert "partial" not in answer["r"].text
 

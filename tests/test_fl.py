@@ -175,7 +175,7 @@ def test_noise_is_really_added_at_the_planned_scale():
     plan = accountant.plan_job(0.5, 1e-6, rounds=10, local_steps=1)
     hp = Hyperparameters(learning_rate=1.0, local_steps=1, momentum=0.0, l2=0.0).model_dump()
     payload = dict(model="logistic_regression", features=fmap.as_dict(), hyperparameters=hp, max_contributions=1,
-                   path=str(data["hospital_c"]), format="parquet", weights=[[0.0, 0.0, 0.0], [0.0]], count=10_000.0,
+                   path=str(data["hospital_c"]), format="parquet", info=info.model_dump(mode="json"), weights=[[0.0, 0.0, 0.0], [0.0]], count=10_000.0,
                    sigma_count=plan.sigma_count, sigma_metrics=plan.sigma_metrics, sigma_grad=plan.sigma_grad,
                    local_steps=1)
     runs = np.array([local_round(payload)["weights"][0] for _ in range(60)])

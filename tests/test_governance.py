@@ -9,7 +9,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from workbench.node import admin, audit, governance
-from workbench.node.app import create_app
+from workbench.server import create_app
 from workbench.node.auth import Principal
 from workbench.node.ledger import Cost
 from workbench.node.store import Charge, DatasetBudget

@@ -60,7 +60,7 @@ def _request_models(app) -> dict[str, type[BaseModel]]:
 def node_app(tmp_path_factory):
     from tests.conftest import make_config
     from workbench.demo.nodes import ensure_accounts
-    from workbench.node.app import create_app
+    from workbench.server import create_app
     from workbench.node.service import NodeService
     from workbench.node.settings import NodeConfig
 

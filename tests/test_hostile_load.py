@@ -119,6 +119,7 @@ def test_over_share_is_429_with_retry_after_and_costs_nothing(app_client):
 
 def test_client_honours_retry_after(app_client, monkeypatch):
     """The Python client retries a 429 after the node's Retry-After (nothing was done), then succeeds."""
+    from workbench import wire
     from workbench.client import connection
 
     service = app_client.service
@@ -129,7 +130,7 @@ def test_client_honours_retry_after(app_client, monkeypatch):
         waits.append(seconds)
         service.fair._in_flight.pop(("analyst", "compute"), None)
 
-    monkeypatch.setattr(connection.time, "sleep", fake_sleep)
+    monkeypatch.setattr(wire.time, "sleep", fake_sleep)
     node = connection.Node(app_client, "http://testserver")
     node._http = _Prefixless(app_client, app_client.analyst)
     out = node.request("POST", "/datasets/patients/dp/preview",

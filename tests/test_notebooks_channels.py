@@ -48,7 +48,7 @@ def _patients(node) -> pl.DataFrame:
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory, jupyter_dirs):  # noqa: F811
     """Three hospital nodes and an aggregator every node trusts, as ``workbench demo`` sets them up."""
-    from workbench.he.aggregator import add_node
+    from workbench.aggregator.app import add_node
 
     root = tmp_path_factory.mktemp("channels")
     state = root / "aggregator"

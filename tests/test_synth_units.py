@@ -117,24 +117,25 @@ def test_jobs_cancelled_in_the_queue_never_run(tmp_path):
     from workbench.synth.jobs import SynthJobs
 
     jobs = SynthJobs(tmp_path, slots=1)
-    release = threading.Event()
+    started, release = threading.Event(), threading.Event()
     ran = []
 
     def slow(job):
         ran.append(job.job_id)
-        release.wait(10)
+        started.set()
+        release.wait(60)
 
     first = jobs.submit("ann", "d", "mst", None, slow)
-    time.sleep(0.3)
-    second = jobs.submit("ann", "d", "mst", None, slow)
-    time.sleep(0.3)
+    assert started.wait(60), "the first job never started"
+    second = jobs.submit("ann", "d", "mst", None, slow)  # the only slot is held by the first job
     assert jobs.get(second.job_id, "ann").status == "queued"
-    cancelled = jobs.cancel(second.job_id, "ann", wait_s=3)
+    cancelled = jobs.cancel(second.job_id, "ann", wait_s=60)
     assert cancelled.status == "cancelled" and cancelled.error.code == "synthesis_cancelled"
     release.set()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60
     while jobs.get(first.job_id, "ann").status != "done" and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert jobs.get(first.job_id, "ann").status == "done"
     assert ran == [first.job_id]
     with pytest.raises(NotFound):
         jobs.get(first.job_id, "bob")  # only its owner sees a job
@@ -214,7 +215,7 @@ def test_finished_jobs_survive_a_restart_in_the_store(tmp_path):
 
     failed = jobs.submit("ann", "d", "mst", None, refused)
     reviewed = jobs.submit("ann", "d", "sdv_real", None, held)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while {jobs.get(j.job_id, "ann").status for j in (failed, reviewed)} != {"failed", "done"}:
         assert time.monotonic() < deadline
         time.sleep(0.05)
@@ -249,7 +250,7 @@ def test_finished_jobs_survive_a_restart_in_the_store(tmp_path):
             ids = {r.job_id for r in session.query(SynthJobRecord)}
         if third.job_id in ids:
             break
-        assert time.monotonic() < deadline + 10
+        assert time.monotonic() < deadline + 60
         time.sleep(0.05)
     assert failed.job_id not in ids and reviewed.job_id in ids
 

@@ -11,8 +11,10 @@ from .client.expressions import Expr, col, count, lit, mean, median, quantile, s
 from .client.expressions import sum  # noqa: A004 - the statistic wb.sum(column)
 from .client.directory import from_directory
 from .client.federation import FederatedDataset, Federation, federation
+from .client import connection as _connection
 from .client.login import login
 from .demo.federation import demo_federation
+from .demo.embedded import connect_embedded as _connect_embedded
 from .errors import (
     BudgetExceeded,
     ComputationFailed,
@@ -68,3 +70,13 @@ __all__ = [
     "sum",
     "var",
 ]
+
+# Each channel's notebook side registers its handle methods (workbench.client.handles) on import.
+from . import federated_dp as _federated_dp  # noqa: E402,F401
+from .channels.jobs import kernel as _jobs_kernel  # noqa: E402,F401
+from .fl import client as _fl_kernel  # noqa: E402,F401
+from .he import client as _he_kernel, evaluate as _he_evaluate  # noqa: E402,F401
+from .smpc import client as _smpc_kernel  # noqa: E402,F401
+from .synth import client as _synth_kernel  # noqa: E402,F401
+
+_connection.embedded_node = _connect_embedded  # connect() with no address: the in-process demo node

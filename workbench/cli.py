@@ -54,7 +54,7 @@ def node_serve(config_path: str, host: str | None, port: int | None, log_level: 
     """Serve the node's API (/v1, OpenAPI at /v1/openapi.json)."""
     import uvicorn
 
-    from .node.app import create_app
+    from .server import create_app
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     service = _service(config_path, start_workers=True)
@@ -619,7 +619,7 @@ def aggregator() -> None:
 @click.option("--min-parties", default=2, show_default=True, type=int)
 def aggregator_serve(state_dir: str, host: str, port: int, name: str, min_parties: int) -> None:
     """Serve the aggregator's API (/v1)."""
-    from .he.aggregator import serve
+    from .aggregator.app import serve
 
     click.echo(f"workbench aggregator {name!r} serving on http://{host}:{port}/v1", err=True)
     serve(Path(state_dir), host=host, port=port, name=name, min_parties=min_parties)
@@ -630,7 +630,7 @@ def aggregator_serve(state_dir: str, host: str, port: int, name: str, min_partie
 @click.option("--state", "state_dir", required=True, type=click.Path(file_okay=False))
 def aggregator_add_node(name: str, state_dir: str) -> None:
     """Register node NAME (or rotate its token); prints the token for that node's owner, once."""
-    from .he.aggregator import add_node
+    from .aggregator.app import add_node
 
     click.echo(add_node(Path(state_dir), name))
 

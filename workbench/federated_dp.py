@@ -29,19 +29,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from .errors import BudgetExceeded, ConnectionFailed, InvalidQuery, NotSupported, WorkbenchError
+from .client.dataset import RemoteDataset
+from .client.federation import FederatedDataset
+from .client.handles import register
 from .client.results import as_released
+from .errors import BudgetExceeded, ConnectionFailed, InvalidQuery, NotSupported, WorkbenchError
+from .intervals import mean_interval
 from .protocol import DPQuery
 
-if TYPE_CHECKING:
-    from .client.dataset import RemoteDataset
-    from .client.federation import FederatedDataset
-    from .client.results import Preview
 
 VALUE_COLUMNS = ("estimate", "lower", "upper", "noisy_count")
 QUANTILE_BINS = 100
@@ -227,7 +226,7 @@ class FederatedQuery:
             s, c = g["noisy_sum"].sum(), g["noisy_count"].sum()
             a_s = None if g["a_sum"].isna().any() else g["a_sum"].sum() * factor
             a_c = None if g["a_count"].isna().any() else g["a_count"].sum() * factor
-            est, lower, upper = _mean_interval(s, c, a_s, a_c, (lo, hi))
+            est, lower, upper = mean_interval(s, c, a_s, a_c, (lo, hi))
             key = key if isinstance(key, tuple) else (key,)
             rows.append(list(key) + [est, lower, upper, c, len(g)])
         out = pd.DataFrame(rows, columns=keys + ["estimate", "lower", "upper", "noisy_count", "nodes_reporting"])
@@ -267,17 +266,6 @@ class FederatedQuery:
         return pd.DataFrame({"estimate": [invert(q)], "lower": [invert(q - band)], "upper": [invert(q + band)]})
 
 
-def _mean_interval(s: float, c: float, a_s: float | None, a_c: float | None, bounds: tuple[float, float]):
-    lo, hi = bounds
-    if c is None or s is None or not c > 0:
-        return None, float(lo), float(hi)
-    estimate = min(max(s / c, lo), hi)
-    if a_s is None or a_c is None or c - a_c <= 0:
-        return estimate, float(lo), float(hi)
-    candidates = [(s - a_s) / (c - a_c), (s - a_s) / (c + a_c), (s + a_s) / (c - a_c), (s + a_s) / (c + a_c)]
-    return estimate, max(min(candidates), lo), min(max(candidates), hi)
-
-
 # ---------------------------------------------------------------- builders used by FederatedDataset
 
 
@@ -313,3 +301,42 @@ class FederatedGroupBy:
 
     def mean(self, column: str) -> FederatedQuery:
         return federated_query(self.fds, kind="mean", column=column, by=self.by)
+
+
+# ---------------------------------------------------------------- the handle's methods
+
+
+class FederatedDPMethods:
+    """:class:`~workbench.FederatedDataset` methods of federated DP (registered on import)."""
+
+    def count(self):
+        """Rows over every node: a federated query (``.preview(epsilon)``, ``.release(epsilon)``)."""
+        return federated_query(self, kind="count")
+
+    def sum(self, column: str):
+        """Sum of a column over every node (values clipped to the public bounds)."""
+        return federated_query(self, kind="sum", column=column)
+
+    def mean(self, column: str):
+        """Pooled mean: summed noisy sums over summed noisy counts."""
+        return federated_query(self, kind="mean", column=column)
+
+    def quantile(self, column: str, p: float):
+        """Pooled ``p``-quantile, read off a federated histogram over the public bounds."""
+        return federated_quantile(self, column, p)
+
+    def median(self, column: str):
+        return self.quantile(column, 0.5)
+
+    def histogram(self, column: str, bins: int | list[float] | None = None):
+        """Counts per bin or category, summed over every node."""
+        return federated_query(self, kind="histogram", column=column, bins=bins)
+
+    def group_by(self, *columns: str):
+        """Counts, sums and means per group over every node."""
+        if not columns:
+            raise InvalidQuery("group_by needs at least one column.", code="invalid_query")
+        return FederatedGroupBy(self, list(columns))
+
+
+register(FederatedDataset, FederatedDPMethods)

@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import time
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 import pandas as pd
 
 from .._version import __version__
 from ..config import DEMO_NODES_ENV, demo_node_urls, token_for
-from ..errors import ConnectionFailed, InvalidQuery, NotSupported, ProtocolMismatch, WorkbenchError, error_class_for
+from ..errors import ConnectionFailed, InvalidQuery, NotSupported, ProtocolMismatch, WorkbenchError
 from ..protocol import (PROTOCOL_HEADER, PROTOCOL_VERSION, PROTOCOLS_HEADER, SUPPORTED_PROTOCOLS, DatasetInfo,
                         GrantInfo, HistoryEntry, NodeInfo, highest_common)
+from ..wire import raise_for_error, send
 
 DEFAULT_TIMEOUT = httpx.Timeout(300.0, connect=10.0)
-MAX_RETRY_AFTER_S = 30.0
-
-
-def _retry_after(response: httpx.Response) -> float:
-    """The node's ``Retry-After`` in seconds (1 if missing or unreadable), capped."""
-    try:
-        return min(max(float(response.headers.get("retry-after", "1")), 0.0), MAX_RETRY_AFTER_S)
-    except ValueError:
-        return 1.0
 
 
 class Node:
@@ -41,37 +32,22 @@ class Node:
 
     def request(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
                 retries: int = 2) -> Any:
-        """Send one request; wire errors come back as the matching :class:`WorkbenchError`.
-
-        A 429 (:class:`~workbench.errors.RateLimited`: nothing was done or charged) is retried up to
-        ``retries`` times after the node's ``Retry-After`` (at most ``MAX_RETRY_AFTER_S``)."""
-        attempt = limited = 0
-        while True:
-            try:
-                response = self._http.request(method, "/v1" + path, json=json, params=params)
-            except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, httpx.ConnectTimeout) as exc:
-                attempt += 1
-                if attempt > retries:
-                    raise ConnectionFailed(f"Cannot reach the node at {self.url}: {exc}") from None
-                time.sleep(0.2 * attempt)
-                continue
-            except httpx.TimeoutException:
-                raise ConnectionFailed(f"The node at {self.url} did not answer in time.") from None
-            if response.status_code != 429 or limited >= retries:
-                break
-            limited += 1
-            time.sleep(_retry_after(response))
-        if response.status_code >= 400:
-            try:
-                body = response.json()
-                code, message = body["code"], body["message"]
-            except Exception:  # noqa: BLE001 - not one of ours
-                raise WorkbenchError(f"The node answered HTTP {response.status_code}.",
-                                     code="internal_error") from None
-            raise error_class_for(code)(message, code=code, details=body.get("details"))
+        """Send one request; wire errors come back as the matching :class:`WorkbenchError`."""
+        response = send(self._http, method, "/v1" + path, retries=retries, who="node", where=self.url, json=json,
+                        params=params)
+        raise_for_error(response, "node")
         if response.headers.get("content-type", "").startswith("application/json"):
             return response.json()
         return response.text
+
+    def auth_headers(self) -> dict[str, str]:
+        """The headers that identify you to this node (token, protocol), for a channel's own HTTP client."""
+        return {k: v for k, v in self._http.headers.items() if k.lower() in ("authorization", PROTOCOL_HEADER.lower())}
+
+    @property
+    def asgi_app(self) -> Any:
+        """An embedded node's ASGI app (for a channel that must serve it over loopback); ``None`` over HTTP."""
+        return getattr(self._http, "app", None) if self.embedded else None
 
     # ---------------------------------------------------------------- node-level calls
 
@@ -195,6 +171,11 @@ def _quote(name: str) -> str:
     return quote(name, safe="")
 
 
+#: What ``connect()`` with no address starts: the in-process demo node. Set by the package root
+#: (:mod:`workbench`) to :func:`workbench.demo.embedded.connect_embedded`, so the client never imports the node.
+embedded_node: Callable[..., Node] | None = None
+
+
 def connect(url: str | None = None, token: str | None = None, *, timeout: float = 300.0,
             reset: bool = False, dpop_key: Any = None) -> Node:
     """Connect to a node.
@@ -218,9 +199,9 @@ def connect(url: str | None = None, token: str | None = None, *, timeout: float 
                                    f"`workbench demo` ({DEMO_NODES_ENV} is set): restart the demo with "
                                    "`workbench demo --reset` instead.", code="invalid_query")
             return connect(demo[0], token, timeout=timeout, dpop_key=dpop_key)
-        from .embedded import connect_embedded
-
-        return connect_embedded(reset=reset)
+        if embedded_node is None:
+            raise ConnectionFailed("No embedded node in this installation; pass a node's address.")
+        return embedded_node(reset=reset)
     url = url.rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise ConnectionFailed(f"A node address starts with http:// or https://, not {url!r}.")

@@ -98,7 +98,8 @@ class RemoteDataset:
         """The dataset's columns, then this handle's derived ones."""
         return [c.name for c in self.schema.columns] + [d["name"] for d in self._derive]
 
-    def _path(self, suffix: str = "") -> str:
+    def endpoint(self, suffix: str = "") -> str:
+        """This dataset's path on its node, plus ``suffix`` (what channels send their requests to)."""
         from .connection import _quote
 
         return f"/datasets/{_quote(self.name)}{suffix}"
@@ -106,7 +107,7 @@ class RemoteDataset:
     def budget(self) -> dict:
         """What your grant on this dataset has left: ``{"epsilon": ..., "delta": ...}`` plus details."""
         params = {"grant_id": self.grant_id} if self.grant_id else None
-        info = BudgetInfo.model_validate(self.node.request("GET", self._path("/budget"), params=params))
+        info = BudgetInfo.model_validate(self.node.request("GET", self.endpoint("/budget"), params=params))
         return {"epsilon": info.epsilon_left, "delta": info.delta_left, "grant_id": info.grant_id,
                 "purpose": info.purpose, "epsilon_spent": info.epsilon_spent, "delta_spent": info.delta_spent,
                 "dataset_epsilon_left": info.dataset_epsilon_left}
@@ -242,7 +243,7 @@ class RemoteDataset:
         body = {"purpose": purpose, "epsilon": epsilon, "delta": delta, "note": note}
         if expires_days is not None:
             body["expires_days"] = expires_days
-        return self.node.request("POST", self._path("/requests"), json=body)
+        return self.node.request("POST", self.endpoint("/requests"), json=body)
 
     def explain(self, epsilon: float, delta: float = 0.0) -> pd.DataFrame:
         """Why a release at this price would be allowed or refused, check by check (spends nothing)."""
@@ -253,39 +254,6 @@ class RemoteDataset:
         frame = pd.DataFrame(body["checks"])
         frame.attrs.update({"allowed": body["allowed"], "code": body["code"]})
         return frame
-
-    # ---------------------------------------------------------------- synthetic data (workbench.synth)
-
-    def synthesize(self, rows: int, epsilon: float, method: str = "mst", *, preview: bool = False,
-                   progress: bool = True, **options):
-        """DP synthetic rows (``method``: mst, aim, fixed, independent): ``syn.data``, ``syn.report``.
-        ``preview=True`` returns the price only. Options: ``columns``, ``bins``, ``marginals``, ``rounds``.
-
-        Privacy guarantee: pure epsilon-DP for the dataset's privacy unit, charged once; see docs/synthesis.md.
-        """
-        from ..synth.client import synthesize
-
-        return synthesize(self, rows, epsilon, method, preview=preview, progress=progress, **options)
-
-    def synthesize_preview(self, rows: int, epsilon: float, method: str = "mst", **options):
-        """The price and planned noise of :meth:`synthesize`. Spends nothing."""
-        from ..synth.client import synthesis
-
-        return synthesis(self, rows, epsilon, method, **options).preview()
-
-    def synthesize_sdv(self, synthesizer: str = "GaussianCopula", rows: int = 1000, **options):
-        """SDV fitted on the REAL rows (not DP): only where the owner allows it, held for an owner's review."""
-        from ..synth.client import sdv_on_real
-
-        return sdv_on_real(self, synthesizer, rows, **options)
-
-    def mock(self):
-        """The dataset's public DP mock (free, the same for every analyst)."""
-        from ..synth.client import mock
-
-        return mock(self)
-
-    from ..channels.jobs.kernel import code_job  # channel hook: ds.code_job(...) (workbench.channels.jobs)
 
     # ---------------------------------------------------------------- raw rows (open tier only)
 
@@ -298,7 +266,7 @@ class RemoteDataset:
             raise PrivacyError(f"'{self.name}' is a {self.schema.tier} dataset: its rows never leave the node. "
                                "Ask a DP question (count, mean, ...) or request synthetic data instead.",
                                code="privacy_violation")
-        body = RowsResponse.model_validate(self.node.request("GET", self._path("/rows"), params={"limit": limit}))
+        body = RowsResponse.model_validate(self.node.request("GET", self.endpoint("/rows"), params={"limit": limit}))
         frame = pd.DataFrame(body.table.data, columns=body.table.columns)
         frame.attrs.update({"dataset": body.dataset, "licence": body.licence, "dataset_version": body.dataset_version})
         return frame
@@ -384,7 +352,7 @@ class Query:
         return body
 
     def _preview(self, epsilon: float, delta: float) -> Preview:
-        raw = self.dataset.node.request("POST", self.dataset._path("/dp/preview"), json=self._body(epsilon, delta))
+        raw = self.dataset.node.request("POST", self.dataset.endpoint("/dp/preview"), json=self._body(epsilon, delta))
         return Preview(DPPreview.model_validate(raw), self)
 
     def preview(self, epsilon: float | None = None, delta: float = 0.0, *, accuracy: float | None = None) -> Preview:
@@ -422,7 +390,7 @@ class Query:
         request_id = uuid.uuid4().hex
         body = self._body(epsilon, delta, request_id)
         try:
-            raw = self.dataset.node.request("POST", self.dataset._path("/dp/release"), json=body, retries=3)
+            raw = self.dataset.node.request("POST", self.dataset.endpoint("/dp/release"), json=body, retries=3)
         except BudgetExceeded as exc:
             raise checks.budget_hint(exc, self.dataset.name) from None
         return release_frame(DPRelease.model_validate(raw))

@@ -115,7 +115,7 @@ def start_aggregator(root: Path, port: int, quiet: bool = False) -> tuple[subpro
     Returns the process, its URL and each node's (fresh) aggregator token. ``port`` is used if free,
     else any free port.
     """
-    from ..he.aggregator import add_node
+    from ..aggregator.app import add_node
 
     state = root / "aggregator"
     tokens = {h.replace("_", "-"): add_node(state, h.replace("_", "-")) for h in HOSPITALS}

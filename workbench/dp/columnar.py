@@ -26,13 +26,11 @@ from pathlib import Path
 
 import polars as pl
 
-from ..node.consent import consenting
+from ..node.data import POLARS_TYPES, scan
 from ..protocol import DatasetInfo
 
 CODE_TYPE = pl.UInt32
 FORMAT = "c1"  # bump when the encoding changes
-POLARS_TYPES = {"int": pl.Int64, "float": pl.Float64, "category": pl.String, "bool": pl.Boolean, "string": pl.String,
-                "id": pl.String}
 
 
 def coded_columns(info: DatasetInfo) -> dict[str, list]:
@@ -43,17 +41,6 @@ def coded_columns(info: DatasetInfo) -> dict[str, list]:
 def schema(info: DatasetInfo) -> dict[str, pl.DataType]:
     coded = coded_columns(info)
     return {c.name: CODE_TYPE if c.name in coded else POLARS_TYPES[c.type] for c in info.columns}
-
-
-def source_frame(path: str, file_format: str, info: DatasetInfo, columns: list[str] | None = None,
-                 consent: dict | None = None) -> pl.LazyFrame:
-    """The owner's file itself, consenting rows only, ``columns`` (default all) cast to their declared types."""
-    wanted = {c.name: POLARS_TYPES[c.type] for c in info.columns if columns is None or c.name in columns}
-    if file_format == "csv":
-        lf = pl.scan_csv(path, schema_overrides=wanted)
-    else:
-        lf = pl.scan_parquet(path)
-    return consenting(lf, consent).select([pl.col(n).cast(t) for n, t in wanted.items()])
 
 
 def schema_frame(info: DatasetInfo, columns: list[str]) -> pl.LazyFrame:
@@ -85,7 +72,7 @@ def _write(folder: Path, target: Path, name: str, path: str, file_format: str, i
     os.close(fd)
     try:
         # Streamed: Polars reads, encodes and writes one morsel at a time (memory bounded whatever the rows).
-        source_frame(path, file_format, info, consent=consent).with_columns(codes).sink_parquet(tmp, engine="streaming")
+        scan(path, file_format, info, consent=consent).with_columns(codes).sink_parquet(tmp, engine="streaming")
         os.replace(tmp, target)  # atomic: a concurrent worker sees the old state or the whole file
     finally:
         if os.path.exists(tmp):

@@ -23,10 +23,11 @@ from typing import Any
 import polars as pl
 
 from ..errors import InvalidQuery
-from ..node.catalog import check_stamp
+from ..intervals import mean_interval
+from ..node.data import POLARS_TYPES, check_stamp, scan
 from . import language, statistics
-from .columnar import CODE_TYPE, POLARS_TYPES, coded_columns, columnar_frame, schema_frame, source_frame
-from .statistics import bounds as _bounds, candidates as _candidates, filled as _filled, mean_interval
+from .columnar import CODE_TYPE, coded_columns, columnar_frame, schema_frame
+from .statistics import bounds as _bounds, candidates as _candidates, filled as _filled
 from ..protocol import DatasetInfo, DPQuery
 
 MAX_PUBLIC_KEYS = 10_000
@@ -333,6 +334,12 @@ def _resolve(query):
     evaluation at scale 1 gives the scale; the result is re-checked by OpenDP,
     and falls back to OpenDP's search if the check fails. :func:`run` caches
     the result per query shape (dataset version + spec + loss).
+
+    Pinned to OpenDP 0.16.0 (pyproject pins ``opendp[polars]==0.16.0``): OpenDP has no public accessor for a
+    query's input domain, metric and (d_in, d_out), so this reads the private ``_query``, ``_chain``,
+    ``_d_in``, ``_d_out`` and ``_output_measure``. Safe by construction (OpenDP re-checks every measurement
+    it returns, and any surprise falls back to the public ``query.resolve()``); tests/test_opendp_pin.py fails
+    if an upgrade removes them, so the fast path cannot vanish silently.
     """
     dp = _opendp()
     inner = object.__getattribute__(query, "_query")
@@ -410,8 +417,8 @@ def _frame(task: dict, info: DatasetInfo, query: DPQuery):
         check_stamp(task["path"], task.get("stamp"))
         consent = task.get("consent")  # the data subjects' say: rows without consent never reach OpenDP
         return (columnar_frame(columnar, task["path"], task["format"], info, needed, consent) if columnar
-                else source_frame(task["path"], task["format"], info, needed, consent))
-    return schema_frame(info, needed) if columnar else source_frame(task["path"], task["format"], info, needed)
+                else scan(task["path"], task["format"], info, needed, consent))
+    return schema_frame(info, needed) if columnar else scan(task["path"], task["format"], info, needed)
 
 
 def _calibrate(plan: _Plan, lf, info: DatasetInfo, query: DPQuery, coded, epsilon: float, delta: float):

@@ -91,3 +91,8 @@ def _bearer(scope) -> str | None:
         if key == b"authorization":
             return bearer_token(value.decode("latin-1"))
     return None
+
+
+def install(app, service) -> None:
+    """Answer replays of the DP release route from memory, before FastAPI parses the body."""
+    app.add_middleware(ReplayFastPath, service=service)

@@ -17,8 +17,10 @@ from fastapi import APIRouter
 
 from ..errors import InvalidQuery
 from ..protocol import Accuracy, Budget, DPPreview, DPQuery, DPRelease, DPRequest, Table, require_supported_protocol
+from ..node.auth import Principal
+from ..node import policy
 from ..node.catalog import DatasetEntry
-from ..node.consent import consent_spec
+from ..node.data import task_payload
 from ..node.gate import Outcome, spec_hash
 from ..node.ledger import Cost, choose_grant, left
 from ..node.routes import Caller, Service
@@ -31,33 +33,44 @@ from .text import readable
 
 router = APIRouter(tags=["dp"])
 ALPHA = 0.05
-ENGINE = "workbench.dp.engine:run"
-PUSHDOWN = "workbench.dp.pushdown.run:run"  # tables in PostgreSQL or Spark
-MIN_EPSILON = 1e-6
-MIN_DELTA = 1e-20
 
-_previews: "OrderedDict[str, dict]" = OrderedDict()
-_previews_lock = threading.Lock()
+
+class PreviewCache:
+    """This node's accuracy previews by query shape (metadata only, so sharing them leaks nothing)."""
+
+    SIZE = 1024
+
+    def __init__(self, _service: NodeService | None = None):
+        self._items: "OrderedDict[str, dict]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> dict | None:
+        with self._lock:
+            return self._items.get(key)
+
+    def put(self, key: str, value: dict) -> None:
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.SIZE:
+                self._items.popitem(last=False)
 
 
 def _task(service: NodeService, entry: DatasetEntry, body: DPRequest, mode: str) -> dict:
     spec = identity(body.query)
     key = hashlib.sha256(json.dumps([entry.name, entry.version, entry.info.model_dump(mode="json"), spec,
                                      body.epsilon, body.delta, ALPHA], sort_keys=True).encode()).hexdigest()
-    task = {"info": entry.info.model_dump(mode="json"), "query": spec, "epsilon": body.epsilon, "delta": body.delta,
-            "alpha": ALPHA, "format": entry.config.file_format, "mode": mode, "stamp": list(entry.stamp),
-            "columnar": _columnar(service), "consent": consent_spec(entry.config), "cache_key": key,
-            "source": None}
     if entry.source is not None:  # a table in PostgreSQL or Spark (workbench.dp.pushdown): no file, no copy
-        task.update(source=pushdown_task(entry, service.config.node.state_dir), path=None, columnar=None, stamp=None)
-    else:
-        task["path"] = str(entry.path)
-    return task
+        return {"info": entry.info.model_dump(mode="json"), "query": spec, "epsilon": body.epsilon,
+                "delta": body.delta, "alpha": ALPHA, "mode": mode, "format": "table", "path": None, "stamp": None,
+                "columnar": None, "consent": None, "cache_key": key,
+                "source": pushdown_task(entry, service.config.node.state_dir)}
+    return task_payload(entry, query=spec, epsilon=body.epsilon, delta=body.delta, alpha=ALPHA, mode=mode,
+                        columnar=_columnar(service), cache_key=key, source=None)
 
 
 def _target(entry: DatasetEntry) -> str:
-    """The worker function that answers a query on this dataset: OpenDP on Polars, or the SQL pushdown."""
-    return PUSHDOWN if entry.source is not None else ENGINE
+    """The worker task that answers a query on this dataset: OpenDP on Polars, or the SQL pushdown."""
+    return "dp.pushdown" if entry.source is not None else "dp.query"
 
 
 def _columnar(service: NodeService) -> str:
@@ -70,13 +83,7 @@ def _checked(service: NodeService, name: str, body: DPRequest) -> tuple[DatasetE
     delta only if the query uses one; or a refusal that charges nothing."""
     require_supported_protocol(body.protocol)
     entry = service.catalog.get(name)
-    limit = service.config.node.max_epsilon_per_release
-    if body.epsilon > limit:
-        raise InvalidQuery(f"This node caps one release at epsilon={limit:g}.", code="bad_epsilon")
-    # Vanishing losses make OpenDP search noise scales near overflow for many seconds (a free DoS by preview).
-    if body.epsilon < MIN_EPSILON or 0 < body.delta < MIN_DELTA:
-        raise InvalidQuery(f"epsilon must be at least {MIN_EPSILON:g} and delta 0 or at least {MIN_DELTA:g}.",
-                           code="bad_epsilon")
+    policy.check_loss(service, body.epsilon, body.delta)
     query = body.query
     if query.kind == "sql":
         if query.sql is None:
@@ -103,16 +110,13 @@ def _accuracy(service: NodeService, entry: DatasetEntry, body: DPRequest, user: 
     """OpenDP's accuracy for this query shape: metadata only, cached. A new shape is calibrated in the
     low-priority preview pool, within the caller's share (free work never takes a paid release's worker)."""
     task = _task(service, entry, body, "preview")
-    with _previews_lock:
-        hit = _previews.get(task["cache_key"])
+    previews = service.state_of("dp", PreviewCache)
+    hit = previews.get(task["cache_key"])
     if hit is not None:
         return hit
     with service.fair.admit(user, "compute"):
         result = service.preview_pool.run(_target(entry), task, user=user)
-    with _previews_lock:
-        _previews[task["cache_key"]] = result
-        while len(_previews) > 1024:
-            _previews.popitem(last=False)
+    previews.put(task["cache_key"], result)
     return result
 
 
@@ -153,6 +157,18 @@ async def release(name: str, body: DPRequest, service: Service, caller: Caller) 
         compute=lambda: service.pool.run(_target(entry), task, user=caller.name), grant_id=body.grant_id,
         request_id=body.request_id, text=readable(body.query))
     return release_response(entry, body, outcome)
+
+
+def released(service: NodeService, principal: Principal, name: str, body: DPRequest) -> tuple[DatasetEntry, Outcome]:
+    """A DP release made the way the HTTP route makes it, for callers inside the node (a code job's DP channel):
+    the same checks, the same task, the same gate."""
+    entry, body = _checked(service, name, body)
+    task = _task(service, entry, body, "release")
+    outcome = service.gate.release(
+        principal, entry, "dp", body.query.kind, identity(body.query), Cost(body.epsilon, body.delta),
+        compute=lambda: service.pool.run(_target(entry), task, user=principal.name), grant_id=body.grant_id,
+        request_id=body.request_id, text=readable(body.query))
+    return entry, outcome
 
 
 def _delta_note(asked: float, used: float, note: str) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 import polars as pl
 
 from ..errors import InvalidQuery
+from ..intervals import mean_interval, ratio_interval
 from ..protocol import DatasetInfo, DPQuery, Statistic
 
 QUANTILE_CANDIDATES = 1_001
@@ -201,11 +202,6 @@ def moments_aggregates(info: DatasetInfo, columns: list[str]) -> list[pl.Expr]:
 # ----------------------------------------------------------------- post-processing into tables
 
 
-def _divide(num: tuple[float, float], den: tuple[float, float]) -> tuple[float, float]:
-    values = [num[0] / den[0], num[0] / den[1], num[1] / den[0], num[1] / den[1]]
-    return min(values), max(values)
-
-
 def _statistic_row(s: Statistic, col, row: dict, acc) -> tuple[Any, Any, Any]:
     """(estimate, lower, upper) of one statistic from its noisy measurements (post-processing)."""
     m = len(PARTS[s.stat])
@@ -233,19 +229,6 @@ def _statistic_row(s: Statistic, col, row: dict, acc) -> tuple[Any, Any, Any]:
     return _spread(s.stat, n, value("s"), value("s2"), n_iv, interval("s"), interval("s2"), (hi - lo) / 2.0)
 
 
-def mean_interval(s: float, c: float, a_s: float | None, a_c: float | None, bounds: tuple[float, float]):
-    """Post-processing: the mean and an interval from the noisy sum and count, their public
-    accuracies and the column's public bounds (a mean always lies within them)."""
-    lo, hi = bounds
-    if c is None or s is None or c <= 0:
-        return None, float(lo), float(hi)
-    estimate = min(max(s / c, lo), hi)
-    if a_s is None or a_c is None or c - a_c <= 0:
-        return estimate, float(lo), float(hi)
-    lower, upper = _divide((s - a_s, s + a_s), (c - a_c, c + a_c))
-    return estimate, max(lower, lo), min(upper, hi)
-
-
 def _spread(stat: str, n, s1, s2, n_iv, s1_iv, s2_iv, h: float):
     """Variance (or its square root) from the noisy length and the centred first and second sums."""
     top = h * h
@@ -255,8 +238,8 @@ def _spread(stat: str, n, s1, s2, n_iv, s1_iv, s2_iv, h: float):
     est = min(max(m2 - m1 * m1, 0.0), top)
     lower, upper = 0.0, top
     if None not in (n_iv, s1_iv, s2_iv) and n_iv[0] > 0:
-        m1_lo, m1_hi = _divide(s1_iv, n_iv)
-        m2_lo, m2_hi = _divide((max(s2_iv[0], 0.0), max(s2_iv[1], 0.0)), n_iv)
+        m1_lo, m1_hi = ratio_interval(*s1_iv, *n_iv)
+        m2_lo, m2_hi = ratio_interval(max(s2_iv[0], 0.0), max(s2_iv[1], 0.0), *n_iv)
         sq = sorted([m1_lo * m1_lo, m1_hi * m1_hi])
         sq_lo = 0.0 if m1_lo <= 0 <= m1_hi else sq[0]
         lower, upper = min(max(m2_lo - sq[1], 0.0), top), min(max(m2_hi - sq_lo, 0.0), top)

@@ -2,6 +2,6 @@
 
 Start from :meth:`workbench.FederatedDataset.train` (client half in
 :mod:`workbench.fl.client`); the node half is :mod:`workbench.fl.node_jobs`.
-This package imports nothing at import time (the node config imports
-:mod:`workbench.fl.config`).
+This package imports nothing at import time (the node config's ``[fl]`` table is
+:class:`workbench.node.settings.FLSection`).
 """

@@ -19,19 +19,19 @@ import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
+from ..client.federation import FederatedDataset
+from ..client.handles import register
 from ..errors import InvalidQuery, NotSupported, WorkbenchError, error_class_for
 from .protocol import FLJobInfo, TrainSpec
 from .trainers import FeatureMap, feature_map, get_trainer
 from .trainers import hyperparameters as parse_hyperparameters
 
-if TYPE_CHECKING:
-    from ..client.federation import FederatedDataset
 
 __all__ = ["FederatedModel", "TrainingJob", "train"]
 
@@ -166,11 +166,11 @@ class TrainingJob:
         if self.engine != "simulation":
             return {}
         node = handle.node
-        headers = {k: v for k, v in node._http.headers.items() if k.lower() in ("authorization", "x-workbench-protocol")}
+        headers = node.auth_headers()
         if node.embedded:
             from .simulation import serve_embedded
 
-            url = stack.enter_context(serve_embedded(node._http.app))
+            url = stack.enter_context(serve_embedded(node.asgi_app))
         else:
             url = node.url
         return {"url": url, "job_id": info.job_id, "headers": headers}
@@ -366,3 +366,17 @@ class FederatedModel:
     def __repr__(self) -> str:
         return (f"<FederatedModel {self.spec.model} y={self.spec.y} x={list(self.spec.x)} "
                 f"rounds={len(self.round_seconds)} ε/node={self.spec.epsilon:g}>")
+
+
+# ---------------------------------------------------------------- the handle's methods
+
+
+class TrainingMethods:
+    """:class:`~workbench.FederatedDataset` methods of federated learning (registered on import)."""
+
+    def train(self, model: str, y: str, x: list[str], **options):
+        """Train a built-in model with Flower; only DP-noised updates leave a node (:func:`workbench.fl.client.train`)."""
+        return train(self, model, y, x, **options)
+
+
+register(FederatedDataset, TrainingMethods)

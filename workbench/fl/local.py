@@ -23,10 +23,9 @@ import secrets
 from typing import Any
 
 import numpy as np
-import polars as pl
 
-from ..errors import ComputationFailed
-from ..node.consent import consenting
+from ..node.data import check_stamp, file_stamp, scan
+from ..protocol import DatasetInfo
 from .trainers import FeatureMap, get_trainer
 
 __all__ = ["local_round"]
@@ -41,14 +40,9 @@ def _load(payload: dict, fmap: FeatureMap) -> dict[str, Any]:
     The entry also keeps what trainers precompute from the rows (``prepared``),
     so a job's later rounds on this worker read and scale nothing again.
     """
-    import os
-
-    stat = os.stat(payload["path"])
-    stamp = payload.get("stamp")
-    if stamp is not None and (stat.st_size, stat.st_mtime_ns) != tuple(stamp):
-        raise ComputationFailed("The dataset's file changed during this round; start a new job (it is a new "
-                                "version).", code="dataset_unavailable")
-    key = (payload["path"], stat.st_size, stat.st_mtime_ns, repr(fmap.as_dict()), repr(payload.get("consent")))
+    stamp = file_stamp(payload["path"])
+    check_stamp(payload["path"], payload.get("stamp"))  # the file the node priced and labelled, or a refusal
+    key = (payload["path"], *stamp, repr(fmap.as_dict()), repr(payload.get("consent")))
     hit = _CACHE.get(key)
     if hit is None:
         X, y = _read(payload, fmap)
@@ -60,11 +54,8 @@ def _load(payload: dict, fmap: FeatureMap) -> dict[str, Any]:
 
 def _read(payload: dict, fmap: FeatureMap) -> tuple[np.ndarray, np.ndarray]:
     columns = list(dict.fromkeys([*fmap.x, fmap.y]))
-    if payload["format"] == "csv":
-        lf = pl.scan_csv(payload["path"])
-    else:
-        lf = pl.scan_parquet(payload["path"])
-    frame = consenting(lf, payload.get("consent")).select(columns).collect()
+    frame = scan(payload["path"], payload["format"], DatasetInfo.model_validate(payload["info"]), columns,
+                 payload.get("consent")).collect()
     raw = {c: frame[c].to_numpy() if frame[c].dtype.is_numeric() else frame[c].to_list() for c in fmap.x}
     X = fmap.transform(raw)
     y = fmap.target(frame[fmap.y].to_list())

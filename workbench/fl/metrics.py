@@ -1,7 +1,7 @@
 """Prometheus series of the federated-learning channel: its SuperNode and its training jobs on this node.
 
-Registered with :func:`workbench.node.metrics.register_collector` when the channel's routes are
-mounted. Nothing here comes from the rows: job states, rounds and the epsilon charged.
+Registered with :func:`workbench.node.metrics.register_collector` by :func:`install` when the node's
+app is assembled (:mod:`workbench.server`). Nothing here comes from the rows: job states, rounds and the epsilon charged.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from typing import Iterable
 
 import psutil
 from prometheus_client.core import GaugeMetricFamily, Metric
-
-from . import node_jobs
 
 
 def _supernodes_alive() -> int:
@@ -37,7 +35,8 @@ def fl_families(service) -> Iterable[Metric]:
     yield GaugeMetricFamily("workbench_fl_supernode_processes",
                             "flower-supernode processes started by this node and alive.",
                             value=_supernodes_alive() if configured else 0)
-    jobs = node_jobs.jobs_of(service)
+    registry = service.state_of("fl")  # never create one just to be scraped
+    jobs = registry.jobs() if registry is not None else []
     by_state: dict[tuple[str, str], int] = defaultdict(int)
     rounds: dict[str, int] = defaultdict(int)
     spent: dict[str, float] = defaultdict(float)
@@ -60,3 +59,10 @@ def fl_families(service) -> Iterable[Metric]:
     for dataset, value in sorted(spent.items()):
         family.add_metric([dataset], value)
     yield family
+
+
+def install(_app, _service) -> None:
+    """Add the FL series to every scrape of this process's nodes."""
+    from ..node.metrics import register_collector
+
+    register_collector(fl_families)

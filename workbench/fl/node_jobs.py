@@ -34,10 +34,9 @@ import numpy as np
 
 from ..errors import BudgetExceeded, InvalidQuery, NotAuthorized, NotFound, WorkbenchError
 from ..node.auth import Principal
-from ..node.catalog import DatasetEntry
-from ..node.consent import consent_spec
-from ..node.ledger import Cost, choose_grant
-from ..node.store import DatasetBudget
+from ..node import policy
+from ..node.data import task_payload
+from ..node.ledger import Cost
 from .accountant import JobPlan, plan_job
 from .protocol import FLJobInfo, FLJobRequest, TrainSpec
 from .trainers import FeatureMap, feature_map, get_trainer, hyperparameters
@@ -46,7 +45,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Job", "JobRegistry", "registry"]
 
-LOCAL_ROUND = "workbench.fl.local:local_round"
 MAX_JOBS = 256
 JOB_TTL_S = 24 * 3600.0
 
@@ -105,17 +103,16 @@ class JobRegistry:
         hp = hyperparameters(spec.hyperparameters, trainer)
         fmap = feature_map(entry.info, trainer.task, list(spec.x), spec.y)
         trainer.check_size(fmap.dim, hp.model_dump())
-        limit = service.config.node.max_epsilon_per_release
-        if spec.epsilon > limit:
-            raise InvalidQuery(f"This node caps one release (here: one training job) at epsilon={limit:g}.",
-                               code="bad_epsilon")
+        policy.check_loss(service, spec.epsilon, spec.delta, what="one release (here: one training job)")
         if spec.secure_aggregation and request.nodes < 2:
             raise InvalidQuery("Secure aggregation needs at least two nodes (with one, the sum is the update).",
                                code="fl_secagg_needs_nodes")
         plan = plan_job(spec.epsilon, spec.delta, spec.rounds, hp.local_steps)
         grant_id = request.grant_id
         if entry.info.tier != "open":
-            grant_id = self._check_budget(caller, entry, grant_id, spec)
+            grant_id = policy.precheck_budget(service, caller, entry, grant_id, spec.epsilon, spec.delta,
+                                              channel="fl", kind="fl_job",
+                                              what=f"This training job on '{entry.name}'")
         job = Job(job_id=secrets.token_urlsafe(12), principal=caller, grant_id=grant_id, dataset=entry.name,
                   version=entry.version, spec=spec, fmap=fmap, hp=hp.model_dump(), plan=plan, nodes=request.nodes,
                   context=Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}))
@@ -124,33 +121,17 @@ class JobRegistry:
             self._jobs[job.job_id] = job
         return job
 
-    def _check_budget(self, caller: Principal, entry: DatasetEntry, grant_id: int | None, spec: TrainSpec) -> int:
-        with self.service.store.transaction() as session:
-            grant = choose_grant(session, caller.name, entry.name, grant_id)
-            eps_left, delta_left = grant.epsilon - grant.epsilon_spent, grant.delta - grant.delta_spent
-            cap = session.get(DatasetBudget, entry.name)
-            if spec.epsilon > eps_left + 1e-9 or spec.delta > delta_left + 1e-15:
-                error = BudgetExceeded(
-                    f"This training job costs epsilon={spec.epsilon:g}, delta={spec.delta:g} on '{entry.name}'; "
-                    f"grant {grant.id} has epsilon={max(eps_left, 0):g}, delta={max(delta_left, 0):g} left.",
-                    code="budget_exceeded", details={"grant_id": grant.id, "epsilon_left": max(eps_left, 0.0),
-                                                     "delta_left": max(delta_left, 0.0)})
-            elif cap is not None and (spec.epsilon > cap.epsilon_cap - cap.epsilon_spent + 1e-9
-                                      or spec.delta > cap.delta_cap - cap.delta_spent + 1e-15):
-                error = BudgetExceeded(f"Dataset '{entry.name}' has not enough lifetime privacy budget left "
-                                       "for this training job.", code="dataset_budget_exceeded")
-            else:
-                return grant.id
-        self.service.gate.refuse(caller, entry.name, error, channel="fl", kind="fl_job", epsilon=spec.epsilon,
-                                 delta=spec.delta)
-        raise error
-
     def _expire(self) -> None:
         now = time.time()
         for job_id in [j for j, job in self._jobs.items() if now - job.created > JOB_TTL_S]:
             del self._jobs[job_id]
         while len(self._jobs) >= MAX_JOBS:
             del self._jobs[next(iter(self._jobs))]
+
+    def jobs(self) -> list[Job]:
+        """The jobs this node holds now (a copy)."""
+        with self._lock:
+            return list(self._jobs.values())
 
     def get(self, job_id: str) -> Job:
         with self._lock:
@@ -200,26 +181,9 @@ class JobRegistry:
         return message_to_proto(reply).SerializeToString()
 
 
-_registries: "weakref.WeakKeyDictionary[Any, JobRegistry]" = weakref.WeakKeyDictionary()
-_registries_lock = threading.Lock()
-
-
 def registry(service) -> JobRegistry:
     """The job registry of a node service (created on first use)."""
-    with _registries_lock:
-        reg = _registries.get(service)
-        if reg is None:
-            reg = _registries[service] = JobRegistry(service)
-        return reg
-
-
-def jobs_of(service) -> list[Job]:
-    """The jobs a node holds now (empty if it never had one; never creates a registry just to be read)."""
-    reg = _registries.get(service)
-    if reg is None:
-        return []
-    with reg._lock:
-        return list(reg._jobs.values())
+    return service.state_of("fl", JobRegistry)
 
 
 # ---------------------------------------------------------------- one round, through the gate
@@ -260,15 +224,13 @@ def run_round(service, job: Job, weights: list[np.ndarray]) -> dict:
     spec = {"job": job.job_id, "release": index, "weights": _weights_digest(weights),
             "train": job.spec.model_dump(mode="json")}
     unit = entry.info.privacy_unit
-    payload = {"model": job.spec.model, "features": job.fmap.as_dict(), "hyperparameters": job.hp,
-               "max_contributions": unit.max_contributions if unit.id_column else 1,
-               "path": str(entry.path), "format": entry.config.file_format, "stamp": list(entry.stamp),
-               "consent": consent_spec(entry.config),
-               "weights": [w.tolist() for w in weights], "count": job.count,
-               "sigma_count": job.plan.sigma_count, "sigma_metrics": job.plan.sigma_metrics,
-               "sigma_grad": job.plan.sigma_grad, "local_steps": job.plan.local_steps}
+    payload = task_payload(entry, model=job.spec.model, features=job.fmap.as_dict(), hyperparameters=job.hp,
+                           max_contributions=unit.max_contributions if unit.id_column else 1,
+                           weights=[w.tolist() for w in weights], count=job.count,
+                           sigma_count=job.plan.sigma_count, sigma_metrics=job.plan.sigma_metrics,
+                           sigma_grad=job.plan.sigma_grad, local_steps=job.plan.local_steps)
     outcome = service.gate.release(job.principal, entry, "fl", "fl_round", spec, Cost(epsilon, delta),
-                                   compute=lambda: service.pool.run(LOCAL_ROUND, payload), grant_id=job.grant_id)
+                                   compute=lambda: service.pool.run("fl.local_round", payload), grant_id=job.grant_id)
     if not outcome.replayed:
         job.releases += 1
         job.epsilon_spent += outcome.charged.epsilon

@@ -23,15 +23,12 @@ from fastapi import APIRouter, Depends, Request
 
 from ..errors import NotAuthenticated
 from ..node.auth import Principal
-from ..node.metrics import register_collector
 from ..node.routes import Caller, Service, principal_of, service_of
-from .metrics import fl_families
 from .node_jobs import decode, encode, registry
 from .protocol import FLJobInfo, FLJobRequest, FLMessage
 from .supernode_key import KEY_HEADER, read_key
 
 router = APIRouter(tags=["federated learning"])
-register_collector(fl_families)
 
 
 def _caller_or_supernode(request: Request) -> Principal | None:

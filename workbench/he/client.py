@@ -9,157 +9,21 @@ decrypts the one summed ciphertext. No node's partial ever reaches the kernel.
 from __future__ import annotations
 
 import math
-import os
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
-import httpx
 import numpy as np
 import pandas as pd
 
-from ..errors import BudgetExceeded, ConnectionFailed, InvalidQuery, WorkbenchError, error_class_for
+from ..client.dataset import RemoteDataset
+from ..client.federation import FederatedDataset
+from ..client.handles import register
+from ..errors import InvalidQuery, WorkbenchError
 from ..client.results import as_released
-from ..protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
 from . import params
-from .spec import (ContributeResponse, EncodingPlan, HEOp, HEPreview, NoiseMode, SessionCreated, SessionResult,
-                   noise_half_width, plan)
-
-if TYPE_CHECKING:
-    from ..client.dataset import RemoteDataset
-    from ..client.federation import FederatedDataset
-
-ENV_AGGREGATOR = "WORKBENCH_AGGREGATOR"
+from .session import PROTOCOLS, AggregatorClient, SecureAggregate, ask_all, node_call, preflight
+from .spec import ContributeResponse, EncodingPlan, HEOp, NoiseMode, SessionCreated, SessionResult, noise_half_width
 
 
-class AggregatorClient:
-    """HTTP calls to an aggregator (JSON errors re-raised as Workbench errors)."""
-
-    def __init__(self, url: str, timeout: float = 300.0):
-        self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=10.0),
-                                  headers={PROTOCOL_HEADER: PROTOCOL_VERSION})
-        self.bytes_sent = 0
-        self.bytes_received = 0
-
-    def request(self, method: str, path: str, json: Any = None, headers: dict | None = None) -> dict:
-        try:
-            response = self._http.request(method, "/v1" + path, json=json, headers=headers)
-        except httpx.HTTPError as exc:
-            raise ConnectionFailed(f"Cannot reach the aggregator at {self.url}: {type(exc).__name__}.") from None
-        self.bytes_sent += len(response.request.content or b"")
-        self.bytes_received += len(response.content)
-        if response.status_code >= 400:
-            try:
-                body = response.json()
-                code, message = body["code"], body["message"]
-            except Exception:  # noqa: BLE001
-                raise WorkbenchError(f"The aggregator answered HTTP {response.status_code}.",
-                                     code="internal_error") from None
-            raise error_class_for(code)(f"Aggregator: {message}", code=code, details=body.get("details"))
-        return response.json()
-
-    def close(self) -> None:
-        self._http.close()
-
-
-def _aggregator_url(handles: list["RemoteDataset"], given: str | None) -> str:
-    """The aggregator: given, or $WORKBENCH_AGGREGATOR, or the one every node trusts."""
-    if given or os.environ.get(ENV_AGGREGATOR):
-        return (given or os.environ[ENV_AGGREGATOR]).rstrip("/")
-    common: set[str] | None = None
-    for h in handles:
-        urls = {a["url"] for a in _node_call(h, "GET", "/he/aggregators")["aggregators"]}
-        common = urls if common is None else common & urls
-    if not common:
-        raise InvalidQuery("No aggregator is trusted by every node: pass aggregator='http://...' (one the node "
-                           "owners trust) or set $WORKBENCH_AGGREGATOR.", code="untrusted_aggregator")
-    if len(common) > 1:
-        raise InvalidQuery(f"Several aggregators are trusted by every node ({sorted(common)}); pass aggregator=.",
-                           code="invalid_query")
-    return common.pop()
-
-
-def _node_call(handle: "RemoteDataset", method: str, path: str, json: Any = None, retries: int = 2) -> Any:
-    try:
-        return handle.node.request(method, path, json=json, retries=retries)
-    except ConnectionFailed as exc:
-        raise ConnectionFailed(f"Node {handle.node.url} is unreachable: {exc.message}",
-                               details={"node": handle.node.url}) from None
-
-
-@dataclass
-class SecureAggregate:
-    """A decrypted total and everything needed to read it."""
-
-    plan: EncodingPlan
-    totals: list[int]
-    parties: list[str]
-    nodes: list[str]
-    aggregator: str
-    session_id: str
-    contributions: list[Any]
-    bytes: dict = field(default_factory=dict)
-    protocol: str = "he"
-    result_ciphertext: str | None = None  # evaluate: the summed CKKS ciphertext, decrypted by the caller
-    context: Any = field(default=None, repr=False)  # the secret context (HE), kept in the kernel
-
-    def values(self) -> np.ndarray:
-        return np.array([t / 10 ** d for t, d in zip(self.totals, self.plan.decimals)], dtype=float)
-
-    def attrs(self) -> dict:
-        return {"nodes": self.nodes, "parties": self.parties, "aggregator": self.aggregator,
-                "session_id": self.session_id, "mode": self.plan.mode, "protocol": self.protocol,
-                "epsilon": self.plan.epsilon,
-                "epsilon_charged": {c_node: c.epsilon_charged for c_node, c in zip(self.nodes, self.contributions)},
-                "replayed": {c_node: c.replayed for c_node, c in zip(self.nodes, self.contributions)},
-                "release_ids": {c_node: c.release_id for c_node, c in zip(self.nodes, self.contributions)},
-                "bytes": self.bytes, "params": params.params_doc() if self.protocol == "he" else {}}
-
-
-def preflight(fds: "FederatedDataset", op: HEOp, epsilon: float, mode: NoiseMode, aggregator: str | None,
-              protocol: str = "he") -> tuple[list["RemoteDataset"], EncodingPlan, str]:
-    """Check every node (price, budget, encoding) before anything is charged; returns handles, plan, aggregator."""
-    if mode not in ("distributed", "conservative"):
-        raise InvalidQuery("mode is 'distributed' or 'conservative'.", code="invalid_query")
-    handles = list(fds.handles)
-    if len(handles) < 2:
-        raise InvalidQuery("A secure sum needs at least two nodes (an embedded wb.connect() node cannot run one: "
-                           "use `workbench demo` or real nodes and an aggregator).", code="privacy_violation")
-    k = len(handles)
-    local_plan = plan(fds.schema, op, k, epsilon, mode)
-    url = _aggregator_url(handles, aggregator)
-    for h in handles:
-        body = {"op": op.model_dump(mode="json"), "epsilon": epsilon, "mode": mode, "parties": k}
-        if h.grant_id is not None:
-            body["grant_id"] = h.grant_id
-        preview = HEPreview.model_validate(_node_call(h, "POST", h._path("/he/preview"), json=body))
-        if preview.epsilon_left_before is not None and preview.epsilon_left_before < epsilon:
-            raise BudgetExceeded(f"Your grant on {h.node.url} has epsilon {preview.epsilon_left_before:g} left, "
-                                 f"less than {epsilon:g}; nothing was charged on any node.", code="budget_exceeded",
-                                 details={"node": h.node.url})
-    return handles, local_plan, url
-
-
-def ask_all(handles: list["RemoteDataset"], ask) -> list:
-    """Call ``ask(handle)`` on every node in parallel; one failure raises, naming who was charged."""
-    with ThreadPoolExecutor(max_workers=min(8, len(handles))) as pool:
-        futures = [pool.submit(ask, h) for h in handles]
-        replies, failures, charged = [], [], []
-        for h, f in zip(handles, futures):
-            try:
-                replies.append(f.result())
-                charged.append(h.node.url)
-            except WorkbenchError as exc:
-                failures.append((h.node.url, exc))
-    if failures:
-        url0, exc = failures[0]
-        raise type(exc)(f"Node {url0} did not contribute: {exc.message} "
-                        f"(other nodes may have been charged; repeat the call to replay their part for free).",
-                        code=exc.code, details={"node": url0, "failed": [u for u, _ in failures],
-                                                "charged": charged})
-    return replies
 
 
 def run_he_session(fds: "FederatedDataset", op: HEOp, epsilon: float, *, mode: NoiseMode = "distributed",
@@ -184,7 +48,7 @@ def run_he_session(fds: "FederatedDataset", op: HEOp, epsilon: float, *, mode: N
             if h.grant_id is not None:
                 body["grant_id"] = h.grant_id
             return ContributeResponse.model_validate(
-                _node_call(h, "POST", h._path("/he/contribute"), json=body, retries=3))
+                node_call(h, "POST", h.endpoint("/he/contribute"), json=body, retries=3))
 
         replies = ask_all(handles, ask)
         result = SessionResult.model_validate(agg.request(
@@ -212,13 +76,16 @@ def secure_aggregate(fds: "FederatedDataset", op: HEOp, epsilon: float, *, mode:
     add up to one discrete Laplace); in ``conservative`` mode each node's share
     is epsilon-DP on its own. You never receive a single node's partial.
     """
-    if protocol == "smpc":
-        from ..smpc.client import smpc_aggregate
-
-        return smpc_aggregate(fds, op, epsilon, mode=mode, aggregator=aggregator)
-    if protocol != "he":
+    runner = PROTOCOLS.get(protocol)
+    if runner is None:
         raise InvalidQuery("protocol is 'he' (homomorphic encryption) or 'smpc' (secret sharing).",
                            code="invalid_query")
+    return runner(fds, op, epsilon, mode=mode, aggregator=aggregator)
+
+
+def he_aggregate(fds: "FederatedDataset", op: HEOp, epsilon: float, *, mode: NoiseMode = "distributed",
+                 aggregator: str | None = None) -> SecureAggregate:
+    """The HE protocol: BFV ciphertexts added by the aggregator, the total decrypted here."""
     out = run_he_session(fds, op, epsilon, mode=mode, aggregator=aggregator)
     raw = params.b64decode(out.result_ciphertext, params.MAX_CIPHERTEXT_BYTES, "ciphertext")
     import tenseal as ts
@@ -368,3 +235,25 @@ def dp_noise_std_err(p: EncodingPlan, values: np.ndarray, x: list[str], draws: i
         except WorkbenchError:
             continue
     return np.std(np.array(coefs), axis=0) if len(coefs) > 10 else np.full(len(x) + 1, np.nan)
+
+
+PROTOCOLS["he"] = he_aggregate
+
+
+# ---------------------------------------------------------------- the handle's methods
+
+
+class SecureAggregationMethods:
+    """:class:`~workbench.FederatedDataset` methods of secure aggregation (registered on import)."""
+
+    def secure_sum(self, columns: list[str] | str, epsilon: float, **options):
+        """Noisy totals computed under encryption (``protocol="he"``) or secret sharing (``protocol="smpc"``):
+        only the total is revealed (see :func:`workbench.he.client.secure_sum`)."""
+        return secure_sum(self, columns, epsilon, **options)
+
+    def linear_regression(self, y: str, x: list[str] | str, epsilon: float, **options):
+        """Federated OLS from encrypted, DP-noised X'X and X'y (see :func:`workbench.he.client.linear_regression`)."""
+        return linear_regression(self, y, x, epsilon, **options)
+
+
+register(FederatedDataset, SecureAggregationMethods)

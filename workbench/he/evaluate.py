@@ -47,17 +47,18 @@ moments, free.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
+from ..client.federation import FederatedDataset
+from ..client.handles import register
 from ..errors import InvalidQuery
+from ..intervals import ratio_interval
 from . import params
 from .spec import MAX_EVAL_MOMENTS, EncodingPlan, HEOp, NoiseMode, eval_monomials, plan
 
-if TYPE_CHECKING:
-    from ..client.federation import FederatedDataset
 
 #: The worst-case |slot| the kernel aims for (the CKKS modulus wraps near 2.6e5).
 TARGET_ABS = 1.0e4
@@ -261,6 +262,57 @@ def encode_weights(op: HEOp, p: EncodingPlan, theta: np.ndarray, max_rows: int) 
     return slots, s, s_count
 
 
+def _weights(weights: Any, intercept: float | None, x: Sequence[str] | str | None) -> tuple[list[str], list[float],
+                                                                                   float]:
+    """The regressors, their weights and the intercept, from any form :func:`evaluate` accepts (checked)."""
+    if isinstance(weights, pd.DataFrame):
+        if "coef" not in weights.columns:
+            raise InvalidQuery("A weights frame needs a 'coef' column.", code="invalid_query")
+        coef = weights["coef"]
+        if intercept is None and "intercept" in coef.index:
+            intercept = float(coef["intercept"])
+        weights = {k: float(v) for k, v in coef.items() if k != "intercept"}
+    if isinstance(weights, dict):
+        x = list(weights) if x is None else ([x] if isinstance(x, str) else list(x))
+        missing = [c for c in x if c not in weights]
+        if missing:
+            raise InvalidQuery(f"No weight for {missing}.", code="invalid_query")
+        w = [float(weights[c]) for c in x]
+    else:
+        if x is None:
+            raise InvalidQuery("Pass x=[...] (the columns the weights belong to).", code="invalid_query")
+        x = [x] if isinstance(x, str) else list(x)
+        w = [float(v) for v in np.atleast_1d(np.asarray(weights, dtype=float))]
+        if len(w) != len(x):
+            raise InvalidQuery(f"{len(w)} weights for {len(x)} columns.", code="invalid_query")
+    intercept = float(intercept or 0.0)
+    if not all(math.isfinite(v) for v in w + [intercept]):
+        raise InvalidQuery("The weights are not finite.", code="invalid_query")
+    return list(x), w, intercept
+
+
+def _evaluation_frame(decrypted: list[float], theta, local_plan: EncodingPlan, metric: str, max_rows: int, s: float,
+                      s_count: float, k: int, approx: float, alpha: float) -> tuple[pd.DataFrame, float]:
+    """Total, count and mean of the metric with ``1 - alpha`` intervals, from the decrypted moments (rounded first)."""
+    # Round before anything else sees the value: no raw CKKS decryption leaves evaluate().
+    rounded = [round(v / ROUND_GRID) * ROUND_GRID for v in decrypted]
+    total = rounded[0] * max_rows / s  # theta is in metric units (the polynomial carries h_y)
+    count = rounded[1] * max_rows / s_count
+    half = _noise_half_width(theta, local_plan, alpha)
+    slack = float(np.abs(theta) @ (0.5 / 10.0 ** np.array(local_plan.decimals))) * k * max_rows
+    slack += ROUND_GRID * max_rows / s
+    count_half = _noise_half_width(np.eye(len(theta))[0], local_plan, alpha) + 0.5 * k * max_rows / 10 ** local_plan.decimals[0]
+    approx_total = approx * max(count, 0.0)
+    mean = total / count if count > 0 else float("nan")
+    lo_t, hi_t = total - half - slack, total + half + slack
+    mean_lo, mean_hi = ratio_interval(lo_t, hi_t, max(count - count_half, 1.0), count + count_half)
+    frame = pd.DataFrame({"statistic": [f"{metric} total", "count", f"{metric} mean"],
+                          "estimate": [total, count, mean],
+                          "lower": [lo_t, count - count_half, mean_lo],
+                          "upper": [hi_t, count + count_half, mean_hi]})
+    return frame, approx_total
+
+
 def evaluate(fds: "FederatedDataset", weights: Any, intercept: float | None = None, *, y: str,
              x: Sequence[str] | str | None = None, metric: str = "sse", epsilon: float, degree: int | None = None,
              mode: NoiseMode = "distributed", aggregator: str | None = None, alpha: float = 0.05) -> pd.DataFrame:
@@ -290,29 +342,7 @@ def evaluate(fds: "FederatedDataset", weights: Any, intercept: float | None = No
 
     if metric not in DEFAULT_DEGREE:
         raise InvalidQuery("metric is 'sse' (linear model) or 'logloss' (logistic model).", code="invalid_query")
-    if isinstance(weights, pd.DataFrame):
-        if "coef" not in weights.columns:
-            raise InvalidQuery("A weights frame needs a 'coef' column.", code="invalid_query")
-        coef = weights["coef"]
-        if intercept is None and "intercept" in coef.index:
-            intercept = float(coef["intercept"])
-        weights = {k: float(v) for k, v in coef.items() if k != "intercept"}
-    if isinstance(weights, dict):
-        x = list(weights) if x is None else ([x] if isinstance(x, str) else list(x))
-        missing = [c for c in x if c not in weights]
-        if missing:
-            raise InvalidQuery(f"No weight for {missing}.", code="invalid_query")
-        w = [float(weights[c]) for c in x]
-    else:
-        if x is None:
-            raise InvalidQuery("Pass x=[...] (the columns the weights belong to).", code="invalid_query")
-        x = [x] if isinstance(x, str) else list(x)
-        w = [float(v) for v in np.atleast_1d(np.asarray(weights, dtype=float))]
-        if len(w) != len(x):
-            raise InvalidQuery(f"{len(w)} weights for {len(x)} columns.", code="invalid_query")
-    intercept = float(intercept or 0.0)
-    if not all(math.isfinite(v) for v in w + [intercept]):
-        raise InvalidQuery("The weights are not finite.", code="invalid_query")
+    x, w, intercept = _weights(weights, intercept, x)
     op = HEOp(kind="evaluate", y=y, x=list(x), metric=metric, degree=degree or default_degree(metric, len(x)))
     k = len(fds.handles)
     local_plan = plan(fds.schema, op, max(k, 1), epsilon, mode)
@@ -328,26 +358,26 @@ def evaluate(fds: "FederatedDataset", weights: Any, intercept: float | None = No
                          public=params.public_bytes(context), weights=encrypted, scheme=params.EVAL_SCHEME)
     raw = params.b64decode(agg.result_ciphertext, params.MAX_CIPHERTEXT_BYTES, "ciphertext")
     decrypted = ts.ckks_vector_from(context, raw).decrypt()[:LENGTH]
-    # Round before anything else sees the value: no raw CKKS decryption leaves this function.
-    rounded = [round(v / ROUND_GRID) * ROUND_GRID for v in decrypted]
-    total = rounded[0] * max_rows / s  # theta is in metric units (the polynomial carries h_y)
-    count = rounded[1] * max_rows / s_count
-    half = _noise_half_width(theta, local_plan, alpha)
-    slack = float(np.abs(theta) @ (0.5 / 10.0 ** np.array(local_plan.decimals))) * k * max_rows
-    slack += ROUND_GRID * max_rows / s
-    count_half = _noise_half_width(np.eye(len(theta))[0], local_plan, alpha) + 0.5 * k * max_rows / 10 ** local_plan.decimals[0]
-    approx_total = approx * max(count, 0.0)
-    mean = total / count if count > 0 else float("nan")
-    lo_n, hi_n = max(count - count_half, 1.0), count + count_half
-    lo_t, hi_t = total - half - slack, total + half + slack
-    mean_bounds = [lo_t / lo_n, lo_t / hi_n, hi_t / lo_n, hi_t / hi_n]
-    frame = pd.DataFrame({"statistic": [f"{metric} total", "count", f"{metric} mean"],
-                          "estimate": [total, count, mean],
-                          "lower": [lo_t, count - count_half, min(mean_bounds)],
-                          "upper": [hi_t, count + count_half, max(mean_bounds)]})
+    frame, approx_total = _evaluation_frame(decrypted, theta, local_plan, metric, max_rows, s, s_count, k, approx,
+                                            alpha)
     frame.attrs.update(agg.attrs())
     frame.attrs.update({"kind": "evaluate", "metric": metric, "degree": op.degree, "y": y, "x": list(x),
                         "alpha": alpha, "approximation_bound_per_row": approx,
                         "approximation_bound_total": approx_total, "moments": len(theta),
                         "params": params.eval_params_doc()})
     return frame
+
+
+# ---------------------------------------------------------------- the handle's methods
+
+
+class EvaluationMethods:
+    """:class:`~workbench.FederatedDataset` methods of encrypted evaluation (registered on import)."""
+
+    def evaluate(self, weights, intercept: float | None = None, *, y: str, x: list[str] | str | None = None,
+                 metric: str = "sse", epsilon: float, **options):
+        """A model's total and mean loss over every node, its weights encrypted (see :func:`workbench.he.evaluate.evaluate`)."""
+        return evaluate(self, weights, intercept, y=y, x=x, metric=metric, epsilon=epsilon, **options)
+
+
+register(FederatedDataset, EvaluationMethods)

@@ -27,19 +27,9 @@ from typing import Any
 
 import polars as pl
 
-from ..node.catalog import check_stamp
-from ..node.consent import consenting
+from ..node.data import scan_task
 from ..protocol import DatasetInfo
 from .spec import EncodingPlan, HEOp
-
-_TYPES = {"int": pl.Int64, "float": pl.Float64, "category": pl.String, "bool": pl.Boolean, "string": pl.String,
-          "id": pl.String}
-
-
-def _frame(path: str, file_format: str, info: DatasetInfo, consent: dict | None) -> pl.LazyFrame:
-    wanted = {c.name: _TYPES[c.type] for c in info.columns}
-    lf = pl.scan_csv(path, schema_overrides=wanted) if file_format == "csv" else pl.scan_parquet(path)
-    return consenting(lf, consent).select([pl.col(n).cast(t) for n, t in wanted.items()])
 
 
 def _clipped(info: DatasetInfo, name: str) -> pl.Expr:
@@ -114,9 +104,8 @@ def add_noise(values: list[int], plan: EncodingPlan) -> list[int]:
 
 def noisy_contribution(task: dict[str, Any]) -> dict:
     """Worker: the node's noisy integer vector for ``task`` (built by the node from public metadata)."""
-    info = DatasetInfo.model_validate(task["info"])
     op = HEOp.model_validate(task["op"])
     plan = EncodingPlan.model_validate(task["plan"])
-    check_stamp(task["path"], task.get("stamp"))
-    values = exact_sums(info, op, plan, _frame(task["path"], task["format"], info, task.get("consent")))
+    info, lf = scan_task(task)
+    values = exact_sums(info, op, plan, lf)
     return {"values": add_noise(values, plan)}

@@ -27,14 +27,15 @@ from pathlib import Path
 import httpx
 from fastapi import APIRouter
 
-from ..errors import (ComputationFailed, ConnectionFailed, InvalidQuery, NotAuthorized, NotFound, WorkbenchError,
-                      error_class_for)
+from ..errors import ComputationFailed, InvalidQuery, NotAuthorized, NotFound, WorkbenchError
+from ..node import policy
 from ..node.catalog import DatasetEntry
-from ..node.consent import consent_spec
+from ..node.data import task_payload
 from ..node.ledger import Cost, choose_grant
 from ..node.routes import Caller, Service
 from ..node.service import NodeService
 from ..protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
+from ..wire import raise_for_error, send
 from .params import EVAL_SCHEME, SCHEME, eval_params_doc, params_doc
 from .spec import (AggregatorEntry, ContributeRequest, ContributeResponse, HEPreview, HEPreviewRequest, SessionSpec,
                    plan)
@@ -116,21 +117,14 @@ def _aggregator_for(service: NodeService, url: str) -> dict:
                         "(PUT /v1/he/aggregators/NAME).", code="untrusted_aggregator")
 
 
-def _call(entry: dict, method: str, path: str, json_body: dict | None = None) -> dict:
+def call_aggregator(entry: dict, method: str, path: str, json_body: dict | None = None) -> dict:
+    """One call from this node to a trusted aggregator (HE and SMPC sessions); its errors relayed as ours."""
     headers = {"Authorization": f"Bearer {entry['token']}", PROTOCOL_HEADER: PROTOCOL_VERSION}
-    try:
-        response = httpx.request(method, entry["url"] + "/v1" + path, json=json_body, headers=headers,
-                                 timeout=httpx.Timeout(60.0, connect=5.0))
-    except httpx.HTTPError as exc:
-        raise ConnectionFailed(f"The node cannot reach the aggregator at {entry['url']}: {type(exc).__name__}.",
-                               code="node_unreachable") from None
-    if response.status_code >= 400:
-        try:
-            body = response.json()
-            code, message = str(body["code"]), str(body["message"])[:300]
-        except Exception:  # noqa: BLE001
-            raise ComputationFailed(f"The aggregator answered HTTP {response.status_code}.") from None
-        raise error_class_for(code)(f"Aggregator: {message}", code=code)
+    with httpx.Client(timeout=httpx.Timeout(60.0, connect=5.0)) as http:
+        response = send(http, method, entry["url"] + "/v1" + path, who="aggregator", where=entry["url"],
+                        json=json_body, headers=headers)
+    raise_for_error(response, "aggregator", prefix="Aggregator: ", max_message=300, details=False,
+                    unreadable=ComputationFailed, unreadable_code="computation_failed")
     try:
         return response.json()
     except ValueError:
@@ -140,15 +134,9 @@ def _call(entry: dict, method: str, path: str, json_body: dict | None = None) ->
 # ---------------------------------------------------------------- preview and contribute
 
 
-def _epsilon_cap(service: NodeService, epsilon: float) -> None:
-    limit = service.config.node.max_epsilon_per_release
-    if epsilon > limit:
-        raise InvalidQuery(f"This node caps one release at epsilon={limit:g}.", code="bad_epsilon")
-
-
-def _task(entry: DatasetEntry, op: dict, enc: dict) -> dict:
-    return {"info": entry.info.model_dump(mode="json"), "op": op, "plan": enc, "path": str(entry.path),
-            "format": entry.config.file_format, "stamp": list(entry.stamp), "consent": consent_spec(entry.config)}
+def contribution_task(entry: DatasetEntry, op: dict, enc: dict) -> dict:
+    """The worker task of a noisy contribution (task ``secagg.contribution``), for either protocol."""
+    return task_payload(entry, op=op, plan=enc)
 
 
 @router.post("/datasets/{name}/he/preview", response_model=HEPreview)
@@ -156,7 +144,7 @@ def he_preview(name: str, body: HEPreviewRequest, service: Service, caller: Call
     """The encoding, noise scales and price of a secure-aggregation contribution. Spends nothing."""
     entry = service.catalog.get(name)
     caller.require("analyst", "owner")
-    _epsilon_cap(service, body.epsilon)
+    policy.check_loss(service, body.epsilon)
     enc = plan(entry.info, body.op, body.parties, body.epsilon, body.mode)
     left = grant_id = None
     if entry.info.tier == "private":
@@ -177,7 +165,7 @@ def read_session(service: NodeService, entry: DatasetEntry, caller, aggregator_u
         service.gate.refuse(caller, entry.name, exc, channel=protocol, attempted="contribute")
         raise
     try:
-        spec = SessionSpec.model_validate(_call(aggregator, "GET", f"/sessions/{session_id}"))
+        spec = SessionSpec.model_validate(call_aggregator(aggregator, "GET", f"/sessions/{session_id}"))
     except ValueError:
         raise ComputationFailed("The aggregator's session description is malformed.") from None
     if spec.protocol != protocol:
@@ -191,7 +179,7 @@ def read_session(service: NodeService, entry: DatasetEntry, caller, aggregator_u
     if len(spec.parties) < MIN_PARTIES:
         raise NotAuthorized(f"A secure sum needs at least {MIN_PARTIES} parties, so no single node's value can be "
                             "decrypted.", code="privacy_violation")
-    _epsilon_cap(service, spec.epsilon)
+    policy.check_loss(service, spec.epsilon)
     return aggregator, spec
 
 
@@ -217,29 +205,28 @@ def _contribute(name: str, body: ContributeRequest, service: NodeService, caller
     evaluate = spec.op.kind == "evaluate"
     scheme = EVAL_SCHEME if evaluate else SCHEME
     user = caller.name
-    checked = service.pool.run("workbench.he.params:check_context", {"context": spec.context, "scheme": scheme},
-                               user=user)
+    checked = service.pool.run("secagg.check_context", {"context": spec.context, "scheme": scheme}, user=user)
     if checked["context_sha256"] != spec.context_sha256:
         raise InvalidQuery("The session's context does not match its hash.", code="bad_context")
     if evaluate:  # vet the analyst's weight ciphertexts before anything is charged
-        service.pool.run("workbench.he.evaluate:check_weights",
+        service.pool.run("secagg.check_weights",
                          {"context": spec.context, "weights": spec.weights, "moments": len(enc.slots)}, user=user)
     op = spec.op.model_dump(mode="json")
-    task = _task(entry, op, enc.model_dump(mode="json"))
+    task = contribution_task(entry, op, enc.model_dump(mode="json"))
     outcome = service.gate.release(
         caller, entry, "he", f"secure_{spec.op.kind}", question(spec, aggregator, enc), Cost(spec.epsilon, 0.0),
-        compute=lambda: service.pool.run("workbench.he.node_compute:noisy_contribution", task, user=user),
+        compute=lambda: service.pool.run("secagg.contribution", task, user=user),
         grant_id=body.grant_id, request_id=body.request_id)
     # Charged above; only now is the (noisy) contribution encrypted and released, to the aggregator only.
     if evaluate:
-        sealed = service.pool.run("workbench.he.evaluate:node_evaluate", {
+        sealed = service.pool.run("secagg.evaluate", {
             "context": spec.context, "weights": spec.weights, "moments": len(enc.slots),
             "values": outcome.result["values"], "decimals": enc.decimals, "max_rows": entry.info.max_rows}, user=user)
     else:
-        sealed = service.pool.run("workbench.he.params:encrypt",
+        sealed = service.pool.run("secagg.encrypt",
                                   {"context": spec.context, "values": outcome.result["values"]}, user=user)
     try:
-        _call(aggregator, "POST", f"/sessions/{body.session_id}/contributions", {"ciphertext": sealed["ciphertext"]})
+        call_aggregator(aggregator, "POST", f"/sessions/{body.session_id}/contributions", {"ciphertext": sealed["ciphertext"]})
     except WorkbenchError as exc:
         raise ComputationFailed(f"The contribution was charged but the aggregator refused it ({exc.code}); "
                                 "asking again in a new session with the same parties replays it for free.",

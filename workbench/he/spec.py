@@ -235,35 +235,15 @@ def plan(info: DatasetInfo, op: HEOp, parties: int, epsilon: float, mode: NoiseM
     c = info.privacy_unit.max_contributions
     rows = info.max_rows
     if op.kind == "sum":
-        if not op.columns and not op.count:
-            raise InvalidQuery("A secure sum needs at least one column (or count=True).", code="invalid_query")
-        if op.y is not None or op.x or op.metric is not None or op.degree is not None:
-            raise InvalidQuery("'x', 'y', 'metric' and 'degree' do not apply to kind 'sum'.", code="invalid_query")
-        if len(set(op.columns)) != len(op.columns):
-            raise InvalidQuery("Columns must be distinct.", code="invalid_query")
-        cols = [_numeric(info, n) for n in op.columns]
-        slots = list(op.columns) + (["count"] if op.count else [])
-        magnitudes = [max(abs(col.bounds[0]), abs(col.bounds[1])) for col in cols] + ([1.0] if op.count else [])
-        is_int = [col.type == "int" for col in cols] + ([True] if op.count else [])
+        slots, magnitudes, is_int = _sum_layout(info, op)
         centres: list[float] = []
         halves: list[float] = []
     elif op.kind == "evaluate":
-        cols, slots, centres, halves = _evaluate_layout(info, op)
+        _, slots, centres, halves = _evaluate_layout(info, op)
         magnitudes = [1.0] * len(slots)  # every monomial of standardized values lies in [-1, 1]
         is_int = [False] * len(slots)
     else:
-        if op.y is None or not op.x:
-            raise InvalidQuery("A regression needs 'y' and at least one 'x'.", code="invalid_query")
-        if op.metric is not None or op.degree is not None:
-            raise InvalidQuery("'metric' and 'degree' apply only to kind 'evaluate'.", code="invalid_query")
-        if op.columns or op.count:
-            raise InvalidQuery("'columns' and 'count' apply only to kind 'sum'.", code="invalid_query")
-        if len(set(op.x)) != len(op.x) or op.y in op.x:
-            raise InvalidQuery("Regressors must be distinct and differ from y.", code="invalid_query")
-        cols = [_numeric(info, op.y)] + [_numeric(info, n) for n in op.x]
-        centres = [(col.bounds[0] + col.bounds[1]) / 2.0 for col in cols]
-        halves = [(col.bounds[1] - col.bounds[0]) / 2.0 for col in cols]
-        slots = linreg_slots(op.x, op.y)
+        slots, centres, halves = _linreg_layout(info, op)
         magnitudes = [1.0] * len(slots)  # every standardized product lies in [-1, 1]
         is_int = [False] * len(slots)
     m = len(slots)
@@ -290,6 +270,37 @@ def plan(info: DatasetInfo, op: HEOp, parties: int, epsilon: float, mode: NoiseM
     return EncodingPlan(slots=slots, decimals=decimals, sensitivity=sensitivity, noise_scale=noise_scale,
                         max_abs_per_node=max_abs, parties=parties, mode=mode, epsilon=epsilon,
                         centres=centres, halves=halves)
+
+
+def _sum_layout(info: DatasetInfo, op: HEOp) -> tuple[list[str], list[float], list[bool]]:
+    """Slots of a secure sum: each column (then the count), their largest magnitude, whether integer."""
+    if not op.columns and not op.count:
+        raise InvalidQuery("A secure sum needs at least one column (or count=True).", code="invalid_query")
+    if op.y is not None or op.x or op.metric is not None or op.degree is not None:
+        raise InvalidQuery("'x', 'y', 'metric' and 'degree' do not apply to kind 'sum'.", code="invalid_query")
+    if len(set(op.columns)) != len(op.columns):
+        raise InvalidQuery("Columns must be distinct.", code="invalid_query")
+    cols = [_numeric(info, n) for n in op.columns]
+    slots = list(op.columns) + (["count"] if op.count else [])
+    magnitudes = [max(abs(col.bounds[0]), abs(col.bounds[1])) for col in cols] + ([1.0] if op.count else [])
+    is_int = [col.type == "int" for col in cols] + ([True] if op.count else [])
+    return slots, magnitudes, is_int
+
+
+def _linreg_layout(info: DatasetInfo, op: HEOp) -> tuple[list[str], list[float], list[float]]:
+    """Slots of a regression's moments and the centre and half-range that standardize ``(y, x...)``."""
+    if op.y is None or not op.x:
+        raise InvalidQuery("A regression needs 'y' and at least one 'x'.", code="invalid_query")
+    if op.metric is not None or op.degree is not None:
+        raise InvalidQuery("'metric' and 'degree' apply only to kind 'evaluate'.", code="invalid_query")
+    if op.columns or op.count:
+        raise InvalidQuery("'columns' and 'count' apply only to kind 'sum'.", code="invalid_query")
+    if len(set(op.x)) != len(op.x) or op.y in op.x:
+        raise InvalidQuery("Regressors must be distinct and differ from y.", code="invalid_query")
+    cols = [_numeric(info, op.y)] + [_numeric(info, n) for n in op.x]
+    centres = [(col.bounds[0] + col.bounds[1]) / 2.0 for col in cols]
+    halves = [(col.bounds[1] - col.bounds[0]) / 2.0 for col in cols]
+    return linreg_slots(op.x, op.y), centres, halves
 
 
 def _evaluate_layout(info: DatasetInfo, op: HEOp):

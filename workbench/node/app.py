@@ -122,10 +122,8 @@ class ProtocolCheck:
         return await self.app(scope, receive, answer_with_version)
 
 
-def create_app(service: NodeService) -> FastAPI:
-    from . import routes
-    from ..dp import node_routes as dp_routes
-
+def new_app(service: NodeService) -> FastAPI:
+    """The node's FastAPI application with its error handlers, before any route (see :mod:`workbench.server`)."""
     app = FastAPI(
         title=f"Workbench node: {service.name}",
         version=__version__,
@@ -136,6 +134,12 @@ def create_app(service: NodeService) -> FastAPI:
     )
     add_offline_docs(app, f"Workbench node {service.name}")
     app.state.service = service
+    install_error_handlers(app, "The node hit an internal error; the owner can see it in the logs.")
+    return app
+
+
+def install_error_handlers(app: FastAPI, internal_message: str) -> None:
+    """Every error as JSON ``{"code", "message"}``: the one set of handlers of the node and the aggregator."""
 
     @app.exception_handler(WorkbenchError)
     async def _workbench_error(_request: Request, exc: WorkbenchError):
@@ -172,35 +176,12 @@ def create_app(service: NodeService) -> FastAPI:
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception):
         log.exception("unexpected error", exc_info=exc)
-        return error_response(500, "internal_error", "The node hit an internal error; the owner can see it in the logs.")
+        return error_response(500, "internal_error", internal_message)
 
-    app.include_router(routes.router, prefix="/v1")
-    app.include_router(dp_routes.router, prefix="/v1")
-    from ..he import node_routes as he_routes
 
-    app.include_router(he_routes.router, prefix="/v1")
-    from ..smpc import node_routes as smpc_routes
-
-    app.include_router(smpc_routes.router, prefix="/v1")
-    from ..fl import node_routes as fl_routes
-
-    app.include_router(fl_routes.router, prefix="/v1")
-    from ..synth import node_routes as synth_routes
-
-    app.include_router(synth_routes.router, prefix="/v1")
-    from ..channels.jobs import routes as jobs_routes
-
-    app.include_router(jobs_routes.router, prefix="/v1")
-    from ..dp.fast_replay import ReplayFastPath
-
-    app.add_middleware(ReplayFastPath, service=service)
+def finish_app(app: FastAPI, service: NodeService) -> FastAPI:
+    """The outer middleware every node has, added after the channels' own (outermost last)."""
     app.add_middleware(ProtocolCheck)
-    from . import governance_routes
-
-    app.include_router(governance_routes.router, prefix="/v1")
-    from . import ecosystem_routes
-
-    app.include_router(ecosystem_routes.router, prefix="/v1")
     app.add_middleware(BodyLimit, limit=service.config.node.max_body_bytes)
     from .metrics import install as install_metrics
 

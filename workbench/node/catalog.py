@@ -30,10 +30,9 @@ import polars as pl
 
 from ..errors import ComputationFailed, NotFound, NotSupported
 from ..protocol import DatasetInfo
+from . import consent, datafiles
+from .data import check_stamp, file_stamp, raw_scan
 from .datacheck import check_declared_types
-from . import datafiles
-from .datafiles import check_stamp
-from . import consent
 from .settings import DatasetConfig, NodeConfig
 
 __all__ = ["Catalog", "DatasetEntry", "check_stamp", "scan"]
@@ -71,8 +70,8 @@ class DatasetEntry:
 
 def scan(config: DatasetConfig) -> pl.LazyFrame:
     """A lazy scan of a file dataset, one file or a folder of Parquet files (every row: callers that compute
-    apply :func:`workbench.node.consent.consenting`)."""
-    return datafiles.scan(config.path, config.file_format)
+    read through :mod:`workbench.node.data`, which applies the consent rule)."""
+    return raw_scan(config.path, config.file_format)
 
 
 class Catalog:
@@ -103,7 +102,7 @@ class Catalog:
             self._refreshed_at = now
             for name, ds in self.config.datasets.items():
                 try:
-                    stamp = datafiles.stamp(ds.path) if ds.path is not None else (0, 0)
+                    stamp = file_stamp(ds.path) if ds.path is not None else (0, 0)
                     consent_stamp = consent.stamp(ds)
                 except OSError:
                     self._problems[name] = "data file or opt-out list missing"

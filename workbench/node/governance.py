@@ -26,7 +26,7 @@ from . import audit
 from .agreement import AgreementConfig, check_grant, recorded_claims
 from .auth import Principal
 from .catalog import DatasetEntry
-from .ledger import TOLERANCE, grant_is_live
+from .ledger import fits, grant_is_live
 from .store import AccessRequest, DatasetBudget, Grant, Review, Store, User, utcnow
 
 DECIDERS = ("owner",)
@@ -108,7 +108,7 @@ def approve_request(store: Store, principal: Principal, request_id: int, body: A
         row = _pending_for_decision(session, principal, request_id)
         epsilon = row.epsilon if body.epsilon is None else body.epsilon
         delta = row.delta if body.delta is None else body.delta
-        if epsilon > row.epsilon + TOLERANCE or delta > row.delta + 1e-15:
+        if not fits(epsilon, delta, row.epsilon, row.delta):
             raise InvalidQuery("An approval may grant less than was asked, not more; the analyst can ask again.",
                                code="invalid_query")
         days = body.expires_days if body.expires_days is not None else row.expires_days
@@ -274,14 +274,13 @@ def explain(store: Store, entry: DatasetEntry | None, dataset: str, user: str, e
             g = live[0]
             left = g.epsilon - g.epsilon_spent
             dleft = g.delta - g.delta_spent
-            add("grant budget", epsilon <= left + TOLERANCE and delta <= dleft + 1e-15,
+            add("grant budget", fits(epsilon, delta, left, dleft),
                 f"needs epsilon {epsilon:g}, delta {delta:g}; grant has {max(left, 0):.4g}, {max(dleft, 0):.3g} left",
                 "budget_exceeded")
         cap = session.get(DatasetBudget, dataset)
         if cap is not None:
             add("dataset lifetime budget",
-                epsilon <= cap.epsilon_cap - cap.epsilon_spent + TOLERANCE
-                and delta <= cap.delta_cap - cap.delta_spent + 1e-15,
+                fits(epsilon, delta, cap.epsilon_cap - cap.epsilon_spent, cap.delta_cap - cap.delta_spent),
                 f"{max(cap.epsilon_cap - cap.epsilon_spent, 0):.4g} of {cap.epsilon_cap:g} epsilon left",
                 "dataset_budget_exceeded")
     return Explanation(user=user, dataset=dataset, epsilon=epsilon, delta=delta, allowed=code is None, code=code,

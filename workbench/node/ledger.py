@@ -21,12 +21,40 @@ from .store import Charge, DatasetBudget, Grant, as_utc, utcnow
 
 #: Slack for floating-point sums of epsilons (10 x 0.1 must fit a budget of 1.0).
 TOLERANCE = 1e-9
+#: The same slack for deltas (they are a million times smaller than epsilons).
+DELTA_TOLERANCE = TOLERANCE * 1e-6
 
 
 @dataclass(frozen=True)
 class Cost:
     epsilon: float
     delta: float = 0.0
+
+
+def fits(epsilon: float, delta: float, epsilon_left: float, delta_left: float) -> bool:
+    """Whether a charge fits what is left, up to the ledger's tolerance (the one test every pre-check uses)."""
+    return epsilon <= epsilon_left + TOLERANCE and delta <= delta_left + DELTA_TOLERANCE
+
+
+def check_fits(grant, cap, dataset: str, epsilon: float, delta: float, what: str = "This release") -> None:
+    """Refuse a charge the grant or the dataset's lifetime cap (ORM objects or rows) cannot pay.
+
+    The one budget test: the reservation applies it under its locks, and :mod:`workbench.node.policy` applies it
+    before any work is started (so a release that could not be paid is refused for free).
+    """
+    eps_left = grant.epsilon - grant.epsilon_spent
+    delta_left = grant.delta - grant.delta_spent
+    if not fits(epsilon, delta, eps_left, delta_left):
+        raise BudgetExceeded(
+            f"{what} costs epsilon={epsilon:g}, delta={delta:g}; grant {grant.id} has "
+            f"epsilon={max(eps_left, 0):g}, delta={max(delta_left, 0):g} left.",
+            code="budget_exceeded", details={"grant_id": grant.id, "epsilon_left": max(eps_left, 0.0),
+                                             "delta_left": max(delta_left, 0.0)})
+    if cap is None:
+        raise NotAuthorized(f"Dataset '{dataset}' has no budget configured.", code="not_authorized")
+    if not fits(epsilon, delta, cap.epsilon_cap - cap.epsilon_spent, cap.delta_cap - cap.delta_spent):
+        raise BudgetExceeded(f"Dataset '{dataset}' has reached its lifetime privacy budget.",
+                             code="dataset_budget_exceeded")
 
 
 def left(grant) -> Budget:
@@ -93,20 +121,7 @@ def reserve(session: Session, user: str, dataset: str, version: str, channel: st
         rows = db.execute(_GRANTS_OF, {"user": user, "ds": dataset}).all()
     chosen = _pick(rows, user, dataset, grant_id)
     grant = db.execute(_GRANT_FOR_UPDATE, {"gid": chosen.id}).first()  # locked, and as of now
-    eps_left = grant.epsilon - grant.epsilon_spent
-    delta_left = grant.delta - grant.delta_spent
-    if cost.epsilon > eps_left + TOLERANCE or cost.delta > delta_left + TOLERANCE * 1e-6:
-        raise BudgetExceeded(
-            f"This release costs epsilon={cost.epsilon:g}, delta={cost.delta:g}; grant {grant.id} has "
-            f"epsilon={max(eps_left, 0):g}, delta={max(delta_left, 0):g} left.",
-            code="budget_exceeded", details={"grant_id": grant.id, "epsilon_left": max(eps_left, 0.0),
-                                             "delta_left": max(delta_left, 0.0)})
-    if cap is None:
-        raise NotAuthorized(f"Dataset '{dataset}' has no budget configured.", code="not_authorized")
-    if (cost.epsilon > cap.epsilon_cap - cap.epsilon_spent + TOLERANCE
-            or cost.delta > cap.delta_cap - cap.delta_spent + TOLERANCE * 1e-6):
-        raise BudgetExceeded(f"Dataset '{dataset}' has reached its lifetime privacy budget.",
-                             code="dataset_budget_exceeded")
+    check_fits(grant, cap, dataset, cost.epsilon, cost.delta)
     spend = {"e": cost.epsilon, "d": cost.delta}
     db.execute(_SPEND_GRANT, dict(spend, gid=grant.id))
     db.execute(_SPEND_CAP, dict(spend, ds=dataset))

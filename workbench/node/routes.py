@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Callable
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -15,9 +15,10 @@ from ..protocol import (PROTOCOL_VERSION, SUPPORTED_PROTOCOLS, BudgetInfo, Datas
                         NodeInfo, RowsResponse, Table, for_protocol)
 from . import admin, audit
 from .auth import Principal, credentials
-from .catalog import DatasetEntry, scan
+from .catalog import DatasetEntry
 from .agreement import agreements
-from .consent import consenting
+from .consent import consent_spec, consenting
+from .data import raw_scan
 from .gate import check_not_private
 from .ledger import choose_grant
 from .service import NodeService
@@ -94,6 +95,19 @@ def dataset_entry(service: NodeService, name: str) -> DatasetEntry:
     return service.catalog.get(name)
 
 
+#: What channels add to a dataset's public metadata (synthesis: ``has_mock``), registered by
+#: :mod:`workbench.server`; each gets the metadata so far and returns it, changed or not.
+INFO_ANNOTATORS: list[Callable[[NodeService, DatasetEntry, DatasetInfo], DatasetInfo]] = []
+
+
+def public_info(service: NodeService, entry: DatasetEntry) -> DatasetInfo:
+    """A dataset's public metadata as the catalogue shows it."""
+    info = entry.info
+    for annotate in INFO_ANNOTATORS:
+        info = annotate(service, entry, info)
+    return info
+
+
 @router.get("/health", tags=["node"])
 def health(service: Service) -> dict:
     """Liveness: the node answers and its database responds."""
@@ -125,18 +139,14 @@ def protocol_of(request: Request) -> str:
 def catalog(request: Request, service: Service, caller: Caller) -> JSONResponse:
     """Every dataset's public metadata (``has_mock``: a free public DP mock is published; ``agreement``:
     its sharing agreement, protocol 2)."""
-    from ..synth.mocks import annotate
-
     version = protocol_of(request)
-    return JSONResponse([for_protocol(annotate(service, e), version) for e in service.catalog.entries()])
+    return JSONResponse([for_protocol(public_info(service, e), version) for e in service.catalog.entries()])
 
 
 @router.get("/datasets/{name}", response_model=DatasetInfo, tags=["catalogue"])
 def dataset(name: str, request: Request, service: Service, caller: Caller) -> JSONResponse:
     """One dataset's public metadata: columns, types, bounds, categories, privacy unit, licence, agreement."""
-    from ..synth.mocks import annotate
-
-    return JSONResponse(for_protocol(annotate(service, dataset_entry(service, name)), protocol_of(request)))
+    return JSONResponse(for_protocol(public_info(service, dataset_entry(service, name)), protocol_of(request)))
 
 
 @router.get("/datasets/{name}/budget", response_model=BudgetInfo, tags=["budget"])
@@ -165,7 +175,9 @@ def rows(name: str, service: Service, caller: Caller,
         service.gate.refuse(caller, entry.name, exc, attempted="read_rows")
         raise
     service.gate.check_agreement(caller, entry, "open")
-    frame = consenting(scan(entry.config), entry.config).select(list(entry.config.columns)).head(limit).collect()
+    # Open rows: consenting rows only, as stored (no casts).
+    frame = consenting(raw_scan(entry.path, entry.config.file_format), consent_spec(entry.config)) \
+        .select(list(entry.config.columns)).head(limit).collect()
     with service.store.transaction() as session:
         audit.append(session, caller.name, "open_read", entry.name, rows=frame.height, licence=entry.info.licence,
                      dataset_version=entry.version)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Callable, TypeVar
 
 from .auth import TokenAuthority
 from .auth_failures import AuthFailureLog
@@ -16,6 +17,8 @@ from .store import Store
 from .worker import WorkerPool
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class NodeService:
@@ -38,6 +41,8 @@ class NodeService:
         self.auth_failures = AuthFailureLog(self.store, node.auth_failure_window_s)
         self._seen_tokens: set[str] = set()
         self._seen_lock = threading.Lock()
+        self._channel_state: dict[str, object] = {}
+        self._channel_lock = threading.Lock()
         kept = self.gate.recover()
         if kept:
             log.warning("%d reservations from an interrupted run were kept as charged", kept)
@@ -48,6 +53,18 @@ class NodeService:
     @property
     def name(self) -> str:
         return self.config.node.name
+
+    def state_of(self, channel: str, create: Callable[[NodeService], T] | None = None) -> T | None:
+        """A channel's own state on this node (its job registry, caches), made by ``create`` on first use.
+
+        The one way a channel keeps state: nothing hangs off the service under another name, and without
+        ``create`` nothing is made (``None``: e.g. a metrics scrape never starts a registry).
+        """
+        with self._channel_lock:
+            state = self._channel_state.get(channel)
+            if state is None and create is not None:
+                state = self._channel_state[channel] = create(self)
+            return state
 
     def first_use(self, token_id: str) -> bool:
         """True the first time this process sees a token id (a 'login' in the audit log)."""

@@ -15,7 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..channels.jobs.config import CodeJobSettings
 from ..errors import InvalidQuery
-from ..fl.config import FLSection
 from ..protocol import Budget, ColumnInfo, DatasetInfo, DatasetName, Identifier, PrivacyUnit
 from .agreement import AgreementConfig
 from .consent import ConsentConfig
@@ -163,10 +162,34 @@ class NodeSection(_Config):
     require_sender_constrained: bool = False
 
 
+class FLSection(_Config):
+    """The optional ``[fl]`` table: this node's SuperNode and which Flower apps it allows.
+
+        [fl]
+        superlink = "127.0.0.1:9092"     # Fleet API of `workbench fl superlink`; `node serve` then starts a SuperNode
+        dataset = "patients"             # the dataset the SuperNode is bound to (default: the only private one)
+        allowed_fabs = ["<sha256>"]      # other Flower apps (FAB sha256) the owner reviewed and allows
+        root_certificates = "/etc/workbench/superlink-ca.pem"   # TLS to the SuperLink (required off loopback)
+        auth_private_key = "/etc/workbench/supernode.key"       # SuperNode authentication (EC, NIST curve)
+        auth_public_key = "/etc/workbench/supernode.key.pub"
+
+    The built-in Workbench app is always allowed: its FAB carries no code (it names
+    modules of the installed ``workbench`` package, which the owner installed).
+    """
+
+    superlink: str | None = Field(None, pattern=r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+    dataset: str | None = None
+    allowed_fabs: list[str] = Field(default_factory=list)
+    root_certificates: Path | None = None
+    auth_private_key: Path | None = None
+    auth_public_key: Path | None = None
+    clientappio_port: int | None = Field(None, ge=1, le=65535)
+
+
 class NodeConfig(_Config):
     node: NodeSection = NodeSection()
     datasets: dict[DatasetName, DatasetConfig] = Field(default_factory=dict)
-    fl: FLSection = FLSection()  # optional [fl] table: SuperNode + allowed Flower apps (workbench.fl.config)
+    fl: FLSection = FLSection()  # optional [fl] table: SuperNode + allowed Flower apps
     oidc: OIDCSection | None = None  # optional [oidc] table: trust an external issuer (workbench.node.oidc)
 
     @classmethod

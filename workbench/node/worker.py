@@ -8,7 +8,6 @@ state with the node beyond the plain-data task they are handed.
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import json
 import logging
@@ -22,6 +21,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ..errors import ComputationFailed, WorkbenchError, error_class_for
+from . import tasks
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +39,9 @@ def _serve(conn_in: Connection, conn_out: Connection) -> None:
             return
         if message is None:
             return
-        target, payload = message
-        module_name, func_name = target.rsplit(":", 1)
+        name, payload = message
         try:
-            if not target.startswith(WorkerPool.ALLOWED_PREFIX):
-                raise ValueError("refused target")
-            func = getattr(importlib.import_module(module_name), func_name)
-            reply = ("ok", func(payload))
+            reply = ("ok", tasks.resolve(name)(payload))
         except WorkbenchError as exc:
             reply = ("error", {"code": exc.code, "message": exc.message})
         except Exception as exc:  # noqa: BLE001 - reported as a generic failure, without data
@@ -89,15 +85,12 @@ class _Worker:
 
 
 class WorkerPool:
-    """Run ``module:function`` on a payload in a worker process, with a time limit.
+    """Run a registered task (:mod:`workbench.node.tasks`) on a payload in a worker process, with a time limit.
 
     Fair between users: a user runs at most ``per_user`` tasks at once, and a free worker goes to the waiting
     task whose user has the fewest running (then the oldest), so one user's loop of heavy calls leaves the
     other workers to everyone else. ``nice`` > 0 runs the workers at a lower CPU priority (free work).
     """
-
-    #: Only these modules may be run by a worker: the node never runs names it was sent.
-    ALLOWED_PREFIX = "workbench."
 
     def __init__(self, size: int = 2, timeout_s: float = 120.0, per_user: int | None = None, nice: int = 0):
         self._idle: list[_Worker] = []
@@ -165,16 +158,16 @@ class WorkerPool:
             self._started -= 1
             self._finish(user)
 
-    def run(self, target: str, payload: Any, timeout_s: float | None = None, user: str = "") -> Any:
-        """Run ``target`` on ``payload`` in a worker, queued fairly among ``user``'s and others' tasks."""
-        if not target.startswith(self.ALLOWED_PREFIX):
-            raise ValueError(f"refusing to run {target!r}")
+    def run(self, task: str, payload: Any, timeout_s: float | None = None, user: str = "") -> Any:
+        """The result of task ``task`` (a name in :data:`workbench.node.tasks.TASKS`) on ``payload``, queued
+        fairly among ``user``'s and others' tasks."""
+        tasks.target_of(task)  # only registered names reach a worker
         if self._closed:
             raise ComputationFailed("The node is shutting down.", code="computation_failed")
         worker = self._checkout(user)
         timeout = timeout_s or self._timeout
         try:
-            worker.send((target, payload))
+            worker.send((task, payload))
             if not worker.results.poll(timeout):
                 self._replace(worker, user)
                 raise ComputationFailed(f"The computation took longer than {timeout:g} s and was stopped.",
@@ -191,7 +184,7 @@ class WorkerPool:
         if status == "error":
             raise error_class_for(value["code"])(value["message"], code=value["code"])
         # The traceback may quote data: it goes to the owner's log only, never to the client.
-        log.warning("worker error running %s: %s", target, value)
+        log.warning("worker error running %s: %s", task, value)
         raise ComputationFailed("The computation failed inside the worker.", code="computation_failed")
 
     def warm(self) -> None:

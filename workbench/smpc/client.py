@@ -11,7 +11,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from ..errors import WorkbenchError
-from ..he.client import AggregatorClient, SecureAggregate, _node_call, ask_all, preflight
+from ..he.session import PROTOCOLS, AggregatorClient, SecureAggregate, ask_all, node_call, preflight
 from ..he.spec import HEOp, NoiseMode, SessionCreated
 from . import field
 from .spec import SmpcContributeResponse
@@ -43,7 +43,7 @@ def smpc_aggregate(fds: "FederatedDataset", op: HEOp, epsilon: float, *, mode: N
                 body["grant_id"] = h.grant_id
             try:
                 return SmpcContributeResponse.model_validate(
-                    _node_call(h, "POST", h._path("/smpc/contribute"), json=body, retries=1))
+                    node_call(h, "POST", h.endpoint("/smpc/contribute"), json=body, retries=1))
             except WorkbenchError:
                 try:  # release the other nodes, which are waiting for this one's key or shares
                     agg.request("POST", f"/sessions/{created.session_id}/abort",
@@ -63,3 +63,6 @@ def smpc_aggregate(fds: "FederatedDataset", op: HEOp, epsilon: float, *, mode: N
         agg.close()
     return SecureAggregate(local_plan, totals, parties, [h.node.url for h in handles], url, created.session_id,
                            replies, sizes, "smpc")
+
+
+PROTOCOLS["smpc"] = smpc_aggregate

@@ -30,7 +30,7 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import ComputationFailed, InvalidQuery, WorkbenchError
-from ..he.node_routes import _call, _task, question, read_session
+from ..he.node_routes import call_aggregator, contribution_task, question, read_session
 from ..he.spec import ContributeRequest, plan
 from ..node.ledger import Cost
 from ..node.routes import Caller, Service
@@ -48,7 +48,7 @@ async def _wait(aggregator: dict, path: str, what: str) -> dict:
     deadline = time.monotonic() + WAIT_S
     pause = 0.01
     while True:
-        reply = await run_in_threadpool(_call, aggregator, "GET", path)
+        reply = await run_in_threadpool(call_aggregator, aggregator, "GET", path)
         if not reply["waiting_for"]:
             return reply
         if time.monotonic() > deadline:
@@ -76,11 +76,11 @@ async def contribute(name: str, body: ContributeRequest, service: Service, calle
     parties hold no thread of the node."""
     with service.fair.admit(caller.name, "session"):
         entry, aggregator, spec, enc = await run_in_threadpool(_session, service, name, body, caller)
-        task = _task(entry, spec.op.model_dump(mode="json"), enc.model_dump(mode="json"))
+        task = contribution_task(entry, spec.op.model_dump(mode="json"), enc.model_dump(mode="json"))
         outcome = await service.gate.release_async(
             caller, entry, "smpc", f"secure_{spec.op.kind}", question(spec, aggregator, enc),
             Cost(spec.epsilon, 0.0),
-            compute=lambda: service.pool.run("workbench.he.node_compute:noisy_contribution", task, user=caller.name),
+            compute=lambda: service.pool.run("secagg.contribution", task, user=caller.name),
             grant_id=body.grant_id, request_id=body.request_id)
         values = [int(v) for v in outcome.result["values"]]
         partial, sealed = await _exchange(aggregator, spec, body.session_id, values)
@@ -97,13 +97,13 @@ async def _exchange(aggregator: dict, spec, sid: str, values: list[int]) -> tupl
     base = f"/sessions/{sid}/smpc"
     try:
         secret, public = sealing.new_key()
-        await run_in_threadpool(_call, aggregator, "POST", f"{base}/key", {"public_key": public})
+        await run_in_threadpool(call_aggregator, aggregator, "POST", f"{base}/key", {"public_key": public})
         keys = (await _wait(aggregator, f"{base}/keys", "public keys"))["keys"]
         shares = field.split(values, len(spec.parties))
         mine = shares[spec.parties.index(me)]
         sealed = {p: sealing.seal(secret, keys[p], sid, me, p, field.to_bytes(s), length)
                   for p, s in zip(spec.parties, shares) if p != me}
-        await run_in_threadpool(_call, aggregator, "POST", f"{base}/shares", {"shares": sealed})
+        await run_in_threadpool(call_aggregator, aggregator, "POST", f"{base}/shares", {"shares": sealed})
         received = (await _wait(aggregator, f"{base}/inbox", "shares"))["shares"]
         opened = [field.from_bytes(sealing.open_sealed(secret, keys[p], sid, p, me, received[p], length), length)
                   for p in spec.parties if p != me]

@@ -13,6 +13,11 @@ budget".
 Privacy is unchanged: every measurement is still built and its privacy map
 evaluated by OpenDP, and OpenDP's compositors refuse any query over budget.
 The patch is installed only inside the worker process that fits a model.
+
+Pinned to OpenDP 0.16.0: the names patched (``binary_search_param``,
+``binary_search_chain`` and ``prior`` in ``opendp.extras.mbi._table``, ``_mst``,
+``_fixed``, ``_aim``) are private to OpenDP; tests/test_opendp_pin.py fails if an
+upgrade moves them (OpenDP's public ``mbi`` API has no calibration hook).
 """
 
 from __future__ import annotations

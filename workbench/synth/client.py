@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
+from ..client.dataset import RemoteDataset
+from ..client.handles import register
 from ..errors import ComputationFailed, WorkbenchError, error_class_for
 from ..protocol import DatasetInfo, Table
 from .report import FidelityReport
 from .spec import MockRelease, SDVRequest, SDVSpec, SynthJob, SynthPreview, SynthRelease, SynthRequest, SynthSpec
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..client.dataset import RemoteDataset
 
 
 def frame_from_table(table: Table, info: DatasetInfo) -> pd.DataFrame:
@@ -226,12 +226,12 @@ class Synthesis:
 
     def preview(self) -> SynthesisPreview:
         """The price and planned noise. Spends nothing."""
-        raw = self.dataset.node.request("POST", self.dataset._path("/synth/preview"), json=self._body())
+        raw = self.dataset.node.request("POST", self.dataset.endpoint("/synth/preview"), json=self._body())
         return SynthesisPreview(SynthPreview.model_validate(raw))
 
     def start(self) -> SynthesisJob:
         """Start the fit on the node (charged through the release gate when it starts)."""
-        raw = self.dataset.node.request("POST", self.dataset._path("/synth/jobs"),
+        raw = self.dataset.node.request("POST", self.dataset.endpoint("/synth/jobs"),
                                         json=self._body(uuid.uuid4().hex), retries=3)
         return SynthesisJob(self.dataset, SynthJob.model_validate(raw))
 
@@ -268,17 +268,48 @@ def sdv_on_real(dataset: "RemoteDataset", synthesizer: str = "GaussianCopula", r
     it for this dataset; the result is held until an owner approves it after seeing its privacy metrics."""
     body = SDVRequest(spec=SDVSpec(synthesizer=synthesizer, rows=rows, columns=columns, epochs=epochs),
                       grant_id=dataset.grant_id, request_id=uuid.uuid4().hex)
-    raw = dataset.node.request("POST", dataset._path("/synth/sdv"), json=body.model_dump(mode="json",
+    raw = dataset.node.request("POST", dataset.endpoint("/synth/sdv"), json=body.model_dump(mode="json",
                                                                                           exclude_none=True))
     return SynthesisJob(dataset, SynthJob.model_validate(raw)).wait(progress=progress)
 
 
 def mock(dataset: "RemoteDataset") -> SyntheticData:
     """The dataset's public DP mock: free, and the same rows for every analyst."""
-    body = MockRelease.model_validate(dataset.node.request("GET", dataset._path("/mock")))
+    body = MockRelease.model_validate(dataset.node.request("GET", dataset.endpoint("/mock")))
     frame = frame_from_table(body.table, dataset.schema)
     frame.attrs.update({"dataset": body.info.dataset, "mock": True, **body.info.model_dump(mode="json")})
     report = FidelityReport(body.report, epsilon_charged=0.0, replayed=True,
                             free_because=f"public mock; its owner paid epsilon={body.info.epsilon:g} once")
     return SyntheticData(frame, report, dataset.schema, dp=True, epsilon=body.info.epsilon, kind="mock",
                          released=body.info)
+
+
+# ---------------------------------------------------------------- the handle's methods
+
+
+class SynthesisMethods:
+    """:class:`~workbench.RemoteDataset` methods of the synthetic-data channel (registered on import)."""
+
+    def synthesize(self, rows: int, epsilon: float, method: str = "mst", *, preview: bool = False,
+                   progress: bool = True, **options):
+        """DP synthetic rows (``method``: mst, aim, fixed, independent): ``syn.data``, ``syn.report``.
+        ``preview=True`` returns the price only. Options: ``columns``, ``bins``, ``marginals``, ``rounds``.
+
+        Privacy guarantee: pure epsilon-DP for the dataset's privacy unit, charged once; see docs/synthesis.md.
+        """
+        return synthesize(self, rows, epsilon, method, preview=preview, progress=progress, **options)
+
+    def synthesize_preview(self, rows: int, epsilon: float, method: str = "mst", **options):
+        """The price and planned noise of :meth:`synthesize`. Spends nothing."""
+        return synthesis(self, rows, epsilon, method, **options).preview()
+
+    def synthesize_sdv(self, synthesizer: str = "GaussianCopula", rows: int = 1000, **options):
+        """SDV fitted on the REAL rows (not DP): only where the owner allows it, held for an owner's review."""
+        return sdv_on_real(self, synthesizer, rows, **options)
+
+    def mock(self):
+        """The dataset's public DP mock (free, the same for every analyst)."""
+        return mock(self)
+
+
+register(RemoteDataset, SynthesisMethods)

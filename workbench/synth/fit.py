@@ -32,7 +32,6 @@ from . import shapes
 from .report import column_shapes, fidelity_figures, oneway_marginal
 from .spec import SynthSpec
 
-_POLARS_TYPES = {"int": "Int64", "float": "Float64", "category": "String", "bool": "Boolean", "string": "String"}
 FIT_ITERS = 1000      # mirror-descent iterations of a model with multi-way marginals
 # MST's budget: a quarter of epsilon on the one-way marginals (OpenDP's default is half: they only steer the
 # choice of pairs, and the pairs measured afterwards cover every column again), then 90% of the rest on
@@ -82,26 +81,14 @@ def _configure_jax(cache_dir: str | None) -> None:
 
 
 def _scan(task: dict, info: DatasetInfo, columns: list[str]):
+    """The checked, typed scan of the file the node priced and labelled; NaN reads as missing."""
     import polars as pl
 
-    from ..node.catalog import check_stamp
-    from ..node.consent import consenting
+    from ..node.data import scan_task
 
-    check_stamp(task["path"], task.get("stamp"))  # the file the node priced and labelled, or a refusal
+    _, lf = scan_task(task, columns)
     kinds = {c.name: c.type for c in info.columns}
-    wanted = {n: getattr(pl, _POLARS_TYPES[kinds[n]]) for n in columns}
-    if task["format"] == "csv":
-        lf = pl.scan_csv(task["path"], schema_overrides=wanted)
-    else:
-        lf = pl.scan_parquet(task["path"])
-    lf = consenting(lf, task.get("consent"))
-    exprs = []
-    for n, t in wanted.items():
-        e = pl.col(n).cast(t)
-        if kinds[n] == "float":
-            e = e.fill_nan(None)
-        exprs.append(e.alias(n))
-    return lf.select(exprs)
+    return lf.with_columns([pl.col(n).fill_nan(None) for n in columns if kinds[n] == "float"])
 
 
 def _opendp():
@@ -139,7 +126,12 @@ def expected_fits(spec: SynthSpec, p: Plan) -> int:
 
 def run(task: dict) -> dict:
     """Fit and sample one DP synthesizer in a worker process of its own. ``task`` is plain data built by the
-    node."""
+    node.
+
+    Privacy guarantee: OpenDP's ``dp.mbi`` measures the marginals (and the fine one-way marginals of numeric
+    columns) under pure epsilon-DP for the dataset's privacy unit, in one composition at the charged epsilon;
+    the model, the rows sampled from it and the report are post-processing.
+    """
     # dp.mbi's MST builds numpy domains through opendp.extras.numpy, which imports opendp.prelude and with it
     # scikit-learn (~2 s of CPU), which no fit uses. OpenDP imports it as an optional dependency, so marking it
     # absent in this (dedicated) process makes OpenDP skip it.

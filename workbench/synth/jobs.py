@@ -238,18 +238,10 @@ class SynthJobs:
                 del self._jobs[job_id]
 
 
-_registry_lock = threading.Lock()
-
-
 def jobs_of(service) -> SynthJobs:
     """The job registry attached to a node service (created on first use)."""
-    with _registry_lock:
-        jobs = getattr(service, "_synth_jobs", None)
-        if jobs is None:
-            slots = getattr(service.config.node, "synth_workers", 1)
-            jobs = SynthJobs(service.config.node.state_dir, slots, store=service.store)
-            service._synth_jobs = jobs
-        return jobs
+    return service.state_of("synth", lambda s: SynthJobs(s.config.node.state_dir,
+                                                        getattr(s.config.node, "synth_workers", 1), store=s.store))
 
 
 def cancelled_error() -> ComputationFailed:

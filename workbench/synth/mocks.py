@@ -23,9 +23,10 @@ from ..errors import InvalidQuery, NotAuthorized, NotFound
 from ..node import admin
 from ..node.auth import Principal
 from ..node.catalog import DatasetEntry
-from ..node.consent import consent_spec
 from ..node.ledger import Cost
 from ..node.store import User
+from ..protocol import DatasetInfo
+from .prepare import canonical, checked, run_isolated, task
 from .spec import MockInfo, MockRelease, SynthSpec
 
 PURPOSE = "publish the dataset's public DP mock"
@@ -125,18 +126,11 @@ def publish_with_progress(service, dataset: str, spec: SynthSpec, epsilon: float
     import tempfile
     import threading
 
-    from .node_routes import FIT, canonical, checked, run_isolated
-    from .jobs import jobs_of
-
     entry, plan = checked(service, dataset, spec, None)
     spec_dict = canonical(spec, plan)
     with tempfile.TemporaryDirectory() as tmp:
         progress_path = Path(tmp) / "progress.json"
-        payload = {"info": entry.info.model_dump(mode="json"), "path": str(entry.path),
-                   "format": entry.config.file_format, "stamp": list(entry.stamp), "spec": spec_dict,
-                   "consent": consent_spec(entry.config),
-                   "epsilon": epsilon,
-                   "progress_path": str(progress_path), "jax_cache": jobs_of(service).jax_cache}
+        payload = task(service, entry, spec_dict, epsilon, None) | {"progress_path": str(progress_path)}
         stop = threading.Event()
 
         def show() -> None:
@@ -158,15 +152,23 @@ def publish_with_progress(service, dataset: str, spec: SynthSpec, epsilon: float
             watcher.start()
         try:
             return publish(service, dataset, SynthSpec.model_validate(spec_dict), epsilon, owner,
-                           run=lambda: run_isolated(FIT, payload, entry.config.synth_timeout_s))
+                           run=lambda: run_isolated("synth.fit", payload, entry.config.synth_timeout_s))
         finally:
             stop.set()
             if watcher is not None:
                 watcher.join(timeout=2)
 
 
-def annotate(service, entry: DatasetEntry):
-    """The entry's public metadata with ``has_mock`` set (a file check: cheap enough for every catalogue call)."""
+def annotate(service, entry: DatasetEntry, info: DatasetInfo) -> DatasetInfo:
+    """``info`` with ``has_mock`` set (a file check: cheap enough for every catalogue call)."""
     if entry.info.tier == "private" and _path(service, entry.name).exists():
-        return entry.info.model_copy(update={"has_mock": True})
-    return entry.info
+        return info.model_copy(update={"has_mock": True})
+    return info
+
+
+def install(_app, _service) -> None:
+    """Show ``has_mock`` in the catalogue (see :data:`workbench.node.routes.INFO_ANNOTATORS`)."""
+    from ..node.routes import INFO_ANNOTATORS
+
+    if annotate not in INFO_ANNOTATORS:
+        INFO_ANNOTATORS.append(annotate)

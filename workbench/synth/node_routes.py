@@ -17,65 +17,31 @@ metadata and the caller's own budget only.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from fastapi import APIRouter
 
-from ..errors import BudgetExceeded, InvalidQuery, NotAuthorized, WorkbenchError
+from ..errors import InvalidQuery, NotAuthorized, WorkbenchError
 from ..node import governance
+from ..node import policy
 from ..node.catalog import DatasetEntry
-from ..node.consent import consent_spec
+from ..node.data import task_payload
 from ..node.gate import Outcome, spec_hash
 from ..node.ledger import Cost, choose_grant, left
 from ..node.routes import Caller, Service
 from ..node.service import NodeService
-from ..node.worker import WorkerPool
 from ..protocol import Budget, Table, require_supported_protocol
 from . import domain, mocks
 from .fit import MST_MEASURE_SPLIT, MST_ONEWAY_SPLIT
 from .jobs import Job, jobs_of
+from .prepare import canonical, checked, run_isolated, task
 from .spec import (MockInfo, MockRelease, PlannedMeasurement, SDVRequest, SynthJob, SynthPreview, SynthRelease,
                    SynthRequest, SynthSpec)
 
 router = APIRouter(tags=["synthetic data"])
-FIT = "workbench.synth.fit:run"
-SDV_FIT = "workbench.synth.sdv_real:run"
 CHANNEL = "synth"
 
 
 # ---------------------------------------------------------------- checks (public metadata only)
-
-
-def checked(service: NodeService, name: str, spec: SynthSpec, epsilon: float | None) -> tuple[DatasetEntry,
-                                                                                               domain.Plan]:
-    entry = service.catalog.get(name)
-    limit = service.config.node.max_epsilon_per_release
-    if epsilon is not None and epsilon > limit:
-        raise InvalidQuery(f"This node caps one release at epsilon={limit:g}.", code="bad_epsilon")
-    if spec.rows > entry.config.synth_max_rows:
-        raise InvalidQuery(f"The owner allows at most {entry.config.synth_max_rows} synthetic rows per synthesis "
-                           f"of '{entry.name}'.", code="too_many_rows")
-    return entry, domain.plan(entry.info, spec)
-
-
-def canonical(spec: SynthSpec, plan: domain.Plan) -> dict[str, Any]:
-    """The spec with its columns resolved, so ``columns=None`` and the explicit list are one question."""
-    return spec.model_copy(update={"columns": plan.columns}).model_dump(mode="json")
-
-
-def task(service: NodeService, entry: DatasetEntry, spec: dict, epsilon: float, job: Job | None) -> dict:
-    return {"info": entry.info.model_dump(mode="json"), "path": str(entry.path), "format": entry.config.file_format,
-            "stamp": list(entry.stamp), "consent": consent_spec(entry.config), "spec": spec, "epsilon": epsilon, "progress_path": str(job.progress_path) if job else None,
-            "jax_cache": jobs_of(service).jax_cache}
-
-
-def run_isolated(target: str, payload: dict, timeout_s: float) -> dict:
-    """Run one fit in a fresh worker process of its own (killed on time-out, crash or cancel)."""
-    pool = WorkerPool(1, timeout_s)
-    try:
-        return pool.run(target, payload, timeout_s=timeout_s)
-    finally:
-        pool.close()
 
 
 def planned(spec: SynthSpec, plan: domain.Plan, epsilon: float, contributions: int) -> tuple[list, str]:
@@ -167,27 +133,15 @@ def start(name: str, body: SynthRequest, service: Service, caller: Caller) -> Sy
     cost = Cost(body.epsilon, 0.0)
     replay = service.gate.has_answer(caller, entry, spec_hash(CHANNEL, spec, cost))
     if not replay and entry.info.tier == "private":
-        try:
-            _, left = _budget_left(service, caller, entry, body.grant_id)
-            ds_eps, _ = service.gate.dataset_left(entry.name)
-            if body.epsilon > left.epsilon + 1e-9:
-                raise BudgetExceeded(f"This synthesis costs epsilon={body.epsilon:g}; your grant has "
-                                     f"epsilon={left.epsilon:g} left.", code="budget_exceeded",
-                                     details={"epsilon_left": left.epsilon})
-            if body.epsilon > ds_eps + 1e-9:
-                raise BudgetExceeded(f"Dataset '{entry.name}' has reached its lifetime privacy budget.",
-                                     code="dataset_budget_exceeded")
-        except WorkbenchError as exc:
-            service.gate.refuse(caller, entry.name, exc, channel=CHANNEL, kind=body.spec.method,
-                                epsilon=body.epsilon, delta=0.0)
-            raise
+        policy.precheck_budget(service, caller, entry, body.grant_id, body.epsilon, 0.0, channel=CHANNEL,
+                               kind=body.spec.method, what="This synthesis")
     timeout = entry.config.synth_timeout_s
     jobs = jobs_of(service)
 
     def work(job: Job) -> None:
         payload = task(service, entry, spec, body.epsilon, job)
         outcome = service.gate.release(caller, entry, CHANNEL, body.spec.method, spec, cost,
-                                       compute=lambda: run_isolated(FIT, payload, timeout),
+                                       compute=lambda: run_isolated("synth.fit", payload, timeout),
                                        grant_id=body.grant_id, request_id=body.request_id)
         job.release = release_model(service, entry, outcome, body.spec.method, True, spec)
 
@@ -242,12 +196,9 @@ def sdv_on_real(name: str, body: SDVRequest, service: Service, caller: Caller) -
     timeout = entry.config.synth_timeout_s
 
     def work(job: Job) -> None:
-        payload = {"info": entry.info.model_dump(mode="json"), "path": str(entry.path),
-                   "format": entry.config.file_format, "stamp": list(entry.stamp), "spec": spec,
-                   "columns": plan.columns, "consent": consent_spec(entry.config),
-                   "progress_path": str(job.progress_path),
-                   "sdv_home": str(service.config.node.state_dir / "synth" / "sdv-home")}
-        result = run_isolated(SDV_FIT, payload, timeout)
+        payload = task_payload(entry, spec=spec, columns=plan.columns, progress_path=str(job.progress_path),
+                               sdv_home=str(service.config.node.state_dir / "synth" / "sdv-home"))
+        result = run_isolated("synth.sdv_fit", payload, timeout)
         summary = {"what_leaves": f"{body.spec.rows} rows x {len(plan.columns)} columns from SDV "
                                   f"{body.spec.synthesizer} fitted on the real rows (not DP)",
                    "columns": plan.columns, "privacy_metrics": result["report"]["privacy_metrics"]}

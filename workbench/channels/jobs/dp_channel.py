@@ -30,7 +30,7 @@ from ...dp import node_routes as dp
 from ...errors import BudgetExceeded, InvalidQuery, WorkbenchError
 from ...node.auth import Principal
 from ...node.catalog import DatasetEntry
-from ...node.ledger import TOLERANCE, Cost
+from ...node.ledger import TOLERANCE
 from ...protocol import DPRequest
 from .store import CodeJobRecord
 
@@ -88,15 +88,10 @@ class DPChannel:
             raise InvalidQuery("The DP request does not match the API (query, epsilon, delta).",
                                code="invalid_body") from None
         body = body.model_copy(update={"grant_id": self.grant_id, "request_id": None})
-        entry = dp._checked(self.service, self.entry.name, body)
         if self.spent + body.epsilon > self.allowed + TOLERANCE:
             raise BudgetExceeded(f"This job may spend epsilon={self.allowed:g} in all (approved with its code); "
                                  f"{self.spent:g} is spent.", code="budget_exceeded")
-        task = dp._task(entry, body, "release", dp._columnar(self.service))
-        outcome = self.service.gate.release(self.principal, entry, "dp", body.query.kind,
-                                            body.query.model_dump(mode="json"), Cost(body.epsilon, body.delta),
-                                            compute=lambda: self.service.pool.run(dp.ENGINE, task),
-                                            grant_id=self.grant_id)
+        _entry, outcome = dp.released(self.service, self.principal, self.entry.name, body)
         self.spent += outcome.charged.epsilon
         self.uses.append({"release_id": outcome.release_id, "kind": body.query.kind,
                           "epsilon": outcome.charged.epsilon, "delta": outcome.charged.delta})

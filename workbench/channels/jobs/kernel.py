@@ -160,7 +160,7 @@ class CodeJob:
         dataset version; if an owner approved the same hash before, it runs at once."""
         body = self.submission.model_copy(update={"purpose": purpose, "note": note,
                                                   "grant_id": grant_id or self.dataset.grant_id})
-        raw = self.dataset.node.request("POST", self.dataset._path("/jobs"),
+        raw = self.dataset.node.request("POST", self.dataset.endpoint("/jobs"),
                                         json=body.model_dump(mode="json", exclude_none=True))
         self.info = CodeJobInfo.model_validate(raw)
         return self
@@ -252,3 +252,19 @@ def _mock_script(code: str, parameters: dict, folder: Path, timeout_s: float) ->
         done = subprocess.run([sys.executable, str(source)], cwd=folder, stdout=out, stderr=subprocess.STDOUT,
                               stdin=subprocess.DEVNULL, timeout=timeout_s)
     return (None if done.returncode == 0 else f"the script exited with status {done.returncode}"), log
+
+
+class _CodeJobMethods:
+    """What this channel adds to a dataset handle (registered below): ``ds.code_job(...)``."""
+
+    code_job = code_job
+
+
+def _register() -> None:
+    from ...client.dataset import RemoteDataset
+    from ...client.handles import register
+
+    register(RemoteDataset, _CodeJobMethods)
+
+
+_register()

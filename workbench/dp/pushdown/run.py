@@ -41,9 +41,9 @@ from __future__ import annotations
 import itertools
 
 from ...errors import InvalidQuery
+from ...intervals import mean_interval
 from ...protocol import DatasetInfo, DPQuery
 from .. import engine
-from ..statistics import mean_interval
 from .compile import BIGINT_LIMIT, BIN, CELL, Compiled, compile_query, fixed_point, render
 from .noise import integer_vector, noisy_min
 

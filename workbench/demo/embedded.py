@@ -19,14 +19,10 @@ import threading
 import warnings
 from pathlib import Path
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # starlette nags about httpx; its in-process transport is what we want
-    from starlette.testclient import TestClient
-
 from .._version import __version__
+from ..client.connection import Node
 from ..config import data_home
 from ..protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
-from .connection import Node
 
 _lock = threading.Lock()
 _services: dict[str, object] = {}
@@ -61,10 +57,14 @@ def reset_embedded() -> list[Path]:
 
 def connect_embedded(hospital: str = "hospital_a", reset: bool = False) -> Node:
     """A :class:`Node` backed by an in-process demo node (one per process and hospital)."""
-    from ..demo.nodes import ensure_accounts, write_config
-    from ..node.app import create_app
     from ..node.service import NodeService
     from ..node.settings import NodeConfig
+    from ..server import create_app
+    from .nodes import ensure_accounts, write_config
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # starlette nags about httpx; its in-process transport is what we want
+        from starlette.testclient import TestClient
 
     if reset:
         reset_embedded()

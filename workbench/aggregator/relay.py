@@ -16,12 +16,11 @@ ciphertexts; see docs/federation.md for who must not collude with whom.
 
 from __future__ import annotations
 
-import hmac
 
 from fastapi import APIRouter, Request
 
 from ..errors import InvalidQuery, NotAuthorized, PayloadTooLarge
-from .spec import MAX_SEALED, PublicKey, SealedShares
+from ..smpc.spec import MAX_SEALED, PublicKey, SealedShares
 
 router = APIRouter(tags=["smpc"])
 
@@ -87,13 +86,9 @@ def inbox(session_id: str, request: Request) -> dict:
 
 @router.post("/sessions/{session_id}/abort")
 def abort(session_id: str, request: Request) -> dict:
-    from ..he.aggregator import _hash
-
     agg = request.app.state.aggregator
     session = agg.get(session_id)
-    token = request.headers.get("x-result-token")
-    if not token or not hmac.compare_digest(_hash(token), session.result_hash):
-        raise NotAuthorized("The result token does not match this session.", code="not_authorized")
+    agg.check_result_token(session, request.headers.get("x-result-token"))
     session.aborted = True
     session.mailboxes.clear()
     return {"aborted": session_id}

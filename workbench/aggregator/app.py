@@ -18,7 +18,7 @@ registry (``DIR/nodes.json``: node name → sha256 of the node's token, made by
   and handed to the parties with the session description.
 * SMPC sessions (``protocol == "smpc"``, no context): the aggregator only
   relays the nodes' ephemeral public keys and their *encrypted* shares (routes
-  in :mod:`workbench.smpc.relay`); the partial sums go from each node to the
+  in :mod:`workbench.aggregator.relay`); the partial sums go from each node to the
   analyst, never through here.
 
 The aggregator sees ciphertexts only; it cannot decrypt them (the secret key
@@ -41,18 +41,15 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._version import __version__
-from ..errors import (ComputationFailed, InvalidQuery, NotAuthenticated, NotAuthorized, NotFound, PayloadTooLarge,
-                      WorkbenchError)
+from ..errors import ComputationFailed, InvalidQuery, NotAuthenticated, NotAuthorized, NotFound, PayloadTooLarge
 from ..node.api_docs import add_offline_docs
-from ..node.app import BodyLimit, error_response
+from ..node.app import BodyLimit, install_error_handlers
 from ..node.worker import WorkerPool
-from .params import (EVAL_MAX_CONTEXT_BYTES, EVAL_SCHEME, MAX_CIPHERTEXT_BYTES, MAX_CONTEXT_BYTES, SCHEME,
+from ..he.params import (EVAL_MAX_CONTEXT_BYTES, EVAL_SCHEME, MAX_CIPHERTEXT_BYTES, MAX_CONTEXT_BYTES, SCHEME,
                      eval_params_doc, params_doc)
-from .spec import (MAX_EVAL_MOMENTS, Contribution, SessionCreate, SessionCreated, SessionResult, SessionSpec,
+from ..he.spec import (MAX_EVAL_MOMENTS, Contribution, SessionCreate, SessionCreated, SessionResult, SessionSpec,
                    eval_monomials)
 
 log = logging.getLogger(__name__)
@@ -130,7 +127,7 @@ class Session:
     result: SessionResult | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     scheme: str = "bfv"
-    # SMPC relay state (workbench.smpc.relay): public keys and sealed shares by recipient, then sender.
+    # SMPC relay state (workbench.aggregator.relay): public keys and sealed shares by recipient, then sender.
     keys: dict[str, str] = field(default_factory=dict)
     mailboxes: dict[str, dict[str, str]] = field(default_factory=dict)
     aborted: bool = False
@@ -172,7 +169,7 @@ class Aggregator:
         return session
 
     def create(self, body: SessionCreate) -> SessionCreated:
-        from .spec import linreg_slots
+        from ..he.spec import linreg_slots
 
         registry = load_registry(self.state)
         parties = list(body.parties)
@@ -205,7 +202,7 @@ class Aggregator:
             cap = MAX_CONTEXT_BYTES if scheme == SCHEME else EVAL_MAX_CONTEXT_BYTES
             if len(body.context) > (cap * 4) // 3 + 8:
                 raise PayloadTooLarge(f"The context is larger than {cap} bytes.", code="payload_too_large")
-            context_sha = self.pool.run("workbench.he.params:check_context",
+            context_sha = self.pool.run("secagg.check_context",
                                         {"context": body.context, "scheme": scheme})["context_sha256"]
         if op.kind == "evaluate":
             needed = len(eval_monomials(op))
@@ -216,7 +213,7 @@ class Aggregator:
                 if len(text) > (MAX_CIPHERTEXT_BYTES * 4) // 3 + 8:
                     raise PayloadTooLarge(f"A weight ciphertext is larger than {MAX_CIPHERTEXT_BYTES} bytes.",
                                           code="payload_too_large")
-            self.pool.run("workbench.he.evaluate:check_weights", {"context": body.context, "weights": body.weights,
+            self.pool.run("secagg.check_weights", {"context": body.context, "weights": body.weights,
                                                                    "moments": needed})
         session_id = secrets.token_urlsafe(24)
         token = secrets.token_urlsafe(32)
@@ -250,7 +247,7 @@ class Aggregator:
         if len(body.ciphertext) > (MAX_CIPHERTEXT_BYTES * 4) // 3 + 8:
             raise PayloadTooLarge(f"The ciphertext is larger than {MAX_CIPHERTEXT_BYTES} bytes.",
                                   code="payload_too_large")
-        checked = self.pool.run("workbench.he.params:check_ciphertext",
+        checked = self.pool.run("secagg.check_ciphertext",
                                 {"context": session.spec.context, "ciphertext": body.ciphertext,
                                  "length": session.length, "scheme": session.scheme})
         with session.lock:
@@ -266,10 +263,15 @@ class Aggregator:
     def _waiting(session: Session) -> list[str]:
         return [p for p in session.spec.parties if p not in session.contributions]
 
-    def result(self, session_id: str, token: str | None) -> SessionResult:
-        session = self.get(session_id)
+    @staticmethod
+    def check_result_token(session: Session, token: str | None) -> None:
+        """Refuse anyone but the analyst who opened ``session`` (the result token is their capability)."""
         if not token or not hmac.compare_digest(_hash(token), session.result_hash):
             raise NotAuthorized("The result token does not match this session.", code="not_authorized")
+
+    def result(self, session_id: str, token: str | None) -> SessionResult:
+        session = self.get(session_id)
+        self.check_result_token(session, token)
         if session.spec.protocol != "he":
             raise InvalidQuery("An SMPC session has no result here: the nodes' partial sums go to the analyst.",
                                code="invalid_query")
@@ -279,7 +281,7 @@ class Aggregator:
                 if waiting:
                     raise ComputationFailed(f"Still waiting for contributions from {waiting}.",
                                             code="session_incomplete", details={"waiting_for": waiting})
-                total = self.pool.run("workbench.he.params:add", {
+                total = self.pool.run("secagg.add", {
                     "context": session.spec.context, "length": session.length, "scheme": session.scheme,
                     "ciphertexts": [session.contributions[p] for p in session.spec.parties]})
                 session.result = SessionResult(session_id=session_id, parties=session.spec.parties,
@@ -311,25 +313,7 @@ def create_aggregator_app(aggregator: Aggregator) -> FastAPI:
     app.state.aggregator = aggregator
     router = APIRouter(prefix="/v1")
 
-    @app.exception_handler(WorkbenchError)
-    async def _wb(_r: Request, exc: WorkbenchError):
-        return error_response(exc.status, exc.code, exc.message, exc.details or None)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_r: Request, exc: RequestValidationError):
-        problems = [f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: {e.get('msg', 'invalid')}"[:200]
-                    for e in exc.errors()[:10]]
-        return error_response(422, "invalid_body", "The request does not match the API: " + "; ".join(problems))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_r: Request, exc: StarletteHTTPException):
-        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
-        return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_r: Request, exc: Exception):
-        log.exception("unexpected error", exc_info=exc)
-        return error_response(500, "internal_error", "The aggregator hit an internal error.")
+    install_error_handlers(app, "The aggregator hit an internal error.")
 
     @router.get("/health")
     def health(a: Agg) -> dict:
@@ -357,7 +341,7 @@ def create_aggregator_app(aggregator: Aggregator) -> FastAPI:
     def result(session_id: str, request: Request, a: Agg) -> SessionResult:
         return a.result(session_id, request.headers.get("x-result-token"))
 
-    from ..smpc.relay import router as smpc_router
+    from .relay import router as smpc_router
 
     app.include_router(router)
     app.include_router(smpc_router, prefix="/v1")

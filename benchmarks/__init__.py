@@ -1,0 +1,1 @@
+"""Reproducible measurements (run by hand; they print tables). ``loadkit`` is shared with the tests."""

@@ -1,0 +1,45 @@
+"""The worker task registry: every computation a worker process may run, by name.
+
+A call site names its task (``service.pool.run("dp.release", payload)``); this
+table says where that task's code is, so a reader jumps from the call to the
+function. A worker runs only the names listed here: the node never runs a
+module or function it was sent. Targets are ``module:function`` strings, imported
+in the worker process only (the node never loads OpenDP, TenSEAL or JAX itself).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+__all__ = ["TASKS", "resolve"]
+
+#: Task name -> ``module:function`` that runs it in a worker process.
+TASKS: dict[str, str] = {
+    "dp.query": "workbench.dp.engine:run",
+    "dp.pushdown": "workbench.dp.pushdown.run:run",  # tables in PostgreSQL or Spark
+    "synth.fit": "workbench.synth.fit:run",
+    "synth.sdv_fit": "workbench.synth.sdv_real:run",
+    "secagg.contribution": "workbench.he.node_compute:noisy_contribution",
+    "secagg.check_context": "workbench.he.params:check_context",
+    "secagg.check_ciphertext": "workbench.he.params:check_ciphertext",
+    "secagg.encrypt": "workbench.he.params:encrypt",
+    "secagg.add": "workbench.he.params:add",
+    "secagg.check_weights": "workbench.he.evaluate:check_weights",
+    "secagg.evaluate": "workbench.he.evaluate:node_evaluate",
+    "fl.local_round": "workbench.fl.local:local_round",
+}
+
+
+def target_of(name: str) -> str:
+    """The ``module:function`` of a registered task (``ValueError`` for any other name)."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"refusing to run {name!r}: not a registered worker task") from None
+
+
+def resolve(name: str) -> Callable[[Any], Any]:
+    """The function of a registered task (imports its module: call it in the worker process)."""
+    module_name, func_name = target_of(name).rsplit(":", 1)
+    return getattr(importlib.import_module(module_name), func_name)
