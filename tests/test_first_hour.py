@@ -244,7 +244,7 @@ def test_connect_without_address_uses_the_demo_nodes_when_a_demo_runs(shared_nod
 
 
 def test_embedded_node_state_is_per_environment_and_resettable(tmp_path, monkeypatch):
-    from workbench.client import embedded
+    from workbench import config as embedded
 
     monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("WORKBENCH_DEMO_NODES", raising=False)

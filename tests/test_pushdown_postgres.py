@@ -225,7 +225,7 @@ def test_a_password_in_the_source_url_is_refused(tmp_path):
 
 
 def test_credentials_come_from_the_environment_and_stay_out_of_the_catalogue(monkeypatch, tmp_path):
-    from workbench.dp.pushdown.sources import env_prefix, public_url, source_version, with_credentials
+    from workbench.node.sources import env_prefix, public_url, source_version, with_credentials
     from workbench.node.settings import TableSource
 
     assert env_prefix("claims-2024") == "WORKBENCH_SOURCE_CLAIMS_2024"

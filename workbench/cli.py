@@ -594,7 +594,7 @@ def demo(lab: bool, port: int, lab_port: int, root: str | None, reset: bool, lab
     from .demo.launcher import run_demo
 
     if reset:
-        from .client.embedded import reset_embedded
+        from .demo.embedded import reset_embedded
 
         for folder in reset_embedded():
             click.echo(f"Reset: removed {folder} (the embedded node's ledger).")

@@ -13,7 +13,10 @@ whose ``url`` matches (``token`` or ``token_file``). The config file is
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,3 +112,24 @@ def save_connection(name: str, url: str, token: str) -> Path:
         lines.append("")
     path.write_text("\n".join(lines))
     return path
+
+
+def embedded_root() -> Path:
+    """This environment's embedded node folder: ``$WORKBENCH_HOME/embedded/<env name>-<hash of sys.prefix>``."""
+    prefix = str(Path(sys.prefix).resolve())
+    name = Path(prefix).name.strip(".") or "python"
+    return data_home() / "embedded" / f"{name}-{hashlib.sha256(prefix.encode()).hexdigest()[:8]}"
+
+
+def panel_connections() -> list[dict]:
+    """The embedded nodes that live kernels serve to the panel (``name``, ``url``, ``token``)."""
+    folder = embedded_root() / "panel"
+    out = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            entry = json.loads(path.read_text())
+            os.kill(int(entry["pid"]), 0)  # a kernel that died without cleaning up is not listed
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        out.append(entry)
+    return out

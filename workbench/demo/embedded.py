@@ -10,18 +10,16 @@ fresh environment (a new venv, a container, CI) starts with a full budget.
 from __future__ import annotations
 
 import atexit
-import hashlib
 import json
 import os
 import shutil
-import sys
 import threading
 import warnings
 from pathlib import Path
 
 from .._version import __version__
 from ..client.connection import Node
-from ..config import data_home
+from ..config import embedded_root
 from ..protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
 
 _lock = threading.Lock()
@@ -30,13 +28,6 @@ _services: dict[str, object] = {}
 
 #: ``1``: serve the embedded node to the JupyterLab panel even outside a notebook kernel started by Jupyter.
 PANEL_ENV = "WORKBENCH_PANEL_EMBEDDED"
-
-
-def embedded_root() -> Path:
-    """This environment's embedded node folder: ``$WORKBENCH_HOME/embedded/<env name>-<hash of sys.prefix>``."""
-    prefix = str(Path(sys.prefix).resolve())
-    name = Path(prefix).name.strip(".") or "python"
-    return data_home() / "embedded" / f"{name}-{hashlib.sha256(prefix.encode()).hexdigest()[:8]}"
 
 
 def reset_embedded() -> list[Path]:
@@ -120,17 +111,3 @@ def _serve_for_panel(app, token: str, hospital: str) -> None:
         path.unlink(missing_ok=True)
 
     atexit.register(_stop)
-
-
-def panel_connections() -> list[dict]:
-    """The embedded nodes that live kernels serve to the panel (``name``, ``url``, ``token``)."""
-    folder = embedded_root() / "panel"
-    out = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            entry = json.loads(path.read_text())
-            os.kill(int(entry["pid"]), 0)  # a kernel that died without cleaning up is not listed
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        out.append(entry)
-    return out

@@ -81,6 +81,14 @@ def validate(info: DatasetInfo, query: DPQuery, delta: float) -> DatasetInfo:
         raise InvalidQuery("'quantile' applies only to kind 'quantile'.", code="invalid_query")
     if query.kind != "histogram" and query.bins is not None:
         raise InvalidQuery("'bins' applies only to kind 'histogram'.", code="invalid_query")
+    _validate_groups(info, query, delta)
+    return info
+
+
+def _validate_groups(info: DatasetInfo, query: DPQuery, delta: float) -> None:
+    """Group-by keys: distinct, not float, public categories unless a delta allows thresholding (and then only
+    counts: OpenDP needs a known number of groups to release sums, means or quantiles)."""
+    kind = query.kind
     if len(set(query.by)) != len(query.by) or (query.column in query.by):
         raise InvalidQuery("Group-by columns must be distinct and differ from the measured column.",
                            code="invalid_query")
@@ -97,8 +105,7 @@ def validate(info: DatasetInfo, query: DPQuery, delta: float) -> DatasetInfo:
         # OpenDP needs a known number of groups for these ("max_groups must be known"): refused before any charge.
         raise InvalidQuery(
             f"A {kind} (other than a count) grouped by a column without a public category set is not supported; "
-            "group by columns "
-            "with public categories, or ask for a count.", code="invalid_query")
+            "group by columns with public categories, or ask for a count.", code="invalid_query")
     if private_keys and delta <= 0:
         raise InvalidQuery(
             "Grouping by a column without a public category set reveals which groups exist: "
@@ -109,7 +116,6 @@ def validate(info: DatasetInfo, query: DPQuery, delta: float) -> DatasetInfo:
     if private_keys and query.weights is not None:
         raise InvalidQuery("weights= needs public group keys (pure DP); drop weights or group by "
                            "columns with public categories.", code="invalid_query")
-    return info
 
 
 _KIND_FIELDS = {"aggs": ("agg",), "weights": ("agg",), "columns": ("moments",), "sql": ("sql",)}

@@ -168,6 +168,11 @@ def type_of(expr, env: dict[str, Typed], dataset: str) -> Typed:  # noqa: C901 -
         for value in expr.values:
             _comparable(arg, _literal_type(value), "eq")
         return Typed("bool", categories=(False, True))
+    return _operator_type(expr, arg)
+
+
+def _operator_type(expr, arg: Typed) -> Typed:
+    """The type of a one-argument operator with parameters (between, clip, cut, fill_null, cast)."""
     if isinstance(expr, Between):
         _numeric(arg, f"{expr.op}()")
         if expr.low > expr.high:

@@ -27,7 +27,7 @@ from ..node.routes import Caller, Service
 from ..node.service import NodeService
 from . import engine, language
 from .pushdown.run import check as pushdown_check
-from .pushdown.sources import pushdown_task
+from ..node.sources import pushdown_task
 from .sql import compile_sql
 from .text import readable
 

@@ -150,8 +150,7 @@ class WorkbenchClients:
 
     def connections(self) -> list[Any]:
         try:
-            from workbench.client.embedded import panel_connections
-            from workbench.config import Connection, load_connections
+            from workbench.config import Connection, load_connections, panel_connections
 
             configured = list(load_connections())
             # Embedded nodes that notebook kernels of this user serve on loopback (wb.connect() with no demo).

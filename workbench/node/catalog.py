@@ -127,7 +127,7 @@ class Catalog:
 
     def _version(self, name: str, ds: DatasetConfig, stamp: tuple[int, int]) -> str:
         if ds.source is not None:
-            from ..dp.pushdown.sources import source_version
+            from .sources import source_version
 
             return source_version(ds.source)
         agreed = consent.fingerprint(ds)  # the opt-out list is part of the version: a new opt-out, a new version
@@ -144,7 +144,7 @@ class Catalog:
 
     def _check(self, name: str, ds: DatasetConfig) -> None:
         if ds.source is not None:
-            from ..dp.pushdown.sources import check_columns
+            from .sources import check_columns
 
             check_columns(name, ds)
             return

@@ -13,7 +13,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..channels.jobs.config import CodeJobSettings
 from ..errors import InvalidQuery
 from ..protocol import Budget, ColumnInfo, DatasetInfo, DatasetName, Identifier, PrivacyUnit
 from .agreement import AgreementConfig
@@ -79,6 +78,32 @@ class TableSource(_Config):
         if scheme.startswith("local") or scheme in ("spark", "sc", "yarn", "k8s"):
             return "spark"
         raise ValueError(f"unknown source url scheme {scheme!r} (postgresql://..., local[N], spark://...)")
+
+
+class CodeJobSettings(BaseModel):
+    """A dataset's code-job settings (``[datasets.<name>.code_jobs]``; :mod:`workbench.channels.jobs`): public
+    metadata like the rest of a dataset's entry, so analysts see the limits and disclosure thresholds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Whether analysts may submit code to run beside this dataset (every job still needs an owner's approval).
+    enabled: bool = True
+    #: Disclosure checks: a table cell (a group of input rows) smaller than this is flagged.
+    min_cell_count: int = Field(10, ge=1)
+    #: Dominance rule (n, k): a cell whose ``dominance_n`` largest contributors make up more than
+    #: ``dominance_k`` of its total is flagged.
+    dominance_n: int = Field(2, ge=1)
+    dominance_k: float = Field(0.85, gt=0, le=1)
+    #: Sandbox limits.
+    cpu_seconds: int = Field(300, ge=1)
+    memory_mb: int = Field(2048, ge=256)
+    wall_seconds: float = Field(600.0, gt=0)
+    processes: int = Field(256, ge=16)
+    work_mb: int = Field(512, ge=16)
+    max_output_mb: float = Field(5.0, gt=0)
+    max_outputs: int = Field(10, ge=1, le=50)
+    #: Most epsilon one job may spend through its DP channel (the owner approves it with the code).
+    max_dp_epsilon: float = Field(1.0, ge=0)
 
 
 class DatasetConfig(_Config):

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import NotSupported
-from .config import CodeJobSettings
+from ...node.settings import CodeJobSettings
 
 #: The unprivileged identity jobs run as when the node runs as root ("nobody" on Debian).
 SANDBOX_UID = 65534

@@ -17,7 +17,13 @@ import os
 import re
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit, urlunsplit
+
+from ..errors import ComputationFailed
+
+if TYPE_CHECKING:
+    import psycopg
 
 KEY_FILE = "pushdown.key"
 
@@ -85,11 +91,31 @@ def check_columns(name: str, config) -> None:
     source = config.source
     if source.kind != "postgres":
         return
-    from . import postgres
-
-    present = postgres.columns(name, source.url, source.table)
+    present = table_columns(name, source.url, source.table)
     missing = [c for c in config.columns if c not in present]
     if config.privacy_unit.id_column and config.privacy_unit.id_column not in present:
         missing.append(config.privacy_unit.id_column)
     if missing:
         raise ValueError(f"columns {missing} are in the config but not in table {source.table!r}")
+
+
+def connect_postgres(dataset: str, url: str) -> "psycopg.Connection":
+    """A connection to a dataset's PostgreSQL server, credentials from the environment; unreachable is
+    ``dataset_unavailable`` (the driver's message, which may name host or user, stays in the node's log)."""
+    import psycopg
+
+    try:
+        return psycopg.connect(with_credentials(dataset, url), connect_timeout=10)
+    except psycopg.OperationalError:
+        # The message may name the host or user: the owner sees it in the node's log, the analyst does not.
+        raise ComputationFailed(f"Dataset '{dataset}': its PostgreSQL server cannot be reached.",
+                                code="dataset_unavailable") from None
+
+
+def table_columns(dataset: str, url: str, table: str) -> set[str]:
+    """The column names of ``table`` (reads no rows)."""
+    from psycopg import sql
+
+    with connect_postgres(dataset, url) as con:
+        cursor = con.execute(sql.SQL("SELECT * FROM {} LIMIT 0").format(sql.Identifier(*table.split("."))))
+        return {d.name for d in cursor.description}
