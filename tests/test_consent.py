@@ -63,23 +63,25 @@ def twins(tmp_path):
 
 def read_paths(config: NodeConfig, tmp_path) -> dict[str, pl.DataFrame]:
     """What each channel's worker reads, given the task the node would send it."""
-    from workbench.dp.columnar import columnar_frame, source_frame
+    from workbench.dp.columnar import columnar_frame
+    from workbench.node.data import scan as source_frame
     from workbench.fl.local import _read
     from workbench.fl.trainers import feature_map
-    from workbench.he.node_compute import _frame
     from workbench.node.catalog import Catalog, scan
+    from workbench.node.data import scan_task
     from workbench.synth.fit import _scan
 
     entry = Catalog(config).get("patients")
     path, fmt, info, consent = str(entry.path), entry.config.file_format, entry.info, consent_spec(entry.config)
     names = [c.name for c in info.columns]
-    task = {"path": path, "format": fmt, "stamp": list(entry.stamp), "consent": consent}
+    task = {"info": info.model_dump(mode="json"), "path": path, "format": fmt, "stamp": list(entry.stamp),
+            "consent": consent}
     fmap = feature_map(info, "classification", ["age", "bmi"], "readmitted")
     X, y = _read(task, fmap)
     return {
         "dp": source_frame(path, fmt, info, names, consent).collect(),
         "dp-columnar": columnar_frame(tmp_path / "columnar", path, fmt, info, names, consent).collect(),
-        "he-smpc": _frame(path, fmt, info, consent).collect(),
+        "he-smpc": scan_task(task)[1].collect(),  # HE and SMPC contributions read through scan_task
         "synth": _scan(task, info, [c.name for c in info.columns if c.type != "id"]).collect(),
         "fl": pl.DataFrame({"x0": X[:, 0], "x1": X[:, 1], "y": y}),
         "open-rows": consenting(scan(entry.config), entry.config).select(names).collect(),

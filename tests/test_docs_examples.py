@@ -72,13 +72,14 @@ def test_the_access_request_example_runs(embedded_home):
 
 def _public_names() -> set[str]:
     """Every attribute of the classes a doc example handles (and of pandas frames, which results are)."""
+    from workbench.channels.jobs.kernel import CodeJob
     from workbench.client.login import OIDCToken
     from workbench.fl.client import FederatedModel, TrainingJob
     from workbench.synth.client import SyntheticData
     from workbench.synth.report import FidelityReport
 
     classes = [wb.Node, wb.RemoteDataset, wb.Query, wb.GroupBy, wb.Federation, wb.FederatedDataset, wb.Preview,
-               TrainingJob, FederatedModel, SyntheticData, FidelityReport, OIDCToken, pd.DataFrame]
+               TrainingJob, FederatedModel, SyntheticData, FidelityReport, OIDCToken, CodeJob, pd.DataFrame]
     names = {n for cls in classes for n in dir(cls)}
     # dataclass fields and instance attributes are not on the class: take them from annotations and __init__
     names |= {n for cls in classes for klass in cls.__mro__ for n in getattr(klass, "__annotations__", {})}

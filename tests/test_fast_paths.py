@@ -141,8 +141,7 @@ def test_a_file_swapped_under_a_release_is_refused(service):
 
     service.catalog.refresh(force=True)
     entry = service.catalog.get("patients")
-    task = node_routes._task(entry, DPRequest(query={"kind": "count"}, epsilon=0.5), "release",
-                             node_routes._columnar(service))
+    task = node_routes._task(service, entry, DPRequest(query={"kind": "count"}, epsilon=0.5), "release")
     assert engine.run(task)["table"]["data"]
     frame = pl.read_parquet(entry.path)
     frame.head(frame.height - 1).write_parquet(str(entry.path) + ".next")

@@ -250,7 +250,7 @@ def test_node_check_reads_every_value_against_its_declared_type(tmp_path):
     from starlette.testclient import TestClient
 
     from workbench.node import admin
-    from workbench.node.app import create_app
+    from workbench.server import create_app
     from workbench.node.service import NodeService
     from workbench.node.settings import NodeConfig
 

@@ -48,7 +48,7 @@ def open_node(service) -> dict:
 
     from workbench.demo.nodes import ensure_accounts
     from workbench.node import admin
-    from workbench.node.app import create_app
+    from workbench.server import create_app
 
     accounts = ensure_accounts(service)
     tokens = {"analyst": accounts.analyst_token, "owner": accounts.owner_token,

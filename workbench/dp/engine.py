@@ -550,11 +550,15 @@ def _note(query: DPQuery, plan: _Plan, summary: pl.DataFrame) -> str:
 
 
 def _table(query: DPQuery, plan: _Plan, frame: pl.DataFrame, summary: pl.DataFrame) -> dict:
-    if plan.by:  # sorted on the codes (not the labels), so numeric bins come in numeric order
+    for name, labels in plan.labels.items():  # codes back to their public labels (post-processing) ...
+        if name != "bin":
+            frame = frame.with_columns(pl.col(name).replace_strict(list(range(len(labels))), labels))
+    if plan.by:  # ... sorted by label, and a histogram's bins by their code, so they come in numeric order
         frame = frame.sort(plan.by)
     edges, codes = plan.edges, (frame["bin"].to_list() if plan.edges is not None else [])
-    for name, labels in plan.labels.items():  # codes back to their public labels (post-processing)
-        frame = frame.with_columns(pl.col(name).replace_strict(list(range(len(labels))), labels))
+    if "bin" in plan.labels:
+        labels = plan.labels["bin"]
+        frame = frame.with_columns(pl.col("bin").replace_strict(list(range(len(labels))), labels))
     out = frame.select(plan.by) if plan.by else pl.DataFrame()
     if edges is not None:  # each bin's public edges, beside its label
         out = out.with_columns(pl.Series("bin_lower", [edges[i] for i in codes], dtype=pl.Float64),
