@@ -93,6 +93,7 @@ with open(os.path.join(output_dir, "probe.json"), "w") as fh:
     assert_nothing_left(tight_node, job)
 
 
+@pytest.mark.slow  # each waits for a limit (CPU or wall time)
 @pytest.mark.parametrize("attack, code, limit", [
     ("fork bomb", "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
      "wall"),
