@@ -93,6 +93,7 @@ with open(os.path.join(output_dir, "probe.json"), "w") as fh:
     assert_nothing_left(tight_node, job)
 
 
+@pytest.mark.slow  # each waits for a limit (CPU or wall time)
 @pytest.mark.parametrize("attack, code, limit", [
     ("fork bomb", "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
      "wall"),
@@ -192,3 +193,15 @@ def test_an_approved_job_whose_sandbox_vanished_fails_instead_of_running(tight_n
     tight_node["owner"].request("POST", f"/jobs/{job.job_id}/approve", json={})
     assert job.wait(timeout_s=120, poll_s=0.5) == "failed"
     assert "bubblewrap" in job.info.error and not marker.exists()
+
+
+def test_the_analyst_sees_no_check_details_before_a_release(tight_node, tmp_path):
+    code = """import os, workbench_job
+workbench_job.load(data_path).head(12).to_csv(os.path.join(output_dir, "rows.csv"), index=False)
+"""
+    job, view = run_job(tight_node, tmp_path, code, ["rows.csv"])
+    owner_checks = {c["check"]: c for c in results_of(view)["rows.csv"]["checks"]}
+    assert not owner_checks["identifiers"]["ok"]  # the owner sees an identifier value in the detail
+    mine = {r.name: r for r in job.refresh().results}
+    assert mine["rows.csv"].checks == [] and mine["rows.csv"].preview is None and not mine["rows.csv"].flagged
+    assert_nothing_left(tight_node, job)

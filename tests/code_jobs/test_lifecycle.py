@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from workbench.channels.jobs import lifecycle
 from workbench.errors import NotAuthorized
+from workbench.node.auth import Principal
 
 from .conftest import needs_bwrap
 from .honest_analysis import honest
@@ -32,6 +34,11 @@ def test_honest_notebook_from_mock_to_released_outputs(jobs_node, tmp_path):
     assert set(results) == {"summary.csv", "km_curve.png", "executed.ipynb"}
     assert not results["summary.csv"]["flagged"], [c for c in results["summary.csv"]["checks"] if not c["ok"]]
     assert results["km_curve.png"]["flagged"]  # images: manual review
+    assert results["km_curve.png"]["preview"].startswith("data:image/png;base64,")  # the owner looks at it
+    held = lifecycle.held_files(jobs_node["service"], Principal("olga", "owner"), job.job_id)
+    assert held["km_curve.png"].startswith(b"\x89PNG") and b"groups" in held["executed.ipynb"]
+    with pytest.raises(NotAuthorized):
+        lifecycle.held_files(jobs_node["service"], Principal("analyst", "analyst"), job.job_id)
     jobs_node["owner"].request("POST", f"/jobs/{job.job_id}/release",
                                json={"outputs": ["summary.csv", "km_curve.png"]})
     files = job.outputs()

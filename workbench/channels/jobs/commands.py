@@ -6,6 +6,7 @@ a job approved here within a second of its next jobs request (its runner polls w
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import click
@@ -70,9 +71,21 @@ def commands(config_option, as_option, open_service: Callable, owner_of: Callabl
     @group.command("show")
     @click.argument("job_id", type=int)
     @config_option
-    def show(job_id: int, config_path: str) -> None:
+    @click.option("--save", "save_to", type=click.Path(file_okay=False), default=None,
+                  help="Also write the held outputs and log into this folder, to look at them (images too).")
+    def show(job_id: int, config_path: str, save_to: str | None) -> None:
         """The code (or its diff against the last approved version), parameters, outputs and checks."""
-        run(config_path, lambda s: describe(lifecycle.show(s, CLI_READER, job_id)))
+        def action(service) -> str:
+            text = describe(lifecycle.show(service, CLI_READER, job_id))
+            if save_to:
+                folder = Path(save_to)
+                folder.mkdir(parents=True, exist_ok=True)
+                for name, content in lifecycle.held_files(service, CLI_READER, job_id).items():
+                    (folder / name).write_bytes(content)
+                    text += f"\nsaved {folder / name}"
+            return text
+
+        run(config_path, action)
 
     @group.command("approve")
     @click.argument("job_id", type=int)

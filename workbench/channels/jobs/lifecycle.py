@@ -175,6 +175,21 @@ def code_diff(before: CodeJobRecord, after: CodeJobRecord) -> str:
                                          f"job {before.id} (approved)", f"job {after.id}", lineterm=""))
 
 
+def held_files(service, principal: Principal, job_id: int) -> dict[str, bytes]:
+    """Owners and auditors: the bytes of every output and log a job's run holds, to read before deciding."""
+    principal.require(*OWNER_VIEW)
+    import base64
+
+    info = show(service, principal, job_id)
+    files = {}
+    with service.store.transaction("read") as session:
+        for result in info.results:
+            if result.review_id is not None:
+                held = json.loads(session.get(Review, result.review_id).result_json)
+                files[result.name] = base64.b64decode(held["content_b64"])
+    return files
+
+
 # ---------------------------------------------------------------- owners' decisions
 
 

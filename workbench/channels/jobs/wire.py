@@ -91,7 +91,7 @@ class JobOutput(_Model):
     flagged: bool = False
     review_id: int | None = None
     status: OutputStatus | None = None
-    preview: str | None = None  # the start of a text output, for the owner's eyes only
+    preview: str | None = None  # owners only: the start of a text output, or an image as a data: URL
 
 
 class DPUse(_Model):

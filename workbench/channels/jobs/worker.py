@@ -275,8 +275,10 @@ class JobRunner:
         checks = [c.model_dump() for c in disclosure.check(piece.name, content, ctx)]
         digest = hashlib.sha256(content).hexdigest()
         record.size, record.sha256, record.checks_json = len(content), digest, json.dumps(checks)
-        if media.startswith("text/") or media.endswith("json"):
+        if media.startswith("text/") or media.endswith("json") or media == "image/svg+xml":
             record.preview = content[:4000].decode("utf-8", errors="replace")
+        elif media in ("image/png", "image/jpeg"):  # the owner looks at it (shown as an <img>, never run)
+            record.preview = f"data:{media};base64,{base64.b64encode(content).decode()}"
         flagged = [c["check"] for c in checks if not c["ok"]]
         summary = {"what_leaves": f"{'the log' if is_log else 'output'} {piece.name} of code job {job.id} "
                                   f"({len(content)} bytes)", "checks": checks, "flagged": flagged}

@@ -128,7 +128,7 @@ export class JobsSection {
         { class: 'jp-WorkbenchPanel-checks' },
         ...r.checks.map(c => el('li', { 'data-ok': String(c.ok) }, `${c.ok ? '✓' : '⚠'} ${c.check}: ${c.detail}`))
       ),
-      r.preview ? el('pre', { class: 'jp-WorkbenchPanel-code' }, r.preview.slice(0, 1500)) : null,
+      r.preview ? this._preview(r.preview) : null,
       held
         ? el(
             'div',
@@ -138,6 +138,14 @@ export class JobsSection {
           )
         : null
     );
+  }
+
+  /** Text as text; a PNG/JPEG (a data: URL from the node) as an image the owner looks at. */
+  private _preview(preview: string): HTMLElement {
+    if (/^data:image\/(png|jpeg);base64,/.test(preview)) {
+      return el('img', { class: 'jp-WorkbenchPanel-preview', src: preview, alt: 'held image output' });
+    }
+    return el('pre', { class: 'jp-WorkbenchPanel-code' }, preview.slice(0, 1500));
   }
 
   private async _act(jobId: number, action: string, outputs?: string[], askReason = false): Promise<void> {
