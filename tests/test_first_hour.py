@@ -172,7 +172,9 @@ def test_group_means_are_labelled_by_group_not_by_noisy_count(plt):
     assert _bars(ax) == [4051.0, 3900.0]
     assert _errorbar_spans(ax) == [(3900.0, 4200.0), (3800.0, 4000.0)]
     assert "95% interval" in [t.get_text() for t in ax.get_legend().get_texts()]
-    assert means.plot.bar is not None  # pandas' own plots stay reachable
+    # pandas' own plots stay reachable
+    assert means.plot.bar(y="estimate").get_xlabel() == ""
+    assert means.plot(kind="line", y="noisy_count").get_lines()
 
 
 def test_numeric_histogram_plots_over_its_bin_edges_in_order(plt):
