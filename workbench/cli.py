@@ -460,8 +460,8 @@ def login(url: str, name: str | None) -> None:
 def demo(lab: bool, port: int, lab_port: int, root: str | None, reset: bool, lab_args: tuple[str, ...]) -> None:
     """Start three demo hospital nodes (and JupyterLab with the teaching notebooks).
 
-    Options after ``--`` go to JupyterLab, e.g. ``workbench demo -- --ServerApp.token=abc``.
-    As root, JupyterLab gets ``--allow-root``.
+    Options after '--' go to JupyterLab, e.g. 'workbench demo -- --ServerApp.token=abc'.
+    As root, JupyterLab gets '--allow-root'.
     """
     from .demo.launcher import run_demo
 
