@@ -178,16 +178,10 @@ def end_to_end(repeats: int = 3) -> list[dict]:
         first = s.getsockname()[1]
     while not all(launcher._port_free(first + i) for i in range(4)):
         first += 7
-    configs = launcher.prepare(root, first)
-    procs = launcher.start_nodes(configs)
-    agg, agg_url, tokens = launcher.start_aggregator(root, first + 3)
-    procs.append(agg)
+    demo = launcher.start_demo(root, launcher.node_urls(first), first + 3, mock=False)
     rows = []
     try:
-        for url in list(launcher.node_urls(first).values()) + [agg_url]:
-            launcher.wait_healthy(url, 120)
-        launcher.trust_aggregator(configs, agg_url, tokens, first)
-        nodes = [wb.connect(u) for u in launcher.node_urls(first).values()]
+        nodes = [wb.connect(u) for u in demo.urls.values()]
         meter = _Meter()
         for n in nodes:
             meter.attach(n)
@@ -228,7 +222,7 @@ def end_to_end(repeats: int = 3) -> list[dict]:
             rows.append({"task": task, "protocol": proto, "s": statistics.median(times),
                          "analyst_bytes": int(statistics.median(sent)), "analyst_requests": int(statistics.median(reqs))})
     finally:
-        launcher.stop(procs)
+        demo.stop()
         import shutil
 
         shutil.rmtree(root, ignore_errors=True)

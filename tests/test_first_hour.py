@@ -172,7 +172,9 @@ def test_group_means_are_labelled_by_group_not_by_noisy_count(plt):
     assert _bars(ax) == [4051.0, 3900.0]
     assert _errorbar_spans(ax) == [(3900.0, 4200.0), (3800.0, 4000.0)]
     assert "95% interval" in [t.get_text() for t in ax.get_legend().get_texts()]
-    assert means.plot.bar is not None  # pandas' own plots stay reachable
+    # pandas' own plots stay reachable
+    assert means.plot.bar(y="estimate").get_xlabel() == ""
+    assert means.plot(kind="line", y="noisy_count").get_lines()
 
 
 def test_numeric_histogram_plots_over_its_bin_edges_in_order(plt):
@@ -248,16 +250,27 @@ def test_embedded_node_state_is_per_environment_and_resettable(tmp_path, monkeyp
 
     monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("WORKBENCH_DEMO_NODES", raising=False)
+    monkeypatch.setenv("WORKBENCH_PANEL_EMBEDDED", "1")  # as in a notebook kernel started by Jupyter
     root = embedded.embedded_root()
     assert root.parent == tmp_path / "home" / "embedded"
     assert root.name.startswith(Path(sys.prefix).resolve().name.strip(".") or "python")
     try:
         ds = wb.connect().dataset("patients")
         ds.count().release(epsilon=2.0)
+        # The kernel serves its embedded node on loopback; the panel's server extension lists it.
+        from workbench.jupyter.handlers import WorkbenchClients
+
+        [entry] = embedded.panel_connections()
+        assert entry["name"] == f"embedded-{os.getpid()}" and entry["url"].startswith("http://127.0.0.1:")
+        assert (root / "panel" / f"{os.getpid()}-hospital_a.json").stat().st_mode & 0o777 == 0o600
+        me = httpx.get(entry["url"] + "/v1/me", headers={"Authorization": f"Bearer {entry['token']}"}, timeout=10)
+        assert me.json()["user"] == "analyst"
+        assert entry["name"] in [c.name for c in WorkbenchClients().connections()]
         assert wb.connect().dataset("patients").budget()["epsilon"] == pytest.approx(8.0)
         fresh = wb.connect(reset=True).dataset("patients")
         assert fresh.budget()["epsilon"] == pytest.approx(10.0)
         assert len(fresh.node.history()) == 0
+        assert len(embedded.panel_connections()) == 1, "the reset node replaced the old one in the panel"
     finally:
         embedded.reset_embedded()
 

@@ -588,8 +588,8 @@ def directory_sign(members_file: str, key_path: str, out_path: str, valid_days: 
 def demo(lab: bool, port: int, lab_port: int, root: str | None, reset: bool, lab_args: tuple[str, ...]) -> None:
     """Start three demo hospital nodes (and JupyterLab with the teaching notebooks).
 
-    Options after ``--`` go to JupyterLab, e.g. ``workbench demo -- --ServerApp.token=abc``.
-    As root, JupyterLab gets ``--allow-root``.
+    Options after '--' go to JupyterLab, e.g. 'workbench demo -- --ServerApp.token=abc'.
+    As root, JupyterLab gets '--allow-root'.
     """
     from .demo.launcher import run_demo
 

@@ -142,13 +142,15 @@ def visible_outputs(page):
 
 
 def notebook_text(page) -> str:
-    return "\n".join(visible_outputs(page).all_inner_texts())
+    # textContent, not innerText: JupyterLab skips rendering cells out of view (content-visibility),
+    # and innerText of a skipped cell is empty.
+    return "\n".join(visible_outputs(page).all_text_contents())
 
 
 def stderr_text(page) -> str:
     return "\n".join(page.locator('.jp-NotebookPanel:not(.lm-mod-hidden) '
                                   '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')
-                     .all_inner_texts())
+                     .all_text_contents())
 
 
 def shoot_figures(page, prefix: str) -> list[Path]:
@@ -197,10 +199,10 @@ def table_column(page, header: str) -> list[str]:
         const tables = [...document.querySelectorAll(
             '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output table.dataframe')];
         for (const t of tables.reverse()) {
-            const heads = [...t.querySelectorAll('thead th')].map(th => th.innerText.trim());
+            const heads = [...t.querySelectorAll('thead th')].map(th => th.textContent.trim());
             const i = heads.indexOf(header);
             if (i >= 0) {
-                return [...t.querySelectorAll('tbody tr')].map(tr => tr.children[i].innerText.trim());
+                return [...t.querySelectorAll('tbody tr')].map(tr => tr.children[i].textContent.trim());
             }
         }
         return null;
@@ -372,6 +374,7 @@ def test_workbench_demo_in_the_browser(tmp_path):
             open_notebook(page, "plots.ipynb")
             run_notebook(page)
             out = notebook_text(page)
+            (SHOTS / "demo-plots-outputs.txt").write_text(out)
             assert "Traceback" not in out, out[-3000:]
             assert "ylabel: mean of cost | xlabel: region | ticks: ['east', 'north', 'south', 'west']" in out \
                 or "ylabel: mean of cost | xlabel: region" in out

@@ -71,7 +71,10 @@ class _ResultPlot:
     def __init__(self, frame: "Released"):
         self._frame = frame
 
-    def __call__(self, ax=None, *, title: str | None = None):
+    def __call__(self, *args, ax=None, title: str | None = None, **kwargs):
+        """The estimate with its interval; with pandas' own arguments (``kind=``, ``x=``...), pandas' plot."""
+        if args or kwargs or not {"estimate", "coef"} & set(self._frame.columns):
+            return pd.plotting.PlotAccessor(self._frame)(*args, ax=ax, title=title, **kwargs)
         from ..jupyter.widgets import plot_result
 
         return plot_result(self._frame, ax=ax, title=title)

@@ -24,6 +24,7 @@ from ..protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
 
 _lock = threading.Lock()
 _services: dict[str, object] = {}
+_panel_stops: dict[str, object] = {}  # hospital -> stops its loopback face for the panel
 
 
 #: ``1``: serve the embedded node to the JupyterLab panel even outside a notebook kernel started by Jupyter.
@@ -39,6 +40,9 @@ def reset_embedded() -> list[Path]:
         for service, _app, _accounts in _services.values():
             service.close()
         _services.clear()
+        for stop in _panel_stops.values():
+            stop()
+        _panel_stops.clear()
     state = embedded_root() / "state"
     if state.exists():
         shutil.rmtree(state)
@@ -70,7 +74,7 @@ def connect_embedded(hospital: str = "hospital_a", reset: bool = False) -> Node:
             entry = (service, create_app(service), accounts)
             _services[hospital] = entry
             if os.environ.get("JPY_SESSION_NAME") or os.environ.get(PANEL_ENV) == "1":
-                _serve_for_panel(entry[1], accounts.analyst_token, hospital)
+                _panel_stops[hospital] = _serve_for_panel(entry[1], accounts.analyst_token, hospital)
     service, app, accounts = entry
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the deprecation notice may also fire on construction
@@ -80,7 +84,7 @@ def connect_embedded(hospital: str = "hospital_a", reset: bool = False) -> Node:
     return Node(http, url=f"embedded://{hospital}", embedded=True)
 
 
-def _serve_for_panel(app, token: str, hospital: str) -> None:
+def _serve_for_panel(app, token: str, hospital: str):
     """Serve the embedded node on a free loopback port while this kernel lives, for the JupyterLab panel.
 
     The Jupyter server finds it through a 0600 file ``<embedded root>/panel/<pid>-<hospital>.json``
@@ -111,3 +115,4 @@ def _serve_for_panel(app, token: str, hospital: str) -> None:
         path.unlink(missing_ok=True)
 
     atexit.register(_stop)
+    return _stop

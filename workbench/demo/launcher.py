@@ -41,7 +41,8 @@ def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
 
-def prepare(root: Path, urls: dict[str, str], save: bool = True, mock: bool = True) -> tuple[dict[str, Path], dict[str, str]]:
+def prepare(root: Path, urls: dict[str, str], save: bool = True,
+            mock: bool = True) -> tuple[dict[str, Path], dict[str, str]]:
     """Configs, accounts and DP mocks for the demo nodes at ``urls`` (the nodes in parallel).
 
     Returns each hospital's config path and analyst token; ``save`` also stores the analyst's
@@ -190,8 +191,8 @@ def start_demo(root: Path, urls: dict[str, str], aggregator_port: int, *, save: 
         agg_proc, demo.aggregator, agg_tokens = start_aggregator(root, aggregator_port, quiet)
         demo.procs.append(agg_proc)
         for url in urls.values():
-            wait_healthy(url)
-        wait_healthy(demo.aggregator)
+            wait_healthy(url, 120)
+        wait_healthy(demo.aggregator, 120)
         trust_aggregator(configs, demo.aggregator, agg_tokens, urls)
     except BaseException:
         demo.stop()

@@ -18,6 +18,10 @@ Endpoints (all ``GET``, all JSON)::
     workbench/requests?node=NAME         {"node", "requests": [my access requests]}
     workbench/owner...                   the owner view: see :mod:`workbench.jupyter.owner_handlers`
 
+The nodes are the user's configured connections plus, as ``embedded-<pid>``, the
+embedded node of every live notebook kernel that uses one (it serves itself on
+loopback for the panel; see ``workbench.client.embedded``).
+
 ``node`` defaults to the first configured connection. Every error is
 ``{"code": ..., "message": ...}``; a node's own error keeps the node's code
 and HTTP status (``node_unreachable`` 503, ``not_authenticated`` 401,
