@@ -246,12 +246,13 @@ def test_connect_without_address_uses_the_demo_nodes_when_a_demo_runs(shared_nod
 
 
 def test_embedded_node_state_is_per_environment_and_resettable(tmp_path, monkeypatch):
-    from workbench import config as embedded
+    from workbench import config
+    from workbench.demo import embedded
 
     monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("WORKBENCH_DEMO_NODES", raising=False)
     monkeypatch.setenv("WORKBENCH_PANEL_EMBEDDED", "1")  # as in a notebook kernel started by Jupyter
-    root = embedded.embedded_root()
+    root = config.embedded_root()
     assert root.parent == tmp_path / "home" / "embedded"
     assert root.name.startswith(Path(sys.prefix).resolve().name.strip(".") or "python")
     try:
@@ -260,7 +261,7 @@ def test_embedded_node_state_is_per_environment_and_resettable(tmp_path, monkeyp
         # The kernel serves its embedded node on loopback; the panel's server extension lists it.
         from workbench.jupyter.handlers import WorkbenchClients
 
-        [entry] = embedded.panel_connections()
+        [entry] = config.panel_connections()
         assert entry["name"] == f"embedded-{os.getpid()}" and entry["url"].startswith("http://127.0.0.1:")
         assert (root / "panel" / f"{os.getpid()}-hospital_a.json").stat().st_mode & 0o777 == 0o600
         me = httpx.get(entry["url"] + "/v1/me", headers={"Authorization": f"Bearer {entry['token']}"}, timeout=10)
@@ -270,7 +271,7 @@ def test_embedded_node_state_is_per_environment_and_resettable(tmp_path, monkeyp
         fresh = wb.connect(reset=True).dataset("patients")
         assert fresh.budget()["epsilon"] == pytest.approx(10.0)
         assert len(fresh.node.history()) == 0
-        assert len(embedded.panel_connections()) == 1, "the reset node replaced the old one in the panel"
+        assert len(config.panel_connections()) == 1, "the reset node replaced the old one in the panel"
     finally:
         embedded.reset_embedded()
 

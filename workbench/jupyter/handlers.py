@@ -20,7 +20,7 @@ Endpoints (all ``GET``, all JSON)::
 
 The nodes are the user's configured connections plus, as ``embedded-<pid>``, the
 embedded node of every live notebook kernel that uses one (it serves itself on
-loopback for the panel; see ``workbench.client.embedded``).
+loopback for the panel; see ``workbench.demo.embedded``).
 
 ``node`` defaults to the first configured connection. Every error is
 ``{"code": ..., "message": ...}``; a node's own error keeps the node's code

@@ -46,6 +46,32 @@ def describe(job: CodeJobInfo) -> str:
     return "\n".join(lines)
 
 
+def _show(service, job_id: int, save_to: str | None) -> str:
+    """``jobs show``: the description, and with ``save_to`` every held file written there to look at."""
+    text = describe(lifecycle.show(service, CLI_READER, job_id))
+    if save_to:
+        folder = Path(save_to)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, content in lifecycle.held_files(service, CLI_READER, job_id).items():
+            (folder / name).write_bytes(content)
+            text += f"\nsaved {folder / name}"
+    return text
+
+
+def _outputs_command(group: click.Group, run: Callable, config_option, as_option, owner_of: Callable, name: str,
+                     release: bool, help_text: str) -> None:
+    """``jobs release`` / ``jobs withhold``: decide held outputs (default: every held one)."""
+    @group.command(name, help=help_text)
+    @click.argument("job_id", type=int)
+    @click.option("--output", "outputs", multiple=True, help="An output to decide (default: every held one).")
+    @as_option
+    @config_option
+    @click.option("--reason", default="")
+    def decide_outputs(job_id: int, outputs: tuple[str, ...], as_owner: str, config_path: str, reason: str) -> None:
+        run(config_path, lambda s: describe(lifecycle.decide_outputs(
+            s, owner_of(s, as_owner), job_id, list(outputs) or None, release, reason)))
+
+
 def commands(config_option, as_option, open_service: Callable, owner_of: Callable) -> click.Group:
     """The ``jobs`` command group, built with the CLI's shared options and helpers."""
 
@@ -75,17 +101,7 @@ def commands(config_option, as_option, open_service: Callable, owner_of: Callabl
                   help="Also write the held outputs and log into this folder, to look at them (images too).")
     def show(job_id: int, config_path: str, save_to: str | None) -> None:
         """The code (or its diff against the last approved version), parameters, outputs and checks."""
-        def action(service) -> str:
-            text = describe(lifecycle.show(service, CLI_READER, job_id))
-            if save_to:
-                folder = Path(save_to)
-                folder.mkdir(parents=True, exist_ok=True)
-                for name, content in lifecycle.held_files(service, CLI_READER, job_id).items():
-                    (folder / name).write_bytes(content)
-                    text += f"\nsaved {folder / name}"
-            return text
-
-        run(config_path, action)
+        run(config_path, lambda service: _show(service, job_id, save_to))
 
     @group.command("approve")
     @click.argument("job_id", type=int)
@@ -105,18 +121,7 @@ def commands(config_option, as_option, open_service: Callable, owner_of: Callabl
         """Reject the code: it never runs."""
         run(config_path, lambda s: _line(lifecycle.decide(s, owner_of(s, as_owner), job_id, False, reason)))
 
-    def outputs_command(name: str, release: bool, help_text: str):
-        @group.command(name, help=help_text)
-        @click.argument("job_id", type=int)
-        @click.option("--output", "outputs", multiple=True, help="An output to decide (default: every held one).")
-        @as_option
-        @config_option
-        @click.option("--reason", default="")
-        def decide_outputs(job_id: int, outputs: tuple[str, ...], as_owner: str, config_path: str,
-                           reason: str) -> None:
-            run(config_path, lambda s: describe(lifecycle.decide_outputs(
-                s, owner_of(s, as_owner), job_id, list(outputs) or None, release, reason)))
-
-    outputs_command("release", True, "Let held outputs leave (after reading them and their checks).")
-    outputs_command("withhold", False, "Reject held outputs: they never leave.")
+    for name, release, help_text in (("release", True, "Let held outputs leave (after reading them and their checks)."),
+                                     ("withhold", False, "Reject held outputs: they never leave.")):
+        _outputs_command(group, run, config_option, as_option, owner_of, name, release, help_text)
     return group
