@@ -39,6 +39,8 @@ from .store import Base, utcnow
 
 Channel = Literal["dp", "synth", "he", "smpc", "fl", "code", "open"]
 CHANNELS: tuple[str, ...] = ("dp", "synth", "he", "smpc", "fl", "code", "open")
+#: The agreement's name of a channel the gate knows by another name (code jobs release as "jobs").
+CHANNEL_OF: dict[str, str] = {"jobs": "code"}
 
 
 class AgreementConfig(BaseModel):
@@ -122,6 +124,7 @@ def check_release(agreement: AgreementConfig | None, *, channel: str, role: str,
     end = agreement.ends_at
     if end is not None and (now or datetime.now(timezone.utc)) > end:
         raise refused("expires", f"the agreement ended on {agreement.expires.isoformat()}.")
+    channel = CHANNEL_OF.get(channel, channel)
     if channel in CHANNELS and channel not in agreement.channels:  # ("review" delivers a release checked before)
         raise refused("channels", f"the channel {channel!r} is not one of {agreement.channels}.", channel=channel)
     check_claims(agreement, claims)

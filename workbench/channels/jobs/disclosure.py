@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from ...node.catalog import DatasetEntry, scan
+from ...node.consent import consenting
 from .wire import Check
 
 COUNT_NAME = re.compile(r"^(n|count|counts|freq|frequency|size|num_\w+|n_\w+|\w+_n|\w+_count)$", re.IGNORECASE)
@@ -52,15 +53,20 @@ class DataContext:
 
     @property
     def frame(self) -> pl.LazyFrame:
-        return scan(self.entry.config)
+        return _rows(self.entry)
 
     def columns_of(self, *types: str) -> set[str]:
         return {c.name for c in self.entry.info.columns if c.type in types}
 
 
+def _rows(entry: DatasetEntry) -> pl.LazyFrame:
+    """The rows the job could read (consenting rows only), as stored."""
+    return consenting(scan(entry.config), entry.config)
+
+
 def context(entry: DatasetEntry) -> DataContext:
     settings = entry.config.code_jobs
-    frame = scan(entry.config)
+    frame = _rows(entry)
     rows = int(frame.select(pl.len()).collect().item())
     ids = sorted({c.name for c in entry.info.columns if c.type == "id"} | _unit_column(entry))
     values: set[str] = set()

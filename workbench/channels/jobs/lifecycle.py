@@ -60,6 +60,7 @@ def _checked(service, principal: Principal, dataset: str, body: JobSubmission):
     """Refusals knowable before anything runs (audited as refusals)."""
     principal.require("analyst", "owner")
     entry = service.catalog.get(dataset)
+    service.gate.check_agreement(principal, entry, CHANNEL)  # the sharing agreement allows code jobs (audited)
     settings = entry.config.code_jobs
     try:
         if not settings.enabled:

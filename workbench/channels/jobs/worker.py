@@ -34,6 +34,8 @@ from sqlalchemy import select, update
 from ...node import governance
 from ...node.auth import Principal
 from ...node.catalog import DatasetEntry
+from ...node.consent import consent_spec, consenting
+from ...node.data import raw_scan
 from ...node.store import utcnow
 from ...errors import WorkbenchError
 from . import disclosure, sandbox
@@ -219,13 +221,14 @@ class JobRunner:
             return
         settings = entry.config.code_jobs
         limits = sandbox.Limits.of(settings)
-        task = {"kind": job.kind, "code": job.code, "parameters": json.loads(job.parameters_json),
-                "outputs": json.loads(job.outputs_json), "max_output_bytes": limits.output_bytes,
-                "data_path": f"/data/dataset.{'csv' if entry.config.file_format == 'csv' else 'parquet'}"}
         with tempfile.TemporaryDirectory(prefix="wb-job-") as scratch:
+            data = data_for_sandbox(entry, Path(scratch))
+            task = {"kind": job.kind, "code": job.code, "parameters": json.loads(job.parameters_json),
+                    "outputs": json.loads(job.outputs_json), "max_output_bytes": limits.output_bytes,
+                    "data_path": f"/data/dataset.{'csv' if data.suffix.lower() == '.csv' else 'parquet'}"}
             channel = DPChannel(self.service, job, entry, Path(scratch)) if job.dp_epsilon > 0 else None
             try:
-                argv = sandbox.command(entry.path, limits, Path(scratch), channel.path if channel else None)
+                argv = sandbox.command(data, limits, Path(scratch), channel.path if channel else None)
                 result = execute(argv, task, limits)
             except WorkbenchError as exc:
                 result = RunResult(None, exc.message)
@@ -315,3 +318,16 @@ def runner_of(service) -> JobRunner:
         if runner is None:
             runner = service._code_job_runner = JobRunner(service)
         return runner
+
+
+def data_for_sandbox(entry: DatasetEntry, scratch: Path) -> Path:
+    """The one file the sandbox may read: the owner's file itself, or, when the dataset has a consent rule or is a
+    folder of Parquet files, one Parquet copy of its consenting rows written (streamed) into the job's scratch
+    folder, readable by the sandbox's uid. Rows without consent never reach the analyst's code."""
+    rule = consent_spec(entry.config)
+    if rule is None and Path(entry.path).is_file():
+        return Path(entry.path)
+    target = scratch / "dataset.parquet"
+    consenting(raw_scan(entry.path, entry.config.file_format), rule).sink_parquet(target)
+    os.chmod(target, 0o644)
+    return target
