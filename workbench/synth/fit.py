@@ -88,7 +88,9 @@ def _scan(task: dict, info: DatasetInfo, columns: list[str]):
 
     _, lf = scan_task(task, columns)
     kinds = {c.name: c.type for c in info.columns}
-    return lf.with_columns([pl.col(n).fill_nan(None) for n in columns if kinds[n] == "float"])
+    # One select, not with_columns: with with_columns, the fine marginals' cut() failed in Polars 1.36
+    # ("conversion from str to i64 failed in column age"), the cast being re-applied after the cut.
+    return lf.select([pl.col(n).fill_nan(None).alias(n) if kinds[n] == "float" else pl.col(n) for n in columns])
 
 
 def _opendp():
