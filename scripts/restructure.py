@@ -134,6 +134,12 @@ TESTS: dict[str, str] = {
     "tests/test_notebooks.py": "tests/e2e/test_notebooks.py",
     "tests/test_notebooks_channels.py": "tests/e2e/test_notebooks_channels.py",
     "tests/test_notebooks_schedule.py": "tests/e2e/test_notebooks_schedule.py",
+    "tests/test_first_hour.py": "tests/e2e/test_first_hour.py",
+    "tests/test_consent.py": "tests/node/test_consent.py",
+    "tests/test_ecosystem.py": "tests/node/test_ecosystem.py",
+    "tests/test_fapi.py": "tests/node/test_fapi.py",
+    "tests/test_datafiles.py": "tests/node/test_datafiles.py",
+    "tests/test_epsilon_floor_synth.py": "tests/channels/synth/test_epsilon_floor_synth.py",
 }
 
 #: Tests about the whole package: they stay in tests/.
@@ -142,7 +148,7 @@ TESTS_STAY = {"tests/test_house.py", "tests/test_docs_examples.py", "tests/test_
 #: An unknown ``tests/test_<prefix>...py`` goes to the folder of the first prefix it starts with.
 TEST_PREFIXES: list[tuple[str, str]] = [
     ("test_dp", "tests/channels/dp"), ("test_federated_dp", "tests/channels/dp"),
-    ("test_query", "tests/channels/dp"), ("test_synth", "tests/channels/synth"),
+    ("test_query", "tests/channels/dp"), ("test_pushdown", "tests/channels/dp"), ("test_synth", "tests/channels/synth"),
     ("test_he", "tests/channels/secagg"), ("test_smpc", "tests/channels/secagg"),
     ("test_secagg", "tests/channels/secagg"), ("test_aggregator", "tests/channels/secagg"),
     ("test_fl", "tests/channels/fl"), ("test_gate", "tests/node"), ("test_ledger", "tests/node"),

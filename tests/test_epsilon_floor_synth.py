@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 
-FLOOR_REASON = "floor lands with policy.py (issue 13)"
 SPEC = {"method": "independent", "rows": 10, "columns": ["sex", "region"]}
 
 
@@ -17,7 +16,6 @@ def _spent(client) -> float:
     return client.get("/v1/datasets/patients/budget", headers=client.analyst).json()["epsilon_spent"]
 
 
-@pytest.mark.xfail(strict=True, reason=FLOOR_REASON)
 @pytest.mark.parametrize("epsilon", [5e-324, 1e-300, 1e-9])
 def test_synthesis_preview_below_the_floor_is_refused_not_a_500(app_client, epsilon):
     r = app_client.post("/v1/datasets/patients/synth/preview", json={"spec": SPEC, "epsilon": epsilon},
@@ -25,7 +23,6 @@ def test_synthesis_preview_below_the_floor_is_refused_not_a_500(app_client, epsi
     assert r.status_code == 422 and r.json()["code"] == "bad_epsilon", r.text
 
 
-@pytest.mark.xfail(strict=True, reason=FLOOR_REASON)
 @pytest.mark.parametrize("epsilon", [1e-300, 1e-9])
 def test_synthesis_job_below_the_floor_is_refused_before_any_work(app_client, epsilon):
     before = _spent(app_client)
