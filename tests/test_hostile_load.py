@@ -93,15 +93,20 @@ def test_a_users_queued_tasks_never_delay_another_users_task(monkeypatch):
 def test_over_share_is_429_with_retry_after_and_costs_nothing(app_client):
     """Attack: many heavy calls in parallel from one user. Beyond their share the node answers 429 with
     Retry-After before queueing or charging anything; the client raises wb.RateLimited."""
+    import asyncio
+
     import workbench as wb
     from workbench.errors import error_class_for
+    from workbench.node.fairness import _Line
 
     service = app_client.service
     before, charges = _grant(app_client, app_client.analyst), _charges(service)
     body = {"query": {"kind": "count", "by": ["region"]}, "epsilon": 0.123, "delta": 0.0}
     holds = [service.fair.admit("analyst", "compute") for _ in range(service.fair.limits["compute"])]
-    for hold in holds:
+    for hold in holds:  # the analyst's previews in flight fill their share ...
         hold.__enter__()
+    queue_limit, service.fair.queue_limit = service.fair.queue_limit, 0
+    service.fair._queues["analyst"] = _Line(asyncio.Semaphore(0))  # ... and so do their releases, none may wait
     try:
         for path in (PREVIEW, RELEASE):
             r = app_client.post(path, json=body, headers=app_client.analyst)
@@ -113,8 +118,45 @@ def test_over_share_is_429_with_retry_after_and_costs_nothing(app_client):
     finally:
         for hold in holds:
             hold.__exit__(None, None, None)
+        service.fair.queue_limit = queue_limit
+        service.fair._queues.pop("analyst")
     assert _grant(app_client, app_client.analyst) == before and _charges(service) == charges
     assert app_client.post(RELEASE, json=body, headers=app_client.analyst).status_code == 200
+
+
+def test_a_users_releases_queue_without_threads_up_to_a_bound():
+    """Parallel releases of one user wait their turn on the event loop (holding no thread); beyond the
+    queue bound they are refused at once with RateLimited."""
+    import asyncio
+
+    from workbench.errors import RateLimited
+    from workbench.node.fairness import UserLimiter
+
+    async def scenario() -> None:
+        limiter = UserLimiter(compute=1, queue=1)
+        inside, leave = asyncio.Event(), asyncio.Event()
+
+        async def hold() -> None:
+            async with limiter.queued("u"):
+                inside.set()
+                await leave.wait()
+
+        first = asyncio.create_task(hold())
+        await inside.wait()
+        inside.clear()
+        second = asyncio.create_task(hold())  # waits in the queue
+        while limiter._queues["u"].waiting == 0:
+            await asyncio.sleep(0)
+        with pytest.raises(RateLimited):
+            async with limiter.queued("u"):
+                pass
+        async with limiter.queued("v"):  # another user is not in u's queue
+            assert limiter.in_flight("v") == 1
+        leave.set()
+        await asyncio.gather(first, second)
+        assert limiter.in_flight("u") == 0 and "u" not in limiter._queues
+
+    asyncio.run(scenario())
 
 
 def test_client_honours_retry_after(app_client, monkeypatch):

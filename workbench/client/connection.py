@@ -15,6 +15,7 @@ from ..protocol import PROTOCOL_HEADER, PROTOCOL_VERSION, DatasetInfo, GrantInfo
 
 DEFAULT_TIMEOUT = httpx.Timeout(300.0, connect=10.0)
 MAX_RETRY_AFTER_S = 30.0
+RATE_LIMITED_RETRIES = 8
 
 
 def _retry_after(response: httpx.Response) -> float:
@@ -42,7 +43,7 @@ class Node:
         """Send one request; wire errors come back as the matching :class:`WorkbenchError`.
 
         A 429 (:class:`~workbench.errors.RateLimited`: nothing was done or charged) is retried up to
-        ``retries`` times after the node's ``Retry-After`` (at most ``MAX_RETRY_AFTER_S``)."""
+        ``RATE_LIMITED_RETRIES`` times after the node's ``Retry-After`` (at most ``MAX_RETRY_AFTER_S`` each)."""
         attempt = limited = 0
         while True:
             try:
@@ -55,7 +56,7 @@ class Node:
                 continue
             except httpx.TimeoutException:
                 raise ConnectionFailed(f"The node at {self.url} did not answer in time.") from None
-            if response.status_code != 429 or limited >= retries:
+            if response.status_code != 429 or limited >= RATE_LIMITED_RETRIES:
                 break
             limited += 1
             time.sleep(_retry_after(response))

@@ -112,8 +112,9 @@ class ReleaseGate:
         replay = self._replay_remembered(principal, entry, channel, kind, qhash, request_id)
         if replay is not None:
             return await asyncio.wrap_future(replay)
-        return await run_in_threadpool(self._release, principal, entry, channel, kind, qhash, cost, compute, grant_id,
-                                       request_id)
+        async with self.limiter.queued(principal.name):  # the user's share; queued without holding a thread
+            return await run_in_threadpool(self._release, principal, entry, channel, kind, qhash, cost, compute,
+                                           grant_id, request_id, True)
 
     def replay_if_known(self, principal: Principal, entry: DatasetEntry, channel: str, kind: str, spec: dict,
                         cost: Cost, request_id: str | None = None) -> "Future[Outcome] | None":
@@ -156,7 +157,8 @@ class ReleaseGate:
         return [self._locks[i] for i in sorted(indices)]
 
     def _release(self, principal: Principal, entry: DatasetEntry, channel: str, kind: str, qhash: str, cost: Cost,
-                 compute: Callable[[], dict], grant_id: int | None, request_id: str | None) -> Outcome:
+                 compute: Callable[[], dict], grant_id: int | None, request_id: str | None,
+                 admitted: bool = False) -> Outcome:
         with contextlib.ExitStack() as held:
             for lock in self._stripes(principal, qhash, request_id):
                 held.enter_context(lock)
@@ -164,7 +166,8 @@ class ReleaseGate:
             if known is not None:
                 return self._writes.run(self._replay_write(principal, known, channel, kind))
             # The caller's share of heavy work, taken before anything is charged (RateLimited costs nothing).
-            held.enter_context(self.limiter.admit(principal.name, "compute"))
+            if not admitted:
+                held.enter_context(self.limiter.admit(principal.name, "compute"))
             charge_id, charged_grant = self._reserve(principal, entry, channel, kind, qhash, cost, grant_id,
                                                      request_id)
             if charge_id is None:  # another process answered this request id first
