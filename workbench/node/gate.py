@@ -92,14 +92,19 @@ class ReleaseGate:
                 or self._stored_answer(principal, entry, qhash, None) is not None)
 
     def release(self, principal: Principal, entry: DatasetEntry, channel: str, kind: str, spec: dict, cost: Cost,
-                compute: Callable[[], dict], grant_id: int | None = None, request_id: str | None = None) -> Outcome:
-        """Charge, compute and record one release (or replay a stored one for free)."""
+                compute: Callable[[], dict], grant_id: int | None = None, request_id: str | None = None,
+                queued_elsewhere: bool = False) -> Outcome:
+        """Charge, compute and record one release (or replay a stored one for free).
+
+        Within the caller's share of heavy work (:class:`RateLimited` before any charge), unless
+        ``queued_elsewhere`` (a channel with its own bounded queue, e.g. synthesis jobs)."""
         self.authorize(principal, entry)
         qhash = spec_hash(channel, spec, cost)
         replay = self._replay_remembered(principal, entry, channel, kind, qhash, request_id)
         if replay is not None:
             return replay.result(WAIT_S)
-        return self._release(principal, entry, channel, kind, qhash, cost, compute, grant_id, request_id)
+        return self._release(principal, entry, channel, kind, qhash, cost, compute, grant_id, request_id,
+                             queued_elsewhere)
 
     async def release_async(self, principal: Principal, entry: DatasetEntry, channel: str, kind: str, spec: dict,
                             cost: Cost, compute: Callable[[], dict], grant_id: int | None = None,
