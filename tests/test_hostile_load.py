@@ -122,6 +122,8 @@ def test_over_share_is_429_with_retry_after_and_costs_nothing(app_client):
         service.fair._queues.pop("analyst")
     assert _grant(app_client, app_client.analyst) == before and _charges(service) == charges
     assert app_client.post(RELEASE, json=body, headers=app_client.analyst).status_code == 200
+    metrics = app_client.get("/v1/metrics", headers=app_client.owner).text  # the owner sees the refusals
+    assert "workbench_rate_limited_total 2" in metrics
 
 
 def test_a_users_releases_queue_without_threads_up_to_a_bound():

@@ -231,6 +231,8 @@ def _node_lines(service) -> list[str]:
         "# TYPE workbench_workers_started gauge", f"workbench_workers_started {getattr(pool, '_started', 0)}",
         "# HELP workbench_workers_idle Worker processes waiting for a task.",
         "# TYPE workbench_workers_idle gauge", f"workbench_workers_idle {pool.idle}",
+        "# HELP workbench_rate_limited_total Requests refused (429) because their user was over their fair share.",
+        "# TYPE workbench_rate_limited_total counter", f"workbench_rate_limited_total {service.fair.refused}",
     ]
 
 
