@@ -23,7 +23,6 @@ from typing import AsyncIterator, Iterator
 
 from ..errors import RateLimited
 
-KINDS = ("compute", "session")
 #: Suggested wait (seconds) sent with a 429, per kind.
 RETRY_AFTER_S = {"compute": 1.0, "session": 5.0}
 
