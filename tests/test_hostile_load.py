@@ -93,15 +93,20 @@ def test_a_users_queued_tasks_never_delay_another_users_task(monkeypatch):
 def test_over_share_is_429_with_retry_after_and_costs_nothing(app_client):
     """Attack: many heavy calls in parallel from one user. Beyond their share the node answers 429 with
     Retry-After before queueing or charging anything; the client raises wb.RateLimited."""
+    import asyncio
+
     import workbench as wb
     from workbench.errors import error_class_for
+    from workbench.node.fairness import _Line
 
     service = app_client.service
     before, charges = _grant(app_client, app_client.analyst), _charges(service)
     body = {"query": {"kind": "count", "by": ["region"]}, "epsilon": 0.123, "delta": 0.0}
     holds = [service.fair.admit("analyst", "compute") for _ in range(service.fair.limits["compute"])]
-    for hold in holds:
+    for hold in holds:  # the analyst's previews in flight fill their share ...
         hold.__enter__()
+    queue_limit, service.fair.queue_limit = service.fair.queue_limit, 0
+    service.fair._queues["analyst"] = _Line(asyncio.Semaphore(0))  # ... and so do their releases, none may wait
     try:
         for path in (PREVIEW, RELEASE):
             r = app_client.post(path, json=body, headers=app_client.analyst)
@@ -113,8 +118,47 @@ def test_over_share_is_429_with_retry_after_and_costs_nothing(app_client):
     finally:
         for hold in holds:
             hold.__exit__(None, None, None)
+        service.fair.queue_limit = queue_limit
+        service.fair._queues.pop("analyst")
     assert _grant(app_client, app_client.analyst) == before and _charges(service) == charges
     assert app_client.post(RELEASE, json=body, headers=app_client.analyst).status_code == 200
+    metrics = app_client.get("/v1/metrics", headers=app_client.owner).text  # the owner sees the refusals
+    assert "workbench_rate_limited_total 2" in metrics
+
+
+def test_a_users_releases_queue_without_threads_up_to_a_bound():
+    """Parallel releases of one user wait their turn on the event loop (holding no thread); beyond the
+    queue bound they are refused at once with RateLimited."""
+    import asyncio
+
+    from workbench.errors import RateLimited
+    from workbench.node.fairness import UserLimiter
+
+    async def scenario() -> None:
+        limiter = UserLimiter(compute=1, queue=1)
+        inside, leave = asyncio.Event(), asyncio.Event()
+
+        async def hold() -> None:
+            async with limiter.queued("u"):
+                inside.set()
+                await leave.wait()
+
+        first = asyncio.create_task(hold())
+        await inside.wait()
+        inside.clear()
+        second = asyncio.create_task(hold())  # waits in the queue
+        while limiter._queues["u"].waiting == 0:
+            await asyncio.sleep(0)
+        with pytest.raises(RateLimited):
+            async with limiter.queued("u"):
+                pass
+        async with limiter.queued("v"):  # another user is not in u's queue
+            assert limiter.in_flight("v") == 1
+        leave.set()
+        await asyncio.gather(first, second)
+        assert limiter.in_flight("u") == 0 and "u" not in limiter._queues
+
+    asyncio.run(scenario())
 
 
 def test_client_honours_retry_after(app_client, monkeypatch):
@@ -467,3 +511,62 @@ def test_delta_is_charged_only_when_the_noise_uses_it(app_client):
 def test_unknown_protocol_in_synthesis_bodies_is_refused_the_same_way(app_client, path, body):
     r = app_client.post(path, json={**body, "protocol": "0.9"}, headers=app_client.analyst)
     assert r.status_code == 400 and r.json()["code"] == "protocol_unsupported", r.text
+
+
+def test_replayed_smpc_sum_cannot_pile_up_waiting_sessions(tmp_path):
+    """Attack (real node, real aggregator): pay for one SMPC sum, then replay it for free into many new
+    sessions that never complete (the other party never joins). Only the user's session share waits (2),
+    asynchronously; the rest get 429 at once; other users are served meanwhile; one charge in all."""
+    import signal
+
+    from tests.conftest import launch, start_aggregator
+    from workbench.he.aggregator import add_node
+
+    state = tmp_path / "aggregator"
+    tokens = {name: add_node(state, name) for name in ("hospital-a", "hospital-b")}
+    proc, agg_url = start_aggregator(state)
+    node = launch(tmp_path / "a", "hospital_a")
+    analyst = {"Authorization": f"Bearer {node.analyst_token}"}
+    try:
+        owner = {"Authorization": f"Bearer {node.owner_token}"}
+        r = httpx.put(f"{node.url}/v1/he/aggregators/main", json={"url": agg_url, "token": tokens["hospital-a"]},
+                      headers=owner)
+        assert r.status_code == 200, r.text
+        sessions = [httpx.post(agg_url + "/v1/sessions", timeout=30, json={
+            "dataset": "patients", "op": {"kind": "sum", "columns": ["visits"]}, "epsilon": 0.05,
+            "parties": ["hospital-a", "hospital-b"], "protocol": "smpc"}).json() for _ in range(5)]
+        replies: dict[int, httpx.Response] = {}
+
+        def contribute(i: int) -> None:
+            replies[i] = httpx.post(f"{node.url}/v1/datasets/patients/smpc/contribute", headers=analyst,
+                                    json={"aggregator_url": agg_url, "session_id": sessions[i]["session_id"]},
+                                    timeout=120)
+
+        def waiting(i: int) -> bool:  # node A posted its key and waits for hospital-b's
+            keys = httpx.get(f"{agg_url}/v1/sessions/{sessions[i]['session_id']}/smpc/keys", timeout=30,
+                             headers={"Authorization": f"Bearer {tokens['hospital-b']}",
+                                      "X-Workbench-Protocol": "1"}).json()
+            return keys["waiting_for"] == ["hospital-b"]
+
+        threads = [threading.Thread(target=contribute, args=(i,)) for i in range(2)]
+        for i, t in enumerate(threads):
+            t.start()
+            _poll(lambda i=i: waiting(i), deadline_s=120)  # the first pays; the second replays for free
+        for i in range(2, 5):  # more free replays: refused at once, before the aggregator is asked
+            contribute(i)
+            assert replies[i].status_code == 429 and replies[i].json()["code"] == "rate_limited"
+            assert int(replies[i].headers["Retry-After"]) >= 1 and not waiting(i)
+        assert httpx.get(f"{node.url}/v1/catalog", headers=owner, timeout=30).status_code == 200
+        for session in sessions[:2]:
+            assert httpx.post(f"{agg_url}/v1/sessions/{session['session_id']}/abort", timeout=30,
+                              headers={"X-Result-Token": session["result_token"]}).status_code == 200
+        for t in threads:
+            t.join(timeout=120)
+        assert all(replies[i].json()["code"] == "session_closed" for i in range(2))
+        spent = httpx.get(f"{node.url}/v1/datasets/patients/budget", headers=analyst).json()["epsilon_spent"]
+        assert spent == pytest.approx(0.05)  # one charge: the replays and refusals were free
+    finally:
+        node.stop()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=15)

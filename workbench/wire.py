@@ -46,6 +46,8 @@ def raise_for_error(response: httpx.Response, who: str, *, prefix: str = "", max
 
 #: The longest wait a client honours from a node's ``Retry-After`` (a 429: nothing was done or charged).
 MAX_RETRY_AFTER_S = 30.0
+#: How many 429s in a row a client waits out before it gives the refusal to the caller.
+RATE_LIMITED_RETRIES = 8
 
 
 def retry_after(response: httpx.Response) -> float:
@@ -61,7 +63,7 @@ def send(http: httpx.Client, method: str, url: str, *, retries: int = 0, who: st
     """One HTTP call; a connection failure is tried again ``retries`` times, then :class:`ConnectionFailed`.
 
     A 429 (:class:`~workbench.errors.RateLimited`: the caller's fair share is in use; nothing was done or
-    charged) is tried again up to ``retries`` times after the ``Retry-After`` the node asked for."""
+    charged) is tried again up to ``RATE_LIMITED_RETRIES`` times after the ``Retry-After`` the node asked for."""
     attempt = limited = 0
     while True:
         try:
@@ -76,7 +78,7 @@ def send(http: httpx.Client, method: str, url: str, *, retries: int = 0, who: st
             raise ConnectionFailed(f"The {who} at {where} did not answer in time.") from None
         except httpx.HTTPError as exc:
             raise ConnectionFailed(f"Cannot reach the {who} at {where}: {type(exc).__name__}.") from None
-        if response.status_code != 429 or limited >= retries:
+        if response.status_code != 429 or limited >= RATE_LIMITED_RETRIES:
             return response
         limited += 1
         time.sleep(retry_after(response))

@@ -230,7 +230,8 @@ def run_round(service, job: Job, weights: list[np.ndarray]) -> dict:
                            sigma_count=job.plan.sigma_count, sigma_metrics=job.plan.sigma_metrics,
                            sigma_grad=job.plan.sigma_grad, local_steps=job.plan.local_steps)
     outcome = service.gate.release(job.principal, entry, "fl", "fl_round", spec, Cost(epsilon, delta),
-                                   compute=lambda: service.pool.run("fl.local_round", payload), grant_id=job.grant_id)
+                                   compute=lambda: service.pool.run("fl.local_round", payload, user=job.principal.name),
+                                   grant_id=job.grant_id)
     if not outcome.replayed:
         job.releases += 1
         job.epsilon_spent += outcome.charged.epsilon

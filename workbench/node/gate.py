@@ -114,15 +114,19 @@ class ReleaseGate:
 
     def release(self, principal: Principal, entry: DatasetEntry, channel: str, kind: str, spec: dict, cost: Cost,
                 compute: Callable[[], dict], grant_id: int | None = None, request_id: str | None = None,
-                text: str = "") -> Outcome:
+                text: str = "", queued_elsewhere: bool = False) -> Outcome:
         """Charge, compute and record one release (or replay a stored one for free). ``text``: the question in
-        readable form, kept in the audit record (the analyst's history shows it)."""
+        readable form, kept in the audit record (the analyst's history shows it).
+
+        Within the caller's share of heavy work (:class:`RateLimited` before any charge), unless
+        ``queued_elsewhere`` (a channel with its own bounded queue, e.g. synthesis jobs)."""
         self.authorize(principal, entry, channel)
         qhash = spec_hash(channel, spec, cost)
         replay = self._replay_remembered(principal, entry, channel, kind, qhash, request_id, text)
         if replay is not None:
             return replay.result(WAIT_S)
-        return self._release(principal, entry, channel, kind, qhash, cost, compute, grant_id, request_id, text)
+        return self._release(principal, entry, channel, kind, qhash, cost, compute, grant_id, request_id, text,
+                             queued_elsewhere)
 
     async def release_async(self, principal: Principal, entry: DatasetEntry, channel: str, kind: str, spec: dict,
                             cost: Cost, compute: Callable[[], dict], grant_id: int | None = None,
@@ -135,8 +139,9 @@ class ReleaseGate:
         replay = self._replay_remembered(principal, entry, channel, kind, qhash, request_id, text)
         if replay is not None:
             return await asyncio.wrap_future(replay)
-        return await run_in_threadpool(self._release, principal, entry, channel, kind, qhash, cost, compute, grant_id,
-                                       request_id, text)
+        async with self.limiter.queued(principal.name):  # the user's share; queued without holding a thread
+            return await run_in_threadpool(self._release, principal, entry, channel, kind, qhash, cost, compute,
+                                           grant_id, request_id, text, True)
 
     def replay_if_known(self, principal: Principal, entry: DatasetEntry, channel: str, kind: str, spec: dict,
                         cost: Cost, request_id: str | None = None, text: str = "") -> "Future[Outcome] | None":
@@ -182,7 +187,7 @@ class ReleaseGate:
 
     def _release(self, principal: Principal, entry: DatasetEntry, channel: str, kind: str, qhash: str, cost: Cost,
                  compute: Callable[[], dict], grant_id: int | None, request_id: str | None,
-                 text: str = "") -> Outcome:
+                 text: str = "", admitted: bool = False) -> Outcome:
         with contextlib.ExitStack() as held:
             for lock in self._stripes(principal, qhash, request_id):
                 held.enter_context(lock)
@@ -190,7 +195,8 @@ class ReleaseGate:
             if known is not None:
                 return self._writes.run(self._replay_write(principal, known, channel, kind, text))
             # The caller's share of heavy work, taken before anything is charged (RateLimited costs nothing).
-            held.enter_context(self.limiter.admit(principal.name, "compute"))
+            if not admitted:
+                held.enter_context(self.limiter.admit(principal.name, "compute"))
             charge_id, charged_grant = self._reserve(principal, entry, channel, kind, qhash, cost, grant_id,
                                                      request_id)
             if charge_id is None:  # another process answered this request id first

@@ -120,6 +120,8 @@ def _node_families(service) -> Iterable[Metric]:
                               value=pool.crashes)
     yield _gauge("workbench_workers_started", "Worker processes alive or starting.", getattr(pool, "_started", 0))
     yield _gauge("workbench_workers_idle", "Worker processes waiting for a task.", pool.idle)
+    yield CounterMetricFamily("workbench_rate_limited", "Requests refused (429) because their user was over their "
+                              "fair share.", value=service.fair.refused)
 
 
 def _ledger_families(service) -> Iterable[Metric]:

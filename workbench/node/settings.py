@@ -178,7 +178,7 @@ class NodeSection(_Config):
     #: Fair share (issue 16): heavy requests one user may have running or queued (more get 429 + Retry-After),
     #: contributions one user may have waiting on other parties, and the low-priority workers that
     #: calibrate free previews (never a paid release's worker).
-    per_user_compute: int = Field(4, ge=1, le=1000)
+    per_user_compute: int = Field(8, ge=1, le=1000)
     per_user_sessions: int = Field(2, ge=1, le=1000)
     preview_workers: int = Field(1, ge=1, le=16)
     #: Failed authentications: one record per source per window, then a count for the window.

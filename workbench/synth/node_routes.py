@@ -142,7 +142,8 @@ def start(name: str, body: SynthRequest, service: Service, caller: Caller) -> Sy
         payload = task(service, entry, spec, body.epsilon, job)
         outcome = service.gate.release(caller, entry, CHANNEL, body.spec.method, spec, cost,
                                        compute=lambda: run_isolated("synth.fit", payload, timeout),
-                                       grant_id=body.grant_id, request_id=body.request_id)
+                                       grant_id=body.grant_id, request_id=body.request_id,
+                                       queued_elsewhere=True)  # the job queue bounds fits (synth_workers)
         job.release = release_model(service, entry, outcome, body.spec.method, True, spec)
 
     job = jobs.submit(caller.name, entry.name, body.spec.method, body.request_id, work, queue=not replay)
