@@ -59,12 +59,11 @@ def test_within_bin_sampler_follows_the_fine_marginal_not_a_uniform_spread():
         assert np.abs(counts - shares[b] * len(mine)).max() <= 1.0    # each bin's fine counts within a row
     assert shares[0][3] == 0.0 and (cells != 3).all()                # a negative noisy count gets no rows
     values = fine.decode(cells, rng)
-    target = np.repeat(np.concatenate(shares) / 16, 1)
+    target = np.concatenate(shares) / 16                        # coarse cells are uniform here
     grid = np.asarray(fine.edges[1:])
     cdf_target = np.cumsum(target)
     cdf_synth = np.searchsorted(np.sort(values), grid, side="right") / len(values)
-    cdf_uniform = np.repeat(np.arange(1, 17) / 16, 1)
-    uniform_at_grid = np.interp(grid, np.asarray(cost.edges), np.concatenate([[0.0], cdf_uniform]))
+    uniform_at_grid = np.interp(grid, np.asarray(cost.edges), np.arange(17) / 16)
     assert np.abs(cdf_synth - cdf_target).max() < 0.01              # follows the fine marginal ...
     assert np.abs(uniform_at_grid - cdf_target).max() > 0.02         # ... which a uniform spread would not
 

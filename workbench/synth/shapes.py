@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .domain import ColumnDomain
+from .sampling import rounded_counts
 
 RANGE_WINDOW = 16        # a column's range grows while the next RANGE_WINDOW fine cells together hold
 TAIL_NOISE_STDS = 1.0    # ... at least this many standard deviations of their summed noise
@@ -179,24 +180,9 @@ def within_bin_cells(coarse: np.ndarray, fine: FineBins, shares: list[np.ndarray
     out = np.empty(len(coarse), dtype=np.int64)
     for b in np.unique(coarse):
         rows = np.flatnonzero(coarse == b)
-        children = np.flatnonzero(parent == b)
-        if len(children) == 0:          # a coarse cell the fine bins do not refine (cannot happen when nested)
-            out[rows] = 0
-            continue
-        counts = _rounded_counts(shares[b], len(rows), rng)
+        children = np.flatnonzero(parent == b)       # never empty: fine cells nest in coarse cells
+        counts = rounded_counts(shares[b], len(rows), rng)
         cells = np.repeat(children, counts)
         rng.shuffle(cells)
         out[rows] = cells
     return out
-
-
-def _rounded_counts(probs: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
-    """Integer counts summing to ``total`` whose expectation is ``total * probs`` (each within one row)."""
-    expected = np.asarray(probs, dtype=float) * total
-    counts = np.floor(expected).astype(np.int64)
-    extra = total - int(counts.sum())
-    if extra > 0:
-        frac = expected - counts
-        weights = frac / frac.sum() if frac.sum() > 0 else np.full(len(frac), 1.0 / len(frac))
-        counts[rng.choice(len(probs), extra, replace=False, p=weights)] += 1
-    return counts
