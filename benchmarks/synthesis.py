@@ -1,16 +1,18 @@
 """DP synthesizers vs an SDV reference on 30k rows x 8 columns (run by the owner: it reads the TRUE marginals).
 
-Each DP method runs as the node runs it (task ``synth.fit``, :mod:`workbench.node.tasks`, in a fresh worker process, cold JAX
-compilation cache) at the same epsilon; SDV GaussianCopula is fitted on the real rows as a NON-DP
-reference. Fidelity is measured against the real data on one fixed public discretisation, whatever bins a
-method fitted on: 16 equal-width bins over each numeric column's public bounds, one cell per category
-(+ null). Figures: mean total variation distance over all 1-way and all 2-way marginals, and the SDMetrics
-quality score (on a 5,000-row subsample). A second real sample of the same population (another seed) is
-the reference row "real, 2nd sample": the TVD two honest samples of this size already have. Times are wall
-clock and CPU (the worker's user+system time) side by side, in one run; the load average is printed.
+Each DP method runs as the node runs it (task ``synth.fit``, :mod:`workbench.node.tasks`, in a fresh worker process) at the same
+epsilon; SDV GaussianCopula is fitted on the real rows as a NON-DP reference. Fidelity is measured against the
+real data on one fixed public discretisation, whatever bins a method fitted on: 16 equal-width bins over each
+numeric column's public bounds, one cell per category (+ null). Figures: mean total variation distance over
+all 1-way and all 2-way marginals; the SDMetrics quality score (on a 5,000-row subsample) with its two parts,
+column shapes and column pair trends (SDMetrics 0.32 scores only pairs with a real association above 0.3 or a
+correlation above 0.5: one pair in this data); and ``copies``, the share of synthetic rows equal to some real
+row in every column. A second real sample of the same population (another seed) is the reference row "real,
+2nd sample": what two honest samples of this size already share. Times are wall clock and CPU (the worker's
+user+system time) side by side, in one run; the load average is printed.
 
     .venv/bin/python benchmarks/synthesis.py [--rows 30000] [--epsilon 1.0]
-        [--methods independent,mst,aim,fixed] [--no-sdv] [--no-warm]
+        [--methods independent,mst,aim,fixed] [--no-sdv]
 """
 
 from __future__ import annotations
@@ -56,6 +58,13 @@ def tvd_scores(plan, real: pd.DataFrame, syn: pd.DataFrame) -> tuple[float, floa
     return float(one), float(two)
 
 
+def exact_copies(real: pd.DataFrame, syn: pd.DataFrame) -> float:
+    """Share of the rows of ``syn`` that equal some row of ``real`` in every column."""
+    seen = set(real[COLUMNS].astype(object).itertuples(index=False, name=None))
+    rows = syn[COLUMNS].astype(object).itertuples(index=False, name=None)
+    return float(np.mean([row in seen for row in rows]))
+
+
 def quality(real: pd.DataFrame, syn: pd.DataFrame, meta: dict) -> dict[str, float]:
     """SDMetrics' quality score and its two parts (column shapes: KS / TV complement per column; column pair
     trends: correlation / contingency similarity per pair) on a 5,000-row subsample."""
@@ -75,7 +84,6 @@ def main() -> None:
     parser.add_argument("--epsilon", type=float, default=1.0)
     parser.add_argument("--methods", default="independent,mst,aim,fixed")
     parser.add_argument("--no-sdv", action="store_true")
-    parser.add_argument("--no-warm", action="store_true", help="skip the second MST fit on a warm JAX cache")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="wb-synth-bench-"))
@@ -100,11 +108,8 @@ def main() -> None:
     other = patients(args.rows, seed=8).select(COLUMNS).to_pandas()
     one, two = tvd_scores(eval_plan, real, other)
     results.append({"method": "real, 2nd sample (reference)", "dp": "-", "epsilon": float("nan"), "tvd_1way": one,
-                    "tvd_2way": two, **quality(real, other, meta)})
+                    "tvd_2way": two, **quality(real, other, meta), "copies": exact_copies(real, other)})
     runs = [(m, m, f"jax-cache-{m}") for m in args.methods.split(",") if m]
-    if "mst" in args.methods.split(",") and not args.no_warm:
-        # what a node's later MST fits cost: the node keeps JAX's compilation cache in its state_dir
-        runs.append(("mst (again, warm JAX cache)", "mst", "jax-cache-mst"))
     for label, method, cache in runs:
         spec = SynthSpec(method=method, rows=args.rows, rounds=8 if method == "aim" else None)
         payload = {"info": info.model_dump(mode="json"), "path": str(path), "format": "parquet",
@@ -121,6 +126,7 @@ def main() -> None:
         one, two = tvd_scores(eval_plan, real, syn)
         results.append({"method": label, "dp": "yes", "epsilon": args.epsilon, "fit_wall_s": wall, "fit_cpu_s": cpu,
                         "tvd_1way": one, "tvd_2way": two, **quality(real, syn, meta),
+                        "copies": exact_copies(real, syn),
                         "report_tvd_2way_vs_noisy": out["report"].get("tvd_2way_mean")})
         print(f"  {results[-1]}", file=sys.stderr, flush=True)
     if not args.no_sdv:
@@ -134,7 +140,7 @@ def main() -> None:
         one, two = tvd_scores(eval_plan, real, syn)
         results.append({"method": "SDV GaussianCopula on real", "dp": "NO", "epsilon": float("inf"),
                         "fit_wall_s": wall, "fit_cpu_s": cpu, "tvd_1way": one, "tvd_2way": two,
-                        **quality(real, syn, meta)})
+                        **quality(real, syn, meta), "copies": exact_copies(real, syn)})
         print(f"  {results[-1]}", file=sys.stderr, flush=True)
     table = pd.DataFrame(results)
     pd.set_option("display.width", 200)

@@ -3,15 +3,18 @@
 Runs inside a dedicated worker process (see :mod:`workbench.synth.jobs`), so
 a native abort, a time-out or a cancellation kills only this fit.
 
-Privacy guarantee: the only access to the data is one OpenDP
-``contingency_table`` measurement (MST, AIM or Fixed from ``dp.mbi``) under
-pure epsilon-DP (``dp.loss_of(epsilon=...)``, Laplace noise, delta = 0) at
-the dataset's privacy unit (``contributions = max_contributions``, which the
-node checks on every dataset version). Keys and bin cuts come from the public
-metadata (:mod:`workbench.synth.domain`), so the set of possible output
-values does not depend on the data. The synthetic rows are sampled from the
-fitted model and the report compares them with the noisy marginals the
-measurement released: both are post-processing of the DP release.
+Privacy guarantee: the only access to the data is one OpenDP compositor under
+pure epsilon-DP (``dp.loss_of(epsilon=...)``, Laplace noise, delta = 0) at the
+dataset's privacy unit (``contributions = max_contributions``, which the node
+checks on every dataset version), split into two ``contingency_table``
+queries: the method's marginals (MST, AIM or Fixed from ``dp.mbi``, share
+``1 - SHAPE_SPLIT``) and fine one-way marginals of the numeric columns (share
+``SHAPE_SPLIT``; :mod:`workbench.synth.shapes`). Keys, bin cuts and fine cuts
+come from the public metadata (:mod:`workbench.synth.domain`), so the set of
+possible output values does not depend on the data. The synthetic rows are
+sampled from the fitted model and the fine marginals, and the report compares
+them with the noisy marginals the queries released: all post-processing of the
+DP release.
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ import numpy as np
 
 from ..errors import ComputationFailed
 from ..protocol import DatasetInfo
-from .domain import Plan, plan as make_plan
 from . import shapes
+from .domain import Plan, plan as make_plan
 from .report import column_shapes, fidelity_figures, oneway_marginal
 from .spec import SynthSpec
 

@@ -30,8 +30,8 @@ from ..node.ledger import Cost, choose_grant, left
 from ..node.routes import Caller, Service
 from ..node.service import NodeService
 from ..protocol import Budget, Table, require_supported_protocol
-from . import domain, mocks
-from .fit import MST_MEASURE_SPLIT, MST_ONEWAY_SPLIT
+from . import domain, mocks, shapes
+from .fit import MST_MEASURE_SPLIT, MST_ONEWAY_SPLIT, budget_shares
 from .jobs import Job, jobs_of
 from .prepare import canonical, checked, run_isolated, task
 from .spec import (MockInfo, MockRelease, PlannedMeasurement, SDVRequest, SynthJob, SynthPreview, SynthRelease,
@@ -45,39 +45,56 @@ CHANNEL = "synth"
 
 
 def planned(spec: SynthSpec, plan: domain.Plan, epsilon: float, contributions: int) -> tuple[list, str]:
-    """The marginals a method measures and their Laplace noise, from the budget split OpenDP's dp.mbi uses.
+    """The marginals a method measures and their Laplace noise, from the budget split the fit uses (the model's
+    share, split as OpenDP's dp.mbi does, and the fine one-way marginals' share).
 
     Approximate (the fit reports the exact figures); computed from public metadata only.
     """
+    fines = {n: f for n in plan.columns if (f := shapes.fine_bins(plan.domains[n])) is not None}
+    shares = budget_shares(spec.method, epsilon, len(fines))
+    out, note = _planned_model(spec, plan, shares["model_epsilon"], contributions)
+    out += [PlannedMeasurement(columns=[n], cells=f.cells, epsilon=shares["shapes_epsilon_per_column"],
+                               noise_std=_laplace_std(contributions, shares["shapes_epsilon_per_column"]))
+            for n, f in fines.items()]
+    if fines:
+        note = (f"{shares['shapes']:.0%} of epsilon measures fine one-way marginals of {', '.join(fines)} (the "
+                f"shape of values inside each public bin); the method gets the rest. " + note)
+    return out, note + " Pure epsilon-DP (Laplace noise, delta = 0), one composition."
+
+
+def _laplace_std(contributions: int, eps: float) -> float:
+    return contributions / eps * math.sqrt(2)   # Laplace std at sensitivity ``contributions``
+
+
+def _planned_model(spec: SynthSpec, plan: domain.Plan, epsilon: float, contributions: int) -> tuple[list, str]:
     d = len(plan.columns)
-    std = lambda eps_each: contributions / eps_each * math.sqrt(2)  # noqa: E731 - Laplace std, sensitivity c
     out = []
     oneway = MST_ONEWAY_SPLIT if spec.method == "mst" else 0.5
     if spec.method in ("mst", "aim"):
         one_eps = epsilon * oneway / d
-        out += [PlannedMeasurement(columns=[c], cells=plan.cells((c,)), epsilon=one_eps, noise_std=std(one_eps))
-                for c in plan.columns]
+        out += [PlannedMeasurement(columns=[c], cells=plan.cells((c,)), epsilon=one_eps,
+                                   noise_std=_laplace_std(contributions, one_eps)) for c in plan.columns]
     if spec.method == "mst":
         rest = 1 - oneway
         pair_eps = epsilon * rest * MST_MEASURE_SPLIT / max(d - 1, 1)
-        out.append(PlannedMeasurement(columns=["(chosen by MST)"], cells=0, epsilon=pair_eps, noise_std=std(pair_eps),
-                                      adaptive=True))
-        note = (f"MST spends {oneway:.0%} of epsilon on {d} one-way marginals, "
+        out.append(PlannedMeasurement(columns=["(chosen by MST)"], cells=0, epsilon=pair_eps,
+                                      noise_std=_laplace_std(contributions, pair_eps), adaptive=True))
+        note = (f"MST spends {oneway:.0%} of its share on {d} one-way marginals, "
                 f"{rest * (1 - MST_MEASURE_SPLIT):.1%} on choosing {d - 1} column pairs (a spanning tree) and "
                 f"{rest * MST_MEASURE_SPLIT:.1%} on measuring them.")
     elif spec.method == "aim":
         out += [PlannedMeasurement(columns=list(c), cells=plan.cells(c), adaptive=True) for c in plan.cliques]
-        note = ("AIM spends half of epsilon on one-way marginals, then picks marginals from the workload below "
+        note = ("AIM spends half of its share on one-way marginals, then picks marginals from the workload below "
                 "round by round; how much each gets depends on what it picks.")
     else:
         each = epsilon / len(plan.cliques)
-        out += [PlannedMeasurement(columns=list(c), cells=plan.cells(c), epsilon=each, noise_std=std(each))
-                for c in plan.cliques]
+        out += [PlannedMeasurement(columns=list(c), cells=plan.cells(c), epsilon=each,
+                                   noise_std=_laplace_std(contributions, each)) for c in plan.cliques]
         note = ("One DP histogram per column, sampled independently: no correlation is kept."
                 if spec.method == "independent" else
                 f"Fixed measures exactly these {len(plan.cliques)} marginals (default: a chain of neighbouring "
-                "columns), epsilon split evenly.")
-    return out, note + " Pure epsilon-DP (Laplace noise, delta = 0)."
+                "columns), its share split evenly.")
+    return out, note
 
 
 def _budget_left(service: NodeService, caller, entry: DatasetEntry, grant_id: int | None) -> tuple[int | None,

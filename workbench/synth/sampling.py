@@ -73,15 +73,22 @@ def _stratified(u_groups: np.ndarray, counts: np.ndarray, rng: np.random.Generat
     return (ranks + rng.random(total)) / counts[u_groups]
 
 
-def _first_column(probs: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
-    """Randomised rounding of ``total * probs`` (counts exact to within one row), shuffled."""
-    expected = probs * total
+def rounded_counts(probs: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
+    """Integer counts summing to ``total`` whose expectation is ``total * probs`` (randomised rounding: each
+    within one row of ``total * probs``)."""
+    expected = np.asarray(probs, dtype=float) * total
     counts = np.floor(expected).astype(np.int64)
     extra = total - int(counts.sum())
     if extra > 0:
         frac = expected - counts
         weights = frac / frac.sum() if frac.sum() > 0 else np.full(len(frac), 1.0 / len(frac))
         counts[rng.choice(len(probs), extra, replace=False, p=weights)] += 1
+    return counts
+
+
+def _first_column(probs: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
+    """Randomised rounding of ``total * probs`` (counts exact to within one row), shuffled."""
+    counts = rounded_counts(probs, total, rng)
     values = np.repeat(np.arange(len(probs)), counts)
     rng.shuffle(values)
     return values
