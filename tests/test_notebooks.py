@@ -28,6 +28,7 @@ EXECUTED_BY = {
     "04_federated_queries_and_he.ipynb": "tests/test_notebooks_channels.py::test_04_federated_queries_and_he",
     "05_federated_learning.ipynb": "tests/test_notebooks_channels.py::test_05_federated_learning",
     "scheduled_report.ipynb": "tests/test_notebooks_schedule.py",
+    "07_query_language.ipynb": "tests/test_query_notebook.py::test_07_query_language",
 }
 
 
