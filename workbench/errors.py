@@ -24,7 +24,7 @@ stable ``code``; the client re-raises it as the same class::
     │                      fl_message_refused, fl_secagg_needs_nodes,
     │                      fl_job_stale, not_pending, stale_review,
     │                      too_many_rows, unsupported_operator, unsupported_sql,
-    │                      bad_sql, bad_quantile, query_too_large
+    │                      bad_sql, bad_quantile, bad_accuracy, query_too_large
     ├── NotFound           unknown_dataset, not_found, fl_unknown_job, no_mock
     ├── PayloadTooLarge    payload_too_large
     ├── NotSupported       not_supported
@@ -168,6 +168,7 @@ _BY_CODE: dict[str, type[WorkbenchError]] = {
     "bad_sql": InvalidQuery,
     "bad_quantile": InvalidQuery,
     "query_too_large": InvalidQuery,
+    "bad_accuracy": InvalidQuery,
     "synthesis_cancelled": ComputationFailed,
     "payload_too_large": PayloadTooLarge,
     "not_supported": NotSupported,
