@@ -265,15 +265,19 @@ def _spread(stat: str, n, s1, s2, n_iv, s1_iv, s2_iv, h: float):
     return est, lower, upper
 
 
-def agg_table(info: DatasetInfo, query: DPQuery, by: list[str], frame: pl.DataFrame, acc) -> dict:
+def agg_table(info: DatasetInfo, query: DPQuery, by: list[str], frame: pl.DataFrame, acc, quantile=None) -> dict:
     """The long table ``[*by, statistic, estimate, lower, upper]``; ``acc(alias, m)`` is the half-width of a
-    measurement at alpha / m."""
+    measurement at alpha / m; ``quantile(statistic, keys)`` the (estimate, lower, upper) of a quantile read
+    off its histogram (None: OpenDP's exponential mechanism in the main plan, no interval)."""
     rows = []
     for row in frame.iter_rows(named=True):
         keys = [row[b] for b in by]
         for s in query.aggs:
             col = info.column(s.column) if s.column else None
-            rows.append([*keys, s.name, *_statistic_row(s, col, row, acc)])
+            if s.stat == "quantile" and quantile is not None:
+                rows.append([*keys, s.name, *quantile(s, tuple(keys))])
+            else:
+                rows.append([*keys, s.name, *_statistic_row(s, col, row, acc)])
     return {"columns": [*by, "statistic", "estimate", "lower", "upper"], "data": rows}
 
 
