@@ -207,8 +207,9 @@ class RemoteDataset:
         return self._query(kind="mean", column=column)
 
     def quantile(self, column: str, p: float) -> "Query":
-        """The ``p``-quantile of a numeric column, chosen among public candidates."""
-        return self._query(kind="quantile", column=column, quantile=check_p(p))
+        """The ``p``-quantile of a bounded numeric column, with a 95% interval (a one-statistic :meth:`agg`:
+        read off a noisy histogram, see docs/queries.md)."""
+        return self.agg(**{column: Stat("quantile", column, check_p(p))})
 
     def var(self, column: str) -> "Query":
         """The variance of a bounded numeric column (a one-statistic :meth:`agg`)."""
@@ -324,7 +325,7 @@ class GroupBy:
         return self.dataset._query(kind="mean", column=column, by=self.by)
 
     def quantile(self, column: str, p: float) -> "Query":
-        return self.dataset._query(kind="quantile", column=column, quantile=check_p(p), by=self.by)
+        return self.agg(**{column: Stat("quantile", column, check_p(p))})
 
     def var(self, column: str) -> "Query":
         return self.agg(**{f"var_{column}": Stat("var", column)})

@@ -16,8 +16,9 @@ mechanism over public candidates. Moments over columns ``x_1..x_k``: with
 Interval rules (1 - alpha = 95%): a statistic built from m measurements
 bounds each at alpha / m (union bound) and takes the extreme values of the
 statistic over the product of those intervals (interval arithmetic), clipped
-to what the public bounds allow. Quantile intervals come from the exponential
-mechanism's rank guarantee, not available in closed form: they are left empty.
+to what the public bounds allow. Quantiles: OpenDP's exponential mechanism
+(no interval) here; under pure DP with public keys the engine reads them off a
+noisy histogram instead, with an interval (:mod:`workbench.dp.quantiles`).
 """
 
 from __future__ import annotations
