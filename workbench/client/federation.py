@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..errors import InvalidQuery
+from ..errors import InvalidQuery, NotSupported
 from ..protocol import DatasetInfo
 from .connection import Node, connect
 from .dataset import RemoteDataset
@@ -71,6 +71,26 @@ class FederatedDataset:
         """Each node's remaining budget for your grant, by node URL."""
         return {h.node.url: h.budget() for h in self.handles}
 
+    # ---------------------------------------------------------------- filters and derived columns (new handles)
+
+    def filter(self, condition) -> "FederatedDataset":
+        """The same filter on every node (a new federated handle); see :meth:`RemoteDataset.filter`."""
+        return FederatedDataset(self.federation, [h.filter(condition) for h in self.handles])
+
+    def with_columns(self, **columns) -> "FederatedDataset":
+        """The same derived columns on every node (a new federated handle)."""
+        return FederatedDataset(self.federation, [h.with_columns(**columns) for h in self.handles])
+
+    def __getitem__(self, condition) -> "FederatedDataset":
+        return self.filter(condition)
+
+    def _whole(self, what: str) -> None:
+        """Channels that read whole datasets refuse a filtered or derived handle rather than ignore it."""
+        first = self.handles[0]
+        if first._where is not None or first._derive:
+            raise NotSupported(f"{what} reads the whole dataset: it does not take filters or derived columns.",
+                               code="not_supported")
+
     # ---------------------------------------------------------------- federated DP (workbench.federated_dp)
 
     def count(self):
@@ -106,6 +126,13 @@ class FederatedDataset:
 
         return federated_query(self, kind="histogram", column=column, bins=bins)
 
+    def agg(self, weights=None, **statistics):
+        """Counts, sums and means over every node in one release per node, e.g.
+        ``fed.dataset("patients").filter(col("age") >= 65).agg(n=wb.count(), cost=wb.mean("cost"))``."""
+        from ..federated_dp import federated_agg
+
+        return federated_agg(self, [], statistics, weights)
+
     def group_by(self, *columns: str):
         """Counts, sums and means per group over every node."""
         from ..federated_dp import FederatedGroupBy
@@ -119,12 +146,14 @@ class FederatedDataset:
     def secure_sum(self, columns: list[str] | str, epsilon: float, **options):
         """Noisy totals computed under encryption (``protocol="he"``) or secret sharing (``protocol="smpc"``):
         only the total is revealed (see :func:`workbench.he.client.secure_sum`)."""
+        self._whole("secure_sum")
         from ..he.client import secure_sum
 
         return secure_sum(self, columns, epsilon, **options)
 
     def linear_regression(self, y: str, x: list[str] | str, epsilon: float, **options):
         """Federated OLS from encrypted, DP-noised X'X and X'y (see :func:`workbench.he.client.linear_regression`)."""
+        self._whole("linear_regression")
         from ..he.client import linear_regression
 
         return linear_regression(self, y, x, epsilon, **options)
@@ -132,6 +161,7 @@ class FederatedDataset:
     def evaluate(self, weights, intercept: float | None = None, *, y: str, x: list[str] | str | None = None,
                  metric: str = "sse", epsilon: float, **options):
         """A model's total and mean loss over every node, its weights encrypted (see :func:`workbench.he.evaluate.evaluate`)."""
+        self._whole("evaluate")
         from ..he.evaluate import evaluate
 
         return evaluate(self, weights, intercept, y=y, x=x, metric=metric, epsilon=epsilon, **options)
@@ -140,6 +170,7 @@ class FederatedDataset:
 
     def train(self, model: str, y: str, x: list[str], **options):
         """Train a built-in model with Flower; only DP-noised updates leave a node (:func:`workbench.fl.client.train`)."""
+        self._whole("train")
         from ..fl.client import train
 
         return train(self, model, y, x, **options)
