@@ -210,3 +210,13 @@ def test_results_plot_estimates_with_interval_bars(ds):
     assert len(figure.axes) == 2
     for ax in figure.axes:
         assert ax.containers and any(type(c).__name__ == "ErrorbarContainer" for c in ax.containers)
+
+
+def test_logistic_regression_runs_through_the_learning_channel(ds):
+    before = spent(ds)
+    fit = ds.logistic_regression(y="readmitted", x=["age", "bmi"]).release(epsilon=1.0, delta=1e-6, rounds=2)
+    assert list(fit["term"]) == ["age", "bmi", "intercept"]
+    assert fit.set_index("term").loc["age", "estimate"] > 0  # readmission rises with age in the demo data
+    assert spent(ds) == pytest.approx(before + 1.0)  # charged by the FL channel's gate, once for the job
+    with pytest.raises(wb.NotSupported):
+        ds.filter(col("age") > 3).logistic_regression(y="readmitted", x=["age"])

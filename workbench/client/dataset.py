@@ -182,6 +182,13 @@ class RemoteDataset:
         xs = [x] if isinstance(x, str) else list(x)
         return Moments(self, self._spec(kind="moments", columns=[*xs, y]), "ols", y=y, x=xs)
 
+    def logistic_regression(self, y: str, x: list[str] | str):
+        """Logistic regression on this node through the federated-learning channel (DP-SGD with its
+        accountant): ``.release(epsilon, delta, rounds=5)`` returns the coefficients."""
+        from .analyses import LogisticRegression
+
+        return LogisticRegression(self, y, [x] if isinstance(x, str) else list(x))
+
     def describe(self, epsilon: float | None = None, delta: float = 0.0):
         """Every bounded numeric column summarised (count, mean, std, median) in ONE release at ``epsilon``.
         Without ``epsilon``, the query (to preview first)."""
