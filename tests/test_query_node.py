@@ -198,7 +198,7 @@ def test_history_and_widget_show_the_question_in_readable_form(ds):
     history = ds.node.history()
     assert "mean(cost) where age >= 30 by sex" in list(history["text"])
     widget = ds.filter(col("age") >= 30).group_by("sex").mean("cost").widget()
-    assert "mean(cost) where age &gt;= 30 by sex" in widget.children[0].value
+    assert "mean(cost) where age &gt;= 30 by sex" in widget.children[2].value
 
 
 def test_results_plot_estimates_with_interval_bars(ds):
