@@ -29,6 +29,7 @@ EXECUTED_BY = {
     "05_federated_learning.ipynb": "tests/test_notebooks_channels.py::test_05_federated_learning",
     "scheduled_report.ipynb": "tests/test_notebooks_schedule.py",
     "08_code_jobs.ipynb": "tests/code_jobs/test_notebook.py",
+    "07_query_language.ipynb": "tests/test_query_notebook.py::test_07_query_language",
 }
 
 

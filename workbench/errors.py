@@ -25,7 +25,7 @@ stable ``code``; the client re-raises it as the same class::
     │                      fl_message_refused, fl_secagg_needs_nodes,
     │                      fl_job_stale, not_pending, stale_review,
     │                      too_many_rows, unsupported_operator, unsupported_sql,
-    │                      bad_sql, bad_quantile, query_too_large, too_many_outputs,
+    │                      bad_sql, bad_quantile, bad_accuracy, query_too_large, too_many_outputs,
     │                      invalid_notebook
     ├── NotFound           unknown_dataset, not_found, fl_unknown_job, no_mock
     ├── PayloadTooLarge    payload_too_large
@@ -185,6 +185,7 @@ _BY_CODE: dict[str, type[WorkbenchError]] = {
     "bad_sql": InvalidQuery,
     "bad_quantile": InvalidQuery,
     "query_too_large": InvalidQuery,
+    "bad_accuracy": InvalidQuery,
     "synthesis_cancelled": ComputationFailed,
     "payload_too_large": PayloadTooLarge,
     "rate_limited": RateLimited,

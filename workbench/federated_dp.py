@@ -72,10 +72,12 @@ class FederatedPreview:
 class FederatedQuery:
     """A DP question asked of every node of a federated dataset: preview, then release."""
 
-    def __init__(self, fds: "FederatedDataset", spec: DPQuery, quantile: float | None = None):
+    def __init__(self, fds: "FederatedDataset", spec: DPQuery, quantile: float | None = None,
+                 statistics: dict[str, tuple[str, str | None]] | None = None):
         self.fds = fds
         self.spec = spec  # what each node answers (a histogram for a federated quantile)
         self.quantile = quantile
+        self.statistics = statistics  # a federated agg: name -> (stat, column), means asked as sum and count
 
     def _queries(self, handles: list["RemoteDataset"]):
         from .client.dataset import Query
@@ -179,6 +181,8 @@ class FederatedQuery:
         keys = [c for c in frames[0][2].columns if c not in VALUE_COLUMNS]
         if self.quantile is not None:
             return self._quantile(frames, keys, alpha)
+        if self.spec.kind == "agg":
+            return self._agg(frames, alpha)
         if self.spec.kind == "mean":
             return self._mean(frames, keys, alpha)
         if self.spec.kind not in ("count", "sum", "histogram"):
@@ -204,7 +208,9 @@ class FederatedQuery:
         return out[cols]
 
     def _mean(self, frames: list, keys: list[str], alpha: float) -> pd.DataFrame:
-        col = self.fds.schema.column(self.spec.column)
+        from .dp.language import derived_schema
+
+        col = derived_schema(self.fds.schema, self.spec)[0].column(self.spec.column)
         lo, hi = col.bounds
         k = len(frames)
         parts = []
@@ -231,6 +237,33 @@ class FederatedQuery:
             rows.append(list(key) + [est, lower, upper, c, len(g)])
         out = pd.DataFrame(rows, columns=keys + ["estimate", "lower", "upper", "noisy_count", "nodes_reporting"])
         return out if keys else out.drop(columns=["nodes_reporting"])
+
+    def _agg(self, frames: list, alpha: float) -> pd.DataFrame:
+        """Counts and sums add; a mean is the summed sums over the summed counts. Half-widths are rescaled
+        to alpha / k (alpha / 2k for a mean's two parts) and joined by a union bound, as for single kinds."""
+        from .dp.language import derived_schema
+
+        k, by = len(frames), list(self.spec.by)
+        stacked = pd.concat([f.assign(half=f["upper"] - f["estimate"]) for _h, _p, f in frames], ignore_index=True)
+        totals = stacked.groupby([*by, "statistic"], sort=True, dropna=False).agg(
+            estimate=("estimate", "sum"), half=("half", lambda h: h.sum(min_count=len(h)))).reset_index()
+        index = {tuple(r[c] for c in [*by, "statistic"]): r for r in totals.to_dict("records")}
+        groups = sorted({tuple(r[c] for c in by) for r in index.values()}) if by else [()]
+        schema = derived_schema(self.fds.schema, self.spec)[0]
+        rows = []
+        for keys in groups:
+            for name, (stat, column) in self.statistics.items():
+                if stat == "mean":
+                    s, c = index[(*keys, f"{name}__sum")], index[(*keys, f"{name}__n")]
+                    factor = _rescale(alpha, 2 * k)
+                    est, lower, upper = mean_interval(s["estimate"], c["estimate"], s["half"] * factor,
+                                                       c["half"] * factor, tuple(schema.column(column).bounds))
+                else:
+                    r = index[(*keys, name)]
+                    est, half = r["estimate"], r["half"] * _rescale(alpha, k)
+                    lower, upper = est - half, est + half
+                rows.append([*keys, name, est, lower, upper])
+        return pd.DataFrame(rows, columns=[*by, "statistic", "estimate", "lower", "upper"])
 
     def _quantile(self, frames: list, keys: list[str], alpha: float) -> pd.DataFrame:
         col = self.fds.schema.column(self.spec.column)
@@ -270,7 +303,8 @@ class FederatedQuery:
 
 
 def federated_query(fds: "FederatedDataset", **spec) -> FederatedQuery:
-    return FederatedQuery(fds, DPQuery(**spec))
+    """The question every node answers, with the handles' filter and derived columns (checked here)."""
+    return FederatedQuery(fds, fds.handles[0]._spec(**spec))
 
 
 def federated_quantile(fds: "FederatedDataset", column: str, p: float, by: list[str] | None = None) -> FederatedQuery:
@@ -284,7 +318,30 @@ def federated_quantile(fds: "FederatedDataset", column: str, p: float, by: list[
         raise InvalidQuery(f"Unknown column '{column}'.", code="unknown_column")
     if col.type not in ("int", "float") or col.bounds is None:
         raise InvalidQuery(f"Column '{column}' needs to be numeric with public bounds.", code="wrong_type")
-    return FederatedQuery(fds, DPQuery(kind="histogram", column=column, bins=QUANTILE_BINS), quantile=p)
+    return FederatedQuery(fds, fds.handles[0]._spec(kind="histogram", column=column, bins=QUANTILE_BINS), quantile=p)
+
+
+def federated_agg(fds: "FederatedDataset", by: list[str], statistics: dict, weights=None) -> FederatedQuery:
+    """Several statistics over every node in one release per node: counts, sums and means (a mean is asked
+    of each node as its sum and count, so the pooled mean is their ratio)."""
+    from .client.dataset import _agg_spec
+    from .client.expressions import Stat
+
+    parts, plan, part_weights = {}, {}, []
+    given = weights if isinstance(weights, dict) else dict(zip(statistics, weights or [1.0] * len(statistics)))
+    for name, stat in statistics.items():
+        if not isinstance(stat, Stat) or stat.stat not in ("count", "sum", "mean"):
+            raise NotSupported(f"A federated agg combines counts, sums and means; '{name}' is "
+                               f"{getattr(stat, 'stat', stat)!r}.", code="not_supported")
+        plan[name] = (stat.stat, stat.column)
+        if stat.stat == "mean":
+            parts[f"{name}__sum"], parts[f"{name}__n"] = Stat("sum", stat.column), Stat("count")
+            part_weights += [given.get(name, 1.0) / 2] * 2
+        else:
+            parts[name] = stat
+            part_weights.append(given.get(name, 1.0))
+    spec = fds.handles[0]._spec(by=list(by), **_agg_spec(parts, part_weights if weights is not None else None))
+    return FederatedQuery(fds, spec, statistics=plan)
 
 
 class FederatedGroupBy:
@@ -302,6 +359,9 @@ class FederatedGroupBy:
     def mean(self, column: str) -> FederatedQuery:
         return federated_query(self.fds, kind="mean", column=column, by=self.by)
 
+    def agg(self, weights=None, **statistics) -> FederatedQuery:
+        """Counts, sums and means per group over every node, one release per node."""
+        return federated_agg(self.fds, self.by, statistics, weights)
 
 # ---------------------------------------------------------------- the handle's methods
 
@@ -331,6 +391,11 @@ class FederatedDPMethods:
     def histogram(self, column: str, bins: int | list[float] | None = None):
         """Counts per bin or category, summed over every node."""
         return federated_query(self, kind="histogram", column=column, bins=bins)
+
+    def agg(self, weights=None, **statistics):
+        """Counts, sums and means over every node in one release per node, e.g.
+        ``fed.dataset("patients").filter(col("age") >= 65).agg(n=wb.count(), cost=wb.mean("cost"))``."""
+        return federated_agg(self, [], statistics, weights)
 
     def group_by(self, *columns: str):
         """Counts, sums and means per group over every node."""

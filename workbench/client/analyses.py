@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..errors import InvalidQuery
+from ..errors import InvalidQuery, NotSupported
 from .dataset import Query
 
 DRAWS = 2_000
@@ -202,7 +202,7 @@ class LogisticRegression:
 
     def __init__(self, dataset, y: str, x: list[str]):
         if dataset._where is not None or dataset._derive:
-            raise InvalidQuery("logistic_regression() trains on the whole dataset: filters and derived "
+            raise NotSupported("logistic_regression() trains on the whole dataset: filters and derived "
                                "columns are not supported by the learning channel yet.", code="not_supported")
         self.dataset, self.y, self.x = dataset, y, list(x)
 

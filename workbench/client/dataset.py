@@ -183,6 +183,13 @@ class RemoteDataset:
         xs = [x] if isinstance(x, str) else list(x)
         return Moments(self, self._spec(kind="moments", columns=[*xs, y]), "ols", y=y, x=xs)
 
+    def logistic_regression(self, y: str, x: list[str] | str):
+        """Logistic regression on this node through the federated-learning channel (DP-SGD with its
+        accountant): ``.release(epsilon, delta, rounds=5)`` returns the coefficients."""
+        from .analyses import LogisticRegression
+
+        return LogisticRegression(self, y, [x] if isinstance(x, str) else list(x))
+
     def describe(self, epsilon: float | None = None, delta: float = 0.0):
         """Every bounded numeric column summarised (count, mean, std, median) in ONE release at ``epsilon``.
         Without ``epsilon``, the query (to preview first)."""
@@ -208,8 +215,9 @@ class RemoteDataset:
         return self._query(kind="mean", column=column)
 
     def quantile(self, column: str, p: float) -> "Query":
-        """The ``p``-quantile of a numeric column, chosen among public candidates."""
-        return self._query(kind="quantile", column=column, quantile=check_p(p))
+        """The ``p``-quantile of a bounded numeric column, with a 95% interval (a one-statistic :meth:`agg`:
+        read off a noisy histogram, see docs/queries.md)."""
+        return self.agg(**{column: Stat("quantile", column, check_p(p))})
 
     def var(self, column: str) -> "Query":
         """The variance of a bounded numeric column (a one-statistic :meth:`agg`)."""
@@ -296,7 +304,7 @@ class GroupBy:
         return self.dataset._query(kind="mean", column=column, by=self.by)
 
     def quantile(self, column: str, p: float) -> "Query":
-        return self.dataset._query(kind="quantile", column=column, quantile=check_p(p), by=self.by)
+        return self.agg(**{column: Stat("quantile", column, check_p(p))})
 
     def var(self, column: str) -> "Query":
         return self.agg(**{f"var_{column}": Stat("var", column)})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..errors import InvalidQuery
+from ..errors import InvalidQuery, NotSupported
 from ..protocol import DatasetInfo
 from .connection import Node, connect
 from .dataset import RemoteDataset
@@ -70,6 +70,26 @@ class FederatedDataset:
     def budget(self) -> dict[str, dict]:
         """Each node's remaining budget for your grant, by node URL."""
         return {h.node.url: h.budget() for h in self.handles}
+
+    # ---------------------------------------------------------------- filters and derived columns (new handles)
+
+    def filter(self, condition) -> "FederatedDataset":
+        """The same filter on every node (a new federated handle); see :meth:`RemoteDataset.filter`."""
+        return FederatedDataset(self.federation, [h.filter(condition) for h in self.handles])
+
+    def with_columns(self, **columns) -> "FederatedDataset":
+        """The same derived columns on every node (a new federated handle)."""
+        return FederatedDataset(self.federation, [h.with_columns(**columns) for h in self.handles])
+
+    def __getitem__(self, condition) -> "FederatedDataset":
+        return self.filter(condition)
+
+    def _whole(self, what: str) -> None:
+        """Channels that read whole datasets refuse a filtered or derived handle rather than ignore it."""
+        first = self.handles[0]
+        if first._where is not None or first._derive:
+            raise NotSupported(f"{what} reads the whole dataset: it does not take filters or derived columns.",
+                               code="not_supported")
 
     def __repr__(self) -> str:
         return f"<FederatedDataset {self.name!r} on {len(self.handles)} nodes>"

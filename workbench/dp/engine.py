@@ -25,7 +25,7 @@ import polars as pl
 from ..errors import InvalidQuery
 from ..intervals import mean_interval
 from ..node.data import POLARS_TYPES, check_stamp, scan
-from . import language, statistics
+from . import language, quantiles, statistics
 from .columnar import CODE_TYPE, coded_columns, columnar_frame, schema_frame
 from .statistics import bounds as _bounds, candidates as _candidates, filled as _filled
 from ..protocol import DatasetInfo, DPQuery
@@ -204,10 +204,12 @@ class _Plan:
     their keys are codes and the released table is decoded back to labels (post-processing).
     ``scales``: explicit noise scales per aggregate (a several-statistics release split by shares);
     ``only``: build the aggregates of these statistics only (to price each one alone).
+    ``histograms``: quantiles come from a noisy histogram per column (:mod:`workbench.dp.quantiles`), a
+    measurement of its own (:meth:`histogram`), instead of OpenDP's exponential mechanism in this plan.
     """
 
     def __init__(self, base: DatasetInfo, query: DPQuery, coded: dict[str, list] | None = None,
-                 scales: dict[str, float] | None = None, only: list[str] | None = None):
+                 scales: dict[str, float] | None = None, only: list[str] | None = None, histograms: bool = False):
         info, env = language.derived_schema(base, query)
         codes = language.Codes(coded) if coded else None
         self.info, self.query = info, query
@@ -220,6 +222,11 @@ class _Plan:
         self.edges: list[float] | None = None  # a numeric histogram's public bin edges
         col = info.column(query.column) if query.column else None
         self.bounds = tuple(col.bounds) if col is not None and col.bounds else (0.0, 0.0)
+        self.histograms: dict[str, tuple[list[float], bool]] = {}
+        if histograms and query.kind == "agg":
+            self.histograms = {q.column: quantiles.grid(info.column(q.column)) for q in query.aggs
+                               if q.stat == "quantile"}
+            only = [q.name for q in query.aggs if q.stat != "quantile" and (only is None or q.name in only)]
         self.aggs = self._aggregates(info, query, col, scales, only)
         self.public_keys = self._keys(info, env, coded or {})
 
@@ -275,11 +282,24 @@ class _Plan:
                 {n: pl.Series(n, [row[i] for row in product], dtype=key_types[n]) for i, n in enumerate(key_columns)})
         return True
 
-    def lazy(self, frame):
+    def _rows(self, frame):
+        """The derived columns, then the filter."""
         if self.derived:
             frame = frame.with_columns(self.derived)
-        if self.where is not None:
-            frame = frame.filter(self.where)
+        return frame.filter(self.where) if self.where is not None else frame
+
+    def histogram(self, frame, column: str):
+        """The noisy count per group and per bin of ``column``'s public grid (a quantile's histogram)."""
+        dp = _opendp()
+        edges, _ = self.histograms[column]
+        col = self.info.column(column)
+        frame = self._rows(frame).with_columns(quantiles.bin_index(_filled(col), edges).alias("__bin"))
+        bins = pl.DataFrame({"__bin": pl.Series("__bin", list(range(len(edges) - 1)), dtype=pl.Int64)})
+        keys = bins if self.keys is None else self.keys.join(bins, how="cross")
+        return frame.group_by([*self.by, "__bin"]).agg(dp.len(signed=True).alias("count")).with_keys(keys)
+
+    def lazy(self, frame):
+        frame = self._rows(frame)
         if self.with_columns:
             frame = frame.with_columns(self.with_columns)
         if self.by:
@@ -387,7 +407,7 @@ def run(task: dict) -> dict:
     validate(info, query, delta)
     columnar = task.get("columnar")  # a folder for this node's columnar copies (see workbench.dp.columnar)
     coded = coded_columns(info) if columnar else None
-    plan = _Plan(info, query, coded)
+    plan = _Plan(info, query, coded, histograms=delta == 0)
     if not plan.public_keys and delta <= 0:
         raise InvalidQuery("Private group keys need delta > 0.", code="needs_delta")
     lf = _frame(task, info, query)
@@ -398,13 +418,11 @@ def run(task: dict) -> dict:
     if hit is not None and hit[0].check(hit[1], hit[2]):
         # Same shape seen before: reuse the measurement, which OpenDP has just re-checked at (d_in, d_out).
         _CALIBRATED.move_to_end(task["cache_key"])
-        measurement, _d_in, _d_out, summaries = hit
+        calibrated, _d_in, _d_out, summaries = hit
     else:
-        measurement, d_in, d_out = _calibrate(plan, lf, info, query, coded, epsilon, delta)
-        from opendp.accuracy import summarize_polars_measurement
-
-        summaries = {a: summarize_polars_measurement(measurement, a) for a in alphas}
-        _CALIBRATED[task["cache_key"]] = (measurement, d_in, d_out, summaries)
+        calibrated, d_in, d_out = _calibrate(plan, lf, info, query, coded, epsilon, delta)
+        summaries = {a: calibrated.summary(a) for a in alphas}
+        _CALIBRATED[task["cache_key"]] = (calibrated, d_in, d_out, summaries)
         if len(_CALIBRATED) > _CACHE_SIZE:
             _CALIBRATED.popitem(last=False)
     summary = summaries[alphas[-1]]
@@ -412,8 +430,46 @@ def run(task: dict) -> dict:
     note = _note(query, plan, summary)
     if task["mode"] == "preview":
         return {"accuracy": accuracy, "note": note}
-    frame = measurement(lf).collect()
-    return {"accuracy": accuracy, "table": _result_table(query, plan, frame, summaries, alpha), "note": note}
+    frame, histograms = calibrated.release(lf)
+    table = _result_table(query, plan, frame, summaries, alpha, (calibrated, histograms))
+    return {"accuracy": accuracy, "table": table, "note": note}
+
+
+class _Calibrated:
+    """One release's OpenDP measurement: the main plan's, composed by OpenDP with the quantile histograms'."""
+
+    def __init__(self, main, histograms: list[tuple[str, Any]] = ()):
+        dp = _opendp()
+        self.main, self.histograms = main, list(histograms)
+        self.parts = ([main] if main is not None else []) + [m for _, m in self.histograms]
+        self.measurement = self.parts[0] if len(self.parts) == 1 else dp.c.make_composition(self.parts)
+
+    def check(self, d_in, d_out) -> bool:
+        return self.measurement.check(d_in, d_out)
+
+    def summary(self, alpha: float) -> pl.DataFrame:
+        from opendp.accuracy import summarize_polars_measurement
+
+        if self.main is None:
+            return pl.DataFrame({"column": [], "accuracy": []}, schema={"column": pl.String, "accuracy": pl.Float64})
+        return summarize_polars_measurement(self.main, alpha)
+
+    def scale(self, column: str) -> float:
+        """The Laplace scale of a quantile histogram's counts (public)."""
+        from opendp.accuracy import summarize_polars_measurement
+
+        measurement = dict(self.histograms)[column]
+        return float(summarize_polars_measurement(measurement)["scale"][0])
+
+    def release(self, lf) -> tuple[pl.DataFrame | None, dict[str, pl.DataFrame]]:
+        """Run the measurement on the data: (main frame, histogram frame per column).
+
+        Each part runs on its own: a non-adaptive composition's output is exactly its parts' outputs on
+        the same data (OpenDP's composed OnceFrames crash when collected in 0.16), and the composition
+        OpenDP checked at (d_in, d_out) bounds their total loss."""
+        frames = [part(lf).collect() for part in self.parts]
+        main = frames.pop(0) if self.main is not None else None
+        return main, {column: frame for (column, _), frame in zip(self.histograms, frames)}
 
 
 def _frame(task: dict, info: DatasetInfo, query: DPQuery):
@@ -428,15 +484,17 @@ def _frame(task: dict, info: DatasetInfo, query: DPQuery):
 
 
 def _calibrate(plan: _Plan, lf, info: DatasetInfo, query: DPQuery, coded, epsilon: float, delta: float):
-    """(measurement, d_in, d_out): the plan's OpenDP measurement at exactly (epsilon, delta)."""
-    dp_query = plan.lazy(_query(lf, info, epsilon, delta))
+    """(calibrated, d_in, d_out): the plan's OpenDP measurement at exactly (epsilon, delta)."""
+    context = _query(lf, info, epsilon, delta)
+    dp_query = plan.lazy(context) if plan.aggs else plan.histogram(context, next(iter(plan.histograms)))
     inner = object.__getattribute__(dp_query, "_query")
-    measurement = None
+    calibrated = None
     if query.kind == "agg" and delta == 0:
-        measurement = _shared(dp_query, lf, info, query, coded, epsilon)
-    if measurement is None:
-        measurement = _resolve(dp_query)
-    return measurement, inner._d_in, inner._d_out
+        calibrated = _shared(dp_query, lf, info, query, coded, epsilon, plan)
+    if calibrated is None:  # OpenDP's own even split, quantiles by its exponential mechanism in the plan
+        even = dp_query if not plan.histograms else _Plan(info, query, coded).lazy(_query(lf, info, epsilon, delta))
+        calibrated = _Calibrated(_resolve(even))
+    return calibrated, inner._d_in, inner._d_out
 
 
 def _builder(dp_query):
@@ -452,30 +510,45 @@ def _builder(dp_query):
     return make, inner._d_in, inner._d_out
 
 
-def _shared(dp_query, lf, info: DatasetInfo, query: DPQuery, coded, epsilon: float):
+def _shared(dp_query, lf, info: DatasetInfo, query: DPQuery, coded, epsilon: float, plan: _Plan):
     """The measurement of a several-statistics query whose epsilon is split by statistic (even, or by weights).
 
-    Each statistic alone is priced by OpenDP at global scale 1; under pure DP its loss is linear in
-    1/scale, so its aggregates get explicit scales giving it ``share * epsilon``. OpenDP then checks the
-    whole plan at (d_in, epsilon); None (fall back to OpenDP's even split) if that check fails.
+    Each statistic alone (a quantile: its column's histogram) is priced by OpenDP at scale 1; under pure
+    DP its loss is linear in 1/scale, so its aggregates get the scales giving it ``share * epsilon``.
+    OpenDP then checks the whole composition at (d_in, epsilon); None (fall back to OpenDP's even
+    split) if that check fails.
     """
     from opendp.accuracy import summarize_polars_measurement
 
     make, d_in, d_out = _builder(dp_query)
+    share = dict(zip([s.name for s in query.aggs], statistics.shares(query)))
+
+    def fresh():
+        return _query(lf, info, epsilon, 0.0)
+
     scales: dict[str, float] = {}
+    histogram_scales: dict[str, float] = {}
     try:
-        for s, share in zip(query.aggs, statistics.shares(query)):
-            alone = _Plan(info, query, coded, only=[s.name]).lazy(_query(lf, info, epsilon, 0.0))
-            at_one = make(alone, 1.0)
-            factor = at_one.map(d_in) / (share * epsilon)
+        for s in query.aggs:
+            if s.column in plan.histograms and s.stat == "quantile":
+                continue
+            at_one = make(_Plan(info, query, coded, only=[s.name], histograms=True).lazy(fresh()), 1.0)
+            factor = at_one.map(d_in) / (share[s.name] * epsilon)
             for row in summarize_polars_measurement(at_one).iter_rows(named=True):
                 scales[row["column"]] = float(row["scale"]) * factor
-        for _ in range(8):
-            full = _Plan(info, query, coded, scales=scales).lazy(_query(lf, info, epsilon, 0.0))
-            candidate = make(full, 1.0)
+        for column in plan.histograms:
+            part = sum(share[s.name] for s in query.aggs if s.stat == "quantile" and s.column == column)
+            histogram_scales[column] = make(plan.histogram(fresh(), column), 1.0).map(d_in) / (part * epsilon)
+        for attempt in range(8):
+            bump = 1.000001 ** attempt
+            main = None
+            if scales:
+                bumped = {k: v * bump for k, v in scales.items()}
+                main = make(_Plan(info, query, coded, scales=bumped, histograms=True).lazy(fresh()), 1.0)
+            histograms = [(c, make(plan.histogram(fresh(), c), g * bump)) for c, g in histogram_scales.items()]
+            candidate = _Calibrated(main, histograms)
             if candidate.check(d_in, d_out):
                 return candidate
-            scales = {k: v * 1.000001 for k, v in scales.items()}
     except Exception:  # noqa: BLE001 - any surprise falls back to OpenDP's own even split
         return None
     return None
@@ -494,16 +567,35 @@ def _agg_accuracy(query: DPQuery, summaries: dict, alpha: float) -> list[dict]:
     return rows
 
 
-def _result_table(query: DPQuery, plan: _Plan, frame: pl.DataFrame, summaries: dict, alpha: float) -> dict:
+def _result_table(query: DPQuery, plan: _Plan, frame: pl.DataFrame | None, summaries: dict, alpha: float,
+                  released: tuple) -> dict:
     if query.kind not in ("agg", "moments"):
         return _table(query, plan, frame, summaries[max(summaries)])
-    frame = _decoded(plan, frame)
     if query.kind == "moments":
         noise = {r["column"]: (float(r["scale"]), r["distribution"])
                  for r in summaries[max(summaries)].iter_rows(named=True)}
-        return statistics.moments_table(plan.info, query.columns, frame, noise)
-    return statistics.agg_table(plan.info, query, plan.by, frame,
-                                lambda alias, m: _acc(summaries[alpha / m], alias))
+        return statistics.moments_table(plan.info, query.columns, _decoded(plan, frame), noise)
+    calibrated, histograms = released
+    if frame is None:  # quantiles only: one row per group, from the first histogram's keys
+        frame = next(iter(histograms.values())).select(plan.by).unique() if plan.by else pl.DataFrame({"_": [0]})
+    counts = {column: _counts(plan, _decoded(plan, f)) for column, f in histograms.items()}
+
+    def quantile(s, keys: tuple):
+        edges, integer = plan.histograms[s.column]
+        bins = counts[s.column].get(keys, [0.0] * (len(edges) - 1))
+        return quantiles.from_counts(bins, edges, integer, s.p, calibrated.scale(s.column), alpha)
+
+    return statistics.agg_table(plan.info, query, plan.by, _decoded(plan, frame),
+                                lambda alias, m: _acc(summaries[alpha / m], alias),
+                                quantile if calibrated.histograms else None)
+
+
+def _counts(plan: _Plan, frame: pl.DataFrame) -> dict[tuple, list[float]]:
+    """Noisy counts per bin (in bin order) for every group of a quantile histogram."""
+    out: dict[tuple, list[float]] = {}
+    for row in frame.sort([*plan.by, "__bin"]).iter_rows(named=True):
+        out.setdefault(tuple(row[b] for b in plan.by), []).append(float(row["count"] or 0))
+    return out
 
 
 def _decoded(plan: _Plan, frame: pl.DataFrame) -> pl.DataFrame:

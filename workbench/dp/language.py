@@ -156,7 +156,11 @@ def type_of(expr, env: dict[str, Typed], dataset: str) -> Typed:  # noqa: C901 -
         for arg in expr.args:
             _boolean(type_of(arg, env, dataset), f"'{expr.op}'")
         return Typed("bool", categories=(False, True))
-    arg = type_of(expr.arg, env, dataset)
+    return _type_of_call(expr, type_of(expr.arg, env, dataset))
+
+
+def _type_of_call(expr, arg: Typed) -> Typed:  # noqa: C901 - one case per operator
+    """The type of an operator applied to one typed argument (unary, is_in, between/clip, cut, fill_null, cast)."""
     if isinstance(expr, Unary):
         if expr.op == "not":
             _boolean(arg, "'not'")

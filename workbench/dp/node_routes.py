@@ -88,7 +88,9 @@ def _checked(service: NodeService, name: str, body: DPRequest) -> tuple[DatasetE
     if query.kind == "sql":
         if query.sql is None:
             raise InvalidQuery("A sql question needs its 'sql' text.", code="bad_sql")
-        query = compile_sql(query.sql, entry.name).model_copy(update={"by": query.by or []})
+        if query.by or query.where is not None or query.derive:
+            raise InvalidQuery("A sql question says everything in its SQL text (WHERE, GROUP BY).", code="bad_sql")
+        query = compile_sql(query.sql, entry.name)
     query = language.canonical(query)
     engine.validate(entry.info, query, body.delta)
     if entry.source is not None:  # a table: what the pushdown cannot answer is refused here, before the gate

@@ -16,8 +16,9 @@ mechanism over public candidates. Moments over columns ``x_1..x_k``: with
 Interval rules (1 - alpha = 95%): a statistic built from m measurements
 bounds each at alpha / m (union bound) and takes the extreme values of the
 statistic over the product of those intervals (interval arithmetic), clipped
-to what the public bounds allow. Quantile intervals come from the exponential
-mechanism's rank guarantee, not available in closed form: they are left empty.
+to what the public bounds allow. Quantiles: OpenDP's exponential mechanism
+(no interval) here; under pure DP with public keys the engine reads them off a
+noisy histogram instead, with an interval (:mod:`workbench.dp.quantiles`).
 """
 
 from __future__ import annotations
@@ -248,15 +249,19 @@ def _spread(stat: str, n, s1, s2, n_iv, s1_iv, s2_iv, h: float):
     return est, lower, upper
 
 
-def agg_table(info: DatasetInfo, query: DPQuery, by: list[str], frame: pl.DataFrame, acc) -> dict:
+def agg_table(info: DatasetInfo, query: DPQuery, by: list[str], frame: pl.DataFrame, acc, quantile=None) -> dict:
     """The long table ``[*by, statistic, estimate, lower, upper]``; ``acc(alias, m)`` is the half-width of a
-    measurement at alpha / m."""
+    measurement at alpha / m; ``quantile(statistic, keys)`` the (estimate, lower, upper) of a quantile read
+    off its histogram (None: OpenDP's exponential mechanism in the main plan, no interval)."""
     rows = []
     for row in frame.iter_rows(named=True):
         keys = [row[b] for b in by]
         for s in query.aggs:
             col = info.column(s.column) if s.column else None
-            rows.append([*keys, s.name, *_statistic_row(s, col, row, acc)])
+            if s.stat == "quantile" and quantile is not None:
+                rows.append([*keys, s.name, *quantile(s, tuple(keys))])
+            else:
+                rows.append([*keys, s.name, *_statistic_row(s, col, row, acc)])
     return {"columns": [*by, "statistic", "estimate", "lower", "upper"], "data": rows}
 
 

@@ -376,6 +376,7 @@ class TrainingMethods:
 
     def train(self, model: str, y: str, x: list[str], **options):
         """Train a built-in model with Flower; only DP-noised updates leave a node (:func:`workbench.fl.client.train`)."""
+        self._whole("train")
         return train(self, model, y, x, **options)
 
 

@@ -249,10 +249,12 @@ class SecureAggregationMethods:
     def secure_sum(self, columns: list[str] | str, epsilon: float, **options):
         """Noisy totals computed under encryption (``protocol="he"``) or secret sharing (``protocol="smpc"``):
         only the total is revealed (see :func:`workbench.he.client.secure_sum`)."""
+        self._whole("secure_sum")
         return secure_sum(self, columns, epsilon, **options)
 
     def linear_regression(self, y: str, x: list[str] | str, epsilon: float, **options):
         """Federated OLS from encrypted, DP-noised X'X and X'y (see :func:`workbench.he.client.linear_regression`)."""
+        self._whole("linear_regression")
         return linear_regression(self, y, x, epsilon, **options)
 
 

@@ -377,6 +377,7 @@ class EvaluationMethods:
     def evaluate(self, weights, intercept: float | None = None, *, y: str, x: list[str] | str | None = None,
                  metric: str = "sse", epsilon: float, **options):
         """A model's total and mean loss over every node, its weights encrypted (see :func:`workbench.he.evaluate.evaluate`)."""
+        self._whole("evaluate")
         return evaluate(self, weights, intercept, y=y, x=x, metric=metric, epsilon=epsilon, **options)
 
 

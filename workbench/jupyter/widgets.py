@@ -121,7 +121,7 @@ def preview_widget(
     table = widgets.HTML(value="")
     note = widgets.HTML(value="")
     text = getattr(query, "text", "")
-    title = widgets.HTML(value=f"<code>{html_escape(text)}</code>" if text else "")
+    question = f"<div>question: <code>{html_escape(text)}</code></div>" if text else ""
 
     def show(e: float) -> None:
         import html
@@ -136,12 +136,13 @@ def preview_widget(
             )
             table.value = ""
             return
-        note.value = html.escape(_budget_note(preview) or "Preview only: nothing released, no budget spent.")
+        note.value = question + html.escape(_budget_note(preview) or "Preview only: nothing released, "
+                                                                          "no budget spent.")
         table.value = accuracy_table(preview).to_html(index=False, float_format=lambda x: f"{x:.4g}", border=0)
 
     slider.observe(lambda change: show(change["new"]), names="value")
     show(slider.value)
-    box = widgets.VBox([title, slider, table, note])
+    box = widgets.VBox([slider, table, note])
     box.add_class("workbench-preview")
     return box
 
