@@ -140,15 +140,14 @@ def test_unsupported_queries_are_refused_before_any_charge(served):
     assert after == before
 
 
-def test_other_channels_refuse_a_table_source_with_a_clear_error(served):
+def test_other_channels_refuse_a_table_source_before_pricing(served):
     client = served["client"]
-    for path, body in (("/datasets/claims_pg/synth/preview", {"rows": 10, "epsilon": 1.0}),
-                       ("/datasets/claims_pg/he/preview", {"op": "sum", "column": "cost"})):
-        response = client.post(path, json=body)
-        if response.status_code == 422 and response.json()["code"] == "invalid_body":
-            continue  # this channel's request shape differs; the body never reached the dataset
+    budget = client.get("/datasets/claims_pg/budget").json()
+    for path in ("/datasets/claims_pg/synth/preview", "/datasets/claims_pg/synth/jobs"):
+        response = client.post(path, json={"spec": {"rows": 10}, "epsilon": 1.0})
         assert response.json()["code"] == "not_supported", (path, response.text)
         assert "postgres" in response.json()["message"]
+    assert client.get("/datasets/claims_pg/budget").json() == budget
 
 
 # ---------------------------------------------------------------- the pushed-down SQL itself (no noise)

@@ -153,7 +153,7 @@ def _task(entry: DatasetEntry, op: dict, enc: dict) -> dict:
 @router.post("/datasets/{name}/he/preview", response_model=HEPreview)
 def he_preview(name: str, body: HEPreviewRequest, service: Service, caller: Caller) -> HEPreview:
     """The encoding, noise scales and price of a secure-aggregation contribution. Spends nothing."""
-    entry = service.catalog.get(name)
+    entry = service.catalog.get(name).require_rows()
     caller.require("analyst", "owner")
     _epsilon_cap(service, body.epsilon)
     enc = plan(entry.info, body.op, body.parties, body.epsilon, body.mode)
@@ -203,7 +203,7 @@ def question(spec: SessionSpec, aggregator: dict, enc) -> dict:
 @router.post("/datasets/{name}/he/contribute", response_model=ContributeResponse)
 def contribute(name: str, body: ContributeRequest, service: Service, caller: Caller) -> ContributeResponse:
     """Charge, compute, encrypt and send this node's noisy contribution to the session's aggregator."""
-    entry = service.catalog.get(name)
+    entry = service.catalog.get(name).require_rows()
     caller.require("analyst", "owner")
     aggregator, spec = read_session(service, entry, caller, body.aggregator_url, body.session_id, "he")
     enc = plan(entry.info, spec.op, len(spec.parties), spec.epsilon, spec.mode)

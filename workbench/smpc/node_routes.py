@@ -58,7 +58,7 @@ def _wait(aggregator: dict, path: str, what: str) -> dict:
 @router.post("/datasets/{name}/smpc/contribute", response_model=SmpcContributeResponse)
 def contribute(name: str, body: ContributeRequest, service: Service, caller: Caller) -> SmpcContributeResponse:
     """Charge, compute, secret-share this node's noisy vector with the other parties; return its partial sum."""
-    entry = service.catalog.get(name)
+    entry = service.catalog.get(name).require_rows()
     caller.require("analyst", "owner")
     aggregator, spec = read_session(service, entry, caller, body.aggregator_url, body.session_id, "smpc")
     if spec.op.kind == "evaluate":

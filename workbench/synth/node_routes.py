@@ -47,7 +47,7 @@ CHANNEL = "synth"
 
 def checked(service: NodeService, name: str, spec: SynthSpec, epsilon: float | None) -> tuple[DatasetEntry,
                                                                                                domain.Plan]:
-    entry = service.catalog.get(name)
+    entry = service.catalog.get(name).require_rows()
     limit = service.config.node.max_epsilon_per_release
     if epsilon is not None and epsilon > limit:
         raise InvalidQuery(f"This node caps one release at epsilon={limit:g}.", code="bad_epsilon")
@@ -221,7 +221,7 @@ def sdv_on_real(name: str, body: SDVRequest, service: Service, caller: Caller) -
     """Fit an SDV synthesizer on the real rows (allowed datasets only). The result is held in the owners' review
     queue with SDMetrics privacy metrics; collect it with ``POST /reviews/{id}/collect`` once approved."""
     caller.require("analyst", "owner")
-    entry = service.catalog.get(name)
+    entry = service.catalog.get(name).require_rows()
     try:
         sdv_allowed(entry)
         if body.spec.rows > entry.config.synth_max_rows:
