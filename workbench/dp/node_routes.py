@@ -37,15 +37,15 @@ _previews: "OrderedDict[str, dict]" = OrderedDict()
 _previews_lock = threading.Lock()
 
 
-def _task(service: NodeService, entry: DatasetEntry, body: DPRequest, mode: str) -> dict:
+def _task(entry: DatasetEntry, body: DPRequest, mode: str, columnar: str | None, state_dir=None) -> dict:
     spec = body.query.model_dump(mode="json")
     key = hashlib.sha256(json.dumps([entry.name, entry.version, entry.info.model_dump(mode="json"), spec,
                                      body.epsilon, body.delta, ALPHA], sort_keys=True).encode()).hexdigest()
     task = {"info": entry.info.model_dump(mode="json"), "query": spec, "epsilon": body.epsilon, "delta": body.delta,
             "alpha": ALPHA, "format": entry.config.file_format, "mode": mode, "stamp": list(entry.stamp),
-            "columnar": _columnar(service), "cache_key": key, "source": None}
+            "columnar": columnar, "cache_key": key, "source": None}
     if entry.source is not None:  # a table in PostgreSQL or Spark (workbench.dp.pushdown): no file, no copy
-        task.update(source=pushdown_task(entry, service.config.node.state_dir), path=None, columnar=None, stamp=None)
+        task.update(source=pushdown_task(entry, state_dir), path=None, columnar=None, stamp=None)
     else:
         task["path"] = str(entry.path)
     return task
@@ -78,7 +78,7 @@ def _checked(service: NodeService, name: str, body: DPRequest) -> DatasetEntry:
 
 def _accuracy(service: NodeService, entry: DatasetEntry, body: DPRequest) -> dict:
     """OpenDP's accuracy for this query shape: metadata only, cached."""
-    task = _task(service, entry, body, "preview")
+    task = _task(entry, body, "preview", _columnar(service), service.config.node.state_dir)
     with _previews_lock:
         hit = _previews.get(task["cache_key"])
     if hit is not None:
@@ -119,7 +119,7 @@ def preview(name: str, body: DPRequest, service: Service, caller: Caller) -> DPP
 async def release(name: str, body: DPRequest, service: Service, caller: Caller) -> DPRelease:
     """Release a DP query: charged once, through the gate; the identical question again is free."""
     entry = _checked(service, name, body)
-    task = _task(service, entry, body, "release")
+    task = _task(entry, body, "release", _columnar(service), service.config.node.state_dir)
     outcome = await service.gate.release_async(
         caller, entry, "dp", body.query.kind, body.query.model_dump(mode="json"), Cost(body.epsilon, body.delta),
         compute=lambda: service.pool.run(_target(entry), task), grant_id=body.grant_id, request_id=body.request_id)
