@@ -20,7 +20,6 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tests.pushdown_data import load_postgres
 from tests.test_dp_audit import ALPHA, empirical_epsilon
 from workbench.dp.pushdown.run import run
 from workbench.protocol import DatasetInfo

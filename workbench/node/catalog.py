@@ -17,7 +17,6 @@ contribution bound is enforced inside every query (see
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
