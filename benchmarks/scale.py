@@ -151,6 +151,12 @@ def start_node(root: Path, datasets: dict[str, dict]):
     return proc, url, token, startup
 
 
+def note(phase: str, **values) -> None:
+    """Each phase's numbers as soon as they are measured (a long run interrupted still says something)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {phase}: " + ", ".join(f"{k}={v:.3g}" for k, v in values.items()),
+          flush=True)
+
+
 def release(client, name: str, epsilon: float) -> float:
     start = time.perf_counter()
     response = client.post(f"/datasets/{name}/dp/release", json={"query": QUERY, "epsilon": epsilon})
@@ -170,6 +176,7 @@ def measure(path: Path, rows: int, repeat: int, spark: bool) -> dict:
     result = {"rows": rows, "file_gb": path.stat().st_size / 1e9}
     raw = [raw_polars(path) for _ in range(repeat)]
     result["raw_s"], result["raw_rss"] = statistics.median(r[0] for r in raw), max(r[1] for r in raw)
+    note("raw Polars streaming", seconds=result["raw_s"], rss_gib=result["raw_rss"] / 2 ** 30)
     datasets = {"file": {"path": str(path), "max_rows": rows, "columns": COLUMNS,
                          "budget": {"epsilon": 1e6, "delta": 1e-3}}}
     if spark:
@@ -177,20 +184,25 @@ def measure(path: Path, rows: int, repeat: int, spark: bool) -> dict:
                              "columns": COLUMNS, "budget": {"epsilon": 1e6, "delta": 1e-3}}
     root = Path(tempfile.mkdtemp(prefix="wb-scale-", dir=HERE / "data"))
     proc, url, token, result["startup_s"] = start_node(root, datasets)
+    note("node start-up (hash, checks)", seconds=result["startup_s"])
     try:
         client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=3600)
         with PeakRSS(proc.pid) as first:
             result["first_s"] = release(client, "file", 1.0)
         result["first_rss"] = first.peak
+        note("first release (columnar copy)", seconds=result["first_s"], rss_gib=first.peak / 2 ** 30)
         with PeakRSS(proc.pid) as steady:
             times = [release(client, "file", 1.0 + (i + 1) * 1e-3) for i in range(repeat)]
         result["node_s"], result["node_rss"] = statistics.median(times), steady.peak
+        note("DP group-by mean via the node", seconds=result["node_s"], rss_gib=steady.peak / 2 ** 30)
         if spark:
             with PeakRSS(proc.pid) as spark_peak:
                 result["spark_first_s"] = release(client, "spark", 1.0)
                 result["spark_s"] = statistics.median(release(client, "spark", 1.0 + (i + 1) * 1e-3)
                                                       for i in range(repeat))
             result["spark_rss"] = spark_peak.peak
+            note("Spark local[2]", first_s=result["spark_first_s"], seconds=result["spark_s"],
+                 rss_gib=spark_peak.peak / 2 ** 30)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=120)
