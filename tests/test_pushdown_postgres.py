@@ -82,12 +82,14 @@ def by_key(table: dict) -> dict[tuple, list]:
 
 
 def assert_agree(a: dict, b: dict) -> None:
-    """Both answers cover the same public keys and every pair of estimates lies within their joint interval."""
+    """Both answers cover the same public keys and every pair of estimates is within twice the sum of their 95%
+    half-widths (for two Laplace answers of the same truth, a miss has probability ~4e-5 per pair; at one
+    sum of half-widths it would be ~1e-2, too flaky over the ~100 pairs the suite compares)."""
     ta, tb = by_key(a["table"]), by_key(b["table"])
     assert ta.keys() == tb.keys()
     for key in ta:
         x, y = ta[key], tb[key]
-        slack = (x["upper"] - x["lower"]) / 2 + (y["upper"] - y["lower"]) / 2
+        slack = (x["upper"] - x["lower"]) + (y["upper"] - y["lower"])
         assert abs(x["estimate"] - y["estimate"]) <= slack, (key, x, y)
 
 
