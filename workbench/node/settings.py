@@ -1,6 +1,6 @@
 """The owner's node configuration, read from a TOML file.
 
-Everything in a dataset's entry except ``path`` is public metadata: it is
+Everything in a dataset's entry except ``path`` and ``source`` is public metadata: it is
 shown in the catalogue and is the only source of bounds, categories and keys
 the DP channel uses. Nothing here is ever inferred from the data.
 """
