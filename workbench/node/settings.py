@@ -68,6 +68,12 @@ class TableSource(_Config):
                 raise ValueError("a PostgreSQL source names a 'table'")
         return self
 
+    def resolved(self, base: Path) -> "TableSource":
+        """A local ``parquet`` folder relative to the config file's folder (URLs such as ``s3a://`` stay)."""
+        if self.parquet is None or "://" in self.parquet:
+            return self
+        return self.model_copy(update={"parquet": str((base / self.parquet).resolve())})
+
     @property
     def kind(self) -> str:
         """``postgres`` or ``spark``, from the url's scheme."""
@@ -157,7 +163,8 @@ class NodeConfig(_Config):
     def resolved(self, base: Path) -> "NodeConfig":
         node = self.node.model_copy(update={"state_dir": (base / self.node.state_dir).resolve()})
         datasets = {
-            name: ds.model_copy(update={"path": (base / ds.path).resolve()}) if ds.path is not None else ds
+            name: ds.model_copy(update={"path": (base / ds.path).resolve()}) if ds.path is not None
+            else ds.model_copy(update={"source": ds.source.resolved(base)})
             for name, ds in self.datasets.items()
         }
         return self.model_copy(update={"node": node, "datasets": datasets})
