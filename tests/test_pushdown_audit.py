@@ -26,7 +26,7 @@ from workbench.protocol import DatasetInfo
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
-N = int(os.environ.get("WORKBENCH_DP_AUDIT_RELEASES", "600"))  # each release is a SQL query
+N = int(os.environ.get("WORKBENCH_DP_AUDIT_RELEASES", "1000"))  # as tests/test_dp_audit.py (power)
 COLUMNS = [{"name": "pid", "type": "id"}, {"name": "x", "type": "int", "bounds": [0, 100]}]
 
 
