@@ -82,25 +82,32 @@ def make_data(rows: int, folder: Path, chunk: int) -> Path:
 
 
 class PeakRSS:
-    """The peak of the summed resident memory of a process and all its descendants, sampled in a thread."""
+    """Peaks of the summed memory of a process and all its descendants, sampled in a thread.
+
+    ``peak``: resident set size (``RSS``), which counts the pages of the Parquet files Polars memory-maps
+    (shared, reclaimable page cache); ``anon_peak``: anonymous memory (``RssAnon``), what the processes
+    themselves allocated."""
 
     def __init__(self, pid: int, every_s: float = 0.05):
-        self.root, self.every, self.peak = psutil.Process(pid), every_s, 0
+        self.root, self.every, self.peak, self.anon_peak = psutil.Process(pid), every_s, 0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> int:
-        total = 0
+    def _sample(self) -> tuple[int, int]:
+        rss = anon = 0
         for proc in [self.root, *self.root.children(recursive=True)]:
             try:
-                total += proc.memory_info().rss
-            except psutil.Error:
+                rss += proc.memory_info().rss
+                with open(f"/proc/{proc.pid}/status") as fh:
+                    anon += next(int(line.split()[1]) * 1024 for line in fh if line.startswith("RssAnon:"))
+            except (psutil.Error, OSError, StopIteration):
                 pass
-        return total
+        return rss, anon
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
+            rss, anon = self._sample()
+            self.peak, self.anon_peak = max(self.peak, rss), max(self.anon_peak, anon)
             self._stop.wait(self.every)
 
     def __enter__(self) -> "PeakRSS":
@@ -151,6 +158,12 @@ def start_node(root: Path, datasets: dict[str, dict]):
     return proc, url, token, startup
 
 
+def note(phase: str, **values) -> None:
+    """Each phase's numbers as soon as they are measured (a long run interrupted still says something)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {phase}: " + ", ".join(f"{k}={v:.3g}" for k, v in values.items()),
+          flush=True)
+
+
 def release(client, name: str, epsilon: float) -> float:
     start = time.perf_counter()
     response = client.post(f"/datasets/{name}/dp/release", json={"query": QUERY, "epsilon": epsilon})
@@ -170,6 +183,7 @@ def measure(path: Path, rows: int, repeat: int, spark: bool) -> dict:
     result = {"rows": rows, "file_gb": path.stat().st_size / 1e9}
     raw = [raw_polars(path) for _ in range(repeat)]
     result["raw_s"], result["raw_rss"] = statistics.median(r[0] for r in raw), max(r[1] for r in raw)
+    note("raw Polars streaming", seconds=result["raw_s"], rss_gib=result["raw_rss"] / 2 ** 30)
     datasets = {"file": {"path": str(path), "max_rows": rows, "columns": COLUMNS,
                          "budget": {"epsilon": 1e6, "delta": 1e-3}}}
     if spark:
@@ -177,20 +191,28 @@ def measure(path: Path, rows: int, repeat: int, spark: bool) -> dict:
                              "columns": COLUMNS, "budget": {"epsilon": 1e6, "delta": 1e-3}}
     root = Path(tempfile.mkdtemp(prefix="wb-scale-", dir=HERE / "data"))
     proc, url, token, result["startup_s"] = start_node(root, datasets)
+    note("node start-up (hash, checks)", seconds=result["startup_s"])
     try:
         client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=3600)
         with PeakRSS(proc.pid) as first:
             result["first_s"] = release(client, "file", 1.0)
-        result["first_rss"] = first.peak
+        result["first_rss"], result["first_anon"] = first.peak, first.anon_peak
+        note("first release (columnar copy)", seconds=result["first_s"], rss_gib=first.peak / 2 ** 30,
+             anon_gib=first.anon_peak / 2 ** 30)
         with PeakRSS(proc.pid) as steady:
             times = [release(client, "file", 1.0 + (i + 1) * 1e-3) for i in range(repeat)]
-        result["node_s"], result["node_rss"] = statistics.median(times), steady.peak
+        result["node_s"], result["node_rss"], result["node_anon"] = statistics.median(times), steady.peak, \
+            steady.anon_peak
+        note("DP group-by mean via the node", seconds=result["node_s"], rss_gib=steady.peak / 2 ** 30,
+             anon_gib=steady.anon_peak / 2 ** 30)
         if spark:
             with PeakRSS(proc.pid) as spark_peak:
                 result["spark_first_s"] = release(client, "spark", 1.0)
                 result["spark_s"] = statistics.median(release(client, "spark", 1.0 + (i + 1) * 1e-3)
                                                       for i in range(repeat))
-            result["spark_rss"] = spark_peak.peak
+            result["spark_rss"], result["spark_anon"] = spark_peak.peak, spark_peak.anon_peak
+            note("Spark local[2]", first_s=result["spark_first_s"], seconds=result["spark_s"],
+                 rss_gib=spark_peak.peak / 2 ** 30, anon_gib=spark_peak.anon_peak / 2 ** 30)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=120)
@@ -202,14 +224,15 @@ def print_table(results: list[dict], load_before, load_after) -> None:
     print(f"\nload average before {load_before[0]:.1f}/{load_before[1]:.1f}/{load_before[2]:.1f}, "
           f"after {load_after[0]:.1f}/{load_after[1]:.1f}/{load_after[2]:.1f} (1/5/15 min; 2 cores, shared)")
     print(f"{'rows':>14} {'file GB':>8} {'raw s':>7} {'raw GiB':>8} {'node s':>7} {'node/raw':>9} "
-          f"{'node GiB':>9} {'start s':>8} {'1st s':>7} {'1st GiB':>8} {'spark 1st s':>12} {'spark s':>8} "
-          f"{'spark GiB':>10}")
+          f"{'node GiB':>9} {'anon GiB':>9} {'start s':>8} {'1st s':>7} {'1st GiB':>8} {'1st anon':>9} "
+          f"{'spark 1st s':>12} {'spark s':>8} {'spark GiB':>10}")
     for r in results:
         spark = (f"{r['spark_first_s']:>12.1f} {r['spark_s']:>8.1f} {r['spark_rss'] / gib:>10.2f}"
                  if "spark_s" in r else f"{'-':>12} {'-':>8} {'-':>10}")
         print(f"{r['rows']:>14,} {r['file_gb']:>8.2f} {r['raw_s']:>7.2f} {r['raw_rss'] / gib:>8.2f} "
               f"{r['node_s']:>7.2f} {r['node_s'] / r['raw_s']:>8.2f}x {r['node_rss'] / gib:>9.2f} "
-              f"{r['startup_s']:>8.1f} {r['first_s']:>7.1f} {r['first_rss'] / gib:>8.2f} {spark}")
+              f"{r['node_anon'] / gib:>9.2f} {r['startup_s']:>8.1f} {r['first_s']:>7.1f} {r['first_rss'] / gib:>8.2f} "
+              f"{r['first_anon'] / gib:>9.2f} {spark}")
 
 
 def main() -> None:

@@ -20,14 +20,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tests.pushdown_data import load_postgres
 from tests.test_dp_audit import ALPHA, empirical_epsilon
 from workbench.dp.pushdown.run import run
 from workbench.protocol import DatasetInfo
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
-N = int(os.environ.get("WORKBENCH_DP_AUDIT_RELEASES", "600"))  # each release is a SQL query
+N = int(os.environ.get("WORKBENCH_DP_AUDIT_RELEASES", "1000"))  # as tests/test_dp_audit.py (power)
 COLUMNS = [{"name": "pid", "type": "id"}, {"name": "x", "type": "int", "bounds": [0, 100]}]
 
 

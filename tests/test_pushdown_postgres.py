@@ -82,12 +82,14 @@ def by_key(table: dict) -> dict[tuple, list]:
 
 
 def assert_agree(a: dict, b: dict) -> None:
-    """Both answers cover the same public keys and every pair of estimates lies within their joint interval."""
+    """Both answers cover the same public keys and every pair of estimates is within twice the sum of their 95%
+    half-widths (for two Laplace answers of the same truth, a miss has probability ~4e-5 per pair; at one
+    sum of half-widths it would be ~1e-2, too flaky over the ~100 pairs the suite compares)."""
     ta, tb = by_key(a["table"]), by_key(b["table"])
     assert ta.keys() == tb.keys()
     for key in ta:
         x, y = ta[key], tb[key]
-        slack = (x["upper"] - x["lower"]) / 2 + (y["upper"] - y["lower"]) / 2
+        slack = (x["upper"] - x["lower"]) + (y["upper"] - y["lower"])
         assert abs(x["estimate"] - y["estimate"]) <= slack, (key, x, y)
 
 
@@ -140,15 +142,14 @@ def test_unsupported_queries_are_refused_before_any_charge(served):
     assert after == before
 
 
-def test_other_channels_refuse_a_table_source_with_a_clear_error(served):
+def test_other_channels_refuse_a_table_source_before_pricing(served):
     client = served["client"]
-    for path, body in (("/datasets/claims_pg/synth/preview", {"rows": 10, "epsilon": 1.0}),
-                       ("/datasets/claims_pg/he/preview", {"op": "sum", "column": "cost"})):
-        response = client.post(path, json=body)
-        if response.status_code == 422 and response.json()["code"] == "invalid_body":
-            continue  # this channel's request shape differs; the body never reached the dataset
+    budget = client.get("/datasets/claims_pg/budget").json()
+    for path in ("/datasets/claims_pg/synth/preview", "/datasets/claims_pg/synth/jobs"):
+        response = client.post(path, json={"spec": {"rows": 10}, "epsilon": 1.0})
         assert response.json()["code"] == "not_supported", (path, response.text)
         assert "postgres" in response.json()["message"]
+    assert client.get("/datasets/claims_pg/budget").json() == budget
 
 
 # ---------------------------------------------------------------- the pushed-down SQL itself (no noise)

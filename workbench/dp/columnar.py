@@ -66,8 +66,9 @@ def _write(folder: Path, target: Path, name: str, path: str, file_format: str, i
     codes = []
     for column, values in coded_columns(info).items():
         labels = [str(v) for v in values]
-        codes.append(pl.col(column).replace_strict(labels, list(range(len(labels))), default=None,
-                                                   return_dtype=CODE_TYPE))
+        # An Enum cast streams (replace_strict held every row in memory: 11 GB at 100M rows); a value outside
+        # the public list becomes null.
+        codes.append(pl.col(column).cast(pl.Enum(labels), strict=False).to_physical().cast(CODE_TYPE))
     fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".tmp", dir=folder)
     os.close(fd)
     try:

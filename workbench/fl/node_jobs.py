@@ -97,7 +97,7 @@ class JobRegistry:
 
         service = self.service
         caller.require("analyst", "owner")
-        entry = service.catalog.get(name)
+        entry = service.catalog.get(name).require_rows()
         spec = request.spec
         trainer = get_trainer(spec.model)
         hp = hyperparameters(spec.hyperparameters, trainer)

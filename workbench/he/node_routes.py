@@ -142,7 +142,7 @@ def contribution_task(entry: DatasetEntry, op: dict, enc: dict) -> dict:
 @router.post("/datasets/{name}/he/preview", response_model=HEPreview)
 def he_preview(name: str, body: HEPreviewRequest, service: Service, caller: Caller) -> HEPreview:
     """The encoding, noise scales and price of a secure-aggregation contribution. Spends nothing."""
-    entry = service.catalog.get(name)
+    entry = service.catalog.get(name).require_rows()
     caller.require("analyst", "owner")
     policy.check_loss(service, body.epsilon)
     enc = plan(entry.info, body.op, body.parties, body.epsilon, body.mode)
@@ -198,7 +198,7 @@ def contribute(name: str, body: ContributeRequest, service: Service, caller: Cal
 
 
 def _contribute(name: str, body: ContributeRequest, service: NodeService, caller) -> ContributeResponse:
-    entry = service.catalog.get(name)
+    entry = service.catalog.get(name).require_rows()
     caller.require("analyst", "owner")
     aggregator, spec = read_session(service, entry, caller, body.aggregator_url, body.session_id, "he")
     enc = plan(entry.info, spec.op, len(spec.parties), spec.epsilon, spec.mode)

@@ -58,6 +58,12 @@ class DatasetEntry:
                                "are supported on it.", code="not_supported")
         return self.config.path
 
+    def require_rows(self) -> "DatasetEntry":
+        """This entry, if its rows are on the node (a file or folder); a table source raises ``not_supported``.
+        Channels that read rows themselves (synthesis, HE, SMPC, FL) call it before pricing anything."""
+        _ = self.path
+        return self
+
     @property
     def source(self):
         """The table source (:class:`~workbench.node.settings.TableSource`), or None for a file dataset."""
@@ -70,7 +76,10 @@ class DatasetEntry:
 
 def scan(config: DatasetConfig) -> pl.LazyFrame:
     """A lazy scan of a file dataset, one file or a folder of Parquet files (every row: callers that compute
-    read through :mod:`workbench.node.data`, which applies the consent rule)."""
+    read through :mod:`workbench.node.data`, which applies the consent rule); a table source is refused."""
+    if config.path is None:
+        raise NotSupported(f"This dataset lives in a {config.source.kind} table: only DP queries are supported "
+                           "on it.", code="not_supported")
     return raw_scan(config.path, config.file_format)
 
 

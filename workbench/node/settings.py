@@ -1,6 +1,6 @@
 """The owner's node configuration, read from a TOML file.
 
-Everything in a dataset's entry except ``path`` is public metadata: it is
+Everything in a dataset's entry except ``path`` and ``source`` is public metadata: it is
 shown in the catalogue and is the only source of bounds, categories and keys
 the DP channel uses. Nothing here is ever inferred from the data.
 """
@@ -68,6 +68,12 @@ class TableSource(_Config):
             if self.parquet is not None:
                 raise ValueError("a PostgreSQL source names a 'table'")
         return self
+
+    def resolved(self, base: Path) -> "TableSource":
+        """A local ``parquet`` folder relative to the config file's folder (URLs such as ``s3a://`` stay)."""
+        if self.parquet is None or "://" in self.parquet:
+            return self
+        return self.model_copy(update={"parquet": str((base / self.parquet).resolve())})
 
     @property
     def kind(self) -> str:
@@ -232,7 +238,7 @@ class NodeConfig(_Config):
         node = self.node.model_copy(update={"state_dir": (base / self.node.state_dir).resolve()})
         datasets = {
             name: ds.model_copy(update={"path": (base / ds.path).resolve(), "consent": _resolved(ds, base)})
-            if ds.path is not None else ds.model_copy(update={"consent": _resolved(ds, base)})
+            if ds.path is not None else ds.model_copy(update={"source": ds.source.resolved(base)})
             for name, ds in self.datasets.items()
         }
         return self.model_copy(update={"node": node, "datasets": datasets})

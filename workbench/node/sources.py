@@ -83,7 +83,8 @@ def pushdown_task(entry, state_dir: Path) -> dict:
     """The plain-data description of a table source a worker needs (no credentials)."""
     source = entry.source
     return {"dataset": entry.name, "kind": source.kind, "url": source.url, "table": source.table,
-            "parquet": source.parquet, "decimals": source.decimals, "secret": node_secret(state_dir)}
+            "parquet": source.parquet, "decimals": source.decimals, "version": source.version,
+            "secret": node_secret(state_dir)}
 
 
 def check_columns(name: str, config) -> None:

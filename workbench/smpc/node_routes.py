@@ -60,7 +60,7 @@ async def _wait(aggregator: dict, path: str, what: str) -> dict:
 
 def _session(service, name: str, body: ContributeRequest, caller):
     """The dataset, the trusted aggregator, the session and its plan (checked; nothing charged)."""
-    entry = service.catalog.get(name)
+    entry = service.catalog.get(name).require_rows()
     caller.require("analyst", "owner")
     aggregator, spec = read_session(service, entry, caller, body.aggregator_url, body.session_id, "smpc")
     if spec.op.kind == "evaluate":

@@ -197,7 +197,7 @@ def sdv_on_real(name: str, body: SDVRequest, service: Service, caller: Caller) -
     queue with SDMetrics privacy metrics; collect it with ``POST /reviews/{id}/collect`` once approved."""
     caller.require("analyst", "owner")
     require_supported_protocol(body.protocol)
-    entry = service.catalog.get(name)
+    entry = service.catalog.get(name).require_rows()
     try:
         sdv_allowed(entry)
         if body.spec.rows > entry.config.synth_max_rows:

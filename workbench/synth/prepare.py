@@ -20,7 +20,7 @@ __all__ = ["canonical", "checked", "run_isolated", "task"]
 
 def checked(service: NodeService, name: str, spec: SynthSpec, epsilon: float | None) -> tuple[DatasetEntry,
                                                                                                domain.Plan]:
-    entry = service.catalog.get(name)
+    entry = service.catalog.get(name).require_rows()
     policy.check_loss(service, epsilon)
     if spec.rows > entry.config.synth_max_rows:
         raise InvalidQuery(f"The owner allows at most {entry.config.synth_max_rows} synthetic rows per synthesis "

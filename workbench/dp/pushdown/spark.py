@@ -4,7 +4,8 @@ The source's ``url`` is the Spark master: ``local[2]`` runs Spark inside the
 worker's own JVM (tests, one machine); ``spark://host:7077`` (or ``yarn``,
 ``k8s://...``) sends the work to a cluster, whose executors read the table.
 A ``parquet`` source is registered as a temporary view named after the
-dataset; a ``table`` source is read from the session's catalog.
+dataset (its file list is read again when the owner's ``version`` label
+changes); a ``table`` source is read from the session's catalog.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def fetch(source: dict, query: str) -> list[tuple]:
     try:
         spark = session(source["url"])
         if source.get("parquet"):
-            key = (source["dataset"], source["parquet"])
+            key = (source["dataset"], source["parquet"], source.get("version"))  # a new label re-lists the files
             if key not in _views:
                 spark.read.parquet(source["parquet"]).createOrReplaceTempView(view_name(source["dataset"]))
                 _views.add(key)
