@@ -72,7 +72,8 @@ class Node:
         return self._info.name
 
     def catalog(self) -> pd.DataFrame:
-        """Every dataset's public description: name, tier, description, licence, version, columns."""
+        """Every dataset's public description: name, tier, description, licence, version, columns, and its
+        sharing agreement (a dict, or None; protocol 2 nodes only) -- the JupyterLab panel shows these rows."""
         rows = []
         for raw in self.request("GET", "/catalog"):
             info = DatasetInfo.model_validate(raw)
@@ -80,9 +81,10 @@ class Node:
                          "licence": info.licence, "columns": len(info.columns),
                          "privacy_unit": info.privacy_unit.id_column or "row",
                          "budget_epsilon": info.budget.epsilon if info.budget else None,
-                         "version": info.version, "mock": info.has_mock})
+                         "version": info.version, "mock": info.has_mock,
+                         "agreement": None if info.agreement is None else info.agreement.model_dump(mode="json")})
         return pd.DataFrame(rows, columns=["name", "tier", "description", "licence", "columns", "privacy_unit",
-                                           "budget_epsilon", "version", "mock"])
+                                           "budget_epsilon", "version", "mock", "agreement"])
 
     def dataset(self, name: str, *, purpose: str | None = None, grant_id: int | None = None):
         """A handle to a remote dataset. It holds public metadata only, never rows.
