@@ -2,6 +2,8 @@ import { LabIcon, refreshIcon } from '@jupyterlab/ui-components';
 import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
+import { renderAgreement } from './sections/agreement';
+
 import {
   IAccessRequest,
   IDatasetInfo,
@@ -461,6 +463,10 @@ export class WorkbenchPanel extends Widget {
     }
     if (info.description) {
       box.appendChild(h('p', {}, String(info.description)));
+    }
+    const agreement = renderAgreement(summary.agreement);
+    if (agreement !== null) {
+      box.appendChild(agreement);
     }
     const facts: HTMLElement[] = [];
     facts.push(h('span', {}, `Privacy unit: ${formatPrivacyUnit(info.privacy_unit)}`));
