@@ -39,8 +39,13 @@ def _credentials(request: Request) -> tuple[str, str]:
 
 def _sender_checked(service: NodeService, request: Request, scheme: str, token: str,
                     principal: Principal) -> Principal:
-    """Apply the DPoP rules (workbench.node.dpop) to an authenticated request; refusals are audited."""
-    url = str(request.url.replace(query="", fragment=""))
+    """Apply the DPoP rules (workbench.node.dpop) to an authenticated request; refusals are audited.
+
+    ``htu`` is compared with ``[node] public_url`` + path when set (a node behind a TLS-terminating
+    proxy sees another scheme and host than its clients), else with the URL the request arrived at.
+    """
+    public = service.config.node.public_url
+    url = public.rstrip("/") + request.url.path if public else str(request.url.replace(query="", fragment=""))
     try:
         service.authority.check_sender(principal, scheme, request.headers.get("dpop"), request.method, url, token)
     except NotAuthenticated as exc:
@@ -65,6 +70,8 @@ async def caller_of(request: Request) -> Principal:
     if known is not None and scheme == "bearer" and known.jkt is None:
         return known  # remembered tokens are unbound and the node does not require binding: no proof to check
     principal = known or await run_in_threadpool(_authenticate, service, request, token)
+    if principal.jkt is None and scheme == "bearer" and not service.authority.require_sender_constrained:
+        return principal  # nothing to check: spare the thread hop
     return await run_in_threadpool(_sender_checked, service, request, scheme, token, principal)
 
 

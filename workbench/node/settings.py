@@ -99,6 +99,8 @@ class NodeSection(_Config):
     synth_workers: int = Field(1, ge=1, le=16)
     #: FAPI 2.0: refuse plain bearer tokens; every token must be DPoP-bound (workbench.node.dpop).
     require_sender_constrained: bool = False
+    #: The node's URL as clients see it (e.g. behind a TLS proxy): DPoP proofs' ``htu`` is checked against it.
+    public_url: str | None = Field(None, pattern=r"^https?://[^/?#]+(/[^?#]*)?$")
 
 
 class NodeConfig(_Config):
