@@ -31,7 +31,7 @@ from pathlib import Path
 
 import jwt
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..errors import NotAuthenticated, NotAuthorized
 from .dpop import ProofChecker, bound_key, check_sender
@@ -96,7 +96,7 @@ class TokenAuthority:
         self.issuer = f"workbench-node:{node_name}"
         self.audience = f"workbench:{node_name}"
         self._key = load_or_create_key(state_dir)
-        self.public_key = self._key.public_key()  # published at /v1/jwks (a consortium directory lists it)
+        self._public = self._key.public_key()
         self._store = store
         self._ttl = ttl_days * 86400
         self.oidc = OIDCVerifier(oidc, store) if oidc is not None else None
@@ -104,6 +104,11 @@ class TokenAuthority:
         self.proofs = ProofChecker()
         # token -> (principal, expiry (epoch s), checked at (monotonic s), users generation)
         self._verified: dict[str, tuple[Principal, float, float, int]] = {}
+
+    @property
+    def public_key(self) -> Ed25519PublicKey:
+        """The token-signing public key, published at ``/v1/jwks`` (a consortium directory lists it)."""
+        return self._public
 
     def issue(self, user: User, ttl_s: float | None = None, jkt: str | None = None) -> str:
         """A signed token for ``user``; with ``jkt`` (a DPoP key thumbprint) it is bound to that key."""
@@ -142,7 +147,7 @@ class TokenAuthority:
         try:
             claims = jwt.decode(
                 token,
-                self.public_key,
+                self._public,
                 algorithms=[ALGORITHM],
                 audience=self.audience,
                 issuer=self.issuer,
