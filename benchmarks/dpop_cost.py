@@ -59,8 +59,8 @@ def main() -> None:
         node = launch(Path(tmp))
         try:
             key = DPoPKey.generate()
-            bearer = httpx.Client(base_url=node.url, headers={"Authorization": f"Bearer {node.analyst_token}"})
-            dpop = httpx.Client(base_url=node.url, auth=DPoPAuth(bound_token(node, key), key))
+            bearer = httpx.Client(base_url=node.url, headers={"Authorization": f"Bearer {node.analyst_token}"}, timeout=120)
+            dpop = httpx.Client(base_url=node.url, auth=DPoPAuth(bound_token(node, key), key), timeout=120)
             path = "/v1/datasets/patients/dp/release"
             for client in (bearer, dpop):  # the first release is charged; later ones are replays
                 timed(client, "POST", path, json=RELEASE)
