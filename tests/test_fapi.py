@@ -253,3 +253,16 @@ def test_proof_checker_window_with_an_injected_clock(key):
     with pytest.raises(wb.NotAuthenticated) as stale:
         checker.check(proof, "GET", "http://n/v1/me", "t")
     assert stale.value.details["reason"] == "dpop_iat"
+
+
+def test_dpop_key_cli_creates_a_private_key_once(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "WORKBENCH_DPOP_KEY": str(tmp_path / "dpop_key.pem")}
+    first = subprocess.run([sys.executable, "-m", "workbench.cli", "dpop-key"], env=env, capture_output=True,
+                           text=True, timeout=60, check=True).stdout.split()[0]
+    assert oct((tmp_path / "dpop_key.pem").stat().st_mode & 0o777) == "0o600"
+    again = subprocess.run([sys.executable, "-m", "workbench.cli", "dpop-key"], env=env, capture_output=True,
+                           text=True, timeout=60, check=True).stdout.split()[0]
+    assert first == again == DPoPKey.load_or_create(tmp_path / "dpop_key.pem").thumbprint and len(first) == 43

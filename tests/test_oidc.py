@@ -311,6 +311,25 @@ def test_device_flow_with_the_kernel_library(provider, node):
     assert refused.status_code == 401 and refused.json()["details"]["reason"] == "audience"
 
 
+def test_interactive_login_falls_back_to_the_device_flow_without_par(tmp_path):
+    """flow="interactive": authorization code + PAR where offered (tests/test_fapi.py), else the device flow."""
+    idp = Provider(tmp_path, jwks={"keys": [rsa_jwk("no-par")]}, par=False).start()
+    try:
+        discovery = httpx.get(idp.url + "/.well-known/openid-configuration", timeout=10).json()
+        assert "pushed_authorization_request_endpoint" not in discovery
+        prompts = []
+
+        def person(prompt):
+            prompts.append(prompt)
+            confirm_in_browser(prompt, login="alice")
+
+        token = wb.login(idp.issuer, client_id="wb-device", flow="interactive", audience=AUDIENCE,
+                         on_prompt=person)
+        assert isinstance(prompts[0], DeviceCode) and token.claims["sub"] == "alice"
+    finally:
+        idp.stop()
+
+
 def test_unconfirmed_device_code_yields_no_token(provider):
     """Starting the flow gives the person a code; until they confirm, the token endpoint says 'pending'."""
     http = httpx.Client(timeout=10)

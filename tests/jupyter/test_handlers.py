@@ -41,7 +41,7 @@ async def test_nodes_probes_every_configured_node(jp_fetch, three_nodes):
     assert up["status"] == "up" and up["error"] is None
     assert up["url"] == three_nodes.url
     assert up["user"] == "analyst" and up["role"] == "analyst"
-    assert up["version"] and up["protocol"] == "1"
+    assert up["version"] and up["protocol"] == "2"
 
     assert nodes["offline"]["status"] == "down"
     assert nodes["offline"]["error"]["code"] == "node_unreachable"

@@ -15,6 +15,7 @@
 //   client_groups   {client_id: [groups]} for client-credentials tokens
 //   account_groups  {account_id: [groups]} for device-flow (user) tokens
 //   client_claims   {client_id: {claim: value}} more claims in client-credentials tokens (country, ...)
+//   par             false: no pushed authorization requests (wb.login's interactive flow then uses the device flow)
 //   fapi            true: the FAPI 2.0 Security Profile (features.fapi profile '2.0': PKCE required, ...)
 //                   with DPoP (RFC 9449) on, and `wb-dpop-svc` / `wb-notebook` demanding DPoP-bound tokens
 //
@@ -126,7 +127,7 @@ const provider = new Provider(issuer, {
     introspection: { enabled: false },
     revocation: { enabled: false },
     dPoP: { enabled: true },
-    pushedAuthorizationRequests: { enabled: true },
+    pushedAuthorizationRequests: { enabled: cfg.par ?? true },
     ...(cfg.fapi ? { fapi: { enabled: true, profile: '2.0' } } : {}),
     resourceIndicators: {
       enabled: true,

@@ -64,7 +64,8 @@ class Node:
         return self._info.name
 
     def catalog(self) -> pd.DataFrame:
-        """Every dataset's public description: name, tier, description, licence, version, columns.
+        """Every dataset's public description: name, tier, description, licence, version, columns, and its
+        sharing agreement (a dict, or None; protocol 2 nodes only) -- the JupyterLab panel shows these rows.
 
         ``dataset_cap_epsilon`` is the owner's lifetime cap on what all analysts together may spend on
         the dataset, not your budget: yours is your grant (``node.grants()``, ``ds.budget()``).
@@ -76,9 +77,10 @@ class Node:
                          "licence": info.licence, "columns": len(info.columns),
                          "privacy_unit": info.privacy_unit.id_column or "row",
                          "dataset_cap_epsilon": info.budget.epsilon if info.budget else None,
-                         "version": info.version, "mock": info.has_mock})
+                         "version": info.version, "mock": info.has_mock,
+                         "agreement": None if info.agreement is None else info.agreement.model_dump(mode="json")})
         return pd.DataFrame(rows, columns=["name", "tier", "description", "licence", "columns", "privacy_unit",
-                                           "dataset_cap_epsilon", "version", "mock"])
+                                           "dataset_cap_epsilon", "version", "mock", "agreement"])
 
     def dataset(self, name: str, *, purpose: str | None = None, grant_id: int | None = None):
         """A handle to a remote dataset. It holds public metadata only, never rows.

@@ -13,11 +13,11 @@ other token is checked as one of this node's own.
 A verified node token is remembered for up to ``USER_RECHECK_S`` seconds (never
 past its expiry): a change to any user made through this node process takes
 effect at once; a change made by another process sharing the database (the
-owner's CLI) takes effect within ``USER_RECHECK_S``. DPoP-bound tokens (a
-``cnf.jkt`` claim, see :mod:`workbench.node.dpop`) are never remembered, and
-with ``require_sender_constrained`` nothing is: every request of theirs has its
-proof checked (so the DP replay fast path, which only serves remembered
-tokens, never skips a proof).
+owner's CLI) takes effect within ``USER_RECHECK_S``. :meth:`TokenAuthority.remembered`
+hands out only tokens that need no DPoP proof (unbound, and the node does not
+require binding): the DP replay fast path serves only those. Bound tokens are
+:meth:`TokenAuthority.recalled` instead, and the routes check their proof on
+every request (:mod:`workbench.node.dpop`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import jwt
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..errors import NotAuthenticated, NotAuthorized
 from .dpop import ProofChecker, bound_key, check_sender
@@ -96,7 +96,7 @@ class TokenAuthority:
         self.issuer = f"workbench-node:{node_name}"
         self.audience = f"workbench:{node_name}"
         self._key = load_or_create_key(state_dir)
-        self.public_key = self._key.public_key()  # published at /v1/jwks (a consortium directory lists it)
+        self._public = self._key.public_key()
         self._store = store
         self._ttl = ttl_days * 86400
         self.oidc = OIDCVerifier(oidc, store) if oidc is not None else None
@@ -104,6 +104,11 @@ class TokenAuthority:
         self.proofs = ProofChecker()
         # token -> (principal, expiry (epoch s), checked at (monotonic s), users generation)
         self._verified: dict[str, tuple[Principal, float, float, int]] = {}
+
+    @property
+    def public_key(self) -> Ed25519PublicKey:
+        """The token-signing public key, published at ``/v1/jwks`` (a consortium directory lists it)."""
+        return self._public
 
     def issue(self, user: User, ttl_s: float | None = None, jkt: str | None = None) -> str:
         """A signed token for ``user``; with ``jkt`` (a DPoP key thumbprint) it is bound to that key."""
@@ -122,9 +127,20 @@ class TokenAuthority:
         return jwt.encode(claims, self._key, algorithm=ALGORITHM)
 
     def remembered(self, token: str) -> Principal | None:
-        """The principal of a node token verified moments ago, without touching the database (else None)."""
+        """The principal of a node token verified moments ago that needs no DPoP proof (else None).
+
+        Only such tokens may be served without :meth:`check_sender` (the DP replay fast path does)."""
+        principal = self.recalled(token)
+        if principal is None or principal.jkt is not None or self.require_sender_constrained:
+            return None
+        return principal
+
+    def recalled(self, token: str) -> Principal | None:
+        """The principal of any node token verified moments ago, bound or not, without touching the database.
+
+        The caller must still apply :meth:`check_sender` (its proof is checked on every request)."""
         hit = self._verified.get(token)
-        if hit is None or self.require_sender_constrained:
+        if hit is None:
             return None
         principal, expires, checked, generation = hit
         if time.time() >= expires or time.monotonic() - checked > USER_RECHECK_S or generation != users_generation():
@@ -132,7 +148,7 @@ class TokenAuthority:
         return principal
 
     def verify(self, token: str) -> Principal:
-        known = self.remembered(token)
+        known = self.recalled(token)
         if known is not None:
             return known
         if self.oidc is not None and self.oidc.handles(token):
@@ -142,7 +158,7 @@ class TokenAuthority:
         try:
             claims = jwt.decode(
                 token,
-                self.public_key,
+                self._public,
                 algorithms=[ALGORITHM],
                 audience=self.audience,
                 issuer=self.issuer,
@@ -160,8 +176,6 @@ class TokenAuthority:
                     or user.role != claims.get("role")):
                 raise NotAuthenticated("The token has been revoked.", code="not_authenticated")
             principal = Principal(name=user.name, role=user.role, token_id=claims["jti"], jkt=bound_key(claims))
-        if principal.jkt is not None:
-            return principal  # bound: never remembered, so no path skips its proof
         if len(self._verified) >= _MAX_REMEMBERED:
             self._verified.clear()
         self._verified[token] = (principal, float(claims["exp"]), time.monotonic(), generation)

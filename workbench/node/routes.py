@@ -40,22 +40,38 @@ def _credentials(request: Request) -> tuple[str, str]:
 
 def _sender_checked(service: NodeService, request: Request, scheme: str, token: str,
                     principal: Principal) -> Principal:
-    """Apply the DPoP rules (workbench.node.dpop) to an authenticated request; refusals are audited."""
-    url = str(request.url.replace(query="", fragment=""))
+    """:func:`_check_sender`, its refusals audited."""
     try:
-        service.authority.check_sender(principal, scheme, request.headers.get("dpop"), request.method, url, token)
+        return _check_sender(service, request, scheme, token, principal)
     except NotAuthenticated as exc:
-        with service.store.transaction("light") as session:
-            audit.append(session, principal.name, "auth_failed", None, reason=exc.message,
-                         client=request.client.host if request.client else None)
+        _audit_sender_refusal(service, request, principal, exc)
         raise
+
+
+def _audit_sender_refusal(service: NodeService, request: Request, principal: Principal,
+                          exc: NotAuthenticated) -> None:
+    with service.store.transaction("light") as session:
+        audit.append(session, principal.name, "auth_failed", None, reason=exc.message,
+                     client=request.client.host if request.client else None)
+
+
+def _check_sender(service: NodeService, request: Request, scheme: str, token: str,
+                  principal: Principal) -> Principal:
+    """Apply the DPoP rules (workbench.node.dpop) to an authenticated request (no database).
+
+    ``htu`` is compared with ``[node] public_url`` + path when set (a node behind a TLS-terminating
+    proxy sees another scheme and host than its clients), else with the URL the request arrived at.
+    """
+    public = service.config.node.public_url
+    url = public.rstrip("/") + request.url.path if public else str(request.url.replace(query="", fragment=""))
+    service.authority.check_sender(principal, scheme, request.headers.get("dpop"), request.method, url, token)
     return principal
 
 
 def principal_of(request: Request) -> Principal:
     """Authenticate the token (every endpoint but /info and /health needs one), DPoP proof included."""
     service, (scheme, token) = service_of(request), _credentials(request)
-    principal = service.authority.remembered(token) or _authenticate(service, request, token)
+    principal = service.authority.recalled(token) or _authenticate(service, request, token)
     return _sender_checked(service, request, scheme, token, principal)
 
 
@@ -63,10 +79,14 @@ async def caller_of(request: Request) -> Principal:
     """:func:`principal_of` for the event loop: a token verified moments ago costs no thread and no database."""
     service, (scheme, token) = service_of(request), _credentials(request)
     known = service.authority.remembered(token)
-    if known is not None and scheme == "bearer" and known.jkt is None:
+    if known is not None and scheme == "bearer":
         return known  # remembered tokens are unbound and the node does not require binding: no proof to check
-    principal = known or await run_in_threadpool(_authenticate, service, request, token)
-    return await run_in_threadpool(_sender_checked, service, request, scheme, token, principal)
+    principal = service.authority.recalled(token) or await run_in_threadpool(_authenticate, service, request, token)
+    try:  # a signature check, no database: on the event loop, sparing a thread hop per request
+        return _check_sender(service, request, scheme, token, principal)
+    except NotAuthenticated as exc:
+        await run_in_threadpool(_audit_sender_refusal, service, request, principal, exc)
+        raise
 
 
 def _authenticate(service: NodeService, request: Request, token: str) -> Principal:

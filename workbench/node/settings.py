@@ -191,6 +191,8 @@ class NodeSection(_Config):
     auth_failure_window_s: float = Field(60.0, gt=0)
     #: FAPI 2.0: refuse plain bearer tokens; every token must be DPoP-bound (workbench.node.dpop).
     require_sender_constrained: bool = False
+    #: The node's URL as clients see it (e.g. behind a TLS proxy): DPoP proofs' ``htu`` is checked against it.
+    public_url: str | None = Field(None, pattern=r"^https?://[^/?#]+(/[^?#]*)?$")
 
 
 class FLSection(_Config):

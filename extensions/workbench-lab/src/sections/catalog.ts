@@ -3,6 +3,7 @@ import { formatAmount, formatBounds, formatPrivacyUnit, formatValue } from '../f
 import { IDatasetSummary, WorkbenchModel } from '../model';
 import { IPanelSection, ISectionContext } from '../section';
 import { row, sectionBody, table } from '../table';
+import { renderAgreement } from './agreement';
 
 /** The selected node's datasets; click one to unfold its public schema. */
 export class CatalogSection implements IPanelSection {
@@ -84,6 +85,10 @@ function schemaBox(model: WorkbenchModel, summary: IDatasetSummary): HTMLElement
   }
   if (info.description) {
     box.appendChild(h('p', {}, String(info.description)));
+  }
+  const agreement = renderAgreement(summary.agreement);
+  if (agreement !== null) {
+    box.appendChild(agreement);
   }
   const facts: Child[] = [h('span', {}, `Privacy unit: ${formatPrivacyUnit(info.privacy_unit)}`)];
   const version = info.version ?? summary.version;
