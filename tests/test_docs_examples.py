@@ -56,9 +56,9 @@ def embedded_home(tmp_path, monkeypatch):
 
 
 def test_the_readme_example_runs_on_the_embedded_node(embedded_home):
-    (code,) = blocks(ROOT / "README.md")
     namespace: dict = {}
-    run_block(code, namespace)
+    for code in blocks(ROOT / "README.md"):  # the quick start, then the query-language example on its `ds`
+        run_block(code, namespace)
     assert namespace["df"].attrs["replayed"] is False
     assert {"estimate", "lower", "upper"} <= set(namespace["df"].columns)  # "estimate, lower, upper"
 
@@ -73,13 +73,15 @@ def test_the_access_request_example_runs(embedded_home):
 def _public_names() -> set[str]:
     """Every attribute of the classes a doc example handles (and of pandas frames, which results are)."""
     from workbench.channels.jobs.kernel import CodeJob
+    from workbench.client.directory import ConsortiumDirectory
     from workbench.client.login import OIDCToken
     from workbench.fl.client import FederatedModel, TrainingJob
     from workbench.synth.client import SyntheticData
     from workbench.synth.report import FidelityReport
 
     classes = [wb.Node, wb.RemoteDataset, wb.Query, wb.GroupBy, wb.Federation, wb.FederatedDataset, wb.Preview,
-               TrainingJob, FederatedModel, SyntheticData, FidelityReport, OIDCToken, CodeJob, pd.DataFrame]
+               TrainingJob, FederatedModel, SyntheticData, FidelityReport, OIDCToken, CodeJob, ConsortiumDirectory,
+               wb.Expr, pd.DataFrame]
     names = {n for cls in classes for n in dir(cls)}
     # dataclass fields and instance attributes are not on the class: take them from annotations and __init__
     names |= {n for cls in classes for klass in cls.__mro__ for n in getattr(klass, "__annotations__", {})}

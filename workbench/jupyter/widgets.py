@@ -105,17 +105,9 @@ def preview_widget(
     if not min_epsilon > 0 or not max_epsilon > min_epsilon:
         raise ValueError("need 0 < min_epsilon < max_epsilon")
     epsilon = min(max(epsilon, min_epsilon), max_epsilon)
-    slider = widgets.FloatLogSlider(
-        value=epsilon,
-        base=10,
-        min=math.log10(min_epsilon),
-        max=math.log10(max_epsilon),
-        step=0.05,
-        description="ε",
-        readout_format=".3g",
-        continuous_update=False,
-        layout=widgets.Layout(width="420px"),
-    )
+    slider = widgets.FloatLogSlider(value=epsilon, base=10, min=math.log10(min_epsilon), max=math.log10(max_epsilon),
+                                    step=0.05, description="ε", readout_format=".3g", continuous_update=False,
+                                    layout=widgets.Layout(width="420px"))
     # HTML widgets (not an Output capture): they render without a kernel
     # round-trip and are kept in the notebook's saved widget state.
     table = widgets.HTML(value="")
