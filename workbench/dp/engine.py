@@ -490,7 +490,7 @@ def _calibrate(plan: _Plan, lf, info: DatasetInfo, query: DPQuery, coded, epsilo
     inner = object.__getattribute__(dp_query, "_query")
     calibrated = None
     if query.kind == "agg" and delta == 0:
-        calibrated = _shared(dp_query, lf, info, query, coded, epsilon, plan)
+        calibrated = _shared(dp_query, context, info, query, coded, epsilon, plan)
     if calibrated is None:  # OpenDP's own even split, quantiles by its exponential mechanism in the plan
         even = dp_query if not plan.histograms else _Plan(info, query, coded).lazy(_query(lf, info, epsilon, delta))
         calibrated = _Calibrated(_resolve(even))
@@ -510,7 +510,7 @@ def _builder(dp_query):
     return make, inner._d_in, inner._d_out
 
 
-def _shared(dp_query, lf, info: DatasetInfo, query: DPQuery, coded, epsilon: float, plan: _Plan):
+def _shared(dp_query, context, info: DatasetInfo, query: DPQuery, coded, epsilon: float, plan: _Plan):
     """The measurement of a several-statistics query whose epsilon is split by statistic (even, or by weights).
 
     Each statistic alone (a quantile: its column's histogram) is priced by OpenDP at scale 1; under pure
@@ -523,8 +523,8 @@ def _shared(dp_query, lf, info: DatasetInfo, query: DPQuery, coded, epsilon: flo
     make, d_in, d_out = _builder(dp_query)
     share = dict(zip([s.name for s in query.aggs], statistics.shares(query)))
 
-    def fresh():
-        return _query(lf, info, epsilon, 0.0)
+    def fresh():  # plans are built on the same context query (its builders return new queries)
+        return context
 
     scales: dict[str, float] = {}
     histogram_scales: dict[str, float] = {}
