@@ -138,6 +138,9 @@ TESTS: dict[str, str] = {
     "tests/test_consent.py": "tests/node/test_consent.py",
     "tests/test_ecosystem.py": "tests/node/test_ecosystem.py",
     "tests/test_fapi.py": "tests/node/test_fapi.py",
+    "tests/test_agreement.py": "tests/node/test_agreement.py",
+    "tests/test_directory.py": "tests/node/test_directory.py",
+    "tests/test_protocol_compat.py": "tests/e2e/test_protocol_compat.py",
     "tests/test_datafiles.py": "tests/node/test_datafiles.py",
     "tests/test_epsilon_floor_synth.py": "tests/channels/synth/test_epsilon_floor_synth.py",
 }
