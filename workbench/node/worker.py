@@ -52,13 +52,14 @@ def _serve(conn_in: Connection, conn_out: Connection) -> None:
 class _Worker:
     """One worker: a fresh ``python -m workbench.node.worker`` talking over two pipes."""
 
-    def __init__(self, nice: int = 0):
+    def __init__(self, nice: int = 0, streaming: bool = True):
         task_r, task_w = os.pipe()
         result_r, result_w = os.pipe()
         # Polars' streaming engine for every collect in a worker (OpenDP's releases included): bounded memory
-        # whatever the dataset's size (docs/scale.md).
+        # whatever the dataset's size (docs/scale.md). Not for synthesis fits: mbi's group-bys made the streaming
+        # engine of Polars 1.36 panic (hot_groups/single_key.rs: unwrap on None); a fit reads few columns anyway.
         env = dict(os.environ, POLARS_MAX_THREADS=os.environ.get("POLARS_MAX_THREADS", "2"),
-                   POLARS_AUTO_NEW_STREAMING=os.environ.get("POLARS_AUTO_NEW_STREAMING", "1"),
+                   POLARS_AUTO_NEW_STREAMING=os.environ.get("POLARS_AUTO_NEW_STREAMING", "1") if streaming else "0",
                    WORKBENCH_WORKER_NICE=str(nice))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "workbench.node.worker", str(task_r), str(result_w)],
@@ -92,12 +93,14 @@ class WorkerPool:
     other workers to everyone else. ``nice`` > 0 runs the workers at a lower CPU priority (free work).
     """
 
-    def __init__(self, size: int = 2, timeout_s: float = 120.0, per_user: int | None = None, nice: int = 0):
+    def __init__(self, size: int = 2, timeout_s: float = 120.0, per_user: int | None = None, nice: int = 0,
+                 streaming: bool = True):
         self._idle: list[_Worker] = []
         self._size = size
         self._timeout = timeout_s
         self._per_user = per_user if per_user is not None else max(1, size - 1)
         self._nice = nice
+        self._streaming = streaming
         self._cond = threading.Condition()
         self._waiting: list[tuple[int, str]] = []  # (ticket, user) in arrival order
         self._running: dict[str, int] = {}
@@ -130,7 +133,7 @@ class WorkerPool:
             self._cond.notify_all()
         if worker is None:
             try:
-                worker = _Worker(self._nice)
+                worker = _Worker(self._nice, self._streaming)
             except BaseException:
                 with self._cond:
                     self._started -= 1
@@ -195,7 +198,7 @@ class WorkerPool:
         workers = []
         try:
             for _ in range(missing):
-                workers.append(_Worker(self._nice))
+                workers.append(_Worker(self._nice, self._streaming))
         finally:
             with self._cond:
                 self._started -= missing - len(workers)

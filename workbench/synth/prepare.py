@@ -40,7 +40,7 @@ def task(service: NodeService, entry: DatasetEntry, spec: dict, epsilon: float, 
 
 def run_isolated(target: str, payload: dict, timeout_s: float) -> dict:
     """Run one fit in a fresh worker process of its own (killed on time-out, crash or cancel)."""
-    pool = WorkerPool(1, timeout_s)
+    pool = WorkerPool(1, timeout_s, streaming=False)
     try:
         return pool.run(target, payload, timeout_s=timeout_s)
     finally:
