@@ -25,11 +25,13 @@ def test_package_layout():
     # index.ts only declares the plugin; the rest lives in its own files, one per panel section.
     assert {"index.ts", "model.ts", "panel.ts", "request.ts", "section.ts", "table.ts"} <= {
         p.name for p in (EXT / "src").glob("*.ts")}
-    sections = {p.stem for p in (EXT / "src" / "sections").glob("*.ts")}
+    sections = {p.stem for p in (EXT / "src" / "sections").glob("*.ts") if "implements IPanelSection" in p.read_text()}
     assert {"nodes", "catalog", "budgets", "requests", "history"} <= sections
     panel = (EXT / "src" / "panel.ts").read_text()
-    for name in sections:  # every section file is imported by the panel and listed in SECTIONS
+    for name in sections:  # every panel section is imported by the panel and listed in SECTIONS
         assert f"from './sections/{name}'" in panel, name
+    # The owner view (owner.ts with its reviews and jobs parts) hangs below the sections, shown to owners only.
+    assert "from './sections/owner'" in panel
     assert (EXT / "yarn.lock").exists()
     config = json.loads((ROOT / "jupyter-config" / "server-config" / "workbench.json").read_text())
     assert config == {"ServerApp": {"jpserver_extensions": {"workbench.jupyter": True}}}
