@@ -161,12 +161,23 @@ def value_label(attrs: dict) -> str:
     if kind in ("count", "histogram"):
         return "count"
     if kind == "quantile" and query.get("quantile") is not None:
-        p = float(query["quantile"])
-        name = "median" if p == 0.5 else f"{p:g}-quantile"
-        return f"{name} of {column}" if column else name
+        return _of(_quantile_name(float(query["quantile"])), column)
+    aggs = query.get("aggs") or []
+    if kind == "agg" and len(aggs) == 1:  # one statistic (ds.median(...) is one): say which
+        stat = aggs[0].get("stat")
+        name = _quantile_name(float(aggs[0]["p"])) if stat == "quantile" and aggs[0].get("p") is not None else stat
+        return "count" if stat == "count" else _of(str(name), aggs[0].get("column"))
     if kind and column:
         return f"{kind} of {column}"
     return str(kind or "estimate")
+
+
+def _quantile_name(p: float) -> str:
+    return "median" if p == 0.5 else f"{p:g}-quantile"
+
+
+def _of(name: str, column: str | None) -> str:
+    return f"{name} of {column}" if column else name
 
 
 def _interval_errors(frame: Any, value: Any) -> Any:
@@ -183,6 +194,8 @@ def _interval_errors(frame: Any, value: Any) -> Any:
 def _labels(frame: Any) -> tuple[list[str], str]:
     """Bar labels and the x-axis title: the group keys, the index (regression terms), or the row."""
     groups = [c for c in frame.columns if c not in VALUE_COLUMNS]
+    if "statistic" in groups and frame["statistic"].nunique() == 1:  # one statistic: the y label names it
+        groups.remove("statistic")
     if groups:
         labels = [" / ".join(str(v) for v in row) for row in frame[groups].itertuples(index=False)]
         return labels, " / ".join(groups)
