@@ -252,6 +252,7 @@ def test_embedded_node_state_is_per_environment_and_resettable(tmp_path, monkeyp
     monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("WORKBENCH_DEMO_NODES", raising=False)
     monkeypatch.setenv("WORKBENCH_PANEL_EMBEDDED", "1")  # as in a notebook kernel started by Jupyter
+    embedded.reset_embedded()  # an embedded node an earlier test opened in this process is not this one
     root = config.embedded_root()
     assert root.parent == tmp_path / "home" / "embedded"
     assert root.name.startswith(Path(sys.prefix).resolve().name.strip(".") or "python")

@@ -64,7 +64,7 @@ def _poll(condition, deadline_s: float = 60.0) -> None:
 class _StandInWorker:
     """Stands in for a worker process in the scheduling unit test (no process, no task)."""
 
-    def __init__(self, nice: int = 0):
+    def __init__(self, nice: int = 0, streaming: bool = True):
         self.nice = nice
 
     def kill(self) -> None:
@@ -228,7 +228,7 @@ def test_free_previews_calibrate_in_their_own_low_priority_pool(app_client):
     body = {"query": {"kind": "count", "by": ["patient_id"]}, "epsilon": 0.5, "delta": 1e-6}
     assert app_client.post(PREVIEW, json=body, headers=app_client.analyst).status_code == 200
     assert service.preview_pool._started == 1 and service.pool._started == 0
-    workers = [w for w in psutil.Process().children() if w.cmdline()[-3:-2] == ["workbench.node.worker"]]
+    workers = [psutil.Process(w.process.pid) for w in service.preview_pool._idle]  # this node's preview workers
     assert workers and all(w.nice() >= 10 for w in workers)
     assert app_client.post(PREVIEW, json=body, headers=app_client.analyst).status_code == 200  # from cache
 
@@ -520,7 +520,7 @@ def test_replayed_smpc_sum_cannot_pile_up_waiting_sessions(tmp_path):
     import signal
 
     from tests.conftest import launch, start_aggregator
-    from workbench.he.aggregator import add_node
+    from workbench.aggregator.app import add_node
 
     state = tmp_path / "aggregator"
     tokens = {name: add_node(state, name) for name in ("hospital-a", "hospital-b")}

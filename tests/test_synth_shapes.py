@@ -237,7 +237,7 @@ def _skewed(rows: int, seed: int) -> pl.DataFrame:
 def fitted(tmp_path_factory):
     """One MST fit at epsilon 2 as the node runs it (a fresh worker process), and the real rows."""
     from workbench.node.settings import DatasetConfig
-    from workbench.synth.node_routes import FIT, run_isolated
+    from workbench.synth.prepare import run_isolated
 
     root = tmp_path_factory.mktemp("shapes")
     frame = _skewed(4000, 11)
@@ -245,7 +245,7 @@ def fitted(tmp_path_factory):
     frame.write_parquet(path)
     info = DatasetConfig(path=path, columns=SKEWED_COLUMNS, max_rows=8000).public_info("skewed", "v1")
     spec = SynthSpec(method="mst", rows=4000)
-    out = run_isolated(FIT, {"info": info.model_dump(mode="json"), "path": str(path), "format": "parquet",
+    out = run_isolated("synth.fit", {"info": info.model_dump(mode="json"), "path": str(path), "format": "parquet",
                              "spec": spec.model_dump(mode="json"), "epsilon": 2.0, "progress_path": None,
                              "jax_cache": None}, timeout_s=600)
     return frame.to_pandas(), out, domain.plan(info, spec)

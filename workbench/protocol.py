@@ -37,6 +37,24 @@ def for_protocol(info: "DatasetInfo", version: str) -> dict:
     return body
 
 
+#: Fields of a DP question that protocol 1 does not know (the query language of protocol 2).
+_QUERY_FIELDS_V2 = ("where", "derive", "aggs", "weights", "columns", "sql")
+
+
+def dp_answer_for_protocol(body: dict, version: str) -> dict:
+    """A DP preview or release (as JSON) as a caller speaking ``version`` reads it: protocol 1 clients refuse
+    unknown fields, so the query language's fields, the readable ``text`` and each statistic's ``share`` are
+    left out (a protocol 1 question never uses them)."""
+    if version != "1":
+        return body
+    body = dict(body)
+    body.pop("text", None)
+    body["query"] = {k: v for k, v in body["query"].items() if k not in _QUERY_FIELDS_V2}
+    if "accuracy" in body:
+        body["accuracy"] = [{k: v for k, v in a.items() if k != "share"} for a in body["accuracy"]]
+    return body
+
+
 def require_supported_protocol(asked: str) -> None:
     """Refuse a protocol version this node does not speak (the header's or a body's ``protocol``), one way."""
     if asked not in SUPPORTED_PROTOCOLS:

@@ -16,12 +16,13 @@ Privacy guarantee: it only returns answers the same user already received
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 
 from ..node.auth import bearer_token
 from ..node.ledger import Cost
 from ..node.metrics import ROUTE_KEY
-from ..protocol import DPRequest
+from ..protocol import PROTOCOL_VERSION, DPRequest
 from . import node_routes
 
 _PATH = re.compile(r"^/v1/datasets/([A-Za-z0-9_.-]{1,64})/dp/release$")
@@ -83,7 +84,9 @@ class ReplayFastPath:
         if future is None:
             return None
         outcome = await asyncio.wrap_future(future)
-        return node_routes.release_response(entry, body, outcome).model_dump_json().encode()
+        version = (scope.get("state") or {}).get("protocol", PROTOCOL_VERSION)
+        return json.dumps(node_routes.answer_json(node_routes.release_response(entry, body, outcome), version),
+                          ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _bearer(scope) -> str | None:

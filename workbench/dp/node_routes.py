@@ -13,17 +13,19 @@ import json
 import threading
 from collections import OrderedDict
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 
 from ..errors import InvalidQuery
-from ..protocol import Accuracy, Budget, DPPreview, DPQuery, DPRelease, DPRequest, Table, require_supported_protocol
+from ..protocol import (Accuracy, Budget, DPPreview, DPQuery, DPRelease, DPRequest, Table, dp_answer_for_protocol,
+                        require_supported_protocol)
 from ..node.auth import Principal
 from ..node import policy
 from ..node.catalog import DatasetEntry
 from ..node.data import task_payload
 from ..node.gate import Outcome, spec_hash
 from ..node.ledger import Cost, choose_grant, left
-from ..node.routes import Caller, Service
+from ..node.routes import Caller, Service, protocol_of
 from ..node.service import NodeService
 from . import engine, language
 from .pushdown.run import check as pushdown_check
@@ -123,7 +125,7 @@ def _accuracy(service: NodeService, entry: DatasetEntry, body: DPRequest, user: 
 
 
 @router.post("/datasets/{name}/dp/preview", response_model=DPPreview)
-def preview(name: str, body: DPRequest, service: Service, caller: Caller) -> DPPreview:
+def preview(name: str, body: DPRequest, request: Request, service: Service, caller: Caller) -> JSONResponse:
     """The price and expected error of a DP query, before anything is spent."""
     asked_delta = body.delta
     entry, body = _checked(service, name, body)
@@ -141,16 +143,16 @@ def preview(name: str, body: DPRequest, service: Service, caller: Caller) -> DPP
     if before is not None:
         spend = (0.0, 0.0) if replay else (body.epsilon, body.delta)
         after = Budget(epsilon=max(before.epsilon - spend[0], 0.0), delta=max(before.delta - spend[1], 0.0))
-    return DPPreview(dataset=entry.name, dataset_version=entry.version, query=body.query, epsilon=body.epsilon,
-                     delta=body.delta, grant_id=grant_id, alpha=ALPHA,
-                     accuracy=[Accuracy(**a) for a in result["accuracy"]],
-                     note=_delta_note(asked_delta, body.delta, result.get("note", "")),
-                     budget_left_before=before, budget_left_after=after, would_replay=replay,
-                     text=readable(body.query))
+    return _answer(DPPreview(dataset=entry.name, dataset_version=entry.version, query=body.query,
+                             epsilon=body.epsilon, delta=body.delta, grant_id=grant_id, alpha=ALPHA,
+                             accuracy=[Accuracy(**a) for a in result["accuracy"]],
+                             note=_delta_note(asked_delta, body.delta, result.get("note", "")),
+                             budget_left_before=before, budget_left_after=after, would_replay=replay,
+                             text=readable(body.query)), request)
 
 
 @router.post("/datasets/{name}/dp/release", response_model=DPRelease)
-async def release(name: str, body: DPRequest, service: Service, caller: Caller) -> DPRelease:
+async def release(name: str, body: DPRequest, request: Request, service: Service, caller: Caller) -> JSONResponse:
     """Release a DP query: charged once, through the gate; the identical question again is free."""
     entry, body = _checked(service, name, body)
     task = _task(service, entry, body, "release")
@@ -158,7 +160,7 @@ async def release(name: str, body: DPRequest, service: Service, caller: Caller) 
         caller, entry, "dp", body.query.kind, identity(body.query), Cost(body.epsilon, body.delta),
         compute=lambda: service.pool.run(_target(entry), task, user=caller.name), grant_id=body.grant_id,
         request_id=body.request_id, text=readable(body.query))
-    return release_response(entry, body, outcome)
+    return _answer(release_response(entry, body, outcome), request)
 
 
 def released(service: NodeService, principal: Principal, name: str, body: DPRequest) -> tuple[DatasetEntry, Outcome]:
@@ -171,6 +173,15 @@ def released(service: NodeService, principal: Principal, name: str, body: DPRequ
         compute=lambda: service.pool.run(_target(entry), task, user=principal.name), grant_id=body.grant_id,
         request_id=body.request_id, text=readable(body.query))
     return entry, outcome
+
+
+def _answer(model: DPPreview | DPRelease, request: Request) -> JSONResponse:
+    """The answer as the caller's protocol reads it (protocol 1 clients refuse fields they do not know)."""
+    return JSONResponse(answer_json(model, protocol_of(request)))
+
+
+def answer_json(model: DPPreview | DPRelease, version: str) -> dict:
+    return dp_answer_for_protocol(model.model_dump(mode="json"), version)
 
 
 def _delta_note(asked: float, used: float, note: str) -> str:

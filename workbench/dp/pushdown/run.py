@@ -201,9 +201,20 @@ def _table(info, query: DPQuery, compiled: Compiled, mechanisms: dict, vectors: 
         scale = compiled.scale if kind == "sum" else 1
         acc = mechanisms[name].accuracy / scale
         stats = [[v / scale, v / scale - acc, v / scale + acc] for v in mechanisms[name](vectors[name])]
+    if names == ["bin"]:
+        return _binned(info, query, compiled, groups, stats)
     columns = names + ["estimate", "lower", "upper"] + (["noisy_count"] if kind == "mean" else [])
     data = sorted(([*group, *stat] for group, stat in zip(groups, stats)), key=lambda r: tuple(r[:len(names)]))
     return {"columns": columns, "data": data}
+
+
+def _binned(info, query: DPQuery, compiled: Compiled, groups: list, stats: list) -> dict:
+    """A numeric histogram's table as the file path releases it: bins in numeric order, with their public edges."""
+    edges = engine._histogram_bins(info.column(query.column), query.bins)
+    code = {label: i for i, label in enumerate(compiled.labels[BIN])}
+    rows = sorted((code[group[0]], [group[0], float(edges[code[group[0]]]), float(edges[code[group[0]] + 1]), *stat])
+                  for group, stat in zip(groups, stats))
+    return {"columns": ["bin", "bin_lower", "bin_upper", "estimate", "lower", "upper"], "data": [r for _, r in rows]}
 
 
 def _quantile_index(measurement, counts: list[int], quantile: float) -> int:
