@@ -50,6 +50,10 @@ MODULES: dict[str, str] = {
     "workbench/dp/node_routes.py": "workbench/channels/dp/routes.py",
     "workbench/dp/engine.py": "workbench/channels/dp/worker.py",
     "workbench/federated_dp.py": "workbench/channels/dp/federated.py",
+    # the DP query language: typed by the client and the node alike, so it is no channel's
+    "workbench/dp/language.py": "workbench/query/language.py",
+    "workbench/dp/sql.py": "workbench/query/sql.py",
+    "workbench/dp/text.py": "workbench/query/text.py",
     # synthesis
     "workbench/synth/client.py": "workbench/channels/synth/kernel.py",
     "workbench/synth/node_routes.py": "workbench/channels/synth/routes.py",
@@ -99,6 +103,9 @@ NEW_PACKAGES: dict[str, str] = {
                           "``wire.py`` holds the pydantic\nmodels. See docs/architecture.md.\n\"\"\"\n",
     "workbench/aggregator": '"""The secure-aggregation server (``workbench aggregator serve``): HE sessions and the '
                             'SMPC relay."""\n',
+    "workbench/query": '"""The DP query language on public metadata: expression typing, SQL compiled to queries, '
+                       'readable text and validation.\n\nThe client checks a question with it before any request; '
+                       'the node checks it again before any charge.\nNothing here reads data.\n"""\n',
     "workbench/channels/secagg": '"""Secure aggregation: HE (TenSEAL) and SMPC (additive shares), two protocols over '
                                  'one session."""\n',
 }
@@ -143,6 +150,9 @@ TESTS: dict[str, str] = {
     "tests/test_protocol_compat.py": "tests/e2e/test_protocol_compat.py",
     "tests/test_datafiles.py": "tests/node/test_datafiles.py",
     "tests/test_epsilon_floor_synth.py": "tests/channels/synth/test_epsilon_floor_synth.py",
+    "tests/test_query_language.py": "tests/query/test_query_language.py",
+    "tests/test_query_sql.py": "tests/query/test_query_sql.py",
+    "tests/test_query_notebook.py": "tests/e2e/test_query_notebook.py",
 }
 
 #: Tests about the whole package: they stay in tests/.
