@@ -119,7 +119,7 @@ def bare_opendp(path: Path, kind: str, rows: int):
 
 
 def agg_expressions() -> list:
-    from workbench.dp.statistics import statistic_aggregates
+    from workbench.channels.dp.statistics import statistic_aggregates
     from workbench.protocol import DatasetInfo, DPQuery
 
     info = DatasetInfo(name="bench", tier="private", max_rows=1, columns=[{"name": n, **c} for n, c in COLUMNS.items()])
@@ -131,7 +131,7 @@ def fixed_scale_opendp(path: Path, kind: str, rows: int):
     worker, minus HTTP, auth, gate and ledger."""
     import opendp.prelude as dp
 
-    from workbench.dp import engine
+    from workbench.channels.dp import worker as engine
     from workbench.protocol import DatasetInfo, DPQuery
 
     info = DatasetInfo(name="bench", tier="private", max_rows=rows,

@@ -72,12 +72,12 @@ if os.environ.get("WB_FL_STAGE_TRACE"):
                 _rec(stage, time.perf_counter() - t0)
         return wrapper
 
-    import workbench.fl.local as local
+    import workbench.channels.fl.worker as local
     local.local_round = _timed("worker.local_round", local.local_round)
     local._load = _timed("worker.load", local._load)
     import workbench.node.worker as worker
     worker.WorkerPool.run = _timed("node.pool_run", worker.WorkerPool.run)
-    import workbench.fl.node_jobs as jobs
+    import workbench.channels.fl.jobs as jobs
     jobs.JobRegistry.handle = _timed("node.handle", jobs.JobRegistry.handle)
     import workbench.node.gate as gate
     gate.ReleaseGate.release = _timed("node.gate", gate.ReleaseGate.release)
@@ -178,8 +178,8 @@ def bare_flower(data_paths, fmap, rounds: int) -> dict:
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
-    from workbench.fl.simulation import _thread_backend, flower_env
-    from workbench.fl.trainers import TRAINERS
+    from workbench.channels.fl.simulation import _thread_backend, flower_env
+    from workbench.channels.fl.trainers import TRAINERS
 
     trainer = TRAINERS["logistic_regression"]
     paths = [str(p) for p in data_paths]
@@ -258,7 +258,7 @@ class ForwardTimer:
         self.serialize: list[float] = []
 
     def __enter__(self):
-        import workbench.fl.forward as forward_module
+        import workbench.channels.fl.forward as forward_module
         from flwr.common.serde import message_to_proto
 
         self._module, self._original = forward_module, forward_module.forward
@@ -345,8 +345,8 @@ def main() -> None:
 
     from workbench.demo.data import patients, write_demo_data
     from workbench.demo.nodes import PATIENT_COLUMNS
-    from workbench.fl.deployment import start_superlink, stop_group
-    from workbench.fl.trainers import feature_map
+    from workbench.channels.fl.deployment import start_superlink, stop_group
+    from workbench.channels.fl.trainers import feature_map
     from workbench.protocol import ColumnInfo, DatasetInfo
 
     info = DatasetInfo(name="patients", tier="private", max_rows=100_000,

@@ -32,8 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench.he import params
-from workbench.smpc import field, sealing
+from workbench.channels.secagg import he_params as params
+from workbench.channels.secagg import smpc_field as field
+from workbench.channels.secagg import smpc_sealing as sealing
 
 NODES = 3
 LENGTHS = (10, 1_000, 4_096, 16_384)

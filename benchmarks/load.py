@@ -21,7 +21,7 @@ the ledger (and nothing else), every released answer has a committed charge, and
 
 Run ``python benchmarks/load.py`` (1M rows, 32 analysts, ~1-2 minutes) or
 ``python benchmarks/load.py --rows 20000 --analysts 4 --seconds 3`` for a quick look.
-The test suite runs a small version (``tests/test_load.py``, through ``benchmarks/loadkit.py``).
+The test suite runs a small version (``tests/adversarial/test_load.py``, through ``benchmarks/loadkit.py``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The load kit: a real node process, N concurrent analysts over loopback, and the checks of its books.
 
 Shared by the benchmark script (``benchmarks/load.py``, which prints the table) and
-``tests/test_load.py`` (a small run); see ``benchmarks/load.py`` for the phases.
+``tests/adversarial/test_load.py`` (a small run); see ``benchmarks/load.py`` for the phases.
 """
 
 from __future__ import annotations

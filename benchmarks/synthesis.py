@@ -90,10 +90,10 @@ def main() -> None:
     os.environ.setdefault("XDG_DATA_HOME", str(tmp / "xdg"))  # SDV's logs stay out of the home folder
     from workbench.demo.data import PATIENT_COLUMNS, patients
     from workbench.node.settings import DatasetConfig
-    from workbench.synth.domain import plan as make_plan
-    from workbench.synth.prepare import run_isolated
-    from workbench.synth.sdv_support import sdv_metadata_dict
-    from workbench.synth.spec import SynthSpec
+    from workbench.channels.synth.domain import plan as make_plan
+    from workbench.channels.synth.prepare import run_isolated
+    from workbench.channels.synth.sdv_support import sdv_metadata_dict
+    from workbench.channels.synth.wire import SynthSpec
 
     frame = patients(args.rows, seed=7).select(COLUMNS)
     path = tmp / "patients.parquet"
@@ -130,7 +130,7 @@ def main() -> None:
                         "report_tvd_2way_vs_noisy": out["report"].get("tvd_2way_mean")})
         print(f"  {results[-1]}", file=sys.stderr, flush=True)
     if not args.no_sdv:
-        from workbench.synth.sdv_support import fit_on_frame
+        from workbench.channels.synth.sdv_support import fit_on_frame
 
         t0 = time.perf_counter()
         c0 = time.process_time()

@@ -4,8 +4,8 @@ Examples that need only the embedded node (README, the access request) run
 statement by statement, in a fresh ``$WORKBENCH_HOME``; a statement whose
 comment names an error (``# ... wb.PrivacyError``) must raise exactly that.
 Examples that need several nodes, an aggregator or an identity provider are
-run elsewhere for real (tests/test_federation.py, tests/test_fl.py,
-tests/test_oidc.py); here every method and attribute they use must exist on
+run elsewhere for real (tests/e2e/test_federation.py, tests/channels/fl/test_fl.py,
+tests/node/test_oidc.py); here every method and attribute they use must exist on
 the public classes, so a rename cannot leave a doc example behind.
 """
 
@@ -75,9 +75,9 @@ def _public_names() -> set[str]:
     from workbench.channels.jobs.kernel import CodeJob
     from workbench.client.directory import ConsortiumDirectory
     from workbench.client.login import OIDCToken
-    from workbench.fl.client import FederatedModel, TrainingJob
-    from workbench.synth.client import SyntheticData
-    from workbench.synth.report import FidelityReport
+    from workbench.channels.fl.kernel import FederatedModel, TrainingJob
+    from workbench.channels.synth.kernel import SyntheticData
+    from workbench.channels.synth.report import FidelityReport
 
     classes = [wb.Node, wb.RemoteDataset, wb.Query, wb.GroupBy, wb.Federation, wb.FederatedDataset, wb.Preview,
                TrainingJob, FederatedModel, SyntheticData, FidelityReport, OIDCToken, CodeJob, ConsortiumDirectory,

@@ -72,11 +72,12 @@ __all__ = [
 ]
 
 # Each channel's notebook side registers its handle methods (workbench.client.handles) on import.
-from . import federated_dp as _federated_dp  # noqa: E402,F401
+from .channels.dp import federated as _federated_dp  # noqa: E402,F401
 from .channels.jobs import kernel as _jobs_kernel  # noqa: E402,F401
-from .fl import client as _fl_kernel  # noqa: E402,F401
-from .he import client as _he_kernel, evaluate as _he_evaluate  # noqa: E402,F401
-from .smpc import client as _smpc_kernel  # noqa: E402,F401
-from .synth import client as _synth_kernel  # noqa: E402,F401
+from .channels.fl import kernel as _fl_kernel  # noqa: E402,F401
+from .channels.secagg import kernel as _he_kernel  # noqa: E402,F401
+from .channels.secagg import he_evaluate as _he_evaluate  # noqa: E402,F401
+from .channels.secagg import smpc_kernel as _smpc_kernel  # noqa: E402,F401
+from .channels.synth import kernel as _synth_kernel  # noqa: E402,F401
 
 _connection.embedded_node = _connect_embedded  # connect() with no address: the in-process demo node

@@ -67,7 +67,7 @@ def node_serve(config_path: str, host: str | None, port: int | None, log_level: 
     click.echo(f"workbench node {service.name!r} serving on http://{host}:{port}/v1", err=True)
     stop_supernode = None
     if service.config.fl.superlink:  # [fl] superlink = ...: this node also runs a Flower SuperNode
-        from .fl.deployment import start_node_supernode
+        from .channels.fl.deployment import start_node_supernode
 
         stop_supernode = start_node_supernode(service.config, Path(config_path), host, port)
     try:
@@ -451,8 +451,8 @@ def mock_group() -> None:
 def mock_publish(dataset: str, epsilon: float, rows: int, method: str, bins: int, as_owner: str | None,
                  progress: bool, config_path: str) -> None:
     """Publish DATASET's DP mock: synthetic rows every user may fetch for free (ds.mock())."""
-    from .synth.mocks import publish_with_progress
-    from .synth.spec import SynthSpec
+    from .channels.synth.mocks import publish_with_progress
+    from .channels.synth.wire import SynthSpec
 
     service = _service(config_path)
     try:
@@ -656,7 +656,7 @@ def fl_group() -> None:
 def fl_superlink(host: str, port: int, state_dir: str, ssl_ca_certfile, ssl_certfile, ssl_keyfile,
                  auth_list_public_keys) -> None:
     """Run a Flower SuperLink (loopback without TLS is for tests and demos only)."""
-    from .fl.deployment import run_superlink_foreground
+    from .channels.fl.deployment import run_superlink_foreground
 
     certificates = None
     if ssl_ca_certfile or ssl_certfile or ssl_keyfile:

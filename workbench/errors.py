@@ -179,7 +179,7 @@ _BY_CODE: dict[str, type[WorkbenchError]] = {
     "no_mock": NotFound,
     "sdv_not_approved": NotAuthorized,
     "too_many_rows": InvalidQuery,
-    # the DP query language (workbench.dp.language, workbench.dp.sql)
+    # the DP query language (workbench.query.language, workbench.query.sql)
     "unsupported_operator": InvalidQuery,
     "unsupported_sql": InvalidQuery,
     "bad_sql": InvalidQuery,
@@ -195,7 +195,7 @@ _BY_CODE: dict[str, type[WorkbenchError]] = {
     "computation_timeout": ComputationFailed,
     "internal_error": ComputationFailed,
     "session_incomplete": ComputationFailed,
-    # federated learning (workbench.fl)
+    # federated learning (workbench.channels.fl)
     "fl_fab_not_allowed": NotAuthorized,
     "fl_secagg_required": PrivacyError,
     "fl_secagg_unsafe": PrivacyError,

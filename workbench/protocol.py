@@ -137,7 +137,7 @@ class DatasetInfo(Strict):
     privacy_unit: PrivacyUnit = PrivacyUnit()
     budget: Budget | None = None
     columns: list[ColumnInfo]
-    #: A public DP mock of this dataset is published (``ds.mock()``, free); see workbench.synth.
+    #: A public DP mock of this dataset is published (``ds.mock()``, free); see workbench.channels.synth.
     has_mock: bool = False
     #: The sharing agreement (protocol 2 and later; absent for protocol 1 callers and datasets without one).
     agreement: AgreementInfo | None = None

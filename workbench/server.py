@@ -13,15 +13,18 @@ from typing import Callable
 
 from fastapi import APIRouter, FastAPI
 
-from .dp import fast_replay, node_routes as dp_routes
-from .fl import metrics as fl_metrics, node_routes as fl_routes
-from .he import node_routes as he_routes
+from .channels.dp import fast_replay
+from .channels.dp import routes as dp_routes
+from .channels.fl import metrics as fl_metrics
+from .channels.fl import routes as fl_routes
+from .channels.secagg import routes as he_routes
 from .channels.jobs import routes as jobs_routes
 from .node import ecosystem_routes, governance_routes, routes as node_routes
 from .node.app import finish_app, new_app
 from .node.service import NodeService
-from .smpc import node_routes as smpc_routes
-from .synth import mocks, node_routes as synth_routes
+from .channels.secagg import smpc_routes
+from .channels.synth import mocks
+from .channels.synth import routes as synth_routes
 
 __all__ = ["CHANNELS", "Channel", "create_app"]
 

@@ -47,9 +47,9 @@ from ..errors import ComputationFailed, InvalidQuery, NotAuthenticated, NotAutho
 from ..node.api_docs import add_offline_docs
 from ..node.app import BodyLimit, install_error_handlers
 from ..node.worker import WorkerPool
-from ..he.params import (EVAL_MAX_CONTEXT_BYTES, EVAL_SCHEME, MAX_CIPHERTEXT_BYTES, MAX_CONTEXT_BYTES, SCHEME,
+from ..channels.secagg.he_params import (EVAL_MAX_CONTEXT_BYTES, EVAL_SCHEME, MAX_CIPHERTEXT_BYTES, MAX_CONTEXT_BYTES, SCHEME,
                      eval_params_doc, params_doc)
-from ..he.spec import (MAX_EVAL_MOMENTS, Contribution, SessionCreate, SessionCreated, SessionResult, SessionSpec,
+from ..channels.secagg.wire import (MAX_EVAL_MOMENTS, Contribution, SessionCreate, SessionCreated, SessionResult, SessionSpec,
                    eval_monomials)
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ class Aggregator:
         return session
 
     def create(self, body: SessionCreate) -> SessionCreated:
-        from ..he.spec import linreg_slots
+        from ..channels.secagg.wire import linreg_slots
 
         registry = load_registry(self.state)
         parties = list(body.parties)

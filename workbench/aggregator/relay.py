@@ -20,7 +20,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from ..errors import InvalidQuery, NotAuthorized, PayloadTooLarge
-from ..smpc.spec import MAX_SEALED, PublicKey, SealedShares
+from ..channels.secagg.smpc_wire import MAX_SEALED, PublicKey, SealedShares
 
 router = APIRouter(tags=["smpc"])
 

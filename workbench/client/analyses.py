@@ -196,7 +196,7 @@ class LogisticRegression:
     """Logistic regression on one node through the federated-learning channel (DP-SGD, its accountant).
 
     Privacy guarantee: the FL channel's own (epsilon, delta)-DP, on this node's data: per-record clipped
-    gradients with Gaussian noise, composed by :mod:`workbench.fl.accountant` over the rounds and charged
+    gradients with Gaussian noise, composed by :mod:`workbench.channels.fl.accountant` over the rounds and charged
     through the node's gate (see docs/federated_learning.md). Nothing new is invented here.
     """
 

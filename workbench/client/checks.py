@@ -5,7 +5,7 @@ only make a mistake read as a :class:`workbench.InvalidQuery` with a stable
 code, raised at the line that made it, instead of a bare ``ValueError`` or a
 pydantic ``ValidationError`` that escapes ``except wb.WorkbenchError``. They
 use the node's own rules (the wire models in :mod:`workbench.protocol`, and the
-handle calls :func:`workbench.dp.engine.validate`, which reads public metadata
+handle calls :func:`workbench.channels.dp.worker.validate`, which reads public metadata
 only), so there is no second copy of a check to drift.
 """
 
@@ -79,7 +79,7 @@ def dp_query(**spec: Any) -> DPQuery:
     """The wire spec of a question, its shape checked (one column name per role, ``quantile`` in (0, 1)).
 
     Column names are checked against the public schema (with "did you mean") by the node's own typing,
-    :func:`workbench.dp.language.derived_schema`, which knows the handle's derived columns too."""
+    :func:`workbench.query.language.derived_schema`, which knows the handle's derived columns too."""
     if spec.get("column") is not None:
         spec["column"] = _one_name(spec["column"], "column")
     if spec.get("by"):

@@ -84,7 +84,7 @@ class RemoteDataset:
     def column(self, name: str) -> Expr:
         """``col(name)``, checked against the dataset's columns (with a "did you mean")."""
         if name not in self.columns:
-            from ..dp.language import unknown_column
+            from ..query.language import unknown_column
 
             raise unknown_column(name, self.columns, self.name)
         return col(name)
@@ -122,7 +122,7 @@ class RemoteDataset:
             spec["derive"] = list(self._derive)
         query = checks.dp_query(**spec)
         if query.kind != "sql":
-            from ..dp.language import derived_schema, unknown_column
+            from ..query.language import derived_schema, unknown_column
 
             info, _ = derived_schema(self.schema, query)
             known = [c.name for c in info.columns]
@@ -150,7 +150,7 @@ class RemoteDataset:
                                code="invalid_query")
         if not isinstance(query, str):
             raise InvalidQuery("ds.sql() takes an SQL string.", code="bad_sql")
-        from ..dp.sql import compile_sql
+        from ..query.sql import compile_sql
 
         compile_sql(query, self.name)  # refuses here what the node would refuse
         return self._query(kind="sql", sql=query)
@@ -333,19 +333,19 @@ class Query:
     @property
     def text(self) -> str:
         """The question in readable form, e.g. ``mean(cost) where age >= 65 by sex``."""
-        from ..dp.text import readable
+        from ..query.text import readable
 
         return readable(self.spec)
 
     def _checked(self, epsilon: Any, delta: Any) -> tuple[float, float]:
         """Refuse here, before any request, what the node would refuse before charging."""
         epsilon, delta = checks.privacy_loss(epsilon, delta)
-        from ..dp import engine
-        from ..dp.language import canonical
-        from ..dp.sql import compile_sql
+        from ..query.language import canonical
+        from ..query.validate import validate
+        from ..query.sql import compile_sql
 
         spec = compile_sql(self.spec.sql, self.dataset.name) if self.spec.kind == "sql" else self.spec
-        engine.validate(self.dataset.schema, canonical(spec), delta)
+        validate(self.dataset.schema, canonical(spec), delta)
         return epsilon, delta
 
     def _body(self, epsilon: float, delta: float, request_id: str | None = None) -> dict:
@@ -431,7 +431,7 @@ def _agg_spec(statistics: dict[str, Stat], weights) -> dict:
 
 
 def _bounded(ds: RemoteDataset, name: str) -> bool:
-    from ..dp.language import derived_schema
+    from ..query.language import derived_schema
 
     info, _ = derived_schema(ds.schema, ds._spec(kind="count"))
     column = info.column(name)

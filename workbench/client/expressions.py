@@ -182,7 +182,7 @@ class Expr:
         return Expr({"op": "cast", "arg": self.tree, "to": to})
 
     def __repr__(self) -> str:
-        from ..dp.text import expression
+        from ..query.text import expression
         from ..protocol import Derived
 
         try:

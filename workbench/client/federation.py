@@ -1,8 +1,8 @@
 """A federation: one question asked of several nodes' same-named datasets.
 
 The channels add their methods in their own modules (DP combination in
-:mod:`workbench.federated_dp`, HE secure sums and regression in
-:mod:`workbench.he`, federated learning in :mod:`workbench.fl`); this module
+:mod:`workbench.channels.dp.federated`, HE secure sums and regression in
+:mod:`workbench.channels.secagg`, federated learning in :mod:`workbench.channels.fl`); this module
 only holds the nodes and checks that the datasets agree on their public schema.
 """
 

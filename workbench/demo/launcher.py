@@ -76,8 +76,8 @@ def _provision(config: Path, mock: bool) -> str:
 
 def publish_demo_mock(service, dataset: str = "patients") -> None:
     """Publish ``dataset``'s DP mock once (``DEMO_MOCK``, charged to the dataset's cap) unless it has a current one."""
-    from ..synth import mocks
-    from ..synth.spec import SynthSpec
+    from ..channels.synth import mocks
+    from ..channels.synth.wire import SynthSpec
 
     entry = service.catalog.get(dataset)
     found = mocks.info(service, entry)

@@ -13,7 +13,7 @@ serve a dataset that breaks them.
 A dataset whose rows live in PostgreSQL or Spark (``source``) is versioned
 by the owner's label (``source.version``) and checked for its columns; its
 contribution bound is enforced inside every query (see
-:mod:`workbench.dp.pushdown`), so the node does not scan it.
+:mod:`workbench.channels.dp.pushdown`), so the node does not scan it.
 """
 
 from __future__ import annotations

@@ -114,7 +114,7 @@ class CodeJobSettings(BaseModel):
 
 class DatasetConfig(_Config):
     path: Path | None = None
-    #: A dataset in PostgreSQL or Spark instead of a file (workbench.dp.pushdown); only DP queries use it.
+    #: A dataset in PostgreSQL or Spark instead of a file (workbench.channels.dp.pushdown); only DP queries use it.
     source: TableSource | None = None
     format: Literal["csv", "parquet"] | None = None
     tier: Literal["open", "private"] = "private"
@@ -125,7 +125,7 @@ class DatasetConfig(_Config):
     budget: Budget = Budget(epsilon=10.0, delta=1e-6)
     columns: dict[Identifier, ColumnConfig]
     allow_sdv_on_real: bool = False
-    #: Synthetic data (workbench.synth): most rows one synthesis may return, and its time limit.
+    #: Synthetic data (workbench.channels.synth): most rows one synthesis may return, and its time limit.
     synth_max_rows: int = Field(100_000, ge=1)
     synth_timeout_s: float = Field(900.0, gt=0)
     #: Code jobs (workbench.channels.jobs): sandbox limits and disclosure thresholds.

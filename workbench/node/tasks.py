@@ -16,18 +16,18 @@ __all__ = ["TASKS", "resolve"]
 
 #: Task name -> ``module:function`` that runs it in a worker process.
 TASKS: dict[str, str] = {
-    "dp.query": "workbench.dp.engine:run",
-    "dp.pushdown": "workbench.dp.pushdown.run:run",  # tables in PostgreSQL or Spark
-    "synth.fit": "workbench.synth.fit:run",
-    "synth.sdv_fit": "workbench.synth.sdv_real:run",
-    "secagg.contribution": "workbench.he.node_compute:noisy_contribution",
-    "secagg.check_context": "workbench.he.params:check_context",
-    "secagg.check_ciphertext": "workbench.he.params:check_ciphertext",
-    "secagg.encrypt": "workbench.he.params:encrypt",
-    "secagg.add": "workbench.he.params:add",
-    "secagg.check_weights": "workbench.he.evaluate:check_weights",
-    "secagg.evaluate": "workbench.he.evaluate:node_evaluate",
-    "fl.local_round": "workbench.fl.local:local_round",
+    "dp.query": "workbench.channels.dp.worker:run",
+    "dp.pushdown": "workbench.channels.dp.pushdown.run:run",  # tables in PostgreSQL or Spark
+    "synth.fit": "workbench.channels.synth.worker:run",
+    "synth.sdv_fit": "workbench.channels.synth.sdv_real:run",
+    "secagg.contribution": "workbench.channels.secagg.worker:noisy_contribution",
+    "secagg.check_context": "workbench.channels.secagg.he_params:check_context",
+    "secagg.check_ciphertext": "workbench.channels.secagg.he_params:check_ciphertext",
+    "secagg.encrypt": "workbench.channels.secagg.he_params:encrypt",
+    "secagg.add": "workbench.channels.secagg.he_params:add",
+    "secagg.check_weights": "workbench.channels.secagg.he_evaluate:check_weights",
+    "secagg.evaluate": "workbench.channels.secagg.he_evaluate:node_evaluate",
+    "fl.local_round": "workbench.channels.fl.worker:local_round",
 }
 
 

@@ -9,7 +9,7 @@ endpoint does and releases it through the gate as the job's analyst, on the
 job's grant.
 
 Privacy guarantee: each answer is an (epsilon, delta)-DP release of the DP
-channel (see :mod:`workbench.dp.node_routes`), charged to the analyst's grant
+channel (see :mod:`workbench.channels.dp.routes`), charged to the analyst's grant
 through the release gate; the job's total epsilon cannot exceed the
 ``dp_epsilon`` the owner approved together with the code (pre-authorised);
 replays of an identical question are free, as everywhere.
@@ -26,7 +26,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from sqlalchemy import update
 
-from ...dp import node_routes as dp
+from ..dp import routes as dp
 from ...errors import BudgetExceeded, InvalidQuery, WorkbenchError
 from ...node.auth import Principal
 from ...node.catalog import DatasetEntry

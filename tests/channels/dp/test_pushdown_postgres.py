@@ -1,0 +1,254 @@
+"""DP queries on a table that lives in PostgreSQL, through a real node process.
+
+The same data is served as a Parquet file and as a PostgreSQL table; the
+same queries must agree within their intervals; the SQL the node pushes
+down must bound contributions by a keyed hash (not by the analyst) and sum
+in fixed point; replays and charges work as for files; credentials come
+from the environment and never sit in the config.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import httpx
+import polars as pl
+import pytest
+
+from tests.conftest import free_port, start_node
+from tests.pushdown_data import load_postgres, make_frame, write_config
+
+pytestmark = pytest.mark.postgres
+
+QUERIES = [
+    {"kind": "count"},
+    {"kind": "count", "by": ["region", "sex"]},
+    {"kind": "sum", "column": "cost", "by": ["region"]},
+    {"kind": "mean", "column": "cost", "by": ["region"]},
+    {"kind": "mean", "column": "age"},
+    {"kind": "histogram", "column": "age", "bins": 5},
+    {"kind": "histogram", "column": "region"},
+]
+
+
+def pg_dsn(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, pg_server):
+    """A real node serving one dataset as a Parquet file and as a PostgreSQL table; an analyst with budget."""
+    from tests import pg
+    from workbench.node import admin
+    from workbench.node.service import NodeService
+    from workbench.node.settings import NodeConfig
+
+    root = tmp_path_factory.mktemp("pushdown")
+    frame = make_frame()
+    frame.write_parquet(root / "claims.parquet")
+    db_url = pg.fresh_database(pg_server, f"wb_{uuid.uuid4().hex[:10]}")
+    load_postgres(db_url, "claims", frame)
+    config = write_config(root, {"claims_file": {"path": str(root / "claims.parquet")},
+                                 "claims_pg": {"source": {"url": pg_dsn(db_url), "table": "claims"}}},
+                          port=free_port())
+    service = NodeService(NodeConfig.load(config), start_workers=False)
+    try:
+        token = admin.add_user(service.store, service.authority, "ana", "analyst", actor="test")
+        for name in ("claims_file", "claims_pg"):
+            admin.add_grant(service.store, "ana", name, "testing pushdown", epsilon=1000.0, delta=1e-3, actor="test")
+    finally:
+        service.close()
+    process = start_node(config)
+    port = int(config.read_text().split("port = ")[1].split()[0])
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}/v1", headers={"Authorization": f"Bearer {token}"},
+                          timeout=300)
+    yield {"client": client, "frame": frame, "db_url": db_url, "root": root, "config": config}
+    client.close()
+    os.killpg(process.pid, 15)
+    process.wait(timeout=30)
+
+
+def release(client: httpx.Client, dataset: str, query: dict, epsilon: float = 2.0, delta: float = 0.0) -> dict:
+    response = client.post(f"/datasets/{dataset}/dp/release", json={"query": query, "epsilon": epsilon,
+                                                                    "delta": delta})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def by_key(table: dict) -> dict[tuple, list]:
+    columns, keys = table["columns"], table["columns"].index("estimate")
+    return {tuple(row[:keys]): dict(zip(columns[keys:], row[keys:])) for row in table["data"]}
+
+
+def assert_agree(a: dict, b: dict) -> None:
+    """Both answers cover the same public keys and every pair of estimates is within twice the sum of their 95%
+    half-widths (for two Laplace answers of the same truth, a miss has probability ~4e-5 per pair; at one
+    sum of half-widths it would be ~1e-2, too flaky over the ~100 pairs the suite compares)."""
+    ta, tb = by_key(a["table"]), by_key(b["table"])
+    assert ta.keys() == tb.keys()
+    for key in ta:
+        x, y = ta[key], tb[key]
+        slack = (x["upper"] - x["lower"]) + (y["upper"] - y["lower"])
+        assert abs(x["estimate"] - y["estimate"]) <= slack, (key, x, y)
+
+
+@pytest.mark.parametrize("query", QUERIES, ids=lambda q: "-".join([q["kind"], *q.get("by", []),
+                                                                   q.get("column") or ""]))
+def test_parquet_and_postgres_answers_agree_within_their_intervals(served, query):
+    client = served["client"]
+    assert_agree(release(client, "claims_file", query), release(client, "claims_pg", query))
+
+
+def test_median_from_postgres_is_near_the_true_median(served):
+    client, frame = served["client"], served["frame"]
+    answer = release(client, "claims_pg", {"kind": "quantile", "column": "age", "quantile": 0.5}, epsilon=5.0)
+    true_median = frame["age"].median()
+    assert abs(answer["table"]["data"][0][answer["table"]["columns"].index("estimate")] - true_median) <= 5
+
+
+def test_counts_from_postgres_are_near_the_truth_and_report_their_interval(served):
+    client, frame = served["client"], served["frame"]
+    answer = release(client, "claims_pg", {"kind": "count", "by": ["region"]}, epsilon=2.0)
+    truth = dict(frame.group_by("region").len().iter_rows())
+    for key, stat in by_key(answer["table"]).items():
+        assert stat["lower"] <= stat["estimate"] <= stat["upper"]
+        assert stat["upper"] - stat["lower"] < 20  # discrete Laplace at scale k/eps = 1: about +-3
+        assert abs(stat["estimate"] - truth[key[0]]) <= (stat["upper"] - stat["lower"]) * 2
+
+
+def test_preview_reads_no_data_and_a_replay_is_free(served):
+    client = served["client"]
+    body = {"query": {"kind": "sum", "column": "cost"}, "epsilon": 0.7}
+    preview = client.post("/datasets/claims_pg/dp/preview", json=body).json()
+    assert preview["accuracy"][0]["statistic"] == "sum" and preview["accuracy"][0]["accuracy"] > 0
+    first = release(client, "claims_pg", body["query"], epsilon=0.7)
+    again = release(client, "claims_pg", body["query"], epsilon=0.7)
+    assert first["epsilon_charged"] == 0.7 and not first["replayed"]
+    assert again["replayed"] and again["epsilon_charged"] == 0 and again["table"] == first["table"]
+    assert again["budget_left"]["epsilon"] == first["budget_left"]["epsilon"]
+
+
+def test_unsupported_queries_are_refused_before_any_charge(served):
+    client = served["client"]
+    before = client.post("/datasets/claims_pg/dp/preview",
+                         json={"query": {"kind": "count"}, "epsilon": 0.5}).json()["budget_left_before"]
+    # pid has no public category list: a private key set, which table sources do not answer.
+    response = client.post("/datasets/claims_pg/dp/release",
+                           json={"query": {"kind": "count", "by": ["pid"]}, "epsilon": 0.5, "delta": 1e-6})
+    assert response.status_code == 422 and response.json()["code"] == "invalid_query"
+    after = client.post("/datasets/claims_pg/dp/preview",
+                        json={"query": {"kind": "count"}, "epsilon": 0.5}).json()["budget_left_before"]
+    assert after == before
+
+
+def test_other_channels_refuse_a_table_source_before_pricing(served):
+    client = served["client"]
+    budget = client.get("/datasets/claims_pg/budget").json()
+    for path in ("/datasets/claims_pg/synth/preview", "/datasets/claims_pg/synth/jobs"):
+        response = client.post(path, json={"spec": {"rows": 10}, "epsilon": 1.0})
+        assert response.json()["code"] == "not_supported", (path, response.text)
+        assert "postgres" in response.json()["message"]
+    assert client.get("/datasets/claims_pg/budget").json() == budget
+
+
+# ---------------------------------------------------------------- the pushed-down SQL itself (no noise)
+
+
+def exact(db_url: str, query: dict, secret: str = "s3cret", max_contributions: int = 2, table: str = "claims"):
+    """The exact per-group vectors the node's SQL returns for ``query`` (what noise is then added to)."""
+    from tests.pushdown_data import COLUMNS
+    from workbench.channels.dp.pushdown import postgres
+    from workbench.channels.dp.pushdown.compile import compile_query, render
+    from workbench.channels.dp.pushdown.run import _vectors
+    from workbench.protocol import DatasetInfo, DPQuery
+
+    info = DatasetInfo(name="claims", tier="private", max_rows=1_000_000,
+                       privacy_unit={"id_column": "pid", "max_contributions": max_contributions},
+                       columns=[{"name": n, **c} for n, c in COLUMNS.items()])
+    compiled = compile_query(info, DPQuery(**query), table, secret, 3)
+    return compiled, _vectors(info, compiled, postgres.fetch("claims", pg_dsn(db_url), render(compiled, "postgres")))
+
+
+def test_contribution_bounding_keeps_at_most_k_rows_per_person_chosen_by_the_keyed_hash(served):
+    db_url = served["db_url"]
+    heavy = pl.DataFrame({"pid": ["heavy"] * 50, "region": ["north"] * 50, "sex": ["F"] * 50,
+                          "age": list(range(50)), "cost": [1000.0] * 50})
+    load_postgres(db_url, "claims_heavy", pl.concat([served["frame"], heavy]))
+    frame = served["frame"]
+    _, plain = exact(db_url, {"kind": "count"}, table="claims")
+    _, with_heavy = exact(db_url, {"kind": "count"}, table="claims_heavy")
+    assert plain["count"] == [frame.height]
+    assert with_heavy["count"] == [frame.height + 2]  # 50 rows of one person count as 2
+    _, one = exact(db_url, {"kind": "count"}, table="claims_heavy", max_contributions=1)
+    assert one["count"] == [frame["pid"].n_unique() + 1]
+    # Which two of the 50 rows count is decided by the node's key, not by anything the analyst sends.
+    picks = {tuple(exact(db_url, {"kind": "sum", "column": "age"}, secret=f"key{i}", table="claims_heavy")[1]["sum"])
+             for i in range(6)}
+    assert len(picks) > 1
+    again = exact(db_url, {"kind": "sum", "column": "age"}, secret="key0", table="claims_heavy")[1]["sum"]
+    assert again == exact(db_url, {"kind": "sum", "column": "age"}, secret="key0", table="claims_heavy")[1]["sum"]
+
+
+def test_sums_are_exact_fixed_point_integers_of_clipped_values(served):
+    frame = served["frame"]
+    compiled, vectors = exact(served["db_url"], {"kind": "sum", "column": "cost", "by": ["region"]})
+    assert compiled.scale == 1000 and compiled.sum_bound == 1_000_000
+    expected = (frame.with_columns(pl.col("cost").fill_null(500.0).clip(0, 1000).mul(1000).round().cast(pl.Int64))
+                .group_by("region").agg(pl.col("cost").sum()))
+    truth = dict(expected.iter_rows())
+    assert dict(zip([k[0] for k in compiled.key_product()], vectors["sum"])) == truth
+
+
+def test_keys_outside_the_public_list_are_dropped_and_missing_keys_are_zero(served):
+    db_url = served["db_url"]
+    odd = pl.DataFrame({"pid": ["x1", "x2"], "region": ["mars", "mars"], "sex": ["F", "F"], "age": [1, 2],
+                        "cost": [1.0, 2.0]})
+    only_north = served["frame"].filter(pl.col("region") == "north")
+    load_postgres(db_url, "claims_odd", pl.concat([only_north, odd]))
+    compiled, vectors = exact(db_url, {"kind": "count", "by": ["region"]}, table="claims_odd")
+    counts = dict(zip([k[0] for k in compiled.key_product()], vectors["count"]))
+    assert counts == {"north": only_north.height, "south": 0, "east": 0, "west": 0}
+
+
+# ---------------------------------------------------------------- configuration and credentials
+
+
+def test_a_password_in_the_source_url_is_refused(tmp_path):
+    from workbench.errors import InvalidQuery
+    from workbench.node.settings import NodeConfig
+
+    config = write_config(tmp_path, {"t": {"source": {"url": "postgresql://bob:hunter2@db/x", "table": "t"}}},
+                          port=free_port())
+    with pytest.raises(InvalidQuery) as caught:
+        NodeConfig.load(config)
+    assert caught.value.code == "invalid_config" and "WORKBENCH_SOURCE_" in caught.value.message
+
+
+def test_credentials_come_from_the_environment_and_stay_out_of_the_catalogue(monkeypatch, tmp_path):
+    from workbench.node.sources import env_prefix, public_url, source_version, with_credentials
+    from workbench.node.settings import TableSource
+
+    assert env_prefix("claims-2024") == "WORKBENCH_SOURCE_CLAIMS_2024"
+    monkeypatch.setenv("WORKBENCH_SOURCE_CLAIMS_2024_USER", "reader")
+    monkeypatch.setenv("WORKBENCH_SOURCE_CLAIMS_2024_PASSWORD", "p@ss word")
+    url = with_credentials("claims-2024", "postgresql://db.example:5432/warehouse")
+    assert url == "postgresql://reader:p%40ss%20word@db.example:5432/warehouse"
+    assert public_url(url) == "postgresql://db.example:5432/warehouse"
+    source = TableSource(url="postgresql://db.example:5432/warehouse", table="claims")
+    assert "p@ss" not in source_version(source) and source_version(source).startswith("table:")
+    bumped = TableSource(url="postgresql://db.example:5432/warehouse", table="claims", version="2")
+    assert source_version(bumped) != source_version(source)
+
+
+def test_catalogue_shows_no_source_and_node_check_catches_a_missing_column(served, tmp_path):
+    listing = served["client"].get("/catalog").json()
+    entry = next(d for d in listing if d["name"] == "claims_pg")
+    assert "source" not in entry and served["db_url"].rsplit("/", 1)[-1] not in str(entry)
+    from workbench.node.catalog import Catalog
+    from workbench.node.settings import NodeConfig
+
+    broken = write_config(tmp_path, {"bad": {"source": {"url": pg_dsn(served["db_url"]), "table": "no_such_table"}}},
+                          port=free_port())
+    catalog = Catalog(NodeConfig.load(broken))
+    assert "bad" in catalog.problems() and not catalog.entries()

@@ -1,0 +1,90 @@
+"""The same contract on every backend: one dataset as a Parquet file, a hive-partitioned Parquet folder, a
+PostgreSQL table and a Parquet lakehouse read by Spark (``local[2]``), behind one real node process.
+
+The same DP queries must give estimates that agree within their intervals on
+all four; replays and charges behave the same. Spark starts a JVM in the
+node's worker (~5 s), so the node (and its Spark sessions) is shared by the
+whole module.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+
+import httpx
+import pytest
+
+from tests.conftest import free_port, start_node
+from tests.pushdown_data import load_postgres, make_frame, write_config
+from tests.channels.dp.test_pushdown_postgres import QUERIES, assert_agree, by_key, pg_dsn, release
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres,
+              pytest.mark.skipif(shutil.which("java") is None, reason="Spark needs Java (scripts/setup --test)")]
+
+BACKENDS = ["claims_folder", "claims_pg", "claims_spark"]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, pg_server):
+    pytest.importorskip("pyspark")
+    from tests import pg
+    from workbench.node import admin
+    from workbench.node.service import NodeService
+    from workbench.node.settings import NodeConfig
+
+    root = tmp_path_factory.mktemp("backends")
+    frame = make_frame(people=6_000, seed=11)
+    frame.write_parquet(root / "claims.parquet")
+    frame.write_parquet(root / "lake", partition_by="region")  # region=north/00000000.parquet, ...
+    db_url = pg.fresh_database(pg_server, f"wb_{uuid.uuid4().hex[:10]}")
+    load_postgres(db_url, "claims", frame)
+    datasets = {"claims_file": {"path": str(root / "claims.parquet")},
+                "claims_folder": {"path": str(root / "lake")},
+                "claims_pg": {"source": {"url": pg_dsn(db_url), "table": "claims"}},
+                "claims_spark": {"source": {"url": "local[2]", "parquet": str(root / "lake")}}}
+    config = write_config(root, datasets, port=free_port(), workers=1)
+    service = NodeService(NodeConfig.load(config), start_workers=False)
+    try:
+        token = admin.add_user(service.store, service.authority, "ana", "analyst", actor="test")
+        for name in datasets:
+            admin.add_grant(service.store, "ana", name, "testing backends", epsilon=1000.0, delta=1e-3, actor="test")
+    finally:
+        service.close()
+    process = start_node(config)
+    port = int(config.read_text().split("port = ")[1].split()[0])
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}/v1", headers={"Authorization": f"Bearer {token}"},
+                          timeout=600)
+    yield {"client": client, "frame": frame}
+    client.close()
+    os.killpg(process.pid, 15)
+    process.wait(timeout=60)
+
+
+@pytest.mark.parametrize("query", QUERIES, ids=lambda q: "-".join([q["kind"], *q.get("by", []),
+                                                                   q.get("column") or ""]))
+def test_every_backend_agrees_with_the_parquet_file_within_the_intervals(served, query):
+    client = served["client"]
+    reference = release(client, "claims_file", query)
+    for backend in BACKENDS:
+        assert_agree(reference, release(client, backend, query))
+
+
+def test_medians_agree_across_backends(served):
+    client, frame = served["client"], served["frame"]
+    truth = frame["cost"].drop_nulls().median()
+    for backend in ["claims_file", *BACKENDS]:
+        answer = release(client, backend, {"kind": "quantile", "column": "cost", "quantile": 0.5}, epsilon=5.0)
+        estimate = by_key(answer["table"])[()]["estimate"]
+        assert abs(estimate - truth) <= 20, (backend, estimate, truth)  # 1 000 candidates over [0, 1000]
+
+
+def test_spark_replays_are_free_and_charges_match_the_file_path(served):
+    client = served["client"]
+    query = {"kind": "mean", "column": "cost", "by": ["sex"]}
+    first = release(client, "claims_spark", query, epsilon=0.9)
+    again = release(client, "claims_spark", query, epsilon=0.9)
+    on_file = release(client, "claims_file", query, epsilon=0.9)
+    assert first["epsilon_charged"] == on_file["epsilon_charged"] == 0.9
+    assert again["replayed"] and again["epsilon_charged"] == 0 and again["table"] == first["table"]

@@ -1,0 +1,228 @@
+"""Answer a DP query on a table in PostgreSQL or Spark: bounded SQL in the engine, OpenDP noise on the node.
+
+Runs in a worker process (``workbench.channels.dp.worker.run`` hands a task with a
+``source`` here). The engine returns only per-group aggregates over the
+public key set; OpenDP's mechanisms (:mod:`workbench.channels.dp.pushdown.noise`)
+add noise calibrated to the sensitivities below; the table returned has the
+shape of the Parquet path's (``estimate``, ``lower``, ``upper``).
+
+Privacy guarantee. Neighbouring tables differ by one privacy unit: one
+identifier with all its rows (or one row when the unit is a row, which may
+stand for up to ``k = max_contributions`` rows, as the owner declares). After
+contribution bounding (:mod:`workbench.channels.dp.pushdown.compile`) a unit has at
+most ``k`` rows, chosen by a function of that unit's own rows and the node's
+key only, so adding or removing it adds or removes at most ``k`` rows and
+changes no other unit's rows. Every row falls in exactly one group of the
+public key set (rows with keys outside it are dropped before bounding). Hence:
+
+* **count / histogram** (one count per group): each row moves one count by 1,
+  so the vector moves by at most ``k`` in L1 and in L2. Discrete Laplace
+  (or Gaussian) at sensitivity ``k``: (epsilon, delta)-DP.
+* **sum**: each row adds one integer ``round(clip(x) * 10**decimals)`` of
+  absolute value at most ``C = ceil(max(|lo|, |hi|) * 10**decimals)``
+  (integer columns: ``C = max(|lo|, |hi|)``) to one group, summed exactly in
+  BIGINT; the vector moves by at most ``k * C`` in L1 and L2.
+* **mean**: a sum and a count, each released at half the epsilon and delta
+  (basic composition); the mean and its interval are post-processing.
+* **quantile** (alpha ~ ``num / den``, ``den = 10 000``): per group, the
+  clipped values rounded down to the public candidate grid give counts
+  ``lt_j`` (below candidate ``j``) and ``gt_j`` (above it); the integer score
+  ``|(den - num) * lt_j - num * gt_j|`` moves by at most ``max(num, den - num)``
+  per row. A unit's rows spread over groups with ``sum k_g <= k``; each
+  group's exponential mechanism (report-noisy-min, OpenDP) is calibrated so
+  a change of ``k * max(num, den - num)`` costs epsilon, and its loss is
+  linear in the change, so the groups together cost at most epsilon.
+
+The scales depend on public parameters only, so previews read no data.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from workbench.errors import InvalidQuery
+from workbench.intervals import mean_interval
+from workbench.protocol import DatasetInfo, DPQuery
+from workbench.query.validate import histogram_bins, validate
+from workbench.channels.dp.pushdown.compile import BIGINT_LIMIT, BIN, CELL, Compiled, compile_query, fixed_point, render
+from workbench.channels.dp.pushdown.noise import integer_vector, noisy_min
+
+QUANTILE_DENOMINATOR = 10_000
+
+
+def check(info: DatasetInfo, query: DPQuery, decimals: int) -> None:
+    """What a table source cannot answer, refused before any budget moves (public metadata only)."""
+    if query.kind not in ("count", "sum", "mean", "quantile", "histogram") or query.where is not None \
+            or query.derive:
+        raise InvalidQuery(f"Dataset '{info.name}' is a table in a database: filters, derived columns and "
+                           "several-statistic questions are answered on file datasets only for now; ask "
+                           "count, sum, mean, quantile or histogram (optionally by public keys).",
+                           code="not_supported")
+    if query.kind in ("sum", "mean"):
+        _, _, bound = fixed_point(info.column(query.column), decimals)
+        if info.max_rows * bound >= BIGINT_LIMIT:
+            raise InvalidQuery(f"A sum of '{query.column}' over max_rows={info.max_rows} rows at {decimals} "
+                               "decimals could overflow a 64-bit integer; lower the source's decimals.",
+                               code="would_overflow")
+    for name in query.by:
+        if info.column(name).categories is None:
+            raise InvalidQuery(f"Dataset '{info.name}' is a table: group-by column '{name}' needs a public "
+                               "category list (private key sets are answered on file datasets only).",
+                               code="invalid_query")
+    if query.kind == "histogram":
+        col = info.column(query.column)
+        if col.type in ("category", "bool") and col.categories is None:
+            raise InvalidQuery(f"A histogram of '{col.name}' on a table needs its public categories.",
+                               code="invalid_query")
+
+
+def relation(source: dict) -> str:
+    if source["kind"] == "spark" and source.get("parquet"):
+        from workbench.channels.dp.pushdown.spark import view_name
+
+        return view_name(source["dataset"])
+    return source["table"]
+
+
+def _mechanisms(info, query, compiled: Compiled, epsilon: float, delta: float, alpha: float) -> dict:
+    """One mechanism per released statistic, from public parameters only (see the module's sensitivity notes)."""
+    k = info.privacy_unit.max_contributions
+    groups = len(compiled.key_product())
+    if query.kind == "quantile":
+        num = _alpha_numerator(query.quantile)
+        return {"quantile": noisy_min(len(compiled.labels[CELL]), k * max(num, QUANTILE_DENOMINATOR - num),
+                                      epsilon)}
+    if query.kind == "mean":
+        return {"sum": integer_vector(groups, k * compiled.sum_bound, epsilon / 2, delta / 2, alpha / 2),
+                "count": integer_vector(groups, k, epsilon / 2, delta / 2, alpha / 2)}
+    if query.kind == "sum":
+        return {"sum": integer_vector(groups, k * compiled.sum_bound, epsilon, delta, alpha)}
+    return {"count": integer_vector(groups, k, epsilon, delta, alpha)}
+
+
+def _alpha_numerator(quantile: float) -> int:
+    return min(max(int(round(quantile * QUANTILE_DENOMINATOR)), 1), QUANTILE_DENOMINATOR - 1)
+
+
+def _fetch(source: dict, compiled: Compiled) -> list[tuple]:
+    if source["kind"] == "postgres":
+        from workbench.channels.dp.pushdown import postgres
+
+        return postgres.fetch(source["dataset"], source["url"], render(compiled, "postgres"))
+    from workbench.channels.dp.pushdown import spark
+
+    return spark.fetch(source, render(compiled, "spark"))
+
+
+def _normal(value, column_type: str | None):
+    """A key value from the engine, in the form of the public list's values (for lookups)."""
+    if column_type in (None, "int"):
+        return int(value)
+    if column_type == "bool":
+        return bool(value)
+    return str(value)
+
+
+def _vectors(info: DatasetInfo, compiled: Compiled, rows: list[tuple]) -> dict[str, list[int]]:
+    """Exact aggregates over the full public key product (a key with no row is 0), in product order."""
+    types = [None if name in (BIN, CELL) else info.column(name).type for name, _ in compiled.keys]
+    index = {tuple(_normal(v, t) for v, t in zip(key, types)): i for i, key in enumerate(compiled.key_product())}
+    vectors = {name: [0] * len(index) for name in compiled.values}
+    width = len(compiled.keys)
+    for row in rows:
+        position = index.get(tuple(_normal(v, t) for v, t in zip(row[:width], types)))
+        if position is None:  # cannot happen (the SQL keeps public keys only); never let it shift a vector
+            continue
+        for name, value in zip(compiled.values, row[width:]):
+            vectors[name][position] = int(value or 0)
+    return vectors
+
+
+def run(task: dict) -> dict:
+    """Preview or release one DP query on a table source. ``task`` is plain data built by the node."""
+    info = DatasetInfo.model_validate(task["info"])
+    query = DPQuery.model_validate(task["query"])
+    epsilon, delta, alpha = float(task["epsilon"]), float(task["delta"]), float(task["alpha"])
+    validate(info, query, delta)
+    check(info, query, task["source"]["decimals"])
+    source = task["source"]
+    compiled = compile_query(info, query, relation(source), source["secret"], source["decimals"])
+    mechanisms = _mechanisms(info, query, compiled, epsilon, delta, alpha)
+    stat_alpha = alpha / 2 if query.kind == "mean" else alpha
+    accuracy = [{"statistic": name, "alpha": stat_alpha,
+                 "accuracy": None if name == "quantile" else m.accuracy / (compiled.scale if name == "sum" else 1)}
+                for name, m in mechanisms.items()]
+    note = _note(query, mechanisms)
+    if task["mode"] == "preview":
+        return {"accuracy": accuracy, "note": note}
+    vectors = _vectors(info, compiled, _fetch(source, compiled))
+    return {"accuracy": accuracy, "note": note, "table": _table(info, query, compiled, mechanisms, vectors)}
+
+
+def _note(query: DPQuery, mechanisms: dict) -> str:
+    notes = ["Computed in the table's own engine (bounded aggregation pushed down); noise added by OpenDP."]
+    if query.kind == "quantile":
+        notes.append("Quantiles use the exponential mechanism over public candidates between the column's bounds; "
+                     "OpenDP gives no closed-form interval for them.")
+    if query.kind == "mean":
+        notes.append("Mean = noisy sum / noisy count; the interval combines both 95% bounds (conservative).")
+    return " ".join(notes)
+
+
+def _key_columns(compiled: Compiled) -> tuple[list[str], list[tuple]]:
+    """Output names of the group keys and each group's public labels, in product order (no quantile cell)."""
+    keys = [(name, values) for name, values in compiled.keys if name != CELL]
+    names = ["bin" if name == BIN else name for name, _ in keys]
+    labels = [[compiled.labels[BIN][v] for v in values] if name == BIN else values for name, values in keys]
+    return names, list(itertools.product(*labels))
+
+
+def _table(info, query: DPQuery, compiled: Compiled, mechanisms: dict, vectors: dict) -> dict:
+    """Post-processing of the noisy vectors only: estimates, intervals, labels."""
+    names, groups = _key_columns(compiled)
+    groups = groups or [()]
+    kind = query.kind
+    if kind == "quantile":
+        candidates = compiled.labels[CELL]
+        counts, m = vectors["count"], len(candidates)
+        stats = [[float(candidates[_quantile_index(mechanisms["quantile"], counts[g * m:(g + 1) * m],
+                                                   query.quantile)]), None, None]
+                 for g in range(len(groups))]
+    elif kind == "mean":
+        sums = [v / compiled.scale for v in mechanisms["sum"](vectors["sum"])]
+        counts = mechanisms["count"](vectors["count"])
+        a_s = mechanisms["sum"].accuracy / compiled.scale
+        a_c = mechanisms["count"].accuracy
+        col = info.column(query.column)
+        stats = [[*mean_interval(s, float(c), a_s, a_c, tuple(col.bounds)), float(c)]
+                 for s, c in zip(sums, counts)]
+    else:
+        name = "sum" if kind == "sum" else "count"
+        scale = compiled.scale if kind == "sum" else 1
+        acc = mechanisms[name].accuracy / scale
+        stats = [[v / scale, v / scale - acc, v / scale + acc] for v in mechanisms[name](vectors[name])]
+    if names == ["bin"]:
+        return _binned(info, query, compiled, groups, stats)
+    columns = names + ["estimate", "lower", "upper"] + (["noisy_count"] if kind == "mean" else [])
+    data = sorted(([*group, *stat] for group, stat in zip(groups, stats)), key=lambda r: tuple(r[:len(names)]))
+    return {"columns": columns, "data": data}
+
+
+def _binned(info, query: DPQuery, compiled: Compiled, groups: list, stats: list) -> dict:
+    """A numeric histogram's table as the file path releases it: bins in numeric order, with their public edges."""
+    edges = histogram_bins(info.column(query.column), query.bins)
+    code = {label: i for i, label in enumerate(compiled.labels[BIN])}
+    rows = sorted((code[group[0]], [group[0], float(edges[code[group[0]]]), float(edges[code[group[0]] + 1]), *stat])
+                  for group, stat in zip(groups, stats))
+    return {"columns": ["bin", "bin_lower", "bin_upper", "estimate", "lower", "upper"], "data": [r for _, r in rows]}
+
+
+def _quantile_index(measurement, counts: list[int], quantile: float) -> int:
+    """The exponential mechanism's pick among the candidates, from one group's exact counts per candidate."""
+    num = _alpha_numerator(quantile)
+    total, below, scores = sum(counts), 0, []
+    for count in counts:
+        above = total - below - count
+        scores.append(abs((QUANTILE_DENOMINATOR - num) * below - num * above))
+        below += count
+    return int(measurement(scores))
