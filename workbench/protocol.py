@@ -368,31 +368,36 @@ class Table(Strict):
     data: list[list[Any]]
 
 
-class ContributionReceipt(Strict):
+class Receipt(Strict):
+    """The accounting every channel's release carries: which ledger row, on which data version, what it cost.
+
+    ``epsilon`` is what was asked, ``epsilon_charged`` what the ledger moved (0 for a replay)."""
+
+    release_id: int
+    dataset: str
+    dataset_version: str
+    epsilon: float
+    epsilon_charged: float
+    grant_id: int | None
+    replayed: bool
+
+
+class ContributionReceipt(Receipt):
     """What a node tells the analyst after contributing to a secure aggregation (HE or SMPC): accounting only."""
 
-    dataset: str
-    dataset_version: str
     session_id: str
-    release_id: int
-    replayed: bool
-    epsilon: float
-    epsilon_charged: float
-    grant_id: int | None
 
 
-class DPRelease(Strict):
-    release_id: int
-    dataset: str
-    dataset_version: str
-    query: DPQuery
-    epsilon: float
+class ReleaseReceipt(Receipt):
+    """A release with a delta and a time: DP answers and synthetic data."""
+
     delta: float
-    epsilon_charged: float
     delta_charged: float
-    grant_id: int | None
-    replayed: bool
     released_at: datetime
+
+
+class DPRelease(ReleaseReceipt):
+    query: DPQuery
     alpha: float
     table: Table
     budget_left: Budget | None = None

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 MODEL_MODULES = ("workbench.protocol", "workbench.channels.secagg.wire", "workbench.channels.fl.wire", "workbench.channels.synth.wire",
-                 "workbench.node.routes", "workbench.node.governance_routes", "workbench.node.oidc")
+                 "workbench.node.routes", "workbench.node.deps", "workbench.node.governance_routes", "workbench.node.oidc")
 
 
 def _request_models(app) -> dict[str, type[BaseModel]]:

@@ -12,7 +12,7 @@ from jwt.algorithms import OKPAlgorithm
 
 from .dpop import jwk_thumbprint
 from .linked_data import dcat_catalogue, odrl_policy
-from .routes import Service, dataset_entry
+from .deps import Service, dataset_entry
 
 router = APIRouter()
 JSON_LD = "application/ld+json"

@@ -11,7 +11,7 @@ from ..protocol import AccessRequestBody, AccessRequestInfo, ApproveBody, DenyBo
 from . import governance
 from .agreement import agreements
 from .ledger import Cost
-from .routes import Caller, Service
+from .deps import Caller, Service
 
 router = APIRouter()
 Status = Annotated[str | None, Query(pattern="^(pending|approved|denied|withdrawn|rejected)$")]

@@ -223,7 +223,7 @@ router = APIRouter(tags=["node"])
 @router.get("/metrics", response_class=Response)
 def metrics(request: Request) -> Response:
     """Prometheus metrics (owners and auditors): requests, refusals, latency, budget spent per dataset, workers."""
-    from .routes import principal_of
+    from .deps import principal_of
 
     principal_of(request).require("owner", "auditor")
     return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_PLAIN_0_0_4)

@@ -2,130 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Callable
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-from starlette.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from .._version import __version__
-from ..errors import NotAuthenticated, PrivacyError
+from ..errors import PrivacyError
 from ..protocol import (PROTOCOL_VERSION, SUPPORTED_PROTOCOLS, BudgetInfo, DatasetInfo, GrantInfo, HistoryEntry,
                         NodeInfo, RowsResponse, Table, for_protocol)
 from . import admin, audit
-from .auth import Principal, credentials
-from .catalog import DatasetEntry
+from .deps import Caller, Service, dataset_entry, protocol_of, public_info
 from .agreement import agreements
 from .consent import consent_spec, consenting
 from .data import raw_scan
 from .gate import check_not_private
 from .ledger import choose_grant
-from .service import NodeService
 
 router = APIRouter()
-
-
-def service_of(request: Request) -> NodeService:
-    return request.app.state.service
-
-
-def _credentials(request: Request) -> tuple[str, str]:
-    found = credentials(request.headers.get("authorization", ""))
-    if found is None:
-        raise NotAuthenticated("Send your token as 'Authorization: Bearer <token>' (or 'DPoP <token>' with a DPoP "
-                               "proof).", code="not_authenticated")
-    return found
-
-
-def _sender_checked(service: NodeService, request: Request, scheme: str, token: str,
-                    principal: Principal) -> Principal:
-    """:func:`_check_sender`, its refusals audited."""
-    try:
-        return _check_sender(service, request, scheme, token, principal)
-    except NotAuthenticated as exc:
-        _audit_sender_refusal(service, request, principal, exc)
-        raise
-
-
-def _audit_sender_refusal(service: NodeService, request: Request, principal: Principal,
-                          exc: NotAuthenticated) -> None:
-    with service.store.transaction("light") as session:
-        audit.append(session, principal.name, "auth_failed", None, reason=exc.message,
-                     client=request.client.host if request.client else None)
-
-
-def _check_sender(service: NodeService, request: Request, scheme: str, token: str,
-                  principal: Principal) -> Principal:
-    """Apply the DPoP rules (workbench.node.dpop) to an authenticated request (no database).
-
-    ``htu`` is compared with ``[node] public_url`` + path when set (a node behind a TLS-terminating
-    proxy sees another scheme and host than its clients), else with the URL the request arrived at.
-    """
-    public = service.config.node.public_url
-    url = public.rstrip("/") + request.url.path if public else str(request.url.replace(query="", fragment=""))
-    service.authority.check_sender(principal, scheme, request.headers.get("dpop"), request.method, url, token)
-    return principal
-
-
-def principal_of(request: Request) -> Principal:
-    """Authenticate the token (every endpoint but /info and /health needs one), DPoP proof included."""
-    service, (scheme, token) = service_of(request), _credentials(request)
-    principal = service.authority.recalled(token) or _authenticate(service, request, token)
-    return _sender_checked(service, request, scheme, token, principal)
-
-
-async def caller_of(request: Request) -> Principal:
-    """:func:`principal_of` for the event loop: a token verified moments ago costs no thread and no database."""
-    service, (scheme, token) = service_of(request), _credentials(request)
-    known = service.authority.remembered(token)
-    if known is not None and scheme == "bearer":
-        return known  # remembered tokens are unbound and the node does not require binding: no proof to check
-    principal = service.authority.recalled(token) or await run_in_threadpool(_authenticate, service, request, token)
-    try:  # a signature check, no database: on the event loop, sparing a thread hop per request
-        return _check_sender(service, request, scheme, token, principal)
-    except NotAuthenticated as exc:
-        await run_in_threadpool(_audit_sender_refusal, service, request, principal, exc)
-        raise
-
-
-def _authenticate(service: NodeService, request: Request, token: str) -> Principal:
-    try:
-        principal = service.authority.verify(token)
-    except NotAuthenticated as exc:  # aggregated per source and window: a flood cannot grow the log unbounded
-        service.auth_failures.record(request.client.host if request.client else None,
-                                     str(exc.details.get("reason") or exc.message), exc.message)
-        raise
-    if service.first_use(principal.token_id):
-        with service.store.transaction() as session:
-            audit.append(session, principal.name, "login", None, role=principal.role, token_id=principal.token_id,
-                         **({"issuer": principal.issuer} if principal.issuer else {}))
-    return principal
-
-
-async def _service(request: Request) -> NodeService:  # async: FastAPI runs sync dependencies on a thread
-    return service_of(request)
-
-
-Service = Annotated[NodeService, Depends(_service)]
-Caller = Annotated[Principal, Depends(caller_of)]
-
-
-def dataset_entry(service: NodeService, name: str) -> DatasetEntry:
-    return service.catalog.get(name)
-
-
-#: What channels add to a dataset's public metadata (synthesis: ``has_mock``), registered by
-#: :mod:`workbench.server`; each gets the metadata so far and returns it, changed or not.
-INFO_ANNOTATORS: list[Callable[[NodeService, DatasetEntry, DatasetInfo], DatasetInfo]] = []
-
-
-def public_info(service: NodeService, entry: DatasetEntry) -> DatasetInfo:
-    """A dataset's public metadata as the catalogue shows it."""
-    info = entry.info
-    for annotate in INFO_ANNOTATORS:
-        info = annotate(service, entry, info)
-    return info
 
 
 @router.get("/health", tags=["node"])
@@ -148,11 +43,6 @@ def me(service: Service, caller: Caller) -> NodeInfo:
     """Who the token belongs to, and the node's versions."""
     return NodeInfo(name=service.name, version=__version__, protocol=PROTOCOL_VERSION,
                     protocols=list(SUPPORTED_PROTOCOLS), user=caller.name, role=caller.role)
-
-
-def protocol_of(request: Request) -> str:
-    """The protocol version negotiated for this request (workbench.node.app.ProtocolCheck)."""
-    return getattr(request.state, "protocol", PROTOCOL_VERSION)
 
 
 @router.get("/catalog", response_model=list[DatasetInfo], tags=["catalogue"])

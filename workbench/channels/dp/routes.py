@@ -25,7 +25,7 @@ from workbench.node.catalog import DatasetEntry
 from workbench.node.data import task_payload
 from workbench.node.gate import Outcome, spec_hash
 from workbench.node.ledger import Cost, choose_grant, left
-from workbench.node.routes import Caller, Service, protocol_of
+from workbench.node.deps import Caller, Service, protocol_of
 from workbench.node.service import NodeService
 from workbench.query.validate import delta_used, validate
 from workbench.query import language

@@ -23,7 +23,7 @@ from fastapi import APIRouter, Depends, Request
 
 from workbench.errors import NotAuthenticated
 from workbench.node.auth import Principal
-from workbench.node.routes import Caller, Service, principal_of, service_of
+from workbench.node.deps import Caller, Service, principal_of, service_of
 from workbench.channels.fl.jobs import decode, encode, registry
 from workbench.channels.fl.wire import FLJobInfo, FLJobRequest, FLMessage
 from workbench.channels.fl.supernode_key import KEY_HEADER, read_key

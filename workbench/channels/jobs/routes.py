@@ -19,7 +19,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from ...node.routes import Caller, Service
+from ...node.deps import Caller, Service
 from . import lifecycle
 from .wire import CodeJobInfo, CollectedOutput, Decision, JobSubmission, OutputDecision
 from .worker import runner_of

@@ -32,7 +32,7 @@ from workbench.node import policy
 from workbench.node.catalog import DatasetEntry
 from workbench.node.data import task_payload
 from workbench.node.ledger import Cost, choose_grant
-from workbench.node.routes import Caller, Service
+from workbench.node.deps import Caller, Service
 from workbench.node.service import NodeService
 from workbench.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
 from workbench.wire import raise_for_error, send

@@ -33,7 +33,7 @@ from workbench.errors import ComputationFailed, InvalidQuery, WorkbenchError
 from workbench.channels.secagg.routes import call_aggregator, contribution_task, question, read_session
 from workbench.channels.secagg.wire import ContributeRequest, plan
 from workbench.node.ledger import Cost
-from workbench.node.routes import Caller, Service
+from workbench.node.deps import Caller, Service
 from workbench.channels.secagg import smpc_field as field
 from workbench.channels.secagg import smpc_sealing as sealing
 from workbench.channels.secagg.smpc_wire import SmpcContributeResponse

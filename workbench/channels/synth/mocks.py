@@ -167,8 +167,8 @@ def annotate(service, entry: DatasetEntry, info: DatasetInfo) -> DatasetInfo:
 
 
 def install(_app, _service) -> None:
-    """Show ``has_mock`` in the catalogue (see :data:`workbench.node.routes.INFO_ANNOTATORS`)."""
-    from workbench.node.routes import INFO_ANNOTATORS
+    """Show ``has_mock`` in the catalogue (see :data:`workbench.node.deps.INFO_ANNOTATORS`)."""
+    from workbench.node.deps import INFO_ANNOTATORS
 
     if annotate not in INFO_ANNOTATORS:
         INFO_ANNOTATORS.append(annotate)

@@ -27,7 +27,7 @@ from workbench.node.catalog import DatasetEntry
 from workbench.node.data import task_payload
 from workbench.node.gate import Outcome, spec_hash
 from workbench.node.ledger import Cost, choose_grant, left
-from workbench.node.routes import Caller, Service
+from workbench.node.deps import Caller, Service
 from workbench.node.service import NodeService
 from workbench.protocol import Budget, Table, require_supported_protocol
 from workbench.channels.synth import domain

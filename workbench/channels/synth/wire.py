@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from workbench.protocol import PROTOCOL_VERSION, Budget, ErrorBody, Finite, Identifier, RequestId, Strict, Table
+from workbench.protocol import PROTOCOL_VERSION, Budget, ErrorBody, Finite, Identifier, ReleaseReceipt, RequestId, Strict, Table
 
 Method = Literal["mst", "aim", "fixed", "independent"]
 SDVName = Literal["GaussianCopula", "CTGAN", "TVAE", "CopulaGAN"]
@@ -71,20 +71,10 @@ class SynthPreview(Strict):
     would_replay: bool = False
 
 
-class SynthRelease(Strict):
-    release_id: int
-    dataset: str
-    dataset_version: str
+class SynthRelease(ReleaseReceipt):
     kind: str
     dp: bool
     spec: dict[str, Any]
-    epsilon: float
-    delta: float
-    epsilon_charged: float
-    delta_charged: float
-    grant_id: int | None
-    replayed: bool
-    released_at: datetime
     table: Table
     report: dict[str, Any]
     budget_left: Budget | None = None
