@@ -6,12 +6,14 @@ files / the environment.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import gc
+import json
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import click
 
@@ -24,6 +26,16 @@ def _service(config_path: str, start_workers: bool = False):
     from .node.settings import NodeConfig
 
     return NodeService(NodeConfig.load(config_path), start_workers=start_workers)
+
+
+@contextlib.contextmanager
+def _opened(config_path: str, start_workers: bool = False) -> Iterator:
+    """The node's service for one command, closed however the command ends."""
+    service = _service(config_path, start_workers)
+    try:
+        yield service
+    finally:
+        service.close()
 
 
 config_option = click.option("--config", "config_path", required=True, envvar="WORKBENCH_NODE_CONFIG",
@@ -85,15 +97,12 @@ def node_serve(config_path: str, host: str | None, port: int | None, log_level: 
 @config_option
 def node_check(config_path: str) -> None:
     """Validate the config and each dataset against its public metadata."""
-    service = _service(config_path)
-    try:
+    with _opened(config_path) as service:
         for entry in service.catalog.entries():
             click.echo(f"ok       {entry.name:20s} {entry.info.tier:8s} {entry.version}")
         problems = service.catalog.problems()
         for name, problem in problems.items():
             click.echo(f"PROBLEM  {name:20s} {problem}")
-    finally:
-        service.close()
     sys.exit(1 if problems else 0)
 
 
@@ -110,11 +119,8 @@ def user_add(name: str, role: str, config_path: str) -> None:
     """Add a user and print their token once (give it to them privately)."""
     from .node import admin
 
-    service = _service(config_path)
-    try:
+    with _opened(config_path) as service:
         click.echo(admin.add_user(service.store, service.authority, name, role))
-    finally:
-        service.close()
 
 
 @user.command("token")
@@ -127,12 +133,9 @@ def user_token(name: str, revoke_old: bool, ttl_days: float | None, dpop_jkt: st
     """Issue a new token for a user (printed once)."""
     from .node import admin
 
-    service = _service(config_path)
-    try:
+    with _opened(config_path) as service:
         click.echo(admin.issue_token(service.store, service.authority, name, revoke_old=revoke_old,
                                      ttl_s=None if ttl_days is None else ttl_days * 86400, dpop_jkt=dpop_jkt))
-    finally:
-        service.close()
 
 
 @user.command("list")
@@ -140,12 +143,9 @@ def user_token(name: str, revoke_old: bool, ttl_days: float | None, dpop_jkt: st
 def user_list(config_path: str) -> None:
     from .node import admin
 
-    service = _service(config_path)
-    try:
+    with _opened(config_path) as service:
         for u in admin.list_users(service.store):
             click.echo(f"{u['name']:20s} {u['role']:8s} {'disabled' if u['disabled'] else ''}")
-    finally:
-        service.close()
 
 
 @user.command("disable")
@@ -155,11 +155,8 @@ def user_disable(name: str, config_path: str) -> None:
     """Disable a user: every token of theirs stops working (within 2 s on a running node)."""
     from .node import admin
 
-    service = _service(config_path)
-    try:
+    with _opened(config_path) as service:
         admin.set_disabled(service.store, name, True)
-    finally:
-        service.close()
     click.echo(f"disabled {name}")
 
 
@@ -170,11 +167,8 @@ def user_enable(name: str, config_path: str) -> None:
     """Enable a disabled user again (their unrevoked tokens work again)."""
     from .node import admin
 
-    service = _service(config_path)
-    try:
+    with _opened(config_path) as service:
         admin.set_disabled(service.store, name, False)
-    finally:
-        service.close()
     click.echo(f"enabled {name}")
 
 
@@ -185,11 +179,8 @@ def user_delete(name: str, config_path: str) -> None:
     """Delete a user: tokens dead, live grants revoked; a user re-created under the name gets new tokens only."""
     from .node import admin
 
-    service = _service(config_path)
-    try:
+    with _opened(config_path) as service:
         revoked = admin.delete_user(service.store, name)
-    finally:
-        service.close()
     click.echo(f"deleted {name} ({revoked} grants revoked)")
 
 
@@ -201,11 +192,8 @@ def user_role(name: str, role: str, config_path: str) -> None:
     """Change a user's role; earlier tokens are revoked and the new token is printed (shown once)."""
     from .node import admin
 
-    service = _service(config_path)
-    try:
+    with _opened(config_path) as service:
         token = admin.set_role(service.store, service.authority, name, role)
-    finally:
-        service.close()
     click.echo(token)
 
 
@@ -223,14 +211,11 @@ def node_grant(name: str, dataset: str, purpose: str, epsilon: float, delta: flo
     from .node import admin
     from .node.agreement import agreements
 
-    service = _service(config_path)
-    try:
+    with _opened(config_path) as service:
         grant = admin.add_grant(service.store, name, dataset, purpose, epsilon, delta, expires_days,
                                 known_datasets=set(service.config.datasets),
                                 agreement=agreements(service.config).get(dataset))
         click.echo(f"grant {grant.grant_id}: {name} on {dataset} for {purpose!r}: epsilon={epsilon:g} delta={delta:g}")
-    finally:
-        service.close()
 
 
 @node.command("grants")
@@ -240,14 +225,11 @@ def node_grants(config_path: str, user: str | None) -> None:
     """List grants with what each has spent and left."""
     from .node import admin
 
-    service = _service(config_path)
-    try:
+    with _opened(config_path) as service:
         for g in admin.list_grants(service.store, user=user):
             state = "revoked" if g.revoked else ""
             click.echo(f"{g.grant_id:4d} {g.user:12s} {g.dataset:16s} eps {g.epsilon_spent:.3g}/{g.epsilon:.3g} "
                        f"delta {g.delta_spent:.2g}/{g.delta:.2g} {g.purpose!r} {state}")
-    finally:
-        service.close()
 
 
 @node.command("revoke")
@@ -257,12 +239,9 @@ def node_revoke(grant_id: int, config_path: str) -> None:
     """Revoke a grant."""
     from .node import admin
 
-    service = _service(config_path)
-    try:
+    with _opened(config_path) as service:
         admin.revoke_grant(service.store, grant_id)
         click.echo(f"grant {grant_id} revoked")
-    finally:
-        service.close()
 
 
 def _owner(service, name: str):
@@ -290,14 +269,11 @@ def node_requests(config_path: str, status: str | None) -> None:
     from .node import governance
     from .node.auth import Principal
 
-    service = _service(config_path)
-    try:
+    with _opened(config_path) as service:
         for r in governance.list_requests(service.store, Principal("owner-cli", "owner"), status):
             click.echo(f"{r.request_id:4d} {r.status:9s} {r.user:12s} {r.dataset:14s} eps {r.epsilon:g} "
                        f"delta {r.delta:g} {r.purpose!r} {r.note!r}" + (f" -> grant {r.grant_id}" if r.grant_id else "")
                        + (f" ({r.reason})" if r.reason else ""))
-    finally:
-        service.close()
 
 
 @node.command("approve")
@@ -314,14 +290,11 @@ def node_approve(request_id: int, as_owner: str, config_path: str, epsilon, delt
     from .node.agreement import agreements
     from .protocol import ApproveBody
 
-    service = _service(config_path)
-    try:
+    with _opened(config_path) as service:
         info = governance.approve_request(service.store, _owner(service, as_owner), request_id,
                                           ApproveBody(epsilon=epsilon, delta=delta, expires_days=expires_days,
                                                       reason=reason), agreements(service.config))
         click.echo(f"request {request_id} approved: grant {info.grant_id} for {info.user} on {info.dataset}")
-    finally:
-        service.close()
 
 
 @node.command("deny")
@@ -334,12 +307,9 @@ def node_deny(request_id: int, as_owner: str, config_path: str, reason: str) -> 
     from .node import governance
     from .protocol import DenyBody
 
-    service = _service(config_path)
-    try:
+    with _opened(config_path) as service:
         governance.deny_request(service.store, _owner(service, as_owner), request_id, DenyBody(reason=reason))
         click.echo(f"request {request_id} denied")
-    finally:
-        service.close()
 
 
 @node.group("reviews")
@@ -355,24 +325,18 @@ def reviews_list(config_path: str, status: str) -> None:
     from .node import governance
     from .node.auth import Principal
 
-    service = _service(config_path)
-    try:
+    with _opened(config_path) as service:
         for r in governance.list_reviews(service.store, Principal("owner-cli", "owner"), status):
             click.echo(f"{r.review_id:4d} {r.status:9s} {r.user:12s} {r.dataset:14s} {r.channel}/{r.kind}")
             click.echo("     would release: " + json.dumps(r.summary, default=str)[:2000])
-    finally:
-        service.close()
 
 
 def _decide_review(review_id: int, as_owner: str, config_path: str, approve: bool, reason: str) -> None:
     from .node import governance
 
-    service = _service(config_path)
-    try:
+    with _opened(config_path) as service:
         governance.decide_review(service.store, _owner(service, as_owner), review_id, approve, reason)
         click.echo(f"review {review_id} {'approved' if approve else 'rejected'}")
-    finally:
-        service.close()
 
 
 @reviews_group.command("approve")
@@ -416,16 +380,13 @@ def node_why(user_name: str, dataset: str, config_path: str, epsilon: float, del
     """Explain why USER releasing on DATASET at this price would be allowed or refused."""
     from .node import audit, governance
 
-    service = _service(config_path)
-    try:
+    with _opened(config_path) as service:
         if audit_seq is not None:
             for rec in audit.records(service.store):
                 if rec["seq"] == audit_seq:
                     click.echo(f"audit #{rec['seq']} {rec['ts']} {rec['actor']} {rec['action']} {rec['dataset']}: "
                                f"{json.dumps(rec['details'], default=str)}")
         result = governance.explain_for(service, user_name, dataset, epsilon, delta, grant_id)
-    finally:
-        service.close()
     for check in result.checks:
         click.echo(f"  [{'ok' if check.ok else 'NO'}] {check.check}: {check.detail}")
     verdict = "ALLOWED" if result.allowed else f"REFUSED ({result.code})"
@@ -454,14 +415,11 @@ def mock_publish(dataset: str, epsilon: float, rows: int, method: str, bins: int
     from .channels.synth.mocks import publish_with_progress
     from .channels.synth.wire import SynthSpec
 
-    service = _service(config_path)
-    try:
+    with _opened(config_path) as service:
         info = publish_with_progress(service, dataset, SynthSpec(method=method, rows=rows, bins=bins), epsilon,
                                      as_owner, progress=progress)
         click.echo(f"published the DP mock of {dataset}: {info.rows} rows, {info.method}, epsilon={info.epsilon:g} "
                    f"(version {info.dataset_version})")
-    finally:
-        service.close()
 
 
 @node.group("audit")
@@ -475,11 +433,8 @@ def audit_verify(config_path: str) -> None:
     """Walk the hash chain; exit 1 if any record was changed, removed or reordered."""
     from .node import audit
 
-    service = _service(config_path)
-    try:
+    with _opened(config_path) as service:
         result = audit.verify(service.store)
-    finally:
-        service.close()
     if result.ok:
         click.echo(f"audit log OK: {result.records} records, chain intact")
     else:
@@ -494,11 +449,8 @@ def audit_export(config_path: str, output: str) -> None:
     """Export the audit log as JSON lines, oldest first."""
     from .node import audit
 
-    service = _service(config_path)
-    try:
+    with _opened(config_path) as service:
         rows = list(audit.records(service.store))
-    finally:
-        service.close()
     with click.open_file(output, "w") as fh:
         for rec in reversed(rows):
             fh.write(json.dumps(rec, default=str) + "\n")

@@ -90,15 +90,26 @@ def get_request(store: Store, principal: Principal, request_id: int) -> AccessRe
 
 
 def _pending_for_decision(session, principal: Principal, request_id: int) -> AccessRequest:
+    return _pending(session, principal, AccessRequest, request_id, ("access request", "Request"),
+                    "decide their own access request")
+
+
+def _pending(session, principal: Principal, model: type, row_id: int, names: tuple[str, str], own: str):
+    """The pending row an owner decides, locked; the one check that nobody decides their own (four eyes)."""
     principal.require(*DECIDERS)
-    row = session.get(AccessRequest, request_id, with_for_update=True)
+    row = session.get(model, row_id, with_for_update=True)
     if row is None:
-        raise NotFound(f"No access request {request_id}.", code="not_found")
-    if row.user_name == principal.name:
-        raise NotAuthorized("Nobody may decide their own access request; ask another owner.", code="self_approval")
+        raise NotFound(f"No {names[0]} {row_id}.", code="not_found")
+    check_not_own(principal, row.user_name, own)
     if row.status != "pending":
-        raise InvalidQuery(f"Request {request_id} is already {row.status}.", code="not_pending")
+        raise InvalidQuery(f"{names[1]} {row_id} is already {row.status}.", code="not_pending")
     return row
+
+
+def check_not_own(principal: Principal, requester: str, own: str) -> None:
+    """Four eyes: nobody decides what they asked for themselves (``own``: e.g. "approve their own code")."""
+    if requester == principal.name:
+        raise NotAuthorized(f"Nobody may {own}; ask another owner.", code="self_approval")
 
 
 def approve_request(store: Store, principal: Principal, request_id: int, body: ApproveBody,
@@ -199,13 +210,7 @@ def get_review(store: Store, principal: Principal, review_id: int) -> ReviewInfo
 def decide_review(store: Store, principal: Principal, review_id: int, approve: bool, reason: str) -> ReviewInfo:
     principal.require(*DECIDERS)
     with store.transaction() as session:
-        row = session.get(Review, review_id, with_for_update=True)
-        if row is None:
-            raise NotFound(f"No review {review_id}.", code="not_found")
-        if row.user_name == principal.name:
-            raise NotAuthorized("Nobody may approve their own release; ask another owner.", code="self_approval")
-        if row.status != "pending":
-            raise InvalidQuery(f"Review {review_id} is already {row.status}.", code="not_pending")
+        row = _pending(session, principal, Review, review_id, ("review", "Review"), "approve their own release")
         row.status = "approved" if approve else "rejected"
         row.decided_by, row.decided_at, row.reason = principal.name, utcnow(), reason
         audit.append(session, principal.name, "review_approve" if approve else "review_reject", row.dataset,

@@ -203,8 +203,7 @@ def decide(service, principal: Principal, job_id: int, approve: bool, reason: st
 
     def change(session) -> dict:
         row = _job(session, principal, job_id, lock=True)
-        if row.user_name == principal.name:
-            raise NotAuthorized("Nobody may approve their own code; ask another owner.", code="self_approval")
+        governance.check_not_own(principal, row.user_name, "approve their own code")
         if row.status != "pending":
             raise InvalidQuery(f"Code job {job_id} is {row.status}, not pending.", code="not_pending")
         row.status, row.reason = ("approved" if approve else "rejected"), reason
@@ -221,8 +220,7 @@ def decide_outputs(service, principal: Principal, job_id: int, names: list[str] 
     """Release (or reject) held outputs through the review queue (audited; never by the job's analyst)."""
     principal.require("owner")
     info = show(service, principal, job_id)
-    if info.user == principal.name:
-        raise NotAuthorized("Nobody may release their own job's outputs; ask another owner.", code="self_approval")
+    governance.check_not_own(principal, info.user, "release their own job's outputs")
     pending = {o.name: o for o in info.results if o.review_id is not None and o.status == "pending"}
     wanted = list(pending) if names is None else names
     unknown = [n for n in wanted if n not in pending]
