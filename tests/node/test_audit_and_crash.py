@@ -103,6 +103,11 @@ def test_crash_after_reservation_keeps_the_charge(tmp_path):
         service.close()
 
 
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
 def test_worker_killed_mid_query_node_survives(running_node):
     node = wb.connect(running_node.url, token=running_node.analyst_token)
     ds = node.dataset("patients")
@@ -116,11 +121,15 @@ def test_worker_killed_mid_query_node_survives(running_node):
         except wb.WorkbenchError as exc:
             outcome.append(exc)
 
-    thread = threading.Thread(target=slow_release)
-    thread.start()
-    time.sleep(1.0)
     workers = [p for p in server.children(recursive=True) if "workbench.node.worker" in " ".join(p.cmdline())]
     assert workers
+    idle = {p.pid: _cpu(p) for p in workers}
+    thread = threading.Thread(target=slow_release)
+    thread.start()
+    deadline = time.monotonic() + 120  # wait until a worker is computing (not a fixed sleep)
+    while not any(_cpu(p) - idle[p.pid] > 0.3 for p in workers):
+        assert not outcome and time.monotonic() < deadline, "the release never reached a worker"
+        time.sleep(0.02)
     for p in workers:
         p.kill()
     thread.join(timeout=120)
