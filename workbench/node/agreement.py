@@ -35,6 +35,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from ..errors import NotAuthorized
 from ..protocol import AgreementInfo, Budget
+from .ledger import fits
 from .store import Base, utcnow
 
 Channel = Literal["dp", "synth", "he", "smpc", "fl", "code", "open"]
@@ -96,7 +97,7 @@ def check_grant(agreement: AgreementConfig | None, *, purpose: str, epsilon: flo
     if agreement.purposes and purpose.strip() not in agreement.purposes:
         raise refused("purposes", f"the purpose {purpose!r} is not one of {agreement.purposes}.")
     cap = agreement.max_grant
-    if cap is not None and (epsilon > cap.epsilon + 1e-12 or delta > cap.delta + 1e-18):
+    if cap is not None and not fits(epsilon, delta, cap.epsilon, cap.delta):
         raise refused("max_grant", f"a grant of epsilon {epsilon:g}, delta {delta:g} exceeds the largest allowed "
                                    f"(epsilon {cap.epsilon:g}, delta {cap.delta:g}).")
     check_claims(agreement, claims)

@@ -30,7 +30,7 @@ from ..dp import routes as dp
 from ...errors import BudgetExceeded, InvalidQuery, WorkbenchError
 from ...node.auth import Principal
 from ...node.catalog import DatasetEntry
-from ...node.ledger import TOLERANCE
+from ...node.ledger import fits
 from ...protocol import DPRequest
 from .store import CodeJobRecord
 
@@ -88,7 +88,7 @@ class DPChannel:
             raise InvalidQuery("The DP request does not match the API (query, epsilon, delta).",
                                code="invalid_body") from None
         body = body.model_copy(update={"grant_id": self.grant_id, "request_id": None})
-        if self.spent + body.epsilon > self.allowed + TOLERANCE:
+        if not fits(body.epsilon, 0.0, self.allowed - self.spent, 0.0):
             raise BudgetExceeded(f"This job may spend epsilon={self.allowed:g} in all (approved with its code); "
                                  f"{self.spent:g} is spent.", code="budget_exceeded")
         _entry, outcome = dp.released(self.service, self.principal, self.entry.name, body)
