@@ -129,12 +129,20 @@ def open_notebook(page, path: str) -> None:
     wait_kernel_ready(page, timeout=180_000)
 
 
-def run_notebook(page, timeout_ms: int = 600_000) -> None:
+def run_notebook(page, timeout_ms: int = 300_000) -> None:
+    """Run All and wait until every cell ran. If that does not happen in time (a cell failed and Run All
+    stopped there, or a cell hangs), fail with the notebook's output, before pytest's own time-out."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     run_all_cells(page)
-    wait_idle_kernel(page, timeout=timeout_ms)
-    page.wait_for_function(  # papermill-like: every cell ran, none is still busy ("[*]")
-        """() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-InputPrompt')]
-                 .every(p => !p.textContent.includes('*'))""", timeout=timeout_ms)
+    try:
+        wait_idle_kernel(page, timeout=timeout_ms)
+        page.wait_for_function(  # papermill-like: every cell ran, none is still busy ("[*]")
+            """() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-InputPrompt')]
+                     .every(p => !p.textContent.includes('*'))""", timeout=timeout_ms)
+    except PlaywrightTimeout:
+        shot(page, "notebook-did-not-finish")
+        raise AssertionError("the notebook did not finish; its output:\n" + notebook_text(page)[-4000:]) from None
 
 
 def visible_outputs(page):
