@@ -28,7 +28,7 @@ EXECUTED_BY = {
     "04_federated_queries_and_he.ipynb": "tests/e2e/test_notebooks_channels.py::test_04_federated_queries_and_he",
     "05_federated_learning.ipynb": "tests/e2e/test_notebooks_channels.py::test_05_federated_learning",
     "scheduled_report.ipynb": "tests/e2e/test_notebooks_schedule.py",
-    "08_code_jobs.ipynb": "tests/code_jobs/test_notebook.py",
+    "08_code_jobs.ipynb": "tests/channels/jobs/test_notebook.py",
     "07_query_language.ipynb": "tests/e2e/test_query_notebook.py::test_07_query_language",
 }
 
