@@ -361,7 +361,7 @@ def reviews_reject(review_id: int, as_owner: str, config_path: str, reason: str)
 def _jobs_commands() -> None:
     from .channels.jobs.commands import commands
 
-    node.add_command(commands(config_option, as_option, _service, _owner))
+    node.add_command(commands(config_option, as_option, _opened, _owner))
 
 
 _jobs_commands()

@@ -73,18 +73,16 @@ def _outputs_command(group: click.Group, run: Callable, config_option, as_option
 
 
 def commands(config_option, as_option, open_service: Callable, owner_of: Callable) -> click.Group:
-    """The ``jobs`` command group, built with the CLI's shared options and helpers."""
+    """The ``jobs`` command group, built with the CLI's shared options and helpers (``open_service``: a
+    context manager giving the node's service for one command)."""
 
     @click.group("jobs")
     def group() -> None:
         """Code jobs: approve code by hash, then release (or withhold) its checked outputs."""
 
     def run(config_path: str, action: Callable) -> None:
-        service = open_service(config_path)
-        try:
+        with open_service(config_path) as service:
             click.echo(action(service))
-        finally:
-            service.close()
 
     @group.command("list")
     @config_option
