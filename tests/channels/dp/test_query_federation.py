@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -65,3 +66,73 @@ def test_whole_dataset_channels_refuse_a_filtered_federation(federation):
         fed.dataset("patients").filter(col("age") >= 65).secure_sum("cost", epsilon=0.5)
     with pytest.raises(NotSupported):
         fed.dataset("patients").agg(q=wb.quantile("age", 0.5))
+
+
+# ---------------------------------------------------------------- correlation, covariance, regression (pooled moments)
+
+
+def spent(handles) -> list[float]:
+    return [h.dataset("patients").budget()["epsilon_spent"] for h in handles]
+
+
+def test_correlation_and_regression_over_nodes(federation):
+    fed, handles, pooled = federation
+    ds = fed.dataset("patients")
+    before = spent(handles)
+    corr = ds.corr(["age", "bmi", "cost"]).release(epsilon=2.0)
+    assert [a - b for a, b in zip(spent(handles), before)] == pytest.approx([2.0, 2.0]), "each node charged once"
+    frame = pooled.to_pandas()
+    true = frame[["age", "bmi", "cost"]].corr()
+    for a, b in (("age", "cost"), ("age", "bmi"), ("bmi", "cost")):
+        pair = corr[(corr["row"] == a) & (corr["column"] == b)].iloc[0]
+        assert abs(pair["estimate"] - true.loc[a, b]) < 0.05, (a, b, pair["estimate"], true.loc[a, b])
+        assert pair["lower"] - 0.02 <= true.loc[a, b] <= pair["upper"] + 0.02
+    assert corr.wb.matrix().shape == (3, 3)
+
+    fit = ds.linear_regression(y="cost", x=["age", "bmi"]).release(epsilon=2.0)
+    assert fit.attrs["replayed"], "the same moments question as the correlation: a free replay"
+    assert spent(handles) == pytest.approx([b + 2.0 for b in before])
+    design = np.c_[np.ones(len(frame)), frame["age"], frame["bmi"]]
+    beta = np.linalg.lstsq(design, frame["cost"], rcond=None)[0]
+    assert list(fit["term"]) == ["intercept", "age", "bmi"]
+    for (_, row), b in zip(fit.iterrows(), beta):
+        assert row["lower"] <= b <= row["upper"], (row["term"], row["estimate"], b)
+    assert (fit["se_noise"] > 0).all() and (fit["se"] >= fit["se_sampling"]).all()
+
+    cov = ds.cov(["age", "bmi"]).release(epsilon=2.0)
+    pair = cov[(cov["row"] == "age") & (cov["column"] == "bmi")].iloc[0]
+    true_cov = np.cov(frame["age"], frame["bmi"], ddof=0)[0, 1]
+    assert pair["lower"] <= true_cov <= pair["upper"]
+
+
+def test_moments_of_a_filtered_derived_federation(federation):
+    fed, _handles, pooled = federation
+    d = fed.dataset("patients").filter(col("age") >= 40).with_columns(
+        cpv=(col("cost") / (col("visits") + 1)).clip(0, 5_000))
+    fit = d.linear_regression(y="cpv", x="age").release(epsilon=3.0)
+    kept = pooled.filter(pl.col("age") >= 40).with_columns(
+        cpv=(pl.col("cost") / (pl.col("visits") + 1)).clip(0, 5_000)).to_pandas()
+    beta = np.linalg.lstsq(np.c_[np.ones(len(kept)), kept["age"]], kept["cpv"], rcond=None)[0]
+    assert fit["lower"].iloc[1] - (fit["upper"].iloc[1] - fit["lower"].iloc[1]) / 2 <= beta[1]
+    assert beta[1] <= fit["upper"].iloc[1] + (fit["upper"].iloc[1] - fit["lower"].iloc[1]) / 2
+    preview = d.corr(["age", "cpv"]).preview(epsilon=3.0)
+    assert set(preview.nodes["node"]) == {h.url for h in fed.nodes}
+
+
+def test_moments_with_different_bounds_refused_before_charging(federation):
+    from workbench.client.dataset import RemoteDataset
+    from workbench.client.federation import FederatedDataset
+
+    fed, handles, _pooled = federation
+    first, second = fed.dataset("patients").handles
+    columns = [c.model_copy(update={"bounds": (0.0, 80.0)}) if c.name == "bmi" else c for c in second.schema.columns]
+    info = second.schema.model_copy(update={"columns": columns})  # as if the second owner declared other bounds
+    mixed = FederatedDataset(fed, [first, RemoteDataset(second.node, info, second.grant_id)])
+    before = spent(handles)
+    with pytest.raises(wb.WorkbenchError) as caught:
+        mixed.corr(["age", "bmi"]).release(epsilon=1.0)
+    assert caught.value.code == "bounds_mismatch" and "bmi" in caught.value.message
+    assert spent(handles) == pytest.approx(before)
+    with pytest.raises(wb.WorkbenchError) as caught:
+        fed.dataset("patients").linear_regression(y="cost", x="age", mode="conservative")
+    assert caught.value.code == "invalid_query"

@@ -397,6 +397,40 @@ class FederatedDPMethods:
         ``fed.dataset("patients").filter(col("age") >= 65).agg(n=wb.count(), cost=wb.mean("cost"))``."""
         return federated_agg(self, [], statistics, weights)
 
+    def corr(self, columns: list[str]):
+        """The correlation matrix over every node, from pooled noisy moments (each node's own DP release, or
+        ``.release(epsilon, protocol="he")`` for one secure-aggregation session); see
+        :mod:`workbench.channels.dp.federated_moments`."""
+        from workbench.channels.dp.federated_moments import federated_moments
+
+        return federated_moments(self, list(columns), "corr")
+
+    def cov(self, columns: list[str]):
+        """The covariance matrix over every node, from pooled noisy moments (as :meth:`corr`)."""
+        from workbench.channels.dp.federated_moments import federated_moments
+
+        return federated_moments(self, list(columns), "cov")
+
+    def linear_regression(self, y: str, x: list[str] | str, epsilon: float | None = None, **options):
+        """OLS of ``y`` on ``x`` over every node, as on one node: ``.release(epsilon)`` gives coefficients, SEs
+        including the DP noise and 95% intervals (``protocol="he"``/``"smpc"`` pools by secure aggregation).
+
+        The older call with ``epsilon`` (``linear_regression(y, x, epsilon=0.5, protocol=...)``) still runs the
+        secure-aggregation regression at once and returns its own table (``coef``, ``std_err``, ...); see
+        :func:`workbench.channels.secagg.kernel.linear_regression`."""
+        xs = [x] if isinstance(x, str) else list(x)
+        if epsilon is not None:
+            from workbench.channels.secagg.kernel import linear_regression as secure_linear_regression
+
+            self._whole("linear_regression")
+            return secure_linear_regression(self, y, xs, epsilon, **options)
+        if options:
+            raise InvalidQuery(f"linear_regression(...) takes {sorted(options)} in .release(...) (or with "
+                               "epsilon=, the secure-aggregation call).", code="invalid_query")
+        from workbench.channels.dp.federated_moments import federated_moments
+
+        return federated_moments(self, [*xs, y], "ols", y=y, x=xs)
+
     def group_by(self, *columns: str):
         """Counts, sums and means per group over every node."""
         if not columns:
