@@ -190,3 +190,58 @@ def test_federated_spread_refusals_charge_nothing(federation):
         ds.agg(q=wb.quantile("age", 1.5))
     assert caught.value.code == "bad_quantile"
     assert spent(handles) == pytest.approx(before)
+
+
+@pytest.mark.slow
+def test_pooled_spread_and_quantile_intervals_cover(tmp_path):
+    """Coverage of the pooled intervals over many releases: three "nodes" (files of different sizes) answer the
+    federated agg's parts through the node's own DP engine; the kernel's pooling must cover the truth >= 95%."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from workbench.channels.dp import worker as engine
+    from workbench.channels.dp.federated_agg import federated_agg
+    from workbench.client.dataset import RemoteDataset
+    from workbench.client.federation import FederatedDataset
+    from workbench.protocol import DatasetInfo
+
+    info = DatasetInfo(name="cover", tier="private", max_rows=10_000,
+                       columns=[{"name": "x", "type": "int", "bounds": [0, 100]},
+                                {"name": "y", "type": "float", "bounds": [0.0, 10.0]}])
+    rng = np.random.default_rng(5)
+    files = []
+    for i, size in enumerate((3000, 2000, 1000)):
+        path = tmp_path / f"node{i}.parquet"
+        pl.DataFrame({"x": rng.integers(20, 81, size), "y": rng.uniform(0, 10, size) ** 1.5 / 3.2}) \
+            .write_parquet(path)
+        files.append(path)
+    everything = pl.concat([pl.read_parquet(f) for f in files])
+    ys, xs = everything["y"].to_numpy(), sorted(everything["x"].to_list())
+    truth = {"sd": float(ys.std()), "v": float(ys.var()), "med": xs[int(np.ceil(0.5 * len(xs))) - 1]}
+    fds = FederatedDataset(None, [RemoteDataset(None, info)])
+    question = federated_agg(fds, [], {"sd": wb.std("y"), "v": wb.var("y"), "med": wb.median("x")})
+    nodes = [SimpleNamespace(node=SimpleNamespace(url=f"node{i}")) for i in range(3)]
+
+    def release(path, spec, epsilon, role):
+        task = {"info": info.model_dump(mode="json"), "query": spec.model_dump(mode="json", exclude_none=True),
+                "epsilon": epsilon, "delta": 0.0, "alpha": 0.05, "path": str(path), "format": "parquet",
+                "mode": "release", "cache_key": f"cover|{path}|{role}"}
+        table = engine.run(task)["table"]
+        frame = pd.DataFrame(table["data"], columns=table["columns"])
+        frame.attrs.update({"alpha": 0.05, "part": role})
+        return frame
+
+    hits, widths = {name: 0 for name in truth}, {name: [] for name in truth}
+    runs = 150
+    for _ in range(runs):
+        frames = [(h, None, release(path, spec, 10.0 * share, role))
+                  for h, path in zip(nodes, files) for role, spec, share in question.parts]
+        table = question._combine(frames).set_index("statistic")
+        for name, true in truth.items():
+            hits[name] += table.loc[name, "lower"] <= true <= table.loc[name, "upper"]
+            widths[name].append(table.loc[name, "upper"] - table.loc[name, "lower"])
+    # informative intervals (not the whole range), so that covering is a claim that could fail
+    assert np.mean(widths["med"]) < 10 and np.mean(widths["v"]) < truth["v"] and np.mean(widths["sd"]) < truth["sd"]
+    for name, hit in hits.items():
+        assert hit / runs >= 0.93, f"{name}: the pooled 95% interval covered the truth in {hit / runs:.1%} of runs"

@@ -70,9 +70,10 @@ class _Share:
 class FederatedAgg(FederatedQuery):
     """Counts, sums, means, variances, standard deviations and quantiles over every node (one price)."""
 
-    def __init__(self, fds, main, statistics: dict, parts: list[tuple]):
+    def __init__(self, fds, main, statistics: dict, parts: list[tuple], levels: dict[str, float]):
         super().__init__(fds, main if main is not None else parts[0][1], statistics=statistics)
         self.parts = parts  # (role, spec, share): ("main",) or ("histogram", column)
+        self.quantile_levels = levels  # quantile statistic -> p
 
     def _queries(self, handles):
         from workbench.client.dataset import Query
@@ -237,9 +238,7 @@ def federated_agg(fds, by: list[str], statistics: dict, weights=None) -> Federat
         handle = fds.handles[0].with_columns(**{filled: _filled(column, col)})
         spec = handle._spec(kind="histogram", column=filled, bins=edges, by=list(by))
         out.append((("histogram", column), spec, weight / total))
-    query = FederatedAgg(fds, main, plan, out)
-    query.quantile_levels = levels
-    return query
+    return FederatedAgg(fds, main, plan, out, levels)
 
 
 def _filled(column: str, col):
