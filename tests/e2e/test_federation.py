@@ -188,6 +188,11 @@ def test_regression_question_pooled_by_secure_aggregation(env):
     frame = env["pooled"].to_pandas()
     beta = np.linalg.lstsq(np.c_[np.ones(len(frame)), frame["age"], frame["bmi"]], frame["cost"], rcond=None)[0]
     question = ds.linear_regression(y="cost", x=["age", "bmi"])
+    before = [_spent(h) for h in env["handles"]]
+    preview = question.preview(epsilon=0.6, protocol="he")
+    assert [_spent(h) for h in env["handles"]] == before, "a preview spends nothing"
+    assert len(preview.accuracy) == 10 and (preview.accuracy["accuracy"] > 0).all()  # n, 3 sums, 6 products
+    assert set(preview.nodes["node"]) == {n.url for n in env["nodes"]}
     for protocol in ("he", None):
         before = [_spent(h) for h in env["handles"]]
         fit = question.release(epsilon=0.6, protocol=protocol)

@@ -62,6 +62,39 @@ class FederatedMoments(FederatedQuery):
             return super().release(epsilon, delta, allow_partial=allow_partial)
         return self._secure(epsilon, delta, protocol, mode, aggregator)
 
+    def preview(self, epsilon: float, delta: float = 0.0, *, allow_partial: bool = False,
+                protocol: str | None = None, mode: str = "distributed", aggregator: str | None = None):
+        """The price on every node and the expected 95% error of each pooled moment. Spends nothing.
+
+        With ``protocol``: every node's secure-aggregation preview (price, budget) and the noise of each
+        summed moment from the public encoding plan."""
+        if protocol is None:
+            return super().preview(epsilon, delta, allow_partial=allow_partial)
+        from workbench.channels.dp.federated import FederatedPreview
+        from workbench.channels.secagg.session import preflight
+        from workbench.channels.secagg.wire import noise_half_width
+
+        op = self._secure_op(delta, protocol)
+        handles, plan, url = preflight(self.fds, op, epsilon, mode, aggregator, protocol=protocol)
+        half = [a / 10 ** d for a, d in zip(noise_half_width(plan, 0.05), plan.decimals)]
+        nodes = pd.DataFrame({"node": [h.node.url for h in handles], "aggregator": url, "epsilon": epsilon})
+        accuracy = pd.DataFrame({"statistic": plan.slots, "accuracy": half, "alpha": 0.05})
+        return FederatedPreview(epsilon, 0.0, nodes, accuracy, [])
+
+    def _secure_op(self, delta: float, protocol: str):
+        """The secure-aggregation op giving these moments (``linreg`` of the last column on the others)."""
+        from workbench.channels.secagg.wire import HEOp
+
+        if protocol not in PROTOCOLS:
+            raise InvalidQuery("protocol is None (each node's DP moments), 'he' or 'smpc'.", code="invalid_query")
+        if delta:
+            raise InvalidQuery("Secure aggregation releases under pure DP: leave delta at 0.", code="invalid_query")
+        columns = list(self.spec.columns)
+        if len(columns) < 2:
+            raise InvalidQuery("Secure aggregation of moments needs at least two columns.", code="invalid_query")
+        self.fds._whole(f"{self.analysis} with protocol={protocol!r}")
+        return HEOp(kind="linreg", y=columns[-1], x=columns[:-1])
+
     def _combine(self, frames: list) -> pd.DataFrame:
         moments = _Released.pooled([f for _h, _p, f in frames], list(self.spec.columns),
                                    [h.node.url for h, _p, _f in frames])
@@ -73,20 +106,10 @@ class FederatedMoments(FederatedQuery):
     def _secure(self, epsilon: float, delta: float, protocol: str, mode: str, aggregator: str | None) -> pd.DataFrame:
         """The pooled moments from one secure-aggregation session (its ``linreg`` op over the same columns)."""
         from workbench.channels.secagg.kernel import secure_aggregate
-        from workbench.channels.secagg.wire import HEOp
 
-        if protocol not in PROTOCOLS:
-            raise InvalidQuery("protocol is None (each node's DP moments), 'he' or 'smpc'.", code="invalid_query")
-        if delta:
-            raise InvalidQuery("Secure aggregation releases under pure DP: leave delta at 0.", code="invalid_query")
-        columns = list(self.spec.columns)
-        if len(columns) < 2:
-            raise InvalidQuery("Secure aggregation of moments needs at least two columns.", code="invalid_query")
-        self.fds._whole(f"{self.analysis} with protocol={protocol!r}")
-        y, x = columns[-1], columns[:-1]
-        agg = secure_aggregate(self.fds, HEOp(kind="linreg", y=y, x=x), epsilon, mode=mode, aggregator=aggregator,
-                               protocol=protocol)
-        moments = secure_moments(agg.plan, agg.values(), x, y)
+        op = self._secure_op(delta, protocol)
+        agg = secure_aggregate(self.fds, op, epsilon, mode=mode, aggregator=aggregator, protocol=protocol)
+        moments = secure_moments(agg.plan, agg.values(), list(op.x), op.y)
         out = analysis_table(moments, self.analysis, self.y, self.x)
         out.attrs.update(agg.attrs())
         out.attrs.update({"dataset": self.fds.name, "kind": "moments", "analysis": self.analysis,
