@@ -99,8 +99,8 @@ class FederatedMoments(FederatedQuery):
         moments = _Released.pooled([f for _h, _p, f in frames], list(self.spec.columns),
                                    [h.node.url for h, _p, _f in frames])
         out = analysis_table(moments, self.analysis, self.y, self.x)
-        out.attrs.update({"analysis": self.analysis, "source": "per-node DP moments",
-                          "moments": [{"moment": m, "estimate": float(v)} for m, v in zip(moments.names, moments.values)]})
+        pooled = [{"moment": m, "estimate": float(v)} for m, v in zip(moments.names, moments.values)]
+        out.attrs.update({"analysis": self.analysis, "source": "per-node DP moments", "moments": pooled})
         return out
 
     def _secure(self, epsilon: float, delta: float, protocol: str, mode: str, aggregator: str | None) -> pd.DataFrame:
