@@ -43,7 +43,7 @@ import pandas as pd
 from workbench.channels.dp import quantiles
 from workbench.channels.dp.federated import FederatedQuery, _rescale
 from workbench.channels.dp.statistics import spread
-from workbench.errors import InvalidQuery, NotSupported
+from workbench.errors import ConnectionFailed, InvalidQuery, NotSupported
 from workbench.intervals import mean_interval
 
 SUPPORTED = ("count", "sum", "mean", "var", "std", "quantile")
@@ -99,7 +99,18 @@ class FederatedAgg(FederatedQuery):
                                                    for role, spec, share in self.parts]})
         return out
 
+    def _previews(self, epsilon: float, delta: float, allow_partial: bool) -> tuple[list, list[str]]:
+        """Every part's preview on every node; a node missing one part is left out whole (allow_partial)."""
+        done, missing = super()._previews(epsilon, delta, allow_partial)
+        missing = list(dict.fromkeys(missing))
+        return [d for d in done if d[0].node.url not in missing], missing
+
     def _combine(self, frames: list) -> pd.DataFrame:
+        delivered = pd.Series([h.node.url for h, _p, _f in frames]).value_counts()
+        frames = [t for t in frames if delivered[t[0].node.url] == len(self.parts)]  # only nodes with every part
+        if not frames:
+            raise ConnectionFailed("No node of the federation answered every part of the question.",
+                                   details={"nodes": sorted(delivered.index)})
         alpha = float(frames[0][2].attrs.get("alpha", 0.05))
         main = [f for _h, _p, f in frames if f.attrs["part"][0] == "main"]
         k = len({h.node.url for h, _p, _f in frames})
