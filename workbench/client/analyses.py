@@ -36,7 +36,7 @@ DRAWS = 2_000
 Z95 = 1.959963984540054
 
 
-class _Released:
+class NoisyMoments:
     """Noisy moments in arrays: their values, the public centring of each column, and the Laplace scales of
     the noise they carry (one row of scales per independent release: one for a node, k for k nodes pooled)."""
 
@@ -48,7 +48,7 @@ class _Released:
         self.scales = np.atleast_2d(np.asarray(scales, dtype=float))
 
     @classmethod
-    def from_table(cls, table: pd.DataFrame, columns: list[str]) -> "_Released":
+    def from_table(cls, table: pd.DataFrame, columns: list[str]) -> "NoisyMoments":
         """The moments of one ``moments`` release (its table: moment, estimate, scale; ``c__<column>`` rows)."""
         rows = table.set_index("moment")
         names = moment_names(columns)
@@ -57,7 +57,7 @@ class _Released:
                    [rows.loc[m, "estimate"] for m in names], [rows.loc[m, "scale"] for m in names])
 
     @classmethod
-    def pooled(cls, tables: list[pd.DataFrame], columns: list[str], where: list[str]) -> "_Released":
+    def pooled(cls, tables: list[pd.DataFrame], columns: list[str], where: list[str]) -> "NoisyMoments":
         """The sum of several nodes' moments (post-processing of their DP releases). Each node standardised
         with its own public bounds, so they must agree: else ``bounds_mismatch`` (the sums would not add)."""
         parts = [cls.from_table(t, columns) for t in tables]
@@ -113,7 +113,7 @@ def _noise_sd(samples: list[np.ndarray]) -> np.ndarray:
     return np.nanstd(stacked, axis=0)
 
 
-def covariance_table(moments: _Released, kind: str) -> pd.DataFrame:
+def covariance_table(moments: NoisyMoments, kind: str) -> pd.DataFrame:
     """Pairwise covariances or correlations with standard errors including the DP noise."""
     n, sums, cross = moments.raw(moments.values)
     cov = _covariance(n, sums, cross)
@@ -160,7 +160,7 @@ def _ols(n: float, sums: np.ndarray, cross: np.ndarray):
     return beta, xtx, xty, cross[k, k]
 
 
-def regression_table(moments: _Released, y: str, x: list[str]) -> pd.DataFrame:
+def regression_table(moments: NoisyMoments, y: str, x: list[str]) -> pd.DataFrame:
     """OLS coefficients with standard errors including the DP noise (see the module docstring)."""
     n, sums, cross = moments.raw(moments.values)
     try:
@@ -186,7 +186,7 @@ def regression_table(moments: _Released, y: str, x: list[str]) -> pd.DataFrame:
     return out
 
 
-def analysis_table(moments: _Released, analysis: str, y: str | None = None, x: list[str] | None = None):
+def analysis_table(moments: NoisyMoments, analysis: str, y: str | None = None, x: list[str] | None = None):
     """The table of ``analysis`` ("corr", "cov" or "ols") from noisy moments (post-processing)."""
     return regression_table(moments, y, x) if analysis == "ols" else covariance_table(moments, analysis)
 
@@ -205,7 +205,7 @@ class Moments(Query):
         node); everything computed here is post-processing.
         """
         table = super().release(epsilon, delta, accuracy=accuracy)
-        out = analysis_table(_Released.from_table(table, list(self.spec.columns)), self.analysis, self.y, self.x)
+        out = analysis_table(NoisyMoments.from_table(table, list(self.spec.columns)), self.analysis, self.y, self.x)
         out.attrs.update({k: v for k, v in table.attrs.items() if k not in out.attrs})
         out.attrs["moments"] = table[["moment", "estimate", "scale"]].to_dict("records")
         return out

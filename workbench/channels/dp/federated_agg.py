@@ -114,7 +114,7 @@ class FederatedAgg(FederatedQuery):
         alpha = float(frames[0][2].attrs.get("alpha", 0.05))
         main = [f for _h, _p, f in frames if f.attrs["part"][0] == "main"]
         k = len({h.node.url for h, _p, _f in frames})
-        index = _pooled_parts(main, list(self.spec.by), alpha) if main else {}
+        index = _pooled_parts(main, list(self.spec.by)) if main else {}
         histograms = {}
         for _h, _p, f in frames:
             if f.attrs["part"][0] == "histogram":
@@ -139,7 +139,7 @@ class FederatedAgg(FederatedQuery):
         return pd.DataFrame(rows, columns=[*by, "statistic", "estimate", "lower", "upper"])
 
 
-def _pooled_parts(frames: list[pd.DataFrame], by: list[str], alpha: float) -> dict:
+def _pooled_parts(frames: list[pd.DataFrame], by: list[str]) -> dict:
     """(*group, part) -> (summed estimate, list of the nodes' half-widths at alpha)."""
     out: dict = {}
     for f in frames:

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.channels.dp.federated import FederatedQuery
-from workbench.client.analyses import _Released, analysis_table, moment_names
+from workbench.client.analyses import NoisyMoments, analysis_table, moment_names
 from workbench.client.federation import FederatedDataset
 from workbench.client.results import as_released
 from workbench.errors import InvalidQuery
@@ -96,7 +96,7 @@ class FederatedMoments(FederatedQuery):
         return HEOp(kind="linreg", y=columns[-1], x=columns[:-1])
 
     def _combine(self, frames: list) -> pd.DataFrame:
-        moments = _Released.pooled([f for _h, _p, f in frames], list(self.spec.columns),
+        moments = NoisyMoments.pooled([f for _h, _p, f in frames], list(self.spec.columns),
                                    [h.node.url for h, _p, _f in frames])
         out = analysis_table(moments, self.analysis, self.y, self.x)
         pooled = [{"moment": m, "estimate": float(v)} for m, v in zip(moments.names, moments.values)]
@@ -118,7 +118,7 @@ class FederatedMoments(FederatedQuery):
         return as_released(out)
 
 
-def secure_moments(plan, values: np.ndarray, x: list[str], y: str) -> _Released:
+def secure_moments(plan, values: np.ndarray, x: list[str], y: str) -> NoisyMoments:
     """The moments of ``[*x, y]`` from a secure ``linreg`` total (slots ``xx[..]``, ``xy[..]``, ``yy[..]``, in
     standardised units; plan centres and halves are y first). Noise: one Laplace per slot at the plan's
     public scale in ``distributed`` mode, one per node in ``conservative`` mode."""
@@ -141,7 +141,7 @@ def secure_moments(plan, values: np.ndarray, x: list[str], y: str) -> _Released:
     copies = 1 if plan.mode == "distributed" else plan.parties
     centre = [*plan.centres[1:], plan.centres[0]]
     half = [*plan.halves[1:], plan.halves[0]]
-    return _Released(columns, centre, half, np.asarray(values, dtype=float)[order], [scales[order]] * copies)
+    return NoisyMoments(columns, centre, half, np.asarray(values, dtype=float)[order], [scales[order]] * copies)
 
 
 def check_same_bounds(fds: FederatedDataset, spec: DPQuery) -> None:
