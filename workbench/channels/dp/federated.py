@@ -393,7 +393,7 @@ class FederatedDPMethods:
         return federated_moments(self, [*xs, y], "ols", y=y, x=xs)
 
     def group_by(self, *columns: str):
-        """Counts, sums and means per group over every node."""
+        """Counts, sums, means (and, in ``agg``, var, std and quantiles) per group over every node."""
         if not columns:
             raise InvalidQuery("group_by needs at least one column.", code="invalid_query")
         return FederatedGroupBy(self, list(columns))
