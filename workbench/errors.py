@@ -26,7 +26,7 @@ stable ``code``; the client re-raises it as the same class::
     │                      fl_job_stale, not_pending, stale_review,
     │                      too_many_rows, unsupported_operator, unsupported_sql,
     │                      bad_sql, bad_quantile, bad_accuracy, query_too_large, too_many_outputs,
-    │                      invalid_notebook
+    │                      invalid_notebook, bounds_mismatch
     ├── NotFound           unknown_dataset, not_found, fl_unknown_job, no_mock
     ├── PayloadTooLarge    payload_too_large
     ├── RateLimited        rate_limited (HTTP 429, ``retry_after_s`` in details)
@@ -186,6 +186,7 @@ _BY_CODE: dict[str, type[WorkbenchError]] = {
     "bad_quantile": InvalidQuery,
     "query_too_large": InvalidQuery,
     "bad_accuracy": InvalidQuery,
+    "bounds_mismatch": InvalidQuery,  # federated moments: nodes standardise with different public bounds
     "synthesis_cancelled": ComputationFailed,
     "payload_too_large": PayloadTooLarge,
     "rate_limited": RateLimited,

@@ -181,6 +181,35 @@ def test_linear_regression_close_to_pooled_ols(env):
     assert fit.attrs["epsilon_charged"] == {n.url: 0.5 for n in env["nodes"]}
 
 
+def test_regression_question_pooled_by_secure_aggregation(env):
+    """``fed_ds.linear_regression(y, x).release(epsilon, protocol=...)``: the single-node table (SEs with the DP
+    noise), its moments summed under encryption or secret sharing; per-node DP moments by default."""
+    ds = env["fed"].dataset("patients")
+    frame = env["pooled"].to_pandas()
+    beta = np.linalg.lstsq(np.c_[np.ones(len(frame)), frame["age"], frame["bmi"]], frame["cost"], rcond=None)[0]
+    question = ds.linear_regression(y="cost", x=["age", "bmi"])
+    before = [_spent(h) for h in env["handles"]]
+    preview = question.preview(epsilon=0.6, protocol="he")
+    assert [_spent(h) for h in env["handles"]] == before, "a preview spends nothing"
+    assert len(preview.accuracy) == 10 and (preview.accuracy["accuracy"] > 0).all()  # n, 3 sums, 6 products
+    assert set(preview.nodes["node"]) == {n.url for n in env["nodes"]}
+    for protocol in ("he", None):
+        before = [_spent(h) for h in env["handles"]]
+        fit = question.release(epsilon=0.6, protocol=protocol)
+        assert [_spent(h) - b for h, b in zip(env["handles"], before)] == pytest.approx([0.6] * 3)
+        assert list(fit["term"]) == ["intercept", "age", "bmi"]
+        for (_, row), b in zip(fit.iterrows(), beta):
+            half = (row["upper"] - row["lower"]) / 2
+            assert row["lower"] - half <= b <= row["upper"] + half, (protocol, row["term"], row["estimate"], b)
+    corr = ds.corr(["age", "cost"]).release(epsilon=0.6, protocol="smpc")
+    pair = corr[(corr["row"] == "age") & (corr["column"] == "cost")].iloc[0]
+    assert abs(pair["estimate"] - frame[["age", "cost"]].corr().iloc[0, 1]) < 0.05
+    assert corr.attrs["protocol"] == "smpc"
+    with pytest.raises(wb.WorkbenchError) as caught:
+        ds.filter(wb.col("age") >= 65).corr(["age", "cost"]).release(epsilon=0.6, protocol="he")
+    assert caught.value.code == "not_supported"
+
+
 # ---------------------------------------------------------------- what flows over the wire
 
 

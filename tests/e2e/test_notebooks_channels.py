@@ -16,6 +16,7 @@ import tomllib
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
 import polars as pl
 import pytest
 
@@ -105,10 +106,25 @@ def test_04_federated_queries_and_he(federation, tmp_path):
     for coef, std_err, lower, upper in reg.values():
         assert std_err > 0 and lower < coef < upper
 
-    # every node charged 0.2 + 0.2 + 0.2 + 0.5 once (the per-hospital means were free replays)
-    assert s["epsilon_spent_here"] == {n: pytest.approx(1.1) for n in s["nodes"]}
+    # the query language over the federation: a filtered std and quantile per sex, pooled from every node
+    old = pooled.filter(pl.col("age") >= 65)
+    for sex in ("F", "M"):
+        part = old.filter(pl.col("sex") == sex)
+        ages = sorted(part["age"].to_list())
+        truths = {"sd": part["cost"].std(ddof=0), "p90": ages[int(np.ceil(0.9 * len(ages))) - 1]}
+        for stat, true in truths.items():
+            e, lo, hi = s["spread"][f"{sex}:{stat}"]
+            assert lo <= true <= hi, (sex, stat, e, lo, hi, true)
+    e, lo, hi = s["corr"]["age:cost"]
+    assert abs(e - np.corrcoef(pooled["age"], pooled["cost"])[0, 1]) < 0.05 and lo < e < hi
+    assert s["regression_dp_replayed"] and list(s["regression_dp"]) == ["intercept", "age", "bmi"]
+    assert s["regression_dp"]["age"][0] > 0 and all(se > 0 for _e, se, _l, _h in s["regression_dp"].values())
+
+    # every node charged 0.2 + 0.2 + 0.2 + 0.5 + 0.5 + 0.5 once (per-hospital means and the DP regression replayed)
+    assert s["epsilon_spent_here"] == {n: pytest.approx(2.1) for n in s["nodes"]}
     captions = figures_with_captions(nb)
-    assert len(captions) == 2 and "federation" in captions[0] and "regression" in captions[1]
+    assert len(captions) == 3 and "federation" in captions[0] and "regression" in captions[1]
+    assert "per-node" in captions[2] or "own DP moments" in captions[2]
     text = "".join(c.source for c in nb.cells if c.cell_type == "markdown")
     assert "**Threat model.**" in text and "conservative" in text
 

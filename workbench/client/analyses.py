@@ -36,18 +36,40 @@ DRAWS = 2_000
 Z95 = 1.959963984540054
 
 
-class _Released:
-    """The noisy moments of one release, in arrays."""
+class NoisyMoments:
+    """Noisy moments in arrays: their values, the public centring of each column, and the Laplace scales of
+    the noise they carry (one row of scales per independent release: one for a node, k for k nodes pooled)."""
 
-    def __init__(self, table: pd.DataFrame, columns: list[str]):
+    def __init__(self, columns: list[str], centre, half, values, scales):
         self.columns = columns
+        self.names = moment_names(columns)
+        self.centre, self.half = np.asarray(centre, dtype=float), np.asarray(half, dtype=float)
+        self.values = np.asarray(values, dtype=float)
+        self.scales = np.atleast_2d(np.asarray(scales, dtype=float))
+
+    @classmethod
+    def from_table(cls, table: pd.DataFrame, columns: list[str]) -> "NoisyMoments":
+        """The moments of one ``moments`` release (its table: moment, estimate, scale; ``c__<column>`` rows)."""
         rows = table.set_index("moment")
-        self.centre = np.array([rows.loc[f"c__{a}", "estimate"] for a in columns], dtype=float)
-        self.half = np.array([rows.loc[f"c__{a}", "scale"] for a in columns], dtype=float)
-        self.names = ["n", *(f"s__{a}" for a in columns),
-                      *(f"p__{a}__{b}" for i, a in enumerate(columns) for b in columns[i:])]
-        self.values = np.array([rows.loc[m, "estimate"] for m in self.names], dtype=float)
-        self.scales = np.array([rows.loc[m, "scale"] for m in self.names], dtype=float)
+        names = moment_names(columns)
+        return cls(columns, [rows.loc[f"c__{a}", "estimate"] for a in columns],
+                   [rows.loc[f"c__{a}", "scale"] for a in columns],
+                   [rows.loc[m, "estimate"] for m in names], [rows.loc[m, "scale"] for m in names])
+
+    @classmethod
+    def pooled(cls, tables: list[pd.DataFrame], columns: list[str], where: list[str]) -> "NoisyMoments":
+        """The sum of several nodes' moments (post-processing of their DP releases). Each node standardised
+        with its own public bounds, so they must agree: else ``bounds_mismatch`` (the sums would not add)."""
+        parts = [cls.from_table(t, columns) for t in tables]
+        for part, node in zip(parts[1:], where[1:]):
+            differ = [a for a, c0, h0, c1, h1 in zip(columns, parts[0].centre, parts[0].half, part.centre, part.half)
+                      if not (np.isclose(c0, c1) and np.isclose(h0, h1))]
+            if differ:
+                raise InvalidQuery(f"{node} and {where[0]} standardise {differ} with different public bounds, so "
+                                   "their moments do not add; the owners must declare the same bounds.",
+                                   code="bounds_mismatch", details={"columns": differ, "node": node})
+        return cls(columns, parts[0].centre, parts[0].half, sum(p.values for p in parts),
+                   np.vstack([p.scales for p in parts]))
 
     def raw(self, vector: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         """(n, sum x, sum x x') in the columns' own units from one vector of moments."""
@@ -64,8 +86,16 @@ class _Released:
         return n, sums, cross
 
     def draws(self) -> np.ndarray:
+        """Redraws of the released noise around the noisy values (every release's Laplace noise, summed)."""
         rng = np.random.default_rng()
-        return self.values + rng.laplace(0.0, self.scales, size=(DRAWS, len(self.values)))
+        noise = sum(rng.laplace(0.0, row, size=(DRAWS, len(self.values))) for row in self.scales)
+        return self.values + noise
+
+
+def moment_names(columns: list[str]) -> list[str]:
+    """The moments of a ``moments`` release, in order: n, every sum, every product (a <= b)."""
+    return ["n", *(f"s__{a}" for a in columns),
+            *(f"p__{a}__{b}" for i, a in enumerate(columns) for b in columns[i:])]
 
 
 def _covariance(n: float, sums: np.ndarray, cross: np.ndarray) -> np.ndarray:
@@ -83,7 +113,7 @@ def _noise_sd(samples: list[np.ndarray]) -> np.ndarray:
     return np.nanstd(stacked, axis=0)
 
 
-def covariance_table(moments: _Released, kind: str) -> pd.DataFrame:
+def covariance_table(moments: NoisyMoments, kind: str) -> pd.DataFrame:
     """Pairwise covariances or correlations with standard errors including the DP noise."""
     n, sums, cross = moments.raw(moments.values)
     cov = _covariance(n, sums, cross)
@@ -130,7 +160,7 @@ def _ols(n: float, sums: np.ndarray, cross: np.ndarray):
     return beta, xtx, xty, cross[k, k]
 
 
-def regression_table(moments: _Released, y: str, x: list[str]) -> pd.DataFrame:
+def regression_table(moments: NoisyMoments, y: str, x: list[str]) -> pd.DataFrame:
     """OLS coefficients with standard errors including the DP noise (see the module docstring)."""
     n, sums, cross = moments.raw(moments.values)
     try:
@@ -156,6 +186,11 @@ def regression_table(moments: _Released, y: str, x: list[str]) -> pd.DataFrame:
     return out
 
 
+def analysis_table(moments: NoisyMoments, analysis: str, y: str | None = None, x: list[str] | None = None):
+    """The table of ``analysis`` ("corr", "cov" or "ols") from noisy moments (post-processing)."""
+    return regression_table(moments, y, x) if analysis == "ols" else covariance_table(moments, analysis)
+
+
 class Moments(Query):
     """A correlation, covariance or regression: one ``moments`` release, post-processed here."""
 
@@ -170,9 +205,7 @@ class Moments(Query):
         node); everything computed here is post-processing.
         """
         table = super().release(epsilon, delta, accuracy=accuracy)
-        moments = _Released(table, list(self.spec.columns))
-        out = (regression_table(moments, self.y, self.x) if self.analysis == "ols"
-               else covariance_table(moments, self.analysis))
+        out = analysis_table(NoisyMoments.from_table(table, list(self.spec.columns)), self.analysis, self.y, self.x)
         out.attrs.update({k: v for k, v in table.attrs.items() if k not in out.attrs})
         out.attrs["moments"] = table[["moment", "estimate", "scale"]].to_dict("records")
         return out

@@ -220,3 +220,24 @@ def test_logistic_regression_runs_through_the_learning_channel(ds):
     assert spent(ds) == pytest.approx(before + 1.0)  # charged by the FL channel's gate, once for the job
     with pytest.raises(wb.NotSupported):
         ds.filter(col("age") > 3).logistic_regression(y="readmitted", x=["age"])
+
+
+def test_legacy_quantile_kind_has_an_interval_and_replays_identically(shared_node, ds, truth):
+    """An old client's ``kind="quantile"`` (pure DP, public keys) now gets lower/upper; same wire table shape."""
+    headers = {"Authorization": f"Bearer {shared_node.analyst_token}"}
+    body = {"query": {"kind": "quantile", "column": "age", "quantile": 0.9, "by": ["sex"]}, "epsilon": 0.5}
+    url = f"{shared_node.url}/v1/datasets/patients/dp/release"
+    first = httpx.post(url, headers=headers, json=body, timeout=120)
+    assert first.status_code == 200, first.text
+    table = first.json()["table"]
+    assert table["columns"] == ["sex", "estimate", "lower", "upper"]
+    for sex, estimate, lower, upper in table["data"]:
+        ages = sorted(truth.filter(pl.col("sex") == sex)["age"].to_list())
+        true = ages[int(np.ceil(0.9 * len(ages))) - 1]  # the least v with #(age <= v) >= 0.9 n
+        assert lower <= true <= upper and lower <= estimate <= upper, (sex, estimate, lower, upper, true)
+    before = spent(ds)
+    again = httpx.post(url, headers=headers, json=body, timeout=120).json()
+    assert again["replayed"] and again["table"] == table and spent(ds) == before
+    # With public keys the node uses no delta (it charges delta 0), so a delta changes nothing here either.
+    approximate = httpx.post(url, headers=headers, timeout=120, json={**body, "epsilon": 0.4, "delta": 1e-6}).json()
+    assert approximate["delta_charged"] == 0 and approximate["table"]["data"][0][2] is not None, approximate

@@ -169,7 +169,7 @@ class FederatedQuery:
                           "epsilon_charged": f.attrs["epsilon_charged"], "delta_charged": f.attrs["delta_charged"],
                           "replayed": f.attrs["replayed"]} for h, _p, f in frames],
             "replayed": all(f.attrs["replayed"] for _h, _p, f in frames),
-            "epsilon_charged": {h.node.url: f.attrs["epsilon_charged"] for h, _p, f in frames},
+            "epsilon_charged": _charged_by_node(frames),
         })
         return as_released(combined)
 
@@ -181,8 +181,6 @@ class FederatedQuery:
         keys = [c for c in frames[0][2].columns if c not in VALUE_COLUMNS]
         if self.quantile is not None:
             return self._quantile(frames, keys, alpha)
-        if self.spec.kind == "agg":
-            return self._agg(frames, alpha)
         if self.spec.kind == "mean":
             return self._mean(frames, keys, alpha)
         if self.spec.kind not in ("count", "sum", "histogram"):
@@ -238,33 +236,6 @@ class FederatedQuery:
         out = pd.DataFrame(rows, columns=keys + ["estimate", "lower", "upper", "noisy_count", "nodes_reporting"])
         return out if keys else out.drop(columns=["nodes_reporting"])
 
-    def _agg(self, frames: list, alpha: float) -> pd.DataFrame:
-        """Counts and sums add; a mean is the summed sums over the summed counts. Half-widths are rescaled
-        to alpha / k (alpha / 2k for a mean's two parts) and joined by a union bound, as for single kinds."""
-        from workbench.query.language import derived_schema
-
-        k, by = len(frames), list(self.spec.by)
-        stacked = pd.concat([f.assign(half=f["upper"] - f["estimate"]) for _h, _p, f in frames], ignore_index=True)
-        totals = stacked.groupby([*by, "statistic"], sort=True, dropna=False).agg(
-            estimate=("estimate", "sum"), half=("half", lambda h: h.sum(min_count=len(h)))).reset_index()
-        index = {tuple(r[c] for c in [*by, "statistic"]): r for r in totals.to_dict("records")}
-        groups = sorted({tuple(r[c] for c in by) for r in index.values()}) if by else [()]
-        schema = derived_schema(self.fds.schema, self.spec)[0]
-        rows = []
-        for keys in groups:
-            for name, (stat, column) in self.statistics.items():
-                if stat == "mean":
-                    s, c = index[(*keys, f"{name}__sum")], index[(*keys, f"{name}__n")]
-                    factor = _rescale(alpha, 2 * k)
-                    est, lower, upper = mean_interval(s["estimate"], c["estimate"], s["half"] * factor,
-                                                       c["half"] * factor, tuple(schema.column(column).bounds))
-                else:
-                    r = index[(*keys, name)]
-                    est, half = r["estimate"], r["half"] * _rescale(alpha, k)
-                    lower, upper = est - half, est + half
-                rows.append([*keys, name, est, lower, upper])
-        return pd.DataFrame(rows, columns=[*by, "statistic", "estimate", "lower", "upper"])
-
     def _quantile(self, frames: list, keys: list[str], alpha: float) -> pd.DataFrame:
         col = self.fds.schema.column(self.spec.column)
         lo, hi = col.bounds
@@ -299,6 +270,14 @@ class FederatedQuery:
         return pd.DataFrame({"estimate": [invert(q)], "lower": [invert(q - band)], "upper": [invert(q + band)]})
 
 
+def _charged_by_node(frames: list) -> dict[str, float]:
+    """What each node charged in all (a question asked as several parts charges each)."""
+    out: dict[str, float] = {}
+    for h, _p, f in frames:
+        out[h.node.url] = out.get(h.node.url, 0.0) + f.attrs["epsilon_charged"]
+    return out
+
+
 # ---------------------------------------------------------------- builders used by FederatedDataset
 
 
@@ -321,29 +300,6 @@ def federated_quantile(fds: "FederatedDataset", column: str, p: float, by: list[
     return FederatedQuery(fds, fds.handles[0]._spec(kind="histogram", column=column, bins=QUANTILE_BINS), quantile=p)
 
 
-def federated_agg(fds: "FederatedDataset", by: list[str], statistics: dict, weights=None) -> FederatedQuery:
-    """Several statistics over every node in one release per node: counts, sums and means (a mean is asked
-    of each node as its sum and count, so the pooled mean is their ratio)."""
-    from workbench.client.dataset import _agg_spec
-    from workbench.client.expressions import Stat
-
-    parts, plan, part_weights = {}, {}, []
-    given = weights if isinstance(weights, dict) else dict(zip(statistics, weights or [1.0] * len(statistics)))
-    for name, stat in statistics.items():
-        if not isinstance(stat, Stat) or stat.stat not in ("count", "sum", "mean"):
-            raise NotSupported(f"A federated agg combines counts, sums and means; '{name}' is "
-                               f"{getattr(stat, 'stat', stat)!r}.", code="not_supported")
-        plan[name] = (stat.stat, stat.column)
-        if stat.stat == "mean":
-            parts[f"{name}__sum"], parts[f"{name}__n"] = Stat("sum", stat.column), Stat("count")
-            part_weights += [given.get(name, 1.0) / 2] * 2
-        else:
-            parts[name] = stat
-            part_weights.append(given.get(name, 1.0))
-    spec = fds.handles[0]._spec(by=list(by), **_agg_spec(parts, part_weights if weights is not None else None))
-    return FederatedQuery(fds, spec, statistics=plan)
-
-
 class FederatedGroupBy:
     """Aggregates per group over every node; build with ``FederatedDataset.group_by``."""
 
@@ -360,7 +316,9 @@ class FederatedGroupBy:
         return federated_query(self.fds, kind="mean", column=column, by=self.by)
 
     def agg(self, weights=None, **statistics) -> FederatedQuery:
-        """Counts, sums and means per group over every node, one release per node."""
+        """Counts, sums, means, var, std and quantiles per group over every node, at one price per node."""
+        from workbench.channels.dp.federated_agg import federated_agg
+
         return federated_agg(self.fds, self.by, statistics, weights)
 
 # ---------------------------------------------------------------- the handle's methods
@@ -393,12 +351,49 @@ class FederatedDPMethods:
         return federated_query(self, kind="histogram", column=column, bins=bins)
 
     def agg(self, weights=None, **statistics):
-        """Counts, sums and means over every node in one release per node, e.g.
-        ``fed.dataset("patients").filter(col("age") >= 65).agg(n=wb.count(), cost=wb.mean("cost"))``."""
+        """Counts, sums, means, var, std and quantiles over every node at one price per node, e.g.
+        ``fed.dataset("patients").filter(col("age") >= 65).agg(n=wb.count(), cost=wb.mean("cost"))``
+        (see :mod:`workbench.channels.dp.federated_agg`)."""
+        from workbench.channels.dp.federated_agg import federated_agg
+
         return federated_agg(self, [], statistics, weights)
 
+    def corr(self, columns: list[str]):
+        """The correlation matrix over every node, from pooled noisy moments (each node's own DP release, or
+        ``.release(epsilon, protocol="he")`` for one secure-aggregation session); see
+        :mod:`workbench.channels.dp.federated_moments`."""
+        from workbench.channels.dp.federated_moments import federated_moments
+
+        return federated_moments(self, list(columns), "corr")
+
+    def cov(self, columns: list[str]):
+        """The covariance matrix over every node, from pooled noisy moments (as :meth:`corr`)."""
+        from workbench.channels.dp.federated_moments import federated_moments
+
+        return federated_moments(self, list(columns), "cov")
+
+    def linear_regression(self, y: str, x: list[str] | str, epsilon: float | None = None, **options):
+        """OLS of ``y`` on ``x`` over every node, as on one node: ``.release(epsilon)`` gives coefficients, SEs
+        including the DP noise and 95% intervals (``protocol="he"``/``"smpc"`` pools by secure aggregation).
+
+        The older call with ``epsilon`` (``linear_regression(y, x, epsilon=0.5, protocol=...)``) still runs the
+        secure-aggregation regression at once and returns its own table (``coef``, ``std_err``, ...); see
+        :func:`workbench.channels.secagg.kernel.linear_regression`."""
+        xs = [x] if isinstance(x, str) else list(x)
+        if epsilon is not None:
+            from workbench.channels.secagg.kernel import linear_regression as secure_linear_regression
+
+            self._whole("linear_regression")
+            return secure_linear_regression(self, y, xs, epsilon, **options)
+        if options:
+            raise InvalidQuery(f"linear_regression(...) takes {sorted(options)} in .release(...) (or with "
+                               "epsilon=, the secure-aggregation call).", code="invalid_query")
+        from workbench.channels.dp.federated_moments import federated_moments
+
+        return federated_moments(self, [*xs, y], "ols", y=y, x=xs)
+
     def group_by(self, *columns: str):
-        """Counts, sums and means per group over every node."""
+        """Counts, sums, means (and, in ``agg``, var, std and quantiles) per group over every node."""
         if not columns:
             raise InvalidQuery("group_by needs at least one column.", code="invalid_query")
         return FederatedGroupBy(self, list(columns))

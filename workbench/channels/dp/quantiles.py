@@ -1,6 +1,7 @@
 """Quantiles with intervals, read off a noisy histogram released in the same OpenDP composition.
 
-In a several-statistics release under pure DP with public keys, the
+In a several-statistics release under pure DP with public keys (and for the
+legacy ``quantile`` kind under the same conditions, at the whole epsilon), the
 quantiles of one column share ONE noisy histogram: counts per group and per
 bin of a public grid over the column's bounds (one bin per integer value
 when an integer column spans at most ``MAX_BINS`` values, else ``MAX_BINS``

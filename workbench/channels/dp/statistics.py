@@ -171,10 +171,10 @@ def _statistic_row(s: Statistic, col, row: dict, acc) -> tuple[Any, Any, Any]:
         s_iv = interval("s")
         return mean_interval(value("s"), n, None if s_iv is None else s_iv[1] - value("s"),
                              None if n_iv is None else n_iv[1] - n, (lo, hi))
-    return _spread(s.stat, n, value("s"), value("s2"), n_iv, interval("s"), interval("s2"), (hi - lo) / 2.0)
+    return spread(s.stat, n, value("s"), value("s2"), n_iv, interval("s"), interval("s2"), (hi - lo) / 2.0)
 
 
-def _spread(stat: str, n, s1, s2, n_iv, s1_iv, s2_iv, h: float):
+def spread(stat: str, n, s1, s2, n_iv, s1_iv, s2_iv, h: float):
     """Variance (or its square root) from the noisy length and the centred first and second sums."""
     top = h * h
     if not n or n <= 0 or s1 is None or s2 is None:

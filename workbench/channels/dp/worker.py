@@ -81,11 +81,14 @@ class _Plan:
         col = info.column(query.column) if query.column else None
         self.bounds = tuple(col.bounds) if col is not None and col.bounds else (0.0, 0.0)
         self.histograms: dict[str, tuple[list[float], bool]] = {}
+        if histograms and query.kind == "quantile":  # the legacy kind: its column's histogram alone
+            self.histograms = {col.name: quantiles.grid(col)}
         if histograms and query.kind == "agg":
             self.histograms = {q.column: quantiles.grid(info.column(q.column)) for q in query.aggs
                                if q.stat == "quantile"}
             only = [q.name for q in query.aggs if q.stat != "quantile" and (only is None or q.name in only)]
-        self.aggs = self._aggregates(info, query, col, scales, only)
+        self.aggs = [] if self.histograms and query.kind == "quantile" else self._aggregates(info, query, col, scales,
+                                                                                               only)
         self.public_keys = self._keys(info, env, coded or {})
 
     def _aggregates(self, info: DatasetInfo, query: DPQuery, col, scales, only) -> list[pl.Expr]:
@@ -285,6 +288,8 @@ def run(task: dict) -> dict:
             _CALIBRATED.popitem(last=False)
     summary = summaries[alphas[-1]]
     accuracy = _agg_accuracy(query, summaries, alpha) if query.kind == "agg" else _accuracy_rows(summary, alphas[-1])
+    if query.kind == "quantile" and plan.histograms:  # the same row as the exponential mechanism's: no closed form
+        accuracy = [{"statistic": "quantile", "accuracy": None, "alpha": alpha}]
     note = _note(query, plan, summary)
     if task["mode"] == "preview":
         return {"accuracy": accuracy, "note": note}
@@ -349,6 +354,8 @@ def _calibrate(plan: _Plan, lf, info: DatasetInfo, query: DPQuery, coded, epsilo
     calibrated = None
     if query.kind == "agg" and delta == 0:
         calibrated = _shared(dp_query, context, info, query, coded, epsilon, plan)
+    if calibrated is None and query.kind == "quantile" and plan.histograms:  # the legacy kind, pure DP
+        calibrated = _Calibrated(None, [(query.column, _resolve(dp_query))])
     if calibrated is None:  # OpenDP's own even split, quantiles by its exponential mechanism in the plan
         even = dp_query if not plan.histograms else _Plan(info, query, coded).lazy(_query(lf, info, epsilon, delta))
         calibrated = _Calibrated(_resolve(even))
@@ -427,6 +434,8 @@ def _agg_accuracy(query: DPQuery, summaries: dict, alpha: float) -> list[dict]:
 
 def _result_table(query: DPQuery, plan: _Plan, frame: pl.DataFrame | None, summaries: dict, alpha: float,
                   released: tuple) -> dict:
+    if query.kind == "quantile" and plan.histograms:
+        return _quantile_table(query, plan, released, alpha)
     if query.kind not in ("agg", "moments"):
         return _table(query, plan, frame, summaries[max(summaries)])
     if query.kind == "moments":
@@ -446,6 +455,18 @@ def _result_table(query: DPQuery, plan: _Plan, frame: pl.DataFrame | None, summa
     return statistics.agg_table(plan.info, query, plan.by, _decoded(plan, frame),
                                 lambda alias, m: _acc(summaries[alpha / m], alias),
                                 quantile if calibrated.histograms else None)
+
+
+def _quantile_table(query: DPQuery, plan: _Plan, released: tuple, alpha: float) -> dict:
+    """The legacy quantile kind's table ``[*by, estimate, lower, upper]``, read off its column's noisy histogram
+    (post-processing; :func:`workbench.channels.dp.quantiles.from_counts`)."""
+    calibrated, histograms = released
+    edges, integer = plan.histograms[query.column]
+    counts = _counts(plan, _decoded(plan, histograms[query.column]))
+    scale = calibrated.scale(query.column)
+    rows = [[*keys, *quantiles.from_counts(bins, edges, integer, query.quantile, scale, alpha)]
+            for keys, bins in counts.items()]
+    return {"columns": [*plan.by, "estimate", "lower", "upper"], "data": rows}
 
 
 def _counts(plan: _Plan, frame: pl.DataFrame) -> dict[tuple, list[float]]:
@@ -490,7 +511,10 @@ def _note(query: DPQuery, plan: _Plan, summary: pl.DataFrame) -> str:
         threshold = summary["threshold"].drop_nulls()
         if len(threshold):
             notes.append(f"Groups with a noisy count below {int(threshold[0])} are suppressed (private key set).")
-    if query.kind == "quantile":
+    if query.kind == "quantile" and plan.histograms:
+        notes.append("The quantile is read off a noisy histogram of the column on a public grid; its interval "
+                     "holds with probability at least 95% (conservative).")
+    elif query.kind == "quantile":
         notes.append("Quantiles use the exponential mechanism over public candidates between the column's bounds; "
                      "OpenDP gives no closed-form interval for them.")
     if query.kind == "mean":

@@ -252,10 +252,9 @@ class SecureAggregationMethods:
         self._whole("secure_sum")
         return secure_sum(self, columns, epsilon, **options)
 
-    def linear_regression(self, y: str, x: list[str] | str, epsilon: float, **options):
-        """Federated OLS from encrypted, DP-noised X'X and X'y (see :func:`workbench.channels.secagg.kernel.linear_regression`)."""
-        self._whole("linear_regression")
-        return linear_regression(self, y, x, epsilon, **options)
+    # ``fed_ds.linear_regression(y, x, epsilon=...)`` (this module's :func:`linear_regression`) is reached through
+    # the DP channel's federated ``linear_regression`` (workbench.channels.dp.federated), which also offers the
+    # same regression as a previewable question over each node's DP moments.
 
 
 register(FederatedDataset, SecureAggregationMethods)
