@@ -119,8 +119,9 @@ def _nest(coarse: ColumnDomain, fine_edges: list[float]) -> FineBins | None:
 
 def supported(noisy: np.ndarray, noise_std: float) -> np.ndarray:
     """The range of fine cells the DP marginal supports: grown one cell at a time from the centre of the
-    ``RANGE_WINDOW`` cells with the largest noisy sum outwards, for as long as the next ``RANGE_WINDOW`` cells together hold at least ``TAIL_NOISE_STDS``
-    standard deviations of their summed noise.
+    ``RANGE_WINDOW`` cells with the largest noisy sum outwards, for as long as the next ``RANGE_WINDOW`` cells
+    together hold at least ``TAIL_NOISE_STDS`` standard deviations of their summed noise. (The sampler then
+    keeps :data:`RANGE_MARGIN_BINS` more public bins at each end: :func:`widened`.)
 
     Empty tails up to the public bounds get counts from the noise only; a range grown cell by cell would
     stop at the first thin cell, one grown to the outermost positive cell would reach the bounds. A window
