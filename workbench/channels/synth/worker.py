@@ -7,9 +7,10 @@ Privacy guarantee: the only access to the data is one OpenDP compositor under
 pure epsilon-DP (``dp.loss_of(epsilon=...)``, Laplace noise, delta = 0) at the
 dataset's privacy unit (``contributions = max_contributions``, which the node
 checks on every dataset version), split into two ``contingency_table``
-queries: the method's marginals (MST, AIM or Fixed from ``dp.mbi``, share
-``1 - SHAPE_SPLIT``) and fine one-way marginals of the numeric columns (share
-``SHAPE_SPLIT``; :mod:`workbench.channels.synth.shapes`). Keys, bin cuts and fine cuts
+queries, in this order: fine one-way marginals of the numeric columns (share
+``SHAPE_SPLIT``; :mod:`workbench.channels.synth.shapes`) and the method's marginals
+(MST, AIM or Fixed from ``dp.mbi``, share ``1 - SHAPE_SPLIT``), whose model also
+fits the fine marginals summed into the public bins. Keys, bin cuts and fine cuts
 come from the public metadata (:mod:`workbench.channels.synth.domain`), so the set of
 possible output values does not depend on the data. The synthetic rows are
 sampled from the fitted model and the fine marginals, and the report compares
