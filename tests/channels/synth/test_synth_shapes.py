@@ -92,6 +92,24 @@ def test_supported_range_ignores_isolated_noise_in_empty_tails_but_keeps_thin_re
 # ---------------------------------------------------------------- privacy accounting
 
 
+def test_supported_range_is_not_captured_by_a_noise_spike_and_keeps_a_margin_of_public_bins():
+    rng = np.random.default_rng(3)
+    score = _column("score", "float", [300.0, 850.0])             # 16 public bins, 128 fine cells
+    fine = shapes.fine_bins(score)
+    body = np.concatenate([np.zeros(60), np.full(60, 60.0), np.linspace(30, 5, 8)])   # spread out, no tall cell
+    for _ in range(50):
+        noisy = body + rng.laplace(0, 25, len(body))
+        noisy[5] = 200.0                                           # a noise spike taller than any real cell
+        mask = shapes.supported(noisy, 35.0)
+        assert mask[70:115].all() and not mask[5]                  # the range is the body's, not the spike's
+        wide = shapes.widened(fine, mask)
+        parent = np.asarray(fine.parent)
+        kept = np.unique(parent[mask])
+        assert set(np.unique(parent[wide])) == set(range(max(kept[0] - shapes.RANGE_MARGIN_BINS, 0),
+                                                         min(kept[-1] + shapes.RANGE_MARGIN_BINS, 15) + 1))
+        assert not wide[5]                                         # the margin is public bins, not the spike
+
+
 def test_budget_shares_add_up_to_the_charged_epsilon_and_are_stated():
     from workbench.channels.synth import worker as fit
 
