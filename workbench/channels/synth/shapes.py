@@ -25,6 +25,7 @@ from workbench.channels.synth.sampling import rounded_counts
 RANGE_WINDOW = 16        # a column's range grows while the next RANGE_WINDOW fine cells together hold
 TAIL_NOISE_STDS = 1.0    # ... at least this many standard deviations of their summed noise
 NULL_NOISE_STDS = 4.0    # a categorical column's null cell is kept only above this many noise stds
+RANGE_MARGIN_BINS = 2    # public bins kept beyond each end of the supported range (docs/synthesis.md)
 FINE_PER_BIN = 8          # fine cells per coarse bin (16 coarse bins -> 128 fine cells)
 MAX_INT_CELLS = 256       # an integer column keeps one fine cell per value up to this many values
 
@@ -208,13 +209,11 @@ def coarse_measurements(fines: dict[str, FineBins], fine_noisy: dict[str, dict])
     return out
 
 
-RANGE_MARGIN_BINS = 2     # public bins kept beyond each end of the supported range
-
-
 def widened(fine: FineBins, support: np.ndarray, margin: int | None = None) -> np.ndarray:
     """``support`` grown by ``margin`` whole public bins at each end (and to the whole of its outermost
     bins). A real tail thinner than the noise is cut by :func:`supported`; the margin keeps its first public
-    bin (where most of it lies) at the price of at most one bin of noise beyond the data."""
+    bins (where most of it lies), at the price of at most ``margin`` bins of noise beyond the data.
+    Post-processing of the DP fine marginal."""
     margin = RANGE_MARGIN_BINS if margin is None else margin
     parent = np.asarray(fine.parent)
     kept = np.flatnonzero(coarse_allowed(fine, support))
