@@ -33,7 +33,7 @@ from workbench.protocol import Budget, Table, require_supported_protocol
 from workbench.channels.synth import domain
 from workbench.channels.synth import mocks
 from workbench.channels.synth import shapes
-from workbench.channels.synth.worker import MST_MEASURE_SPLIT, MST_ONEWAY_SPLIT, budget_shares
+from workbench.channels.synth.worker import AIM_ONEWAY_SPLIT, MST_MEASURE_SPLIT, MST_ONEWAY_SPLIT, budget_shares
 from workbench.channels.synth.jobs import Job, jobs_of
 from workbench.channels.synth.prepare import canonical, checked, run_isolated, task
 from workbench.channels.synth.wire import (MockInfo, MockRelease, PlannedMeasurement, SDVRequest, SynthJob, SynthPreview, SynthRelease,
@@ -71,7 +71,7 @@ def _laplace_std(contributions: int, eps: float) -> float:
 def _planned_model(spec: SynthSpec, plan: domain.Plan, epsilon: float, contributions: int) -> tuple[list, str]:
     d = len(plan.columns)
     out = []
-    oneway = MST_ONEWAY_SPLIT if spec.method == "mst" else 0.5
+    oneway = MST_ONEWAY_SPLIT if spec.method == "mst" else AIM_ONEWAY_SPLIT
     if spec.method in ("mst", "aim"):
         one_eps = epsilon * oneway / d
         out += [PlannedMeasurement(columns=[c], cells=plan.cells((c,)), epsilon=one_eps,
@@ -86,8 +86,8 @@ def _planned_model(spec: SynthSpec, plan: domain.Plan, epsilon: float, contribut
                 f"{rest * MST_MEASURE_SPLIT:.1%} on measuring them.")
     elif spec.method == "aim":
         out += [PlannedMeasurement(columns=list(c), cells=plan.cells(c), adaptive=True) for c in plan.cliques]
-        note = ("AIM spends half of its share on one-way marginals, then picks marginals from the workload below "
-                "round by round; how much each gets depends on what it picks.")
+        note = (f"AIM spends {oneway:.0%} of its share on one-way marginals, then picks marginals from the workload "
+                "below round by round; how much each gets depends on what it picks.")
     else:
         each = epsilon / len(plan.cliques)
         out += [PlannedMeasurement(columns=list(c), cells=plan.cells(c), epsilon=each,

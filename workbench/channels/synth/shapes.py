@@ -25,6 +25,7 @@ from workbench.channels.synth.sampling import rounded_counts
 RANGE_WINDOW = 16        # a column's range grows while the next RANGE_WINDOW fine cells together hold
 TAIL_NOISE_STDS = 1.0    # ... at least this many standard deviations of their summed noise
 NULL_NOISE_STDS = 4.0    # a categorical column's null cell is kept only above this many noise stds
+RANGE_MARGIN_BINS = 2    # public bins kept beyond each end of the supported range (docs/synthesis.md)
 FINE_PER_BIN = 8          # fine cells per coarse bin (16 coarse bins -> 128 fine cells)
 MAX_INT_CELLS = 256       # an integer column keeps one fine cell per value up to this many values
 
@@ -118,9 +119,10 @@ def _nest(coarse: ColumnDomain, fine_edges: list[float]) -> FineBins | None:
 
 
 def supported(noisy: np.ndarray, noise_std: float) -> np.ndarray:
-    """The range of fine cells the DP marginal supports: grown one cell at a time from the largest noisy count
-    outwards, for as long as the next ``RANGE_WINDOW`` cells together hold at least ``TAIL_NOISE_STDS``
-    standard deviations of their summed noise.
+    """The range of fine cells the DP marginal supports: grown one cell at a time from the centre of the
+    ``RANGE_WINDOW`` cells with the largest noisy sum outwards, for as long as the next ``RANGE_WINDOW`` cells
+    together hold at least ``TAIL_NOISE_STDS`` standard deviations of their summed noise. (The sampler then
+    keeps :data:`RANGE_MARGIN_BINS` more public bins at each end: :func:`widened`.)
 
     Empty tails up to the public bounds get counts from the noise only; a range grown cell by cell would
     stop at the first thin cell, one grown to the outermost positive cell would reach the bounds. A window
@@ -133,7 +135,9 @@ def supported(noisy: np.ndarray, noise_std: float) -> np.ndarray:
     cells = len(noisy)
     window = min(RANGE_WINDOW, cells)
     need = TAIL_NOISE_STDS * noise_std * np.sqrt(window)
-    lo = hi = int(np.argmax(noisy))
+    # start at the middle of the window with the largest sum: a single noise spike in an empty region can top
+    # the largest real cell of a spread-out column, a window of real cells is far above any window of noise
+    lo = hi = int(np.argmax(np.convolve(noisy, np.ones(window), mode="same")))
     while hi + 1 < cells and noisy[hi + 1: hi + 1 + window].sum() >= need:
         hi += 1
     while lo > 0 and noisy[max(lo - window, 0): lo].sum() >= need:
@@ -186,3 +190,33 @@ def within_bin_cells(coarse: np.ndarray, fine: FineBins, shares: list[np.ndarray
         rng.shuffle(cells)
         out[rows] = cells
     return out
+
+
+def coarse_measurements(fines: dict[str, FineBins], fine_noisy: dict[str, dict]) -> list:
+    """Each fine marginal summed into its column's public bins, as an ``mbi`` identity measurement of the
+    one-way marginal the model fits (noise std: the fine std times the square root of the most fine cells a
+    public bin holds, an upper bound). The model's one-way information then includes the shapes' share of
+    epsilon. Post-processing of the DP fine marginals."""
+    from mbi import LinearMeasurement
+
+    out = []
+    for name, fine in fines.items():
+        parent = np.asarray(fine.parent)
+        noisy = np.bincount(parent, weights=np.asarray(fine_noisy[name]["noisy"], dtype=float),
+                            minlength=int(parent.max()) + 1)
+        std = fine_noisy[name]["noise_std"] * float(np.sqrt(np.bincount(parent).max()))
+        out.append(LinearMeasurement(noisy, clique=(name,), stddev=std))
+    return out
+
+
+def widened(fine: FineBins, support: np.ndarray, margin: int | None = None) -> np.ndarray:
+    """``support`` grown by ``margin`` whole public bins at each end (and to the whole of its outermost
+    bins). A real tail thinner than the noise is cut by :func:`supported`; the margin keeps its first public
+    bins (where most of it lies), at the price of at most ``margin`` bins of noise beyond the data.
+    Post-processing of the DP fine marginal."""
+    margin = RANGE_MARGIN_BINS if margin is None else margin
+    parent = np.asarray(fine.parent)
+    kept = np.flatnonzero(coarse_allowed(fine, support))
+    if len(kept) == 0:
+        return np.asarray(support, dtype=bool)
+    return (parent >= kept[0] - margin) & (parent <= kept[-1] + margin)

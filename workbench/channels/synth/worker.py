@@ -7,9 +7,10 @@ Privacy guarantee: the only access to the data is one OpenDP compositor under
 pure epsilon-DP (``dp.loss_of(epsilon=...)``, Laplace noise, delta = 0) at the
 dataset's privacy unit (``contributions = max_contributions``, which the node
 checks on every dataset version), split into two ``contingency_table``
-queries: the method's marginals (MST, AIM or Fixed from ``dp.mbi``, share
-``1 - SHAPE_SPLIT``) and fine one-way marginals of the numeric columns (share
-``SHAPE_SPLIT``; :mod:`workbench.channels.synth.shapes`). Keys, bin cuts and fine cuts
+queries, in this order: fine one-way marginals of the numeric columns (share
+``SHAPE_SPLIT``; :mod:`workbench.channels.synth.shapes`) and the method's marginals
+(MST, AIM or Fixed from ``dp.mbi``, share ``1 - SHAPE_SPLIT``), whose model also
+fits the fine marginals summed into the public bins. Keys, bin cuts and fine cuts
 come from the public metadata (:mod:`workbench.channels.synth.domain`), so the set of
 possible output values does not depend on the data. The synthetic rows are
 sampled from the fitted model and the fine marginals, and the report compares
@@ -41,6 +42,9 @@ FIT_ITERS = 1000      # mirror-descent iterations of a model with multi-way marg
 # measuring the chosen pairs and 10% on choosing them. Measured at 30k x 8, epsilon 1 (docs/synthesis.md).
 MST_ONEWAY_SPLIT = 0.25
 MST_MEASURE_SPLIT = 0.9
+# AIM's one-way share of the model's budget (OpenDP's default: half; the fine marginals also inform the
+# one-way marginals, and the rounds then get more: 2-way TVD 0.0142 vs 0.0161 at 30k x 8, docs/synthesis.md).
+AIM_ONEWAY_SPLIT = 0.2
 # The share of epsilon spent on fine one-way marginals of the numeric columns (the shapes inside the public
 # bins; workbench.channels.synth.shapes). The method gets the rest, split as above. Measured in docs/synthesis.md.
 SHAPE_SPLIT = 0.2
@@ -116,7 +120,8 @@ def _algorithm(dp, spec: SynthSpec, p: Plan, estimator):
         return dp.mbi.MST(estimator=estimator, oneway_split=MST_ONEWAY_SPLIT, measure_split=MST_MEASURE_SPLIT)
     if spec.method == "aim":
         rounds = spec.rounds or max(len(p.columns), 2)
-        return dp.mbi.AIM(estimator=estimator, queries=[Count(c) for c in p.cliques], rounds=rounds)
+        return dp.mbi.AIM(estimator=estimator, queries=[Count(c) for c in p.cliques], rounds=rounds,
+                          oneway_split=AIM_ONEWAY_SPLIT)
     # fixed and independent: every public column is keyed, so no separate one-way release is needed
     return dp.mbi.Fixed(estimator=estimator, queries=[Count(c) for c in p.cliques], oneway="unkeyed")
 
@@ -157,17 +162,18 @@ def run(task: dict) -> dict:
     p = make_plan(info, spec)
     fines = {n: f for n in p.columns if (f := shapes.fine_bins(p.domains[n])) is not None}
     shares = budget_shares(spec.method, epsilon, len(fines))
-    estimator = _estimator(spec, p, progress)
     ctx = compositor(dp, _scan(task, info, p.columns), info, shares)
     progress.write("measuring marginals", 0.02, force=True)
+    fine_noisy = _measure_shapes(dp, ctx, fines) if fines else {}
+    coarse_from_fine = shapes.coarse_measurements(fines, fine_noisy)
+    estimator = _estimator(spec, p, progress, coarse_from_fine)
     keys = {n: d.keys for n, d in p.domains.items() if d.keys is not None}
     cuts = {n: d.cuts for n, d in p.domains.items() if d.cuts is not None}
     table = _release(dp, ctx.query().contingency_table(keys=keys, cuts=cuts,
                                                        algorithm=_algorithm(dp, spec, p, estimator)))
     _check_domain(table, p)
-    fine_noisy = _measure_shapes(dp, ctx, fines) if fines else {}
     progress.write("sampling rows", 0.92, force=True)
-    measured = _released_marginals(table, p)
+    measured = _released_marginals([*table.marginals.flatten(), *coarse_from_fine], p)
     cells, fine_cells, data = _sample(table.model, p, int(spec.rows), fines, fine_noisy, measured)
     progress.write("writing the fidelity report", 0.97, force=True)
     report = fidelity_figures(p, cells, measured, column_shapes(p, cells, fines, fine_cells, fine_noisy, measured))
@@ -186,7 +192,8 @@ def _sample(model, p: Plan, rows: int, fines: dict, fine_noisy: dict, measured: 
     from workbench.channels.synth import sampling
 
     rng = np.random.default_rng()
-    supports = {n: shapes.supported(fine_noisy[n]["noisy"], fine_noisy[n]["noise_std"]) for n in fines}
+    supports = {n: shapes.widened(fines[n], shapes.supported(fine_noisy[n]["noisy"], fine_noisy[n]["noise_std"]))
+                for n in fines}
     allowed = {n: shapes.coarse_allowed(fines[n], supports[n]) for n in fines}
     allowed |= _null_cells_allowed(p, measured)
     indices = sampling.synthetic_rows(model, rows, rng, allowed=allowed)
@@ -234,9 +241,9 @@ def budget_shares(method: str, epsilon: float, fine_columns: int) -> dict[str, f
 
 def compositor(dp, data, info: DatasetInfo, shares: dict[str, float]):
     """The one OpenDP compositor of a fit: pure epsilon-DP at the dataset's privacy unit, ``shares["epsilon"]``
-    in total, split into the model's query and (when any column has fine cells) the shapes' query. OpenDP
-    refuses any further query and any query over its share."""
-    weights = [shares["model"], shares["shapes"]] if shares["shapes"] > 0 else [1.0]
+    in total, split into (when any column has fine cells) the shapes' query, asked first, and the model's
+    query. OpenDP refuses any further query and any query over its share."""
+    weights = [shares["shapes"], shares["model"]] if shares["shapes"] > 0 else [1.0]
     return dp.Context.compositor(
         data=data,
         privacy_unit=dp.unit_of(contributions=info.privacy_unit.max_contributions),
@@ -288,7 +295,7 @@ def _measure_shapes(dp, ctx, fines: dict) -> dict[str, dict]:
     return out
 
 
-def _estimator(spec: SynthSpec, p: Plan, progress: Progress):
+def _estimator(spec: SynthSpec, p: Plan, progress: Progress, extra: list):
     """The model fit OpenDP's dp.mbi calls: closed form for one-way models, mbi's mirror descent otherwise
     (in NumPy for identity measurements, :mod:`workbench.channels.synth.mirror_descent`; mbi's JAX code for others)."""
     from mbi.estimation import minimum_variance_unbiased_total, mirror_descent
@@ -303,6 +310,8 @@ def _estimator(spec: SynthSpec, p: Plan, progress: Progress):
         total = fits["total"]
         label = f"fitting model {min(k + 1, total)} of {total}" if total > 1 else "fitting model"
         fits["done"] = min(k + 1, total - 1) if spec.method == "aim" else k + 1
+        if isinstance(loss_fn, list):
+            loss_fn = [*loss_fn, *extra]
         if isinstance(loss_fn, list) and estimation.only_oneway(loss_fn):
             return estimation.oneway_model(domain, loss_fn)
 
@@ -338,13 +347,13 @@ def _check_domain(table, p: Plan) -> None:
                                     code="computation_failed")
 
 
-def _released_marginals(table, p: Plan) -> list[dict[str, Any]]:
-    """The noisy marginals OpenDP released (full-identity measurements only), merged per clique by
-    inverse variance. Post-processing of the DP release."""
+def _released_marginals(measurements: list, p: Plan) -> list[dict[str, Any]]:
+    """The noisy marginals OpenDP released (full-identity measurements only, plus the public-bin sums of the
+    fine marginals), merged per clique by inverse variance. Post-processing of the DP release."""
     from opendp.extras.mbi._utilities import identity_query_precision
 
     by_clique: dict[tuple, list] = {}
-    for m in table.marginals.flatten():
+    for m in measurements:
         clique = tuple(m.clique)
         if not clique or identity_query_precision(m) <= 0:
             continue
