@@ -293,9 +293,10 @@ def test_fit_states_its_budget_shares_and_values_follow_the_dp_shapes(fitted):
     assert np.abs(uniform - cdf(real_first)).max() > 0.15
     ages = np.asarray(syn["age"])
     # the empty public range stays (almost) empty: at most the margin of public bins kept beyond the supported
-    # range (age bins are ~6 years wide), and very few values there
+    # range (age bins are ~6 years wide), plus one bin the noisy range may reach past the data (1 fit in 20
+    # here), and very few values there
     width = plan.domains["age"].edges[2] - plan.domains["age"].edges[1]
-    margin = shapes.RANGE_MARGIN_BINS * width + 1
+    margin = (shapes.RANGE_MARGIN_BINS + 1) * width + 1
     assert ages.min() >= real["age"].min() - margin and ages.max() <= real["age"].max() + margin
     assert ((ages < real["age"].min()) | (ages > real["age"].max())).mean() < 0.01
     assert np.isin(ages, real["age"].unique()).mean() > 0.98
@@ -325,8 +326,10 @@ def test_fit_report_holds_only_dp_numbers(fitted):
             assert not np.allclose(s["noisy"], truth, atol=1e-4)
             assert np.abs(np.asarray(s["noisy"]) - truth).max() < 8 * s["noise_share"]
         assert s["tvd"] == pytest.approx(0.5 * np.abs(np.asarray(s["noisy"]) - synthetic).sum())
-    for m in report["marginals"]:
-        assert m["noisy_total"] != len(real) or m["noise_std"] == 0    # a noisy total, not the row count
+    # Noisy totals, not the row count: discrete noise may hit the count exactly now and then (about 1 in 50 per
+    # marginal here), so a copy of the row count shows as most totals matching it, not as one.
+    noisy = [m["noisy_total"] for m in report["marginals"] if m["noise_std"] > 0]
+    assert noisy and sum(t == len(real) for t in noisy) <= max(1, len(noisy) // 3), noisy
 
 
 def test_report_shows_column_shapes_with_a_plot(fitted):
