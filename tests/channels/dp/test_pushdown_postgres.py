@@ -32,6 +32,42 @@ QUERIES = [
 ]
 
 
+def col(name: str) -> dict:
+    return {"op": "col", "name": name}
+
+
+def lit(value) -> dict:
+    return {"op": "lit", "value": value}
+
+
+#: Filters, derived columns and several statistics (the query language): the same contract as QUERIES.
+LANGUAGE = [
+    {"kind": "count", "by": ["region"], "where": {"op": "gt", "left": col("age"), "right": lit(40)}},
+    {"kind": "mean", "column": "cost2", "where": {"op": "eq", "left": col("sex"), "right": lit("F")},
+     "derive": [{"name": "cost2", "expr": {"op": "clip", "arg": {"op": "mul", "left": col("cost"), "right": lit(2)},
+                                           "low": 0, "high": 1500}}]},
+    {"kind": "sum", "column": "old", "by": ["sex"],
+     "derive": [{"name": "old", "expr": {"op": "cast", "to": "int",
+                                         "arg": {"op": "ge", "left": col("age"), "right": lit(65)}}}]},
+    {"kind": "count", "by": ["band"],
+     "where": {"op": "or", "args": [{"op": "is_null", "arg": col("cost")},
+                                    {"op": "lt", "left": {"op": "div", "left": col("cost"), "right": col("age")},
+                                     "right": lit(10.0)}]},
+     "derive": [{"name": "band", "expr": {"op": "cut", "arg": col("age"), "edges": [17, 64]}}]},
+    {"kind": "agg", "by": ["sex"], "where": {"op": "is_in", "arg": col("region"), "values": ["north", "east"]},
+     "aggs": [{"name": "n", "stat": "count"}, {"name": "avg", "stat": "mean", "column": "cost"},
+              {"name": "sd", "stat": "std", "column": "age"}, {"name": "total", "stat": "sum", "column": "age"},
+              {"name": "med", "stat": "quantile", "column": "age", "p": 0.5}]},
+    {"kind": "agg", "aggs": [{"name": "v", "stat": "var", "column": "cost"}, {"name": "n", "stat": "count"}],
+     "weights": [3, 1], "where": {"op": "between", "arg": col("age"), "low": 18, "high": 90}},
+]
+
+
+def query_id(q: dict) -> str:
+    return "-".join([q["kind"], *q.get("by", []), q.get("column") or "", "where" if q.get("where") else "",
+                     "derive" if q.get("derive") else ""]).strip("-")
+
+
 def pg_dsn(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://")
 
@@ -93,8 +129,7 @@ def assert_agree(a: dict, b: dict) -> None:
         assert abs(x["estimate"] - y["estimate"]) <= slack, (key, x, y)
 
 
-@pytest.mark.parametrize("query", QUERIES, ids=lambda q: "-".join([q["kind"], *q.get("by", []),
-                                                                   q.get("column") or ""]))
+@pytest.mark.parametrize("query", QUERIES + LANGUAGE, ids=query_id)
 def test_parquet_and_postgres_answers_agree_within_their_intervals(served, query):
     client = served["client"]
     assert_agree(release(client, "claims_file", query), release(client, "claims_pg", query))

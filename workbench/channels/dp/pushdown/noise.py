@@ -28,6 +28,7 @@ class Noise:
     measurement: Any
     accuracy: float
     mechanism: str
+    scale: float = 0.0  # the noise scale in integer units (public)
 
     def __call__(self, values: list[int]) -> list[int]:
         return list(self.measurement([int(v) for v in values]))
@@ -47,7 +48,7 @@ def integer_vector(length: int, sensitivity: int, epsilon: float, delta: float, 
         return dp.m.make_laplace(domain, dp.l1_distance(T="i64"), scale=scale)
 
     scale = _scale(laplace, sensitivity / epsilon, sensitivity, epsilon)
-    best = Noise(laplace(scale), float(dp.discrete_laplacian_scale_to_accuracy(scale, alpha)), "laplace")
+    best = Noise(laplace(scale), float(dp.discrete_laplacian_scale_to_accuracy(scale, alpha)), "laplace", scale)
     if delta > 0:
         def gaussian(scale):
             zcdp = dp.m.make_gaussian(domain, dp.l2_distance(T="i64"), scale=scale)
@@ -56,7 +57,7 @@ def integer_vector(length: int, sensitivity: int, epsilon: float, delta: float, 
         scale = dp.binary_search_param(gaussian, d_in=sensitivity, d_out=(epsilon, delta), T=float)
         accuracy = float(dp.discrete_gaussian_scale_to_accuracy(scale, alpha))
         if accuracy < best.accuracy:
-            best = Noise(gaussian(scale), accuracy, "gaussian")
+            best = Noise(gaussian(scale), accuracy, "gaussian", scale)
     return best
 
 

@@ -43,8 +43,10 @@ import itertools
 from workbench.errors import InvalidQuery
 from workbench.intervals import mean_interval
 from workbench.protocol import DatasetInfo, DPQuery
+from workbench.query import language
 from workbench.query.validate import histogram_bins, validate
-from workbench.channels.dp.pushdown.compile import BIGINT_LIMIT, BIN, CELL, Compiled, compile_query, fixed_point, render
+from workbench.channels.dp.pushdown import several
+from workbench.channels.dp.pushdown.compile import BIN, CELL, Compiled, compile_histogram, compile_query, render
 from workbench.channels.dp.pushdown.noise import integer_vector, noisy_min
 
 QUANTILE_DENOMINATOR = 10_000
@@ -52,28 +54,18 @@ QUANTILE_DENOMINATOR = 10_000
 
 def check(info: DatasetInfo, query: DPQuery, decimals: int) -> None:
     """What a table source cannot answer, refused before any budget moves (public metadata only)."""
-    if query.kind not in ("count", "sum", "mean", "quantile", "histogram") or query.where is not None \
-            or query.derive:
-        raise InvalidQuery(f"Dataset '{info.name}' is a table in a database: filters, derived columns and "
-                           "several-statistic questions are answered on file datasets only for now; ask "
-                           "count, sum, mean, quantile or histogram (optionally by public keys).",
-                           code="not_supported")
-    if query.kind in ("sum", "mean"):
-        _, _, bound = fixed_point(info.column(query.column), decimals)
-        if info.max_rows * bound >= BIGINT_LIMIT:
-            raise InvalidQuery(f"A sum of '{query.column}' over max_rows={info.max_rows} rows at {decimals} "
-                               "decimals could overflow a 64-bit integer; lower the source's decimals.",
-                               code="would_overflow")
+    schema, _ = language.derived_schema(info, query)
     for name in query.by:
-        if info.column(name).categories is None:
+        if schema.column(name) is not None and schema.column(name).categories is None:
             raise InvalidQuery(f"Dataset '{info.name}' is a table: group-by column '{name}' needs a public "
                                "category list (private key sets are answered on file datasets only).",
                                code="invalid_query")
-    if query.kind == "histogram":
-        col = info.column(query.column)
-        if col.type in ("category", "bool") and col.categories is None:
+    if query.kind == "histogram" and query.column:
+        col = schema.column(query.column)
+        if col is not None and col.type in ("category", "bool") and col.categories is None:
             raise InvalidQuery(f"A histogram of '{col.name}' on a table needs its public categories.",
                                code="invalid_query")
+    compile_query(info, query, "wb_check", "", decimals)  # would_overflow, from public bounds only
 
 
 def relation(source: dict) -> str:
@@ -141,12 +133,14 @@ def _vectors(info: DatasetInfo, compiled: Compiled, rows: list[tuple]) -> dict[s
 def run(task: dict) -> dict:
     """Preview or release one DP query on a table source. ``task`` is plain data built by the node."""
     info = DatasetInfo.model_validate(task["info"])
-    query = DPQuery.model_validate(task["query"])
+    query = language.canonical(DPQuery.model_validate(task["query"]))
     epsilon, delta, alpha = float(task["epsilon"]), float(task["delta"]), float(task["alpha"])
-    validate(info, query, delta)
-    check(info, query, task["source"]["decimals"])
+    schema = validate(info, query, delta)
     source = task["source"]
+    check(info, query, source["decimals"])
     compiled = compile_query(info, query, relation(source), source["secret"], source["decimals"])
+    if query.kind in ("agg", "moments"):
+        return _several(task, info, schema, query, compiled, epsilon, alpha)
     mechanisms = _mechanisms(info, query, compiled, epsilon, delta, alpha)
     stat_alpha = alpha / 2 if query.kind == "mean" else alpha
     accuracy = [{"statistic": name, "alpha": stat_alpha,
@@ -155,8 +149,33 @@ def run(task: dict) -> dict:
     note = _note(query, mechanisms)
     if task["mode"] == "preview":
         return {"accuracy": accuracy, "note": note}
-    vectors = _vectors(info, compiled, _fetch(source, compiled))
-    return {"accuracy": accuracy, "note": note, "table": _table(info, query, compiled, mechanisms, vectors)}
+    vectors = _vectors(schema, compiled, _fetch(source, compiled))
+    return {"accuracy": accuracy, "note": note, "table": _table(schema, query, compiled, mechanisms, vectors)}
+
+
+def _several(task: dict, info: DatasetInfo, schema: DatasetInfo, query: DPQuery, main: Compiled, epsilon: float,
+             alpha: float) -> dict:
+    """An ``agg`` or ``moments`` release (:mod:`workbench.channels.dp.pushdown.several`)."""
+    source = task["source"]
+    note = "Computed in the table's own engine (bounded aggregation pushed down); noise added by OpenDP."
+    if query.kind == "moments":
+        mechanisms = several.moments_mechanisms(info, main, epsilon, alpha)
+        accuracy = [{"statistic": a, "alpha": alpha, "accuracy": m.accuracy / main.parts[a][1]}
+                    for a, m in mechanisms.items()]
+        if task["mode"] == "preview":
+            return {"accuracy": accuracy, "note": note}
+        table = several.moments_table(schema, query, main, _vectors(schema, main, _fetch(source, main)), mechanisms)
+        return {"accuracy": accuracy, "note": note, "table": table}
+    histograms = {column: compile_histogram(info, query, column, relation(source), source["secret"])
+                  for column in several.histogram_columns(query)}
+    mechanisms = several.agg_mechanisms(info, query, main, histograms, epsilon, alpha)
+    accuracy = several.agg_accuracy(query, main, mechanisms, alpha)
+    if task["mode"] == "preview":
+        return {"accuracy": accuracy, "note": note}
+    vectors = _vectors(schema, main, _fetch(source, main)) if main.values else {}
+    counts = {column: _vectors(schema, compiled, _fetch(source, compiled)) for column, compiled in histograms.items()}
+    table = several.agg_table(schema, query, main, vectors, histograms, counts, mechanisms, alpha)
+    return {"accuracy": accuracy, "note": note, "table": table}
 
 
 def _note(query: DPQuery, mechanisms: dict) -> str:
