@@ -60,6 +60,14 @@ LANGUAGE = [
               {"name": "med", "stat": "quantile", "column": "age", "p": 0.5}]},
     {"kind": "agg", "aggs": [{"name": "v", "stat": "var", "column": "cost"}, {"name": "n", "stat": "count"}],
      "weights": [3, 1], "where": {"op": "between", "arg": col("age"), "low": 18, "high": 90}},
+    # Values that would make PostgreSQL raise (division by zero, overflow, underflow) must answer as Polars does,
+    # never as an error: an error that depends on the rows would leak them outside any mechanism.
+    {"kind": "count", "by": ["sex"], "where": {"op": "and", "args": [
+        {"op": "gt", "left": {"op": "mul", "left": {"op": "mul", "left": col("age"), "right": lit(1e200)},
+                              "right": lit(1e200)}, "right": lit(1.0)},
+        {"op": "gt", "left": {"op": "div", "left": col("cost"), "right": col("age")}, "right": lit(5.0)},
+        {"op": "ge", "left": {"op": "mul", "left": {"op": "mul", "left": col("age"), "right": lit(1e-200)},
+                              "right": lit(1e-200)}, "right": lit(0.0)}]}},
 ]
 
 
@@ -274,6 +282,36 @@ def test_credentials_come_from_the_environment_and_stay_out_of_the_catalogue(mon
     assert "p@ss" not in source_version(source) and source_version(source).startswith("table:")
     bumped = TableSource(url="postgresql://db.example:5432/warehouse", table="claims", version="2")
     assert source_version(bumped) != source_version(source)
+
+
+def test_moments_agree_with_the_parquet_file_within_their_noise(served):
+    query = {"kind": "moments", "columns": ["age", "cost"], "where": {"op": "eq", "left": col("sex"), "right": lit("M")}}
+    a, b = (by_moment(release(served["client"], name, query, epsilon=5.0)) for name in ("claims_file", "claims_pg"))
+    assert a.keys() == b.keys() == {"n", "s__age", "s__cost", "p__age__age", "p__age__cost", "p__cost__cost",
+                                    "c__age", "c__cost"}
+    for moment in a:
+        (x, sx), (y, sy) = a[moment], b[moment]
+        assert abs(x - y) <= 15 * (sx + sy), (moment, a[moment], b[moment])  # Laplace tails: P(miss) < 1e-6
+
+
+def by_moment(answer: dict) -> dict[str, tuple[float, float]]:
+    columns = answer["table"]["columns"]
+    return {row[0]: (row[columns.index("estimate")], row[columns.index("scale")]) for row in answer["table"]["data"]}
+
+
+def test_a_wrong_type_in_a_table_is_a_start_up_problem(served, tmp_path):
+    import psycopg
+
+    from workbench.node.catalog import Catalog
+    from workbench.node.settings import NodeConfig
+
+    with psycopg.connect(pg_dsn(served["db_url"])) as con:
+        con.execute('DROP TABLE IF EXISTS "claims_text_age"')
+        con.execute('CREATE TABLE "claims_text_age" (pid text, region text, sex text, age text, cost double precision)')
+    broken = write_config(tmp_path, {"bad": {"source": {"url": pg_dsn(served["db_url"]), "table": "claims_text_age"}}},
+                          port=free_port())
+    problems = Catalog(NodeConfig.load(broken)).problems()
+    assert "'age' is text, not int" in problems["bad"]
 
 
 def test_catalogue_shows_no_source_and_node_check_catches_a_missing_column(served, tmp_path):
