@@ -53,6 +53,10 @@ def schema_frame(info: DatasetInfo, columns: list[str]) -> pl.LazyFrame:
 
 def _sink(path: str, file_format: str, info_json: dict, consent: dict | None, tmp: str) -> None:
     """Write the copy: categories as codes, streamed (Polars reads, encodes and writes one morsel at a time)."""
+    # The owner's file is read memory-mapped here, not by the buffered reader the workers use for releases:
+    # writing a copy of 1B rows, the buffered reader allocated 2.6 GiB, the mapped one 0.67 GiB (its resident
+    # memory also counts the file's pages, which are page cache the kernel can drop).
+    os.environ.pop("POLARS_FORCE_ASYNC", None)
     info = DatasetInfo.model_validate(info_json)
     codes = []
     for column, values in coded_columns(info).items():
