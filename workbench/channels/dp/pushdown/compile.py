@@ -9,7 +9,7 @@ that holds the table, and returns only per-group aggregates:
    neither the analyst nor the row order picks which rows count.
 2. **Public keys only.** Rows whose group key is outside the column's public
    category list are dropped (as the Parquet path drops them); histograms bin
-   a clipped value by public edges; quantiles bin it on the public candidate grid.
+   a clipped value by public edges; quantiles count it on the public grid of :func:`workbench.channels.dp.quantiles.grid`.
 3. **Clipping and fixed point.** A summed value is null-imputed to the middle
    of its public bounds, clipped to them, scaled by ``10**decimals``, rounded
    and cast to BIGINT *per row*, so the engine sums integers: no float
@@ -39,7 +39,7 @@ import sqlglot
 from sqlglot import exp
 
 from workbench.channels.dp import quantiles
-from workbench.channels.dp.statistics import bounds, candidates, moment_names
+from workbench.channels.dp.statistics import bounds, moment_names
 from workbench.channels.dp.pushdown.expressions import Compiler, is_nan, number
 from workbench.errors import InvalidQuery
 from workbench.protocol import ColumnInfo, DatasetInfo, DPQuery
@@ -48,7 +48,6 @@ from workbench.query.validate import bin_labels, histogram_bins
 
 RANK = "wb_rank"
 BIN = "wb_bin"
-CELL = "wb_cell"
 BIGINT_LIMIT = 2 ** 62  # largest |sum| of scaled integers a query may produce (BIGINT sums, with headroom)
 
 
@@ -331,19 +330,9 @@ def moment_values(rows: Rows, columns: list[str], decimals: int) -> dict:
     return values
 
 
-def cell_expression(rows: Rows, name: str, candidates: list) -> exp.Expression:
-    """The index of the public quantile candidate at or below the clipped value (a row-wise rounding down to
-    the candidate grid, which is even between the column's bounds)."""
-    lo, hi = float(candidates[0]), float(candidates[-1])
-    step = (hi - lo) / (len(candidates) - 1)
-    offset = exp.Paren(this=exp.Sub(this=_between(rows.clean(name), lo, hi), expression=_num(lo)))
-    index = exp.Floor(this=exp.Div(this=offset, expression=_num(step)))
-    return exp.cast(_between(index, 0, len(candidates) - 1), "BIGINT")
-
-
 def compile_query(info: DatasetInfo, query: DPQuery, table: str, secret: str, decimals: int) -> Compiled:
     """The SQL tree of ``query`` over ``table`` (query already checked by :func:`workbench.query.validate.validate`);
-    an ``agg``'s quantiles are separate queries (:func:`compile_histogram`)."""
+    quantiles (the kind, and an ``agg``'s) are separate queries (:func:`compile_histogram`)."""
     rows = Rows(info, query, table)
     kind = query.kind
     keys = [(name, list(rows.column(name).categories)) for name in query.by]
@@ -358,10 +347,6 @@ def compile_query(info: DatasetInfo, query: DPQuery, table: str, secret: str, de
         else:
             computed[BIN], labels[BIN] = bin_expression(rows, col.name, edges), bin_labels(edges)
             keys.append((BIN, list(range(len(edges) - 1))))
-    elif kind == "quantile":
-        grid = candidates(rows.column(query.column))
-        computed[CELL], labels[CELL] = cell_expression(rows, query.column, grid), grid
-        keys.append((CELL, list(range(len(grid)))))
     elif kind in ("sum", "mean"):
         values = {"sum": sum_value(rows, query.column, decimals), **(values if kind == "mean" else {})}
     elif kind == "agg":
@@ -373,7 +358,7 @@ def compile_query(info: DatasetInfo, query: DPQuery, table: str, secret: str, de
 
 def compile_histogram(info: DatasetInfo, query: DPQuery, column: str, table: str, secret: str) -> Compiled:
     """Counts per group and per cell of ``column``'s public quantile grid (:func:`workbench.channels.dp.quantiles.grid`):
-    the histogram an ``agg``'s quantiles of that column are read from."""
+    the histogram the quantiles of that column are read from."""
     rows = Rows(info, query, table)
     edges, _ = quantiles.grid(rows.column(column))
     keys = [(name, list(rows.column(name).categories)) for name in query.by]

@@ -61,20 +61,6 @@ def integer_vector(length: int, sensitivity: int, epsilon: float, delta: float, 
     return best
 
 
-def noisy_min(length: int, sensitivity: int, epsilon: float) -> Any:
-    """The exponential mechanism (report-noisy-min with Gumbel noise, ``make_noisy_max(negate=True)``) over
-    ``length`` non-negative integer scores whose L-infinity distance between neighbours is at most
-    ``sensitivity``: epsilon-DP, and its privacy map is linear in that distance."""
-    dp = _dp()
-    domain = dp.vector_domain(dp.atom_domain(T="u64"), size=length)
-
-    def make(scale):
-        return dp.m.make_noisy_max(domain, dp.linf_distance(T="u64"), dp.max_divergence(), scale=scale,
-                                   negate=True)
-
-    return make(_scale(make, 2.0 * sensitivity / epsilon, sensitivity, epsilon))
-
-
 def _scale(make, scale: float, d_in, d_out) -> float:
     """``scale`` if OpenDP confirms ``make(scale)`` meets ``d_out`` at ``d_in``; else OpenDP's own search."""
     if make(scale).check(d_in, d_out):
