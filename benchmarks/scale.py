@@ -177,7 +177,7 @@ def raw_polars(path: Path) -> tuple[float, int]:
     return float(seconds), int(rss)
 
 
-def measure(path: Path, rows: int, repeat: int, spark: bool) -> dict:
+def measure(path: Path, rows: int, repeat: int, spark: bool, data_dir: Path) -> dict:
     import httpx
 
     result = {"rows": rows, "file_gb": path.stat().st_size / 1e9}
@@ -189,7 +189,7 @@ def measure(path: Path, rows: int, repeat: int, spark: bool) -> dict:
     if spark:
         datasets["spark"] = {"source": {"url": "local[2]", "parquet": str(path)}, "max_rows": rows,
                              "columns": COLUMNS, "budget": {"epsilon": 1e6, "delta": 1e-3}}
-    root = Path(tempfile.mkdtemp(prefix="wb-scale-", dir=HERE / "data"))
+    root = Path(tempfile.mkdtemp(prefix="wb-scale-", dir=data_dir))
     proc, url, token, result["startup_s"] = start_node(root, datasets)
     note("node start-up (hash, checks)", seconds=result["startup_s"])
     try:
@@ -242,13 +242,18 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--spark", action="store_true", help="also Spark local[2] on the same file")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--data", type=Path, default=HERE / "data",
+                        help="folder for the generated files and the node's state (reused between runs)")
+    parser.add_argument("--generate-only", action="store_true", help="write the files and stop")
     args = parser.parse_args()
     sizes = args.rows or [100_000_000]
-    data_dir = HERE / "data"
+    data_dir = args.data
     data_dir.mkdir(exist_ok=True)
     files = {rows: make_data(rows, data_dir, args.chunk) for rows in sizes}
+    if args.generate_only:
+        return
     load_before = os.getloadavg()
-    results = [measure(files[rows], rows, args.repeat, args.spark) for rows in sizes]
+    results = [measure(files[rows], rows, args.repeat, args.spark, data_dir) for rows in sizes]
     load_after = os.getloadavg()
     print_table(results, load_before, load_after)
     if args.json:

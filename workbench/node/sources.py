@@ -87,17 +87,90 @@ def pushdown_task(entry, state_dir: Path) -> dict:
             "secret": node_secret(state_dir)}
 
 
+#: What a declared column type accepts, in the engine's own type names (normalised to lower case, without
+#: parameters): ``string``/``id`` columns are cast to text by the SQL, so any type will do.
+ACCEPTED = {
+    "int": {"int2", "int4", "int8", "smallint", "integer", "bigint", "tinyint", "byte", "short", "int", "long",
+            "int16", "int32", "int64", "int8", "uint8", "uint16", "uint32", "uint64"},
+    "float": {"float4", "float8", "real", "double precision", "numeric", "decimal", "float", "double", "float32",
+              "float64"},
+    "bool": {"bool", "boolean"},
+    "text": {"text", "varchar", "character varying", "bpchar", "character", "char", "name", "string", "str",
+             "utf8", "large_string", "categorical", "enum"},
+}
+
+
+def type_problems(config, present: dict[str, str]) -> list[str]:
+    """What is missing from a table, or of the wrong type, compared with the dataset's declared columns.
+
+    ``present``: column name -> the engine's type name. ``int`` needs an integer type; ``float`` a number;
+    ``bool`` a boolean; a ``category`` text (or integers / booleans when its public categories are)."""
+    problems, wanted = [], dict(config.columns)
+    unit = config.privacy_unit.id_column
+    if unit and unit not in wanted:
+        wanted[unit] = None
+    for name, column in wanted.items():
+        if name not in present:
+            problems.append(f"column {name!r} is in the config but not in the table")
+            continue
+        kind = re.sub(r"\(.*", "", present[name].lower()).strip()
+        accepted = _accepted(column)
+        if accepted is not None and kind not in accepted:
+            problems.append(f"column {name!r} is {present[name]}, not {column.type}")
+    return problems
+
+
+def _accepted(column) -> set[str] | None:
+    if column is None or column.type in ("string", "id"):
+        return None
+    if column.type == "float":
+        return ACCEPTED["float"] | ACCEPTED["int"]
+    if column.type in ("int", "bool"):
+        return ACCEPTED[column.type]
+    values = column.categories or []
+    if values and all(isinstance(v, bool) for v in values):
+        return ACCEPTED["bool"]
+    if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return ACCEPTED["int"]
+    return ACCEPTED["text"]
+
+
 def check_columns(name: str, config) -> None:
-    """Refuse a PostgreSQL table that lacks a declared column (Spark tables are checked by their first query)."""
+    """Refuse a table that lacks a declared column or holds one of the wrong type (PostgreSQL: one query that
+    reads no rows; Spark: the schema Spark reads, see :func:`spark_columns`), at start-up and in ``node check``."""
     source = config.source
-    if source.kind != "postgres":
-        return
-    present = table_columns(name, source.url, source.table)
-    missing = [c for c in config.columns if c not in present]
-    if config.privacy_unit.id_column and config.privacy_unit.id_column not in present:
-        missing.append(config.privacy_unit.id_column)
-    if missing:
-        raise ValueError(f"columns {missing} are in the config but not in table {source.table!r}")
+    present = (table_columns(name, source.url, source.table) if source.kind == "postgres"
+               else spark_columns(source))
+    problems = type_problems(config, present)
+    if problems:
+        where = source.table or source.parquet
+        raise ValueError(f"table {where!r} does not match its config: " + "; ".join(problems))
+
+
+_SPARK_SCHEMAS: dict[str, tuple[float, dict | str]] = {}
+SPARK_SCHEMA_TTL_S = 300.0
+
+
+def spark_columns(source) -> dict[str, str]:
+    """Column name -> Spark type of a Spark source, read by Spark itself in a short-lived child process (the node
+    process never holds a JVM). The answer (or the failure) is kept for five minutes, so a broken source does
+    not start a JVM per request."""
+    import subprocess
+    import sys
+    import time
+
+    key = json.dumps([source.url, source.table, source.parquet, source.version])
+    hit = _SPARK_SCHEMAS.get(key)
+    if hit is None or time.monotonic() - hit[0] > SPARK_SCHEMA_TTL_S:
+        done = subprocess.run([sys.executable, "-m", "workbench.channels.dp.pushdown.spark", key],
+                              capture_output=True, text=True, timeout=900)
+        lines = done.stdout.strip().splitlines()
+        answer = json.loads(lines[-1]) if done.returncode == 0 and lines else (
+            f"Spark could not read the source ({done.stderr.strip().splitlines()[-1:] or 'no message'})")
+        hit = _SPARK_SCHEMAS[key] = (time.monotonic(), answer)
+    if isinstance(hit[1], str):
+        raise ValueError(hit[1])
+    return hit[1]
 
 
 def connect_postgres(dataset: str, url: str) -> "psycopg.Connection":
@@ -113,10 +186,12 @@ def connect_postgres(dataset: str, url: str) -> "psycopg.Connection":
                                 code="dataset_unavailable") from None
 
 
-def table_columns(dataset: str, url: str, table: str) -> set[str]:
-    """The column names of ``table`` (reads no rows)."""
+def table_columns(dataset: str, url: str, table: str) -> dict[str, str]:
+    """Column name -> PostgreSQL type name of ``table`` (reads no rows)."""
     from psycopg import sql
 
     with connect_postgres(dataset, url) as con:
         cursor = con.execute(sql.SQL("SELECT * FROM {} LIMIT 0").format(sql.Identifier(*table.split("."))))
-        return {d.name for d in cursor.description}
+        types = con.adapters.types
+        return {d.name: (types.get(d.type_code).name if types.get(d.type_code) else str(d.type_code))
+                for d in cursor.description}

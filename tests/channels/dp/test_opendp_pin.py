@@ -48,3 +48,18 @@ def test_the_synthesis_patch_finds_its_targets():
         loaded = importlib.import_module(module)
         for name in names:
             assert callable(getattr(loaded, name, None)), f"{module}.{name}"
+
+
+def test_opendp_imputes_nan_to_the_middle_of_a_sums_bounds():
+    """``statistics.summand`` leaves NaN to OpenDP's bounded sum, which imputes it to the middle of the bounds (the
+    file path's imputation): an upgrade that changed this would change answers, and this test says so."""
+    from workbench.channels.dp import statistics, worker as engine
+    from workbench.protocol import ColumnInfo, DatasetInfo
+
+    engine._opendp()
+    col = ColumnInfo(name="x", type="float", bounds=(0.0, 10.0))
+    info = DatasetInfo(name="t", tier="private", max_rows=1000, columns=[col])
+    lf = pl.LazyFrame({"x": [1.0, float("nan"), None, 20.0, 2.0]}, schema={"x": pl.Float64})
+    query = engine._query(lf, info, 1000.0, 0.0).select(statistics.summand(col).dp.sum((0.0, 10.0)).alias("sum"))
+    released = query.release().collect()["sum"][0]
+    assert released == pytest.approx(1.0 + 5.0 + 5.0 + 10.0 + 2.0, abs=0.5)

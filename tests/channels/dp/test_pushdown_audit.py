@@ -66,11 +66,16 @@ def releases(url: str, table: str, query: dict, epsilon: float, n: int, bounded:
     return np.array([run(task)["table"]["data"][0][0] for _ in range(n)], dtype=float)
 
 
-@pytest.mark.parametrize("query", [{"kind": "count"}, {"kind": "sum", "column": "x"}], ids=["count", "sum"])
+FILTERED_SUM = {"kind": "sum", "column": "x", "where": {"op": "gt", "left": {"op": "col", "name": "x"},
+                                                      "right": {"op": "lit", "value": 50}}}
+
+
+@pytest.mark.parametrize("query", [{"kind": "count"}, {"kind": "sum", "column": "x"}, FILTERED_SUM],
+                         ids=["count", "sum", "filtered-sum"])
 def test_pushed_down_release_spends_no_more_than_it_claims(neighbours, query):
     a, b = releases(neighbours, "d", query, 1.0, N), releases(neighbours, "d_prime", query, 1.0, N)
     point, lower = empirical_epsilon(a, b)
-    print(f"{query['kind']}, claimed epsilon 1.0: empirical {point:.3f}, {1 - ALPHA:.1%} lower bound {lower:.3f}")
+    print(f"{query['kind']}{' where' if query.get('where') else ''}, claimed epsilon 1.0: empirical {point:.3f}, {1 - ALPHA:.1%} lower bound {lower:.3f}")
     assert lower <= 1.0, f"the pushed-down {query['kind']} spends epsilon >= {lower:.3f} at {1 - ALPHA:.1%}"
     if query["kind"] == "count":
         assert point > 0.5, f"the audit lacks power (estimate {point:.3f} for a tight count of epsilon 1)"

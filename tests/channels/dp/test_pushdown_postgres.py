@@ -32,6 +32,50 @@ QUERIES = [
 ]
 
 
+def col(name: str) -> dict:
+    return {"op": "col", "name": name}
+
+
+def lit(value) -> dict:
+    return {"op": "lit", "value": value}
+
+
+#: Filters, derived columns and several statistics (the query language): the same contract as QUERIES.
+LANGUAGE = [
+    {"kind": "count", "by": ["region"], "where": {"op": "gt", "left": col("age"), "right": lit(40)}},
+    {"kind": "mean", "column": "cost2", "where": {"op": "eq", "left": col("sex"), "right": lit("F")},
+     "derive": [{"name": "cost2", "expr": {"op": "clip", "arg": {"op": "mul", "left": col("cost"), "right": lit(2)},
+                                           "low": 0, "high": 1500}}]},
+    {"kind": "sum", "column": "old", "by": ["sex"],
+     "derive": [{"name": "old", "expr": {"op": "cast", "to": "int",
+                                         "arg": {"op": "ge", "left": col("age"), "right": lit(65)}}}]},
+    {"kind": "count", "by": ["band"],
+     "where": {"op": "or", "args": [{"op": "is_null", "arg": col("cost")},
+                                    {"op": "lt", "left": {"op": "div", "left": col("cost"), "right": col("age")},
+                                     "right": lit(10.0)}]},
+     "derive": [{"name": "band", "expr": {"op": "cut", "arg": col("age"), "edges": [17, 64]}}]},
+    {"kind": "agg", "by": ["sex"], "where": {"op": "is_in", "arg": col("region"), "values": ["north", "east"]},
+     "aggs": [{"name": "n", "stat": "count"}, {"name": "avg", "stat": "mean", "column": "cost"},
+              {"name": "sd", "stat": "std", "column": "age"}, {"name": "total", "stat": "sum", "column": "age"},
+              {"name": "med", "stat": "quantile", "column": "age", "p": 0.5}]},
+    {"kind": "agg", "aggs": [{"name": "v", "stat": "var", "column": "cost"}, {"name": "n", "stat": "count"}],
+     "weights": [3, 1], "where": {"op": "between", "arg": col("age"), "low": 18, "high": 90}},
+    # Values that would make PostgreSQL raise (division by zero, overflow, underflow) must answer as Polars does,
+    # never as an error: an error that depends on the rows would leak them outside any mechanism.
+    {"kind": "count", "by": ["sex"], "where": {"op": "and", "args": [
+        {"op": "gt", "left": {"op": "mul", "left": {"op": "mul", "left": col("age"), "right": lit(1e200)},
+                              "right": lit(1e200)}, "right": lit(1.0)},
+        {"op": "gt", "left": {"op": "div", "left": col("cost"), "right": col("age")}, "right": lit(5.0)},
+        {"op": "ge", "left": {"op": "mul", "left": {"op": "mul", "left": col("age"), "right": lit(1e-200)},
+                              "right": lit(1e-200)}, "right": lit(0.0)}]}},
+]
+
+
+def query_id(q: dict) -> str:
+    return "-".join([q["kind"], *q.get("by", []), q.get("column") or "", "where" if q.get("where") else "",
+                     "derive" if q.get("derive") else ""]).strip("-")
+
+
 def pg_dsn(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://")
 
@@ -93,8 +137,7 @@ def assert_agree(a: dict, b: dict) -> None:
         assert abs(x["estimate"] - y["estimate"]) <= slack, (key, x, y)
 
 
-@pytest.mark.parametrize("query", QUERIES, ids=lambda q: "-".join([q["kind"], *q.get("by", []),
-                                                                   q.get("column") or ""]))
+@pytest.mark.parametrize("query", QUERIES + LANGUAGE, ids=query_id)
 def test_parquet_and_postgres_answers_agree_within_their_intervals(served, query):
     client = served["client"]
     assert_agree(release(client, "claims_file", query), release(client, "claims_pg", query))
@@ -104,7 +147,16 @@ def test_median_from_postgres_is_near_the_true_median(served):
     client, frame = served["client"], served["frame"]
     answer = release(client, "claims_pg", {"kind": "quantile", "column": "age", "quantile": 0.5}, epsilon=5.0)
     true_median = frame["age"].median()
-    assert abs(answer["table"]["data"][0][answer["table"]["columns"].index("estimate")] - true_median) <= 5
+    stat = by_key(answer["table"])[()]
+    assert abs(stat["estimate"] - true_median) <= 5
+    # Read off a noisy histogram of the public grid, as on the file path: with an interval that holds the truth.
+    assert stat["lower"] <= stat["estimate"] <= stat["upper"] and stat["lower"] <= true_median <= stat["upper"]
+    grouped = by_key(release(client, "claims_pg", {"kind": "quantile", "column": "cost", "quantile": 0.9,
+                                                   "by": ["sex"]}, epsilon=5.0)["table"])
+    truth = dict(frame.with_columns(pl.col("cost").fill_null(500.0)).group_by("sex")
+                 .agg(pl.col("cost").quantile(0.9)).iter_rows())
+    for (sex,), stat in grouped.items():
+        assert stat["lower"] <= truth[sex] <= stat["upper"], (sex, stat, truth[sex])
 
 
 def test_counts_from_postgres_are_near_the_truth_and_report_their_interval(served):
@@ -239,6 +291,36 @@ def test_credentials_come_from_the_environment_and_stay_out_of_the_catalogue(mon
     assert "p@ss" not in source_version(source) and source_version(source).startswith("table:")
     bumped = TableSource(url="postgresql://db.example:5432/warehouse", table="claims", version="2")
     assert source_version(bumped) != source_version(source)
+
+
+def test_moments_agree_with_the_parquet_file_within_their_noise(served):
+    query = {"kind": "moments", "columns": ["age", "cost"], "where": {"op": "eq", "left": col("sex"), "right": lit("M")}}
+    a, b = (by_moment(release(served["client"], name, query, epsilon=5.0)) for name in ("claims_file", "claims_pg"))
+    assert a.keys() == b.keys() == {"n", "s__age", "s__cost", "p__age__age", "p__age__cost", "p__cost__cost",
+                                    "c__age", "c__cost"}
+    for moment in a:
+        (x, sx), (y, sy) = a[moment], b[moment]
+        assert abs(x - y) <= 15 * (sx + sy), (moment, a[moment], b[moment])  # Laplace tails: P(miss) < 1e-6
+
+
+def by_moment(answer: dict) -> dict[str, tuple[float, float]]:
+    columns = answer["table"]["columns"]
+    return {row[0]: (row[columns.index("estimate")], row[columns.index("scale")]) for row in answer["table"]["data"]}
+
+
+def test_a_wrong_type_in_a_table_is_a_start_up_problem(served, tmp_path):
+    import psycopg
+
+    from workbench.node.catalog import Catalog
+    from workbench.node.settings import NodeConfig
+
+    with psycopg.connect(pg_dsn(served["db_url"])) as con:
+        con.execute('DROP TABLE IF EXISTS "claims_text_age"')
+        con.execute('CREATE TABLE "claims_text_age" (pid text, region text, sex text, age text, cost double precision)')
+    broken = write_config(tmp_path, {"bad": {"source": {"url": pg_dsn(served["db_url"]), "table": "claims_text_age"}}},
+                          port=free_port())
+    problems = Catalog(NodeConfig.load(broken)).problems()
+    assert "'age' is text, not int" in problems["bad"]
 
 
 def test_catalogue_shows_no_source_and_node_check_catches_a_missing_column(served, tmp_path):

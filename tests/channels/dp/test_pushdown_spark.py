@@ -14,11 +14,13 @@ import shutil
 import uuid
 
 import httpx
+import polars as pl
 import pytest
 
 from tests.conftest import free_port, start_node
 from tests.pushdown_data import load_postgres, make_frame, write_config
-from tests.channels.dp.test_pushdown_postgres import QUERIES, assert_agree, by_key, pg_dsn, release
+from tests.channels.dp.test_pushdown_postgres import (LANGUAGE, QUERIES, assert_agree, by_key, pg_dsn, query_id,
+                                                      release)
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres,
               pytest.mark.skipif(shutil.which("java") is None, reason="Spark needs Java (scripts/setup --test)")]
@@ -62,8 +64,7 @@ def served(tmp_path_factory, pg_server):
     process.wait(timeout=60)
 
 
-@pytest.mark.parametrize("query", QUERIES, ids=lambda q: "-".join([q["kind"], *q.get("by", []),
-                                                                   q.get("column") or ""]))
+@pytest.mark.parametrize("query", QUERIES + LANGUAGE, ids=query_id)
 def test_every_backend_agrees_with_the_parquet_file_within_the_intervals(served, query):
     client = served["client"]
     reference = release(client, "claims_file", query)
@@ -88,3 +89,19 @@ def test_spark_replays_are_free_and_charges_match_the_file_path(served):
     on_file = release(client, "claims_file", query, epsilon=0.9)
     assert first["epsilon_charged"] == on_file["epsilon_charged"] == 0.9
     assert again["replayed"] and again["epsilon_charged"] == 0 and again["table"] == first["table"]
+
+
+def test_node_check_reads_a_spark_sources_columns_at_start_up(tmp_path):
+    """A missing column and a wrong type are the owner's problems at start-up, not an analyst's first release."""
+    from workbench.node.catalog import Catalog
+    from workbench.node.settings import NodeConfig
+
+    frame = make_frame(people=50, seed=2).drop("sex").with_columns(age=pl.col("age").cast(pl.String))
+    frame.write_parquet(tmp_path / "lake", partition_by="region")
+    config = write_config(tmp_path, {"bad": {"source": {"url": "local[1]", "parquet": str(tmp_path / "lake")}}},
+                          port=free_port())
+    catalog = Catalog(NodeConfig.load(config))
+    problems = catalog.problems()
+    assert "column 'sex' is in the config but not in the table" in problems["bad"]
+    assert "column 'age' is string, not int" in problems["bad"]
+    assert not catalog.entries()

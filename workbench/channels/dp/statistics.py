@@ -58,6 +58,19 @@ def filled(col) -> pl.Expr:
     return expr.fill_nan(mid).fill_null(mid)
 
 
+def summand(col) -> pl.Expr:
+    """A numeric column as OpenDP's bounded sum takes it: nulls imputed to the middle of the public bounds.
+
+    NaN (floats) is imputed by OpenDP's sum itself, to the same middle: OpenDP 0.16 inserts
+    ``when(x.is_not_nan() | x.is_null()).then(x).otherwise(middle)`` before clipping (pinned by
+    tests/channels/dp/test_opendp_pin.py). Our own ``fill_nan`` on top made the plan evaluate the column three
+    times per row: ~25% of a group-by mean's CPU at 100M rows."""
+    if col.type == "int":
+        return filled(col)
+    lo, hi = col.bounds
+    return pl.col(col.name).fill_null((lo + hi) / 2.0)
+
+
 def bounds(col) -> tuple:
     lo, hi = col.bounds
     return (int(math.ceil(lo)), int(math.floor(hi))) if col.type == "int" else (float(lo), float(hi))
@@ -101,7 +114,7 @@ def statistic_aggregates(info: DatasetInfo, s: Statistic, scale: dict[str, float
     if s.stat == "quantile":
         return [x.dp.quantile(s.p, candidates(col), scale=sc("q")).alias(_alias(s.name, "q"))]
     if s.stat in ("sum", "mean"):
-        out = [x.dp.sum(bounds(col), scale=sc("s")).alias(_alias(s.name, "s"))]
+        out = [summand(col).dp.sum(bounds(col), scale=sc("s")).alias(_alias(s.name, "s"))]
         if s.stat == "mean":
             out.append(dp.len(scale=sc("n"), signed=True).alias(_alias(s.name, "n")))
         return out

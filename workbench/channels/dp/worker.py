@@ -115,9 +115,9 @@ class _Plan:
         if kind in ("count", "histogram"):
             return [dp.len(signed=True).alias("count")]
         if kind == "sum":
-            return [_filled(col).dp.sum(_bounds(col)).alias("sum")]
+            return [statistics.summand(col).dp.sum(_bounds(col)).alias("sum")]
         if kind == "mean":
-            return [_filled(col).dp.sum(_bounds(col)).alias("sum"), dp.len(signed=True).alias("count")]
+            return [statistics.summand(col).dp.sum(_bounds(col)).alias("sum"), dp.len(signed=True).alias("count")]
         return [_filled(col).dp.quantile(query.quantile, _candidates(col)).alias("quantile")]
 
     def _keys(self, info: DatasetInfo, env: dict, coded: dict[str, list]) -> bool:

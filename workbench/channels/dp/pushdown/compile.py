@@ -9,17 +9,24 @@ that holds the table, and returns only per-group aggregates:
    neither the analyst nor the row order picks which rows count.
 2. **Public keys only.** Rows whose group key is outside the column's public
    category list are dropped (as the Parquet path drops them); histograms bin
-   a clipped value by public edges; quantiles bin it on the public candidate grid.
+   a clipped value by public edges; quantiles count it on the public grid of :func:`workbench.channels.dp.quantiles.grid`.
 3. **Clipping and fixed point.** A summed value is null-imputed to the middle
    of its public bounds, clipped to them, scaled by ``10**decimals``, rounded
    and cast to BIGINT *per row*, so the engine sums integers: no float
    rounding can make one row move a sum by more than its clipped, scaled bound.
 
-The tree is built once (:func:`compile_query`) and rendered per dialect
+Filters and derived columns of the query language (:mod:`workbench.channels.dp.pushdown.expressions`) are
+row-wise steps *before* bounding: derived columns are computed in one inner select each (so a column used
+twice is computed once), the filter is the ``WHERE`` of the select that ranks the rows, and a derived number
+is imputed and clipped to the bounds its public typing gives (:func:`workbench.query.language.derived_schema`)
+like a dataset column. Why this keeps every sensitivity argument: a row-wise filter and row-wise derived
+columns are functions of one row; applied before bounding, a unit's kept rows are still at most
+``max_contributions``, chosen by a function of that unit's own (filtered) rows and the node's key, and no
+other unit's kept rows change when it is added or removed. (OpenDP's plan on the file path filters after the
+contribution bound is fixed; filtering first keeps more of a unit's matching rows, and the bound holds either way.)
+
+The tree is built once (:func:`compile_query`, :func:`compile_histogram`) and rendered per dialect
 (:func:`render`): the PostgreSQL and Spark SQL come from the same place.
-Filters and derived columns of the query language are meant to slot in as
-expressions in :func:`_row_filter` and the inner select (row-wise steps keep
-the sensitivity arguments of :mod:`workbench.channels.dp.pushdown.run` unchanged).
 """
 
 from __future__ import annotations
@@ -31,11 +38,16 @@ from dataclasses import dataclass, field
 import sqlglot
 from sqlglot import exp
 
-from workbench.protocol import DatasetInfo, DPQuery
+from workbench.channels.dp import quantiles
+from workbench.channels.dp.statistics import bounds, moment_names
+from workbench.channels.dp.pushdown.expressions import Compiler, is_nan, number
+from workbench.errors import InvalidQuery
+from workbench.protocol import ColumnInfo, DatasetInfo, DPQuery
+from workbench.query import language
+from workbench.query.validate import bin_labels, histogram_bins
 
 RANK = "wb_rank"
 BIN = "wb_bin"
-CELL = "wb_cell"
 BIGINT_LIMIT = 2 ** 62  # largest |sum| of scaled integers a query may produce (BIGINT sums, with headroom)
 
 
@@ -44,15 +56,23 @@ class Compiled:
     """One pushed-down query: its SQL tree and what the worker needs to read the rows it returns.
 
     ``keys``: (output column, public values) for every group key, in order; ``values``: the aggregate columns
-    (``count``, ``sum``); ``scale``: the fixed-point factor of ``sum``; ``sum_bound``: the largest |scaled value|
-    one row adds to a sum; ``labels``: key column -> public labels for ``wb_bin``/``wb_cell`` codes."""
+    in the order the SQL returns them (``count``, ``sum``, or ``<statistic>__<part>`` of an ``agg``);
+    ``parts``: for each value, (the largest |integer| one row adds to it, its fixed-point scale);
+    ``labels``: key column -> public labels for ``wb_bin``/``wb_cell`` codes."""
 
     select: exp.Select
     keys: list[tuple[str, list]]
     values: list[str]
-    scale: int = 1
-    sum_bound: int = 0
+    parts: dict[str, tuple[int, int]] = field(default_factory=dict)
     labels: dict[str, list] = field(default_factory=dict)
+
+    @property
+    def scale(self) -> int:
+        return self.parts.get("sum", (0, 1))[1]
+
+    @property
+    def sum_bound(self) -> int:
+        return self.parts.get("sum", (0, 1))[0]
 
     def key_product(self) -> list[tuple]:
         return list(itertools.product(*[values for _, values in self.keys]))
@@ -68,7 +88,7 @@ def _col(name: str) -> exp.Column:
 
 
 def _num(value) -> exp.Expression:
-    return exp.Literal.number(repr(value) if isinstance(value, float) else str(value))
+    return number(value)
 
 
 def _literal(value, column_type: str) -> exp.Expression:
@@ -85,64 +105,101 @@ def _table(name: str) -> exp.Table:
                       catalog=parts[-3] if len(parts) > 2 else None, quoted=True)
 
 
-def _clean(col) -> exp.Expression:
-    """The column with nulls (and NaN, for floats) imputed to the middle of its public bounds."""
-    lo, hi = col.bounds
-    mid = _num(int((lo + hi) // 2)) if col.type == "int" else _num((lo + hi) / 2.0)
-    value = exp.Coalesce(this=_col(col.name), expressions=[mid])
-    if col.type == "float":
-        nan = exp.EQ(this=_col(col.name), expression=exp.cast(exp.Literal.string("NaN"), "DOUBLE"))
-        value = exp.Case(ifs=[exp.If(this=nan, true=mid)], default=value)
-    return value
+def _between(value: exp.Expression, lo, hi) -> exp.Expression:
+    return exp.Least(this=exp.Greatest(this=value, expressions=[_num(lo)]), expressions=[_num(hi)])
 
 
-def _clipped(col, lo, hi) -> exp.Expression:
-    return exp.Least(this=exp.Greatest(this=_clean(col), expressions=[_num(lo)]), expressions=[_num(hi)])
+def fitting_scale(max_abs: float, max_rows: int, decimals: int, integer: bool) -> tuple[int, int] | None:
+    """(scale, per-row bound) of a fixed-point sum: ``10**d`` for the largest ``d <= decimals`` whose sum over
+    ``max_rows`` rows fits in :data:`BIGINT_LIMIT` (integers: unscaled); None if none fits."""
+    if integer:
+        bound = int(math.ceil(max_abs))
+        return (1, bound) if max_rows * bound < BIGINT_LIMIT else None
+    for d in range(decimals, -1, -1):
+        bound = math.ceil(max_abs * 10 ** d)
+        if max_rows * bound < BIGINT_LIMIT:
+            return 10 ** d, bound
+    return None
 
 
-def fixed_point(col, decimals: int) -> tuple[exp.Expression, int, int]:
-    """Per-row BIGINT ``round(clip(x) * scale)``, its scale, and the largest |value| one row can add."""
-    lo, hi = col.bounds
-    if col.type == "int":
-        lo, hi = int(math.ceil(lo)), int(math.floor(hi))
-        return exp.cast(_clipped(col, lo, hi), "BIGINT"), 1, max(abs(lo), abs(hi))
-    scale = 10 ** decimals
-    scaled = exp.Mul(this=_clipped(col, float(lo), float(hi)), expression=_num(scale))
-    return exp.cast(exp.Round(this=scaled), "BIGINT"), scale, math.ceil(max(abs(lo), abs(hi)) * scale)
+class Rows:
+    """Where a query reads its rows: the table, or the table with the query's derived columns computed in one
+    inner select each; ``value(name)`` is the SQL expression of any column the query sees."""
+
+    def __init__(self, info: DatasetInfo, query: DPQuery, table: str):
+        self.info = info
+        self.schema, self.env = language.derived_schema(info, query)
+        declared = {c.name: _col(c.name) for c in info.columns}
+        compiler = Compiler(self.env, declared)
+        for derived in query.derive:
+            compiler.bind(derived.name, derived.expr)
+        where = compiler.compile(query.where)[0] if query.where is not None else None
+        self.names = {name: compiler.ref(name) for name in compiler.refs}
+        self.where = where
+        self.source = compiler.layers(_table(table), list(declared.values()))
+        if not isinstance(self.source, exp.Table):
+            self.source = self.source.subquery("wb_derived")
+
+    def column(self, name: str) -> ColumnInfo:
+        return self.schema.column(name)
+
+    def value(self, name: str) -> exp.Expression:
+        return self.names[name].copy()
+
+    def derived(self, name: str) -> bool:
+        return name not in {c.name for c in self.info.columns}
+
+    def clean(self, name: str) -> exp.Expression:
+        """The column with nulls (and NaN, where the value is a double) imputed to the middle of its bounds."""
+        col = self.column(name)
+        lo, hi = col.bounds
+        mid = _num(int((lo + hi) // 2)) if col.type == "int" else _num((lo + hi) / 2.0)
+        value = exp.Coalesce(this=self.value(name), expressions=[mid])
+        if col.type == "float" or self.derived(name):
+            value = exp.Case(ifs=[exp.If(this=is_nan(self.value(name)), true=mid.copy())], default=value)
+        return value
+
+    def clipped(self, name: str) -> exp.Expression:
+        lo, hi = self.column(name).bounds
+        return _between(self.clean(name), float(lo), float(hi))
 
 
-def bin_expression(col, edges: list[float]) -> exp.Expression:
+def fixed(value: exp.Expression, lo: float, hi: float, scaled: tuple[int, int]) -> exp.Expression:
+    """Per-row BIGINT ``round(clip(value, lo, hi) * scale)``."""
+    scale, _ = scaled
+    clipped = _between(value, lo, hi)
+    if scale == 1:
+        return exp.cast(exp.Round(this=clipped), "BIGINT")
+    return exp.cast(exp.Round(this=exp.Mul(this=clipped, expression=_num(scale))), "BIGINT")
+
+
+def grid_index(value: exp.Expression, lo: float, hi: float, cells: int) -> exp.Expression:
+    """The 0-based cell of ``value`` on ``cells`` equal cells over [lo, hi] (clipped; the last cell closed)."""
+    step = (hi - lo) / cells
+    offset = exp.Paren(this=exp.Sub(this=_between(value, float(lo), float(hi)), expression=_num(float(lo))))
+    index = exp.Floor(this=exp.Div(this=offset, expression=_num(step)))
+    return exp.cast(_between(index, 0, cells - 1), "BIGINT")
+
+
+def bin_expression(rows: Rows, name: str, edges: list[float]) -> exp.Expression:
     """The 0-based bin of the clipped value (left-closed bins, the last closed on both sides); null and NaN go
     to the first bin, as on the Parquet path."""
     lo, hi = edges[0], edges[-1]
-    value = exp.Coalesce(this=_col(col.name), expressions=[_num(float(lo))])
-    if col.type == "float":
-        nan = exp.EQ(this=_col(col.name), expression=exp.cast(exp.Literal.string("NaN"), "DOUBLE"))
-        value = exp.Case(ifs=[exp.If(this=nan, true=_num(float(lo)))], default=value)
-    value = exp.Least(this=exp.Greatest(this=value, expressions=[_num(float(lo))]), expressions=[_num(float(hi))])
+    value = exp.Coalesce(this=rows.value(name), expressions=[_num(float(lo))])
+    value = exp.Case(ifs=[exp.If(this=is_nan(rows.value(name)), true=_num(float(lo)))], default=value)
+    value = _between(value, float(lo), float(hi))
     ifs = [exp.If(this=exp.LT(this=value.copy(), expression=_num(float(e))), true=_num(i))
            for i, e in enumerate(edges[1:-1])]
     last = _num(len(edges) - 2)
     return exp.Case(ifs=ifs, default=last) if ifs else last
 
 
-def cell_expression(col, candidates: list) -> exp.Expression:
-    """The index of the public quantile candidate at or below the clipped value (a row-wise rounding down to
-    the candidate grid, which is even between the column's bounds)."""
-    lo, hi = float(candidates[0]), float(candidates[-1])
-    step = (hi - lo) / (len(candidates) - 1)
-    offset = exp.Paren(this=exp.Sub(this=_clipped(col, lo, hi), expression=_num(lo)))
-    index = exp.Floor(this=exp.Div(this=offset, expression=_num(step)))
-    bounded = exp.Least(this=exp.Greatest(this=index, expressions=[_num(0)]), expressions=[_num(len(candidates) - 1)])
-    return exp.cast(bounded, "BIGINT")
-
-
-def _row_filter(info: DatasetInfo, keys: list[str]) -> exp.Expression | None:
-    """Rows kept before bounding: group keys inside their public category lists."""
-    conditions = []
+def _row_filter(rows: Rows, keys: list[str]) -> exp.Expression | None:
+    """Rows kept before bounding: the query's filter, and group keys inside their public category lists."""
+    conditions = [exp.Paren(this=rows.where)] if rows.where is not None else []
     for name in keys:
-        col = info.column(name)
-        conditions.append(exp.In(this=_col(name), expressions=[_literal(v, col.type) for v in col.categories]))
+        col = rows.column(name)
+        conditions.append(exp.In(this=rows.value(name), expressions=[_literal(v, col.type) for v in col.categories]))
     return exp.and_(*conditions) if conditions else None
 
 
@@ -155,60 +212,156 @@ def _hash_order(info: DatasetInfo, secret: str) -> exp.Expression:
     return exp.MD5(this=exp.Concat(expressions=parts))
 
 
-def bounded_rows(info: DatasetInfo, table: str, needed: list[exp.Expression], row_filter, secret: str):
+def bounded_rows(info: DatasetInfo, source: exp.Expression, needed: list[exp.Expression], row_filter, secret: str):
     """The rows a query may read: filtered, then at most ``max_contributions`` per identifier."""
     unit = info.privacy_unit
     if not unit.id_column:
-        inner = sqlglot.select(*needed).from_(_table(table))
+        inner = sqlglot.select(*needed).from_(source)
         return inner.where(row_filter) if row_filter is not None else inner
     order = exp.Order(expressions=[exp.Ordered(this=_hash_order(info, secret))])
     rank = exp.Window(this=exp.RowNumber(), partition_by=[_col(unit.id_column)], order=order)
-    inner = sqlglot.select(*needed, exp.alias_(rank, RANK)).from_(_table(table))
+    inner = sqlglot.select(*needed, exp.alias_(rank, RANK)).from_(source)
     if row_filter is not None:
         inner = inner.where(row_filter)
     names = [n.alias_or_name for n in needed]
-    outer = sqlglot.select(*[_col(n) for n in names]).from_(inner.subquery("wb_rows"))
+    outer = sqlglot.select(*[exp.column(n) for n in names]).from_(inner.subquery("wb_rows"))
     return outer.where(exp.LTE(this=exp.column(RANK), expression=_num(unit.max_contributions)))
 
 
-def compile_query(info: DatasetInfo, query: DPQuery, table: str, secret: str, decimals: int) -> Compiled:
-    """The SQL tree of ``query`` over ``table`` (query already checked by :func:`workbench.query.validate.validate`)."""
-    from workbench.channels.dp.statistics import candidates
-    from workbench.query.validate import bin_labels, histogram_bins
+def _assemble(rows: Rows, keys: list[tuple[str, list]], computed: dict[str, exp.Expression],
+              values: dict[str, tuple[exp.Expression | None, tuple[int, int]]], secret: str,
+              labels: dict[str, list]) -> Compiled:
+    """``SELECT keys, COUNT(*) / SUM(value) ... FROM (bounded rows) GROUP BY keys``.
 
-    kind = query.kind
-    col = info.column(query.column) if query.column else None
-    by = list(query.by)
-    derived: dict[str, exp.Expression] = {}
-    labels: dict[str, list] = {}
-    keys = [(name, list(info.column(name).categories)) for name in by]
-    if kind == "histogram":
-        edges = histogram_bins(col, query.bins)
-        if edges is None:
-            by.append(col.name)
-            keys.append((col.name, list(col.categories)))
+    ``values``: alias -> (per-row BIGINT expression to sum, or None for a count; (per-row bound, scale))."""
+    plain = [n for n, _ in keys if n not in computed]
+    needed = [exp.alias_(rows.value(n), f"wb_k{i}") for i, n in enumerate(plain)]
+    needed += [exp.alias_(e, n) for n, e in computed.items()]
+    aggregates, parts = [], {}
+    for i, (alias, (row_value, scaled)) in enumerate(values.items()):
+        if row_value is None:
+            aggregates.append(exp.alias_(exp.Count(this=exp.Star()), f"wb_v{i}"))
         else:
-            derived[BIN] = bin_expression(col, edges)
-            labels[BIN] = bin_labels(edges)
-            keys.append((BIN, list(range(len(edges) - 1))))
-    if kind == "quantile":
-        candidates = candidates(col)
-        derived[CELL] = cell_expression(col, candidates)
-        labels[CELL] = candidates
-        keys.append((CELL, list(range(len(candidates)))))
-    aggregates: list[exp.Expression] = [exp.alias_(exp.Count(this=exp.Star()), "count")]
-    values, scale, bound = ["count"], 1, 0
-    if kind in ("sum", "mean"):
-        value, scale, bound = fixed_point(col, decimals)
-        derived["wb_value"] = value
-        aggregates = ([exp.alias_(exp.Sum(this=exp.column("wb_value")), "sum")]
-                      + (aggregates if kind == "mean" else []))
-        values = ["sum", "count"] if kind == "mean" else ["sum"]
-    needed = [_col(n) for n in dict.fromkeys(by)] + [exp.alias_(e, n, quoted=False) for n, e in derived.items()]
+            needed.append(exp.alias_(row_value, f"wb_x{i}"))
+            aggregates.append(exp.alias_(exp.Sum(this=exp.column(f"wb_x{i}")), f"wb_v{i}"))
+        parts[alias] = (scaled[1], scaled[0]) if row_value is not None else (1, 1)
     needed = needed or [exp.alias_(_num(1), "wb_one")]  # a plain count reads no column
-    rows = bounded_rows(info, table, needed, _row_filter(info, [n for n in by if n not in derived]), secret)
-    group = [exp.column(n) if n in derived else _col(n) for n, _ in keys]
-    select = sqlglot.select(*group, *aggregates).from_(rows.subquery("wb_bounded"))
+    bounded = bounded_rows(rows.info, rows.source, needed, _row_filter(rows, plain), secret)
+    group = [exp.column(f"wb_k{plain.index(n)}") if n in plain else exp.column(n) for n, _ in keys]
+    select = sqlglot.select(*group, *aggregates).from_(bounded.subquery("wb_bounded"))
     if group:
         select = select.group_by(*group)
-    return Compiled(select=select, keys=keys, values=values, scale=scale, sum_bound=bound, labels=labels)
+    return Compiled(select=select, keys=keys, values=list(values), parts=parts, labels=labels)
+
+
+COUNT = (None, (1, 1))
+
+
+def _overflow(name: str, max_rows: int, decimals: int) -> InvalidQuery:
+    return InvalidQuery(f"A sum of '{name}' over max_rows={max_rows} rows could overflow a 64-bit integer even "
+                        f"unscaled (the source has {decimals} decimals); narrow its bounds.", code="would_overflow")
+
+
+def _scaled(rows: Rows, name: str, max_abs: float, decimals: int, integer: bool = False) -> tuple[int, int]:
+    scaled = fitting_scale(max_abs, rows.info.max_rows, decimals, integer)
+    if scaled is None:
+        raise _overflow(name, rows.info.max_rows, decimals)
+    return scaled
+
+
+def sum_value(rows: Rows, name: str, decimals: int) -> tuple[exp.Expression, tuple[int, int]]:
+    """A bounded sum's per-row integer: the imputed value clipped to its public bounds, in fixed point."""
+    col = rows.column(name)
+    lo, hi = bounds(col)
+    scaled = _scaled(rows, name, max(abs(lo), abs(hi)), decimals, col.type == "int")
+    return fixed(rows.clean(name), lo, hi, scaled), scaled
+
+
+def _centred(rows: Rows, name: str) -> tuple[exp.Expression, float, float]:
+    """``clip(x) - c`` as a double (``c``, ``h``: the centre and half-width of the public bounds)."""
+    lo, hi = rows.column(name).bounds
+    c, h = (lo + hi) / 2.0, (hi - lo) / 2.0
+    clipped = exp.cast(rows.clipped(name), "DOUBLE")
+    return exp.Paren(this=exp.Sub(this=clipped, expression=_num(c))), c, h
+
+
+def spread_values(rows: Rows, statistic: str, name: str, decimals: int) -> dict:
+    """A variance's parts, as the file path builds them: count, sum of ``x - c``, sum of ``(x - c)^2`` in
+    [0, h^2] (:mod:`workbench.channels.dp.statistics`)."""
+    centred, _, h = _centred(rows, name)
+    first = _scaled(rows, name, h, decimals)
+    second = _scaled(rows, name, h * h, decimals)
+    square = exp.Mul(this=centred.copy(), expression=centred.copy())
+    return {f"{statistic}__n": COUNT, f"{statistic}__s": (fixed(centred, -h, h, first), first),
+            f"{statistic}__s2": (fixed(square, 0.0, h * h, second), second)}
+
+
+def agg_values(rows: Rows, query: DPQuery, decimals: int) -> dict:
+    """The summed parts of a several-statistics query (quantiles are counted on their own grid:
+    :func:`compile_histogram`)."""
+    values: dict = {}
+    for s in query.aggs:
+        if s.stat == "count":
+            values[f"{s.name}__n"] = COUNT
+        elif s.stat in ("sum", "mean"):
+            values[f"{s.name}__s"] = sum_value(rows, s.column, decimals)
+            if s.stat == "mean":
+                values[f"{s.name}__n"] = COUNT
+        elif s.stat in ("var", "std"):
+            values.update(spread_values(rows, s.name, s.column, decimals))
+    return values
+
+
+def moment_values(rows: Rows, columns: list[str], decimals: int) -> dict:
+    """The moments' parts: the count, every ``sum z_i`` and every ``sum z_i z_j`` (``z`` = the value centred and
+    scaled to [-1, 1] by its public bounds, as :func:`workbench.channels.dp.statistics.moments_aggregates`)."""
+    z = {}
+    for name in columns:
+        centred, _, h = _centred(rows, name)
+        z[name] = _between(exp.Div(this=centred, expression=_num(h or 1.0)), -1.0, 1.0)
+    values: dict = {"n": COUNT}
+    for alias, a, b in moment_names(columns)[1:]:
+        scaled = _scaled(rows, a, 1.0, decimals)
+        if b is None:
+            values[alias] = (fixed(z[a].copy(), -1.0, 1.0, scaled), scaled)
+        else:
+            lo = 0.0 if a == b else -1.0
+            values[alias] = (fixed(exp.Mul(this=z[a].copy(), expression=z[b].copy()), lo, 1.0, scaled), scaled)
+    return values
+
+
+def compile_query(info: DatasetInfo, query: DPQuery, table: str, secret: str, decimals: int) -> Compiled:
+    """The SQL tree of ``query`` over ``table`` (query already checked by :func:`workbench.query.validate.validate`);
+    quantiles (the kind, and an ``agg``'s) are separate queries (:func:`compile_histogram`)."""
+    rows = Rows(info, query, table)
+    kind = query.kind
+    keys = [(name, list(rows.column(name).categories)) for name in query.by]
+    computed: dict[str, exp.Expression] = {}
+    labels: dict[str, list] = {}
+    values: dict = {"count": COUNT}
+    if kind == "histogram":
+        col = rows.column(query.column)
+        edges = histogram_bins(col, query.bins)
+        if edges is None:
+            keys.append((col.name, list(col.categories)))
+        else:
+            computed[BIN], labels[BIN] = bin_expression(rows, col.name, edges), bin_labels(edges)
+            keys.append((BIN, list(range(len(edges) - 1))))
+    elif kind in ("sum", "mean"):
+        values = {"sum": sum_value(rows, query.column, decimals), **(values if kind == "mean" else {})}
+    elif kind == "agg":
+        values = agg_values(rows, query, decimals)
+    elif kind == "moments":
+        values = moment_values(rows, query.columns, decimals)
+    return _assemble(rows, keys, computed, values, secret, labels)
+
+
+def compile_histogram(info: DatasetInfo, query: DPQuery, column: str, table: str, secret: str) -> Compiled:
+    """Counts per group and per cell of ``column``'s public quantile grid (:func:`workbench.channels.dp.quantiles.grid`):
+    the histogram the quantiles of that column are read from."""
+    rows = Rows(info, query, table)
+    edges, _ = quantiles.grid(rows.column(column))
+    keys = [(name, list(rows.column(name).categories)) for name in query.by]
+    keys.append((BIN, list(range(len(edges) - 1))))
+    computed = {BIN: grid_index(rows.clean(column), edges[0], edges[-1], len(edges) - 1)}
+    return _assemble(rows, keys, computed, {"count": COUNT}, secret, {BIN: edges})

@@ -28,6 +28,7 @@ class Noise:
     measurement: Any
     accuracy: float
     mechanism: str
+    scale: float = 0.0  # the noise scale in integer units (public)
 
     def __call__(self, values: list[int]) -> list[int]:
         return list(self.measurement([int(v) for v in values]))
@@ -47,7 +48,7 @@ def integer_vector(length: int, sensitivity: int, epsilon: float, delta: float, 
         return dp.m.make_laplace(domain, dp.l1_distance(T="i64"), scale=scale)
 
     scale = _scale(laplace, sensitivity / epsilon, sensitivity, epsilon)
-    best = Noise(laplace(scale), float(dp.discrete_laplacian_scale_to_accuracy(scale, alpha)), "laplace")
+    best = Noise(laplace(scale), float(dp.discrete_laplacian_scale_to_accuracy(scale, alpha)), "laplace", scale)
     if delta > 0:
         def gaussian(scale):
             zcdp = dp.m.make_gaussian(domain, dp.l2_distance(T="i64"), scale=scale)
@@ -56,22 +57,8 @@ def integer_vector(length: int, sensitivity: int, epsilon: float, delta: float, 
         scale = dp.binary_search_param(gaussian, d_in=sensitivity, d_out=(epsilon, delta), T=float)
         accuracy = float(dp.discrete_gaussian_scale_to_accuracy(scale, alpha))
         if accuracy < best.accuracy:
-            best = Noise(gaussian(scale), accuracy, "gaussian")
+            best = Noise(gaussian(scale), accuracy, "gaussian", scale)
     return best
-
-
-def noisy_min(length: int, sensitivity: int, epsilon: float) -> Any:
-    """The exponential mechanism (report-noisy-min with Gumbel noise, ``make_noisy_max(negate=True)``) over
-    ``length`` non-negative integer scores whose L-infinity distance between neighbours is at most
-    ``sensitivity``: epsilon-DP, and its privacy map is linear in that distance."""
-    dp = _dp()
-    domain = dp.vector_domain(dp.atom_domain(T="u64"), size=length)
-
-    def make(scale):
-        return dp.m.make_noisy_max(domain, dp.linf_distance(T="u64"), dp.max_divergence(), scale=scale,
-                                   negate=True)
-
-    return make(_scale(make, 2.0 * sensitivity / epsilon, sensitivity, epsilon))
 
 
 def _scale(make, scale: float, d_in, d_out) -> float:

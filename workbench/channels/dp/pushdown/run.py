@@ -24,14 +24,11 @@ public key set (rows with keys outside it are dropped before bounding). Hence:
   BIGINT; the vector moves by at most ``k * C`` in L1 and L2.
 * **mean**: a sum and a count, each released at half the epsilon and delta
   (basic composition); the mean and its interval are post-processing.
-* **quantile** (alpha ~ ``num / den``, ``den = 10 000``): per group, the
-  clipped values rounded down to the public candidate grid give counts
-  ``lt_j`` (below candidate ``j``) and ``gt_j`` (above it); the integer score
-  ``|(den - num) * lt_j - num * gt_j|`` moves by at most ``max(num, den - num)``
-  per row. A unit's rows spread over groups with ``sum k_g <= k``; each
-  group's exponential mechanism (report-noisy-min, OpenDP) is calibrated so
-  a change of ``k * max(num, den - num)`` costs epsilon, and its loss is
-  linear in the change, so the groups together cost at most epsilon.
+* **quantile**: one count per group and cell of the column's public grid
+  (:func:`workbench.channels.dp.quantiles.grid`), sensitivity ``k`` as for a
+  histogram, discrete Laplace at epsilon; the quantile and its interval are
+  read off the noisy counts as the file path reads them
+  (:func:`workbench.channels.dp.quantiles.from_counts`, post-processing).
 
 The scales depend on public parameters only, so previews read no data.
 """
@@ -43,37 +40,28 @@ import itertools
 from workbench.errors import InvalidQuery
 from workbench.intervals import mean_interval
 from workbench.protocol import DatasetInfo, DPQuery
+from workbench.query import language
 from workbench.query.validate import histogram_bins, validate
-from workbench.channels.dp.pushdown.compile import BIGINT_LIMIT, BIN, CELL, Compiled, compile_query, fixed_point, render
-from workbench.channels.dp.pushdown.noise import integer_vector, noisy_min
-
-QUANTILE_DENOMINATOR = 10_000
+from workbench.channels.dp.pushdown import several
+from workbench.channels.dp import quantiles
+from workbench.channels.dp.pushdown.compile import BIN, Compiled, compile_histogram, compile_query, render
+from workbench.channels.dp.pushdown.noise import integer_vector
 
 
 def check(info: DatasetInfo, query: DPQuery, decimals: int) -> None:
     """What a table source cannot answer, refused before any budget moves (public metadata only)."""
-    if query.kind not in ("count", "sum", "mean", "quantile", "histogram") or query.where is not None \
-            or query.derive:
-        raise InvalidQuery(f"Dataset '{info.name}' is a table in a database: filters, derived columns and "
-                           "several-statistic questions are answered on file datasets only for now; ask "
-                           "count, sum, mean, quantile or histogram (optionally by public keys).",
-                           code="not_supported")
-    if query.kind in ("sum", "mean"):
-        _, _, bound = fixed_point(info.column(query.column), decimals)
-        if info.max_rows * bound >= BIGINT_LIMIT:
-            raise InvalidQuery(f"A sum of '{query.column}' over max_rows={info.max_rows} rows at {decimals} "
-                               "decimals could overflow a 64-bit integer; lower the source's decimals.",
-                               code="would_overflow")
+    schema, _ = language.derived_schema(info, query)
     for name in query.by:
-        if info.column(name).categories is None:
+        if schema.column(name) is not None and schema.column(name).categories is None:
             raise InvalidQuery(f"Dataset '{info.name}' is a table: group-by column '{name}' needs a public "
                                "category list (private key sets are answered on file datasets only).",
                                code="invalid_query")
-    if query.kind == "histogram":
-        col = info.column(query.column)
-        if col.type in ("category", "bool") and col.categories is None:
+    if query.kind == "histogram" and query.column:
+        col = schema.column(query.column)
+        if col is not None and col.type in ("category", "bool") and col.categories is None:
             raise InvalidQuery(f"A histogram of '{col.name}' on a table needs its public categories.",
                                code="invalid_query")
+    compile_query(info, query, "wb_check", "", decimals)  # would_overflow, from public bounds only
 
 
 def relation(source: dict) -> str:
@@ -88,20 +76,12 @@ def _mechanisms(info, query, compiled: Compiled, epsilon: float, delta: float, a
     """One mechanism per released statistic, from public parameters only (see the module's sensitivity notes)."""
     k = info.privacy_unit.max_contributions
     groups = len(compiled.key_product())
-    if query.kind == "quantile":
-        num = _alpha_numerator(query.quantile)
-        return {"quantile": noisy_min(len(compiled.labels[CELL]), k * max(num, QUANTILE_DENOMINATOR - num),
-                                      epsilon)}
     if query.kind == "mean":
         return {"sum": integer_vector(groups, k * compiled.sum_bound, epsilon / 2, delta / 2, alpha / 2),
                 "count": integer_vector(groups, k, epsilon / 2, delta / 2, alpha / 2)}
     if query.kind == "sum":
         return {"sum": integer_vector(groups, k * compiled.sum_bound, epsilon, delta, alpha)}
     return {"count": integer_vector(groups, k, epsilon, delta, alpha)}
-
-
-def _alpha_numerator(quantile: float) -> int:
-    return min(max(int(round(quantile * QUANTILE_DENOMINATOR)), 1), QUANTILE_DENOMINATOR - 1)
 
 
 def _fetch(source: dict, compiled: Compiled) -> list[tuple]:
@@ -125,7 +105,7 @@ def _normal(value, column_type: str | None):
 
 def _vectors(info: DatasetInfo, compiled: Compiled, rows: list[tuple]) -> dict[str, list[int]]:
     """Exact aggregates over the full public key product (a key with no row is 0), in product order."""
-    types = [None if name in (BIN, CELL) else info.column(name).type for name, _ in compiled.keys]
+    types = [None if name == BIN else info.column(name).type for name, _ in compiled.keys]
     index = {tuple(_normal(v, t) for v, t in zip(key, types)): i for i, key in enumerate(compiled.key_product())}
     vectors = {name: [0] * len(index) for name in compiled.values}
     width = len(compiled.keys)
@@ -141,37 +121,87 @@ def _vectors(info: DatasetInfo, compiled: Compiled, rows: list[tuple]) -> dict[s
 def run(task: dict) -> dict:
     """Preview or release one DP query on a table source. ``task`` is plain data built by the node."""
     info = DatasetInfo.model_validate(task["info"])
-    query = DPQuery.model_validate(task["query"])
+    query = language.canonical(DPQuery.model_validate(task["query"]))
     epsilon, delta, alpha = float(task["epsilon"]), float(task["delta"]), float(task["alpha"])
-    validate(info, query, delta)
-    check(info, query, task["source"]["decimals"])
+    schema = validate(info, query, delta)
     source = task["source"]
+    check(info, query, source["decimals"])
     compiled = compile_query(info, query, relation(source), source["secret"], source["decimals"])
+    if query.kind in ("agg", "moments"):
+        return _several(task, info, schema, query, compiled, epsilon, alpha)
+    if query.kind == "quantile":
+        return _quantile(task, info, schema, query, epsilon, alpha)
     mechanisms = _mechanisms(info, query, compiled, epsilon, delta, alpha)
     stat_alpha = alpha / 2 if query.kind == "mean" else alpha
     accuracy = [{"statistic": name, "alpha": stat_alpha,
-                 "accuracy": None if name == "quantile" else m.accuracy / (compiled.scale if name == "sum" else 1)}
+                 "accuracy": m.accuracy / (compiled.scale if name == "sum" else 1)}
                 for name, m in mechanisms.items()]
-    note = _note(query, mechanisms)
+    note = _note(query)
     if task["mode"] == "preview":
         return {"accuracy": accuracy, "note": note}
-    vectors = _vectors(info, compiled, _fetch(source, compiled))
-    return {"accuracy": accuracy, "note": note, "table": _table(info, query, compiled, mechanisms, vectors)}
+    vectors = _vectors(schema, compiled, _fetch(source, compiled))
+    return {"accuracy": accuracy, "note": note, "table": _table(schema, query, compiled, mechanisms, vectors)}
 
 
-def _note(query: DPQuery, mechanisms: dict) -> str:
+def _quantile(task: dict, info: DatasetInfo, schema: DatasetInfo, query: DPQuery, epsilon: float,
+              alpha: float) -> dict:
+    """A quantile (per group) read off a noisy histogram of its column's public grid, with an interval."""
+    source = task["source"]
+    compiled = compile_histogram(info, query, query.column, relation(source), source["secret"])
+    noise = integer_vector(len(compiled.key_product()), info.privacy_unit.max_contributions, epsilon, 0.0, alpha)
+    accuracy = [{"statistic": "quantile", "accuracy": None, "alpha": alpha}]
+    note = _note(query)
+    if task["mode"] == "preview":
+        return {"accuracy": accuracy, "note": note}
+    counts = noise(_vectors(schema, compiled, _fetch(source, compiled))["count"])
+    edges, integer = quantiles.grid(schema.column(query.column))
+    cells = len(edges) - 1
+    groups = list(itertools.product(*[values for name, values in compiled.keys if name != BIN]))
+    rows = sorted([*group, *quantiles.from_counts([float(c) for c in counts[g * cells:(g + 1) * cells]], edges,
+                                                  integer, query.quantile, noise.scale, alpha)]
+                  for g, group in enumerate(groups))
+    return {"accuracy": accuracy, "note": note, "table": {"columns": [*query.by, "estimate", "lower", "upper"],
+                                                          "data": rows}}
+
+
+def _several(task: dict, info: DatasetInfo, schema: DatasetInfo, query: DPQuery, main: Compiled, epsilon: float,
+             alpha: float) -> dict:
+    """An ``agg`` or ``moments`` release (:mod:`workbench.channels.dp.pushdown.several`)."""
+    source = task["source"]
+    note = "Computed in the table's own engine (bounded aggregation pushed down); noise added by OpenDP."
+    if query.kind == "moments":
+        mechanisms = several.moments_mechanisms(info, main, epsilon, alpha)
+        accuracy = [{"statistic": a, "alpha": alpha, "accuracy": m.accuracy / main.parts[a][1]}
+                    for a, m in mechanisms.items()]
+        if task["mode"] == "preview":
+            return {"accuracy": accuracy, "note": note}
+        table = several.moments_table(schema, query, main, _vectors(schema, main, _fetch(source, main)), mechanisms)
+        return {"accuracy": accuracy, "note": note, "table": table}
+    histograms = {column: compile_histogram(info, query, column, relation(source), source["secret"])
+                  for column in several.histogram_columns(query)}
+    mechanisms = several.agg_mechanisms(info, query, main, histograms, epsilon, alpha)
+    accuracy = several.agg_accuracy(query, main, mechanisms, alpha)
+    if task["mode"] == "preview":
+        return {"accuracy": accuracy, "note": note}
+    vectors = _vectors(schema, main, _fetch(source, main)) if main.values else {}
+    counts = {column: _vectors(schema, compiled, _fetch(source, compiled)) for column, compiled in histograms.items()}
+    table = several.agg_table(schema, query, main, vectors, histograms, counts, mechanisms, alpha)
+    return {"accuracy": accuracy, "note": note, "table": table}
+
+
+def _note(query: DPQuery) -> str:
     notes = ["Computed in the table's own engine (bounded aggregation pushed down); noise added by OpenDP."]
     if query.kind == "quantile":
-        notes.append("Quantiles use the exponential mechanism over public candidates between the column's bounds; "
-                     "OpenDP gives no closed-form interval for them.")
+        notes.append("The quantile is read off a noisy histogram of the column's public grid; its interval holds "
+                     "for every cell of the histogram at once.")
     if query.kind == "mean":
         notes.append("Mean = noisy sum / noisy count; the interval combines both 95% bounds (conservative).")
     return " ".join(notes)
 
 
 def _key_columns(compiled: Compiled) -> tuple[list[str], list[tuple]]:
-    """Output names of the group keys and each group's public labels, in product order (no quantile cell)."""
-    keys = [(name, values) for name, values in compiled.keys if name != CELL]
+    """Output names of the group keys and each group's public labels, in product order."""
+    keys = list(compiled.keys)
     names = ["bin" if name == BIN else name for name, _ in keys]
     labels = [[compiled.labels[BIN][v] for v in values] if name == BIN else values for name, values in keys]
     return names, list(itertools.product(*labels))
@@ -182,13 +212,7 @@ def _table(info, query: DPQuery, compiled: Compiled, mechanisms: dict, vectors: 
     names, groups = _key_columns(compiled)
     groups = groups or [()]
     kind = query.kind
-    if kind == "quantile":
-        candidates = compiled.labels[CELL]
-        counts, m = vectors["count"], len(candidates)
-        stats = [[float(candidates[_quantile_index(mechanisms["quantile"], counts[g * m:(g + 1) * m],
-                                                   query.quantile)]), None, None]
-                 for g in range(len(groups))]
-    elif kind == "mean":
+    if kind == "mean":
         sums = [v / compiled.scale for v in mechanisms["sum"](vectors["sum"])]
         counts = mechanisms["count"](vectors["count"])
         a_s = mechanisms["sum"].accuracy / compiled.scale
@@ -215,14 +239,3 @@ def _binned(info, query: DPQuery, compiled: Compiled, groups: list, stats: list)
     rows = sorted((code[group[0]], [group[0], float(edges[code[group[0]]]), float(edges[code[group[0]] + 1]), *stat])
                   for group, stat in zip(groups, stats))
     return {"columns": ["bin", "bin_lower", "bin_upper", "estimate", "lower", "upper"], "data": [r for _, r in rows]}
-
-
-def _quantile_index(measurement, counts: list[int], quantile: float) -> int:
-    """The exponential mechanism's pick among the candidates, from one group's exact counts per candidate."""
-    num = _alpha_numerator(quantile)
-    total, below, scores = sum(counts), 0, []
-    for count in counts:
-        above = total - below - count
-        scores.append(abs((QUANTILE_DENOMINATOR - num) * below - num * above))
-        below += count
-    return int(measurement(scores))

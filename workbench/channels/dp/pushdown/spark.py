@@ -51,3 +51,20 @@ def fetch(source: dict, query: str) -> list[tuple]:
     except ImportError:
         raise ComputationFailed("pyspark is not installed on this node (pip install pyspark; Java 17).",
                                 code="dataset_unavailable") from None
+
+
+def schema(url: str, table: str | None, parquet: str | None) -> dict[str, str]:
+    """Column name -> Spark SQL type (``bigint``, ``double``, ``string``, ...) of a table or Parquet source."""
+    spark = session(url)
+    frame = spark.read.parquet(parquet) if parquet else spark.table(table)
+    return {field.name: field.dataType.simpleString() for field in frame.schema.fields}
+
+
+if __name__ == "__main__":  # the node's start-up check (workbench.node.sources.spark_columns), in its own process
+    import json
+    import sys
+
+    _url, _table, _parquet, _version = json.loads(sys.argv[1])
+    _columns = schema(_url, _table, _parquet)
+    print(json.dumps(_columns), flush=True)
+    session(_url).stop()
