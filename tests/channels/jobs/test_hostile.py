@@ -16,7 +16,7 @@ import pytest
 
 from workbench.errors import NotAuthorized, NotSupported
 
-from .conftest import TIGHT, needs_bwrap
+from .conftest import TIGHT, _close, _node, needs_bwrap
 from .honest_analysis import write_notebook
 
 pytestmark = needs_bwrap
@@ -121,6 +121,43 @@ def test_a_50_gb_allocation_fails_inside_the_sandbox(tight_node, tmp_path):
     assert "MemoryError" in log["preview"]  # in the held log: the owner sees why
     assert job.info.error == "the script exited with status 1"  # the analyst sees no message
     assert_nothing_left(tight_node, job)
+
+
+MANY_ALLOCATIONS = """import os, time
+children = []
+for _ in range(5):  # each child stays under the per-process address-space limit; together they do not
+    pid = os.fork()
+    if pid == 0:
+        block = bytearray(300 * 2**20)
+        for i in range(0, len(block), 4096):
+            block[i] = 1  # touch every page: resident, not just reserved
+        time.sleep(600)
+        os._exit(0)
+    children.append(pid)
+for pid in children:
+    os.waitpid(pid, 0)
+open(os.path.join(output_dir, "done.txt"), "w").write("all allocated")
+"""
+
+
+def test_memory_spread_over_many_processes_is_stopped_at_the_limit(tmp_path):
+    """50 GB asked for as many allocations below the per-process limit: the node adds up the sandbox's
+    resident memory and stops it at ``memory_mb`` in all (here 512 MB against 5 x 300 MB)."""
+    nodes = _node(tmp_path / "node", dict(TIGHT, memory_mb=512), mock=False)
+    try:
+        started = time.monotonic()
+        job, view = run_job(nodes, tmp_path, MANY_ALLOCATIONS, ["done.txt"])
+        assert view["status"] == "failed"
+        assert "memory limit (512 MB)" in view["error"], view["error"]
+        assert time.monotonic() - started < TIGHT["wall_seconds"]  # the memory watch stopped it, not the clock
+        assert "done.txt" not in results_of(view)
+        deadline = time.monotonic() + 30
+        while not no_sandbox_processes_left() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert no_sandbox_processes_left()
+        assert_nothing_left(nodes, job)
+    finally:
+        _close(nodes)
 
 
 def test_writing_10_gb_hits_the_work_folder_limit(tight_node, tmp_path):

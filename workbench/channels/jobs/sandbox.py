@@ -6,7 +6,8 @@ What the sandbox sees (everything else of the host is absent):
   Python installation the node runs on and its virtualenv: read-only;
 * the ONE dataset file, read-only, at ``/data/dataset.<csv|parquet>``;
 * ``/job``: a fresh tmpfs of ``work_mb`` (its only writable place; gone
-  when the job ends), and a tmpfs ``/tmp``;
+  when the job ends), and a tmpfs ``/tmp`` of the same size (writable only by a
+  non-root node's job, which runs as the node's own uid);
 * the job runner (:mod:`.runtime`) at ``/opt/workbench/workbench_job.py``;
 * with a DP budget: one unix socket, ``/run/workbench/dp.sock``.
 
@@ -16,7 +17,8 @@ namespace and drops to an unprivileged uid instead); ``--die-with-parent`` ends 
 thread; ``--new-session`` keeps it off the node's terminal. Inside, the job
 runs as an unprivileged uid (``setpriv``) under ``prlimit`` limits: CPU
 seconds, address space, processes, file size. The node adds the wall-time
-limit (it kills the process group) and caps the bytes it reads back.
+limit and a limit on the resident memory of all the job's processes together
+(it kills the sandbox; see :func:`.worker.execute`) and caps the bytes it reads back.
 
 There is no fallback: without ``bwrap`` (or ``prlimit``/``setpriv``) the node
 refuses to run jobs (``sandbox_unavailable``).
@@ -101,7 +103,7 @@ def command(data_path: Path, limits: Limits, scratch: Path, dp_socket: Path | No
     argv = [paths["bwrap"], *_namespaces(), "--die-with-parent", "--new-session", "--clearenv",
             "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
             "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
-            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+            "--proc", "/proc", "--dev", "/dev", "--size", str(limits.work_bytes), "--tmpfs", "/tmp"]
     for name in ETC_FILES:
         if Path("/etc", name).exists():
             argv += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]

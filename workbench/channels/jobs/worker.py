@@ -25,9 +25,11 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select, update
 
@@ -46,6 +48,7 @@ from .wire import LOG_TYPES, OUTPUT_TYPES
 log = logging.getLogger(__name__)
 
 CHANNEL = "jobs"
+WATCH_EVERY_S = 0.1  # how often the node looks at a running sandbox's memory and clock
 IDLE_POLLS = 30  # the runner thread ends after this many idle seconds; any jobs request wakes it again
 KNOWN_ERRORS = {"MemoryError", "BlockingIOError", "PermissionError", "FileNotFoundError", "OSError", "TimeoutError",
                 "ConnectionRefusedError", "ConnectionError", "DeadKernelError", "CellTimeoutError", "KeyError",
@@ -103,13 +106,10 @@ def execute(argv: list[str], task: dict, limits: sandbox.Limits) -> RunResult:
         process.stdin.close()
     except BrokenPipeError:
         pass
-    try:
-        process.wait(timeout=limits.wall_seconds)
-    except subprocess.TimeoutExpired:
-        _kill(process)
-        process.wait()
+    stopped = _watch(process, limits)
+    if stopped is not None:
         reader.join(5)
-        return RunResult(None, f"stopped: the wall-time limit ({limits.wall_seconds:g} s) was reached")
+        return RunResult(None, stopped)
     reader.join(30)
     if overflow.is_set():
         return RunResult(None, "stopped: the job wrote more than its output limit")
@@ -119,6 +119,44 @@ def execute(argv: list[str], task: dict, limits: sandbox.Limits) -> RunResult:
         return RunResult(None, f"stopped: the sandbox ended without a result (exit status {process.returncode}; "
                                "a CPU-time, memory or process limit, or the code ended its runner)")
     return RunResult(document, _generic(document.error))
+
+
+def _watch(process: subprocess.Popen, limits: sandbox.Limits) -> str | None:
+    """Wait for the sandbox to end. Stop it at the wall-time limit, or as soon as all its processes together
+    hold more resident memory than the memory limit (``prlimit --as`` caps each process, but a job may start
+    many). Returns why it was stopped, or None if it ended by itself."""
+    deadline = time.monotonic() + limits.wall_seconds
+    while True:
+        try:
+            process.wait(timeout=WATCH_EVERY_S)
+            return None
+        except subprocess.TimeoutExpired:
+            pass
+        if time.monotonic() > deadline:
+            reason = f"stopped: the wall-time limit ({limits.wall_seconds:g} s) was reached"
+        elif resident_bytes(process.pid) > limits.memory_bytes:
+            reason = f"stopped: the job's processes held more than its memory limit ({limits.memory_bytes >> 20} MB)"
+        else:
+            continue
+        _kill(process)
+        process.wait()
+        return reason
+
+
+def resident_bytes(pid: int) -> int:
+    """The resident memory of every process below ``pid`` (the sandbox's; bwrap itself is tiny), summed:
+    pages shared between them count once per process, so the sum errs on the high side."""
+    try:
+        below = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return 0
+    total = 0
+    for child in below:
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:  # it ended meanwhile
+            continue
+    return total
 
 
 def _kill(process: subprocess.Popen) -> None:
