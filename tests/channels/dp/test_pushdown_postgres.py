@@ -202,6 +202,10 @@ def test_other_channels_refuse_a_table_source_before_pricing(served):
         response = client.post(path, json={"spec": {"rows": 10}, "epsilon": 1.0})
         assert response.json()["code"] == "not_supported", (path, response.text)
         assert "postgres" in response.json()["message"]
+    job = {"code": "print(1)\n", "code_name": "job.py", "kind": "py", "outputs": ["out.csv"]}
+    response = client.post("/datasets/claims_pg/jobs", json=job)  # a code job needs a file to mount in its sandbox
+    assert response.json()["code"] == "not_supported" and "postgres" in response.json()["message"], response.text
+    assert client.get("/jobs").json() == []
     assert client.get("/datasets/claims_pg/budget").json() == budget
 
 

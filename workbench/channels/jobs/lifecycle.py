@@ -63,6 +63,7 @@ def _checked(service, principal: Principal, dataset: str, body: JobSubmission):
     service.gate.check_agreement(principal, entry, CHANNEL)  # the sharing agreement allows code jobs (audited)
     settings = entry.config.code_jobs
     try:
+        entry.require_rows()  # a PostgreSQL or Spark table has no file to mount: refused before an owner reads it
         if not settings.enabled:
             raise NotAuthorized(f"The owner of '{entry.name}' does not accept code jobs.", code="jobs_disabled")
         sandbox.tools()
