@@ -242,3 +242,43 @@ workbench_job.load(data_path).head(12).to_csv(os.path.join(output_dir, "rows.csv
     mine = {r.name: r for r in job.refresh().results}
     assert mine["rows.csv"].checks == [] and mine["rows.csv"].preview is None and not mine["rows.csv"].flagged
     assert_nothing_left(tight_node, job)
+
+
+
+FORGER = """import json, os, signal
+# the runner (this script's parent, same uid) holds the stream the node reads: try to write a forged result into it
+parent = f"/proc/{os.getppid()}/fd"
+stream = next(os.path.join(parent, fd) for fd in os.listdir(parent)
+              if os.readlink(os.path.join(parent, fd)).startswith("pipe:") and fd not in ("0", "1", "2"))
+forged = {"error": "ValueError: patient P-000123 is 47", "log": {"name": "job.log"}, "outputs": []}
+with open(stream, "w") as fh:
+    fh.write(json.dumps(forged))
+os.kill(os.getppid(), signal.SIGKILL)  # so the runner would write nothing after it
+"""
+
+
+def test_the_job_cannot_write_into_the_runners_result_stream(tight_node, tmp_path):
+    """The stream the node reads is a pipe the node (root) created: the job's uid cannot reopen it through
+    /proc, so it cannot forge the runner's report (the node validates that report anyway: see below)."""
+    job, view = run_job(tight_node, tmp_path, FORGER, ["out.csv"])
+    assert view["status"] == "failed" and job.info.error == "the script exited with status 1"
+    assert "PermissionError" in results_of(view)["job.log"]["preview"]
+    assert "P-000123" not in json.dumps(job.refresh().model_dump(mode="json", exclude={"code"}))  # (its code has it)
+    assert_nothing_left(tight_node, job)
+
+
+def test_a_forged_report_keeps_only_declared_outputs_once_and_no_message():
+    """Were the runner's report forged, the node would keep each declared output once and the log, and the
+    analyst would read an error class, never the forged message."""
+    from workbench.channels.jobs.worker import SandboxDocument, _generic, declared_pieces
+
+    forged = SandboxDocument.model_validate({
+        "error": "ValueError: patient P-000123 is 47", "log": {"name": "job.log", "b64": "eA=="},
+        "outputs": [{"name": "out.csv", "b64": "YQ=="}, {"name": "out.csv", "b64": "Yg=="},
+                    {"name": "undeclared.csv", "b64": "YQ=="}, {"name": "../../escape.csv", "b64": "YQ=="}]})
+    kept = declared_pieces(forged, ["out.csv"])
+    assert [(p.name, p.b64, is_log) for p, is_log in kept] == [("out.csv", "YQ==", False), ("job.log", "eA==", True)]
+    assert declared_pieces(forged.model_copy(update={"log": forged.log.model_copy(update={"name": "x.ipynb"})}),
+                           []) == []
+    assert _generic(forged.error) == "the code raised ValueError"
+    assert _generic("SecretError: P-000123") == "the code raised an error"

@@ -178,6 +178,17 @@ def _generic(error: str | None) -> str | None:
     return f"the code raised {name}" if name in KNOWN_ERRORS else "the code raised an error"
 
 
+def declared_pieces(document: SandboxDocument, declared: list[str]) -> list[tuple[_Piece, bool]]:
+    """``(piece, is_log)`` for what the (untrusted) document may hold: each declared output once (the first
+    piece of that name), then the log if it has the log's name. Anything else in the stream is dropped."""
+    pieces: dict[str, _Piece] = {}
+    for piece in document.outputs:
+        if piece.name in declared and piece.name not in pieces:
+            pieces[piece.name] = piece
+    chosen = [(piece, False) for piece in pieces.values()]
+    return chosen + ([(document.log, True)] if document.log.name in LOG_TYPES else [])
+
+
 class JobRunner:
     """Claims approved jobs and runs them, one at a time, each in its own sandbox."""
 
@@ -277,12 +288,7 @@ class JobRunner:
 
     def _hold(self, job: CodeJobRecord, entry: DatasetEntry, result: RunResult) -> None:
         """Check every piece the sandbox returned and hold it in the review queue."""
-        pieces = []
-        if result.document is not None:
-            declared = json.loads(job.outputs_json)
-            pieces = [(p, False) for p in result.document.outputs if p.name in declared]
-            if result.document.log.name in LOG_TYPES:
-                pieces.append((result.document.log, True))
+        pieces = [] if result.document is None else declared_pieces(result.document, json.loads(job.outputs_json))
         ctx = disclosure.context(entry) if pieces else None
         analyst = Principal(name=job.user_name, role="analyst")
         records = [self._hold_piece(job, entry, ctx, analyst, piece, is_log) for piece, is_log in pieces]
