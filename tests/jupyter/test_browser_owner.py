@@ -22,6 +22,21 @@ SUMMARY_JOB = """import os, workbench_job
 df = workbench_job.load(data_path)
 df.groupby("sex").size().rename("n").reset_index().to_csv(os.path.join(output_dir, "summary.csv"), index=False)
 """
+INTRO = "# Patients by sex\nOne table: the number of patients of each sex."
+
+
+def summary_notebook(path):
+    """The job as an analyst writes it: a notebook with a markdown cell, a parameters cell and the code."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_markdown_cell(INTRO),
+                nbformat.v4.new_code_cell('data_path = "data.parquet"\noutput_dir = "."',
+                                          metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(SUMMARY_JOB)]
+    nbformat.write(nb, path)
+    return path
 
 
 @pytest.fixture
@@ -35,9 +50,8 @@ def running_node(tmp_path):
     analyst = wb.connect(node.url, token=node.analyst_token)
     ds = analyst.dataset("patients")
     node.request = ds.request_access("follow-up study", epsilon=1.0)
-    script = tmp_path / "by_sex.py"
-    script.write_text(SUMMARY_JOB)
-    node.job = ds.code_job(script, outputs=["summary.csv"]).submit(purpose="sex ratio")
+    notebook = summary_notebook(tmp_path / "by_sex.ipynb")
+    node.job = ds.code_job(notebook, outputs=["summary.csv"]).submit(purpose="sex ratio")
     node.analyst = analyst
     node.analyst_token = added.stdout.strip().splitlines()[-1].strip()  # the panel's connection: olga
     yield node
@@ -75,12 +89,19 @@ def test_owner_approves_a_request_and_a_code_job_and_releases_its_output(lab, pa
     expect(row).to_have_attribute("data-status", "pending", timeout=60_000)
     row.click()
     detail = jobs.locator(f'[data-job-detail="{job_id}"]')
-    expect(detail.locator("[data-code]")).to_contain_text('groupby("sex")')
+    code = detail.locator("[data-code]")  # the notebook rendered cell by cell, not its JSON
+    expect(code.locator('[data-cell="2"]')).to_contain_text('groupby("sex")')
+    expect(code.locator('[data-cell="0"][data-cell-type="markdown"]')).to_contain_text("Patients by sex")
+    expect(code.locator('[data-cell="1"]')).to_contain_text("parameters")
+    assert '"cell_type"' not in code.inner_text()
     shot(page, "owner-job-code")
     detail.locator('[data-action="approve"]').click()
     expect(row).to_have_attribute("data-status", "held", timeout=300_000)
     output = detail.locator('[data-output="summary.csv"]')
     expect(output).to_contain_text("cell sizes", timeout=60_000)
+    log = detail.locator('[data-output="executed.ipynb"]')  # the held log, readable: cells and printed output
+    expect(log).to_contain_text('groupby("sex")')
+    assert '"cell_type"' not in log.inner_text()
     shot(page, "owner-job-checks")
     assert running_node.job.outputs() == {}  # held until the owner's release
     output.locator('[data-action="release"]').click()

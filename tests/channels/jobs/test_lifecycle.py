@@ -35,6 +35,8 @@ def test_honest_notebook_from_mock_to_released_outputs(jobs_node, tmp_path):
     assert not results["summary.csv"]["flagged"], [c for c in results["summary.csv"]["checks"] if not c["ok"]]
     assert results["km_curve.png"]["flagged"]  # images: manual review
     assert results["km_curve.png"]["preview"].startswith("data:image/png;base64,")  # the owner looks at it
+    log = results["executed.ipynb"]["preview"]  # the executed notebook as read: cells and their printed output
+    assert "adults.groupby" in log and "groups" in log and '"cell_type"' not in log, log[:500]
     held = lifecycle.held_files(jobs_node["service"], Principal("olga", "owner"), job.job_id)
     assert held["km_curve.png"].startswith(b"\x89PNG") and b"groups" in held["executed.ipynb"]
     with pytest.raises(NotAuthorized):

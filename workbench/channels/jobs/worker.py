@@ -323,7 +323,8 @@ class JobRunner:
         digest = hashlib.sha256(content).hexdigest()
         record.size, record.sha256, record.checks_json = len(content), digest, json.dumps(checks)
         if media.startswith("text/") or media.endswith("json") or media == "image/svg+xml":
-            record.preview = content[:4000].decode("utf-8", errors="replace")
+            text = content.decode("utf-8", errors="replace")  # an executed notebook: its cells and text outputs
+            record.preview = (disclosure.notebook_text(text) if piece.name.endswith(".ipynb") else text)[:4000]
         elif media in ("image/png", "image/jpeg"):  # the owner looks at it (shown as an <img>, never run)
             record.preview = f"data:{media};base64,{base64.b64encode(content).decode()}"
         flagged = [c["check"] for c in checks if not c["ok"]]

@@ -3,6 +3,48 @@ import { actionButton, decide, el, ICodeJob, IJobOutput } from './ownerKit';
 
 const WAITING = ['pending', 'held'];
 
+/** The submitted text of a notebook, parsed (as data; nothing runs). */
+interface INotebookCell {
+  cell_type?: string;
+  source?: string | string[];
+  metadata?: { tags?: string[] };
+}
+
+/**
+ * The code as an owner reads it: a notebook's cells one after another (markdown
+ * as plain text, never as HTML), each under its number, type and tags; a script
+ * (or a notebook that does not parse) as its text.
+ */
+export function renderCode(kind: string, code: string): HTMLElement {
+  let cells: INotebookCell[] | null = null;
+  if (kind === 'ipynb') {
+    try {
+      const parsed = JSON.parse(code);
+      cells = Array.isArray(parsed?.cells) ? parsed.cells : null;
+    } catch {
+      cells = null;
+    }
+  }
+  if (cells === null) {
+    return el('pre', { class: 'jp-WorkbenchPanel-code', 'data-code': '' }, code);
+  }
+  return el(
+    'div',
+    { class: 'jp-WorkbenchPanel-notebook', 'data-code': '' },
+    ...cells.map((cell, i) => {
+      const type = String(cell.cell_type ?? '?');
+      const source = Array.isArray(cell.source) ? cell.source.join('') : String(cell.source ?? '');
+      const tags = cell.metadata?.tags ?? [];
+      return el(
+        'div',
+        { class: 'jp-WorkbenchPanel-cell', 'data-cell': String(i), 'data-cell-type': type },
+        el('div', { class: 'jp-WorkbenchPanel-muted' }, `[${i}] ${type}${tags.length ? ` · ${tags.join(', ')}` : ''}`),
+        el('pre', { class: type === 'code' ? 'jp-WorkbenchPanel-code' : 'jp-WorkbenchPanel-markdown' }, source)
+      );
+    })
+  );
+}
+
 /**
  * Code jobs, owner view: each job's state; opened, its code (or the diff
  * against the version approved before), parameters and hashes, and each
@@ -90,7 +132,7 @@ export class JobsSection {
     ].filter(x => x);
     const code = job.diff
       ? [el('div', {}, `Diff against approved job ${job.previous_approved_job}:`), el('pre', { class: 'jp-WorkbenchPanel-code', 'data-diff': '' }, job.diff)]
-      : [el('pre', { class: 'jp-WorkbenchPanel-code', 'data-code': '' }, job.code ?? '')];
+      : [renderCode(job.kind, job.code ?? '')];
     return el(
       'div',
       { class: 'jp-WorkbenchPanel-job', 'data-job-detail': String(job.job_id) },
