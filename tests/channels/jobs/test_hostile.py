@@ -17,7 +17,7 @@ import pytest
 from workbench.errors import NotAuthorized, NotSupported
 
 from .conftest import TIGHT, _close, _node, needs_bwrap
-from .honest_analysis import write_notebook
+from .honest_analysis import notebook_text, write_notebook
 
 pytestmark = needs_bwrap
 
@@ -62,7 +62,8 @@ def no_sandbox_processes_left() -> bool:
     return subprocess.run(["pgrep", "-u", "65534"], capture_output=True).returncode == 1
 
 
-def test_network_state_folder_signing_key_and_other_datasets_are_out_of_reach(tight_node, tmp_path):
+@pytest.mark.parametrize("kind", ["py", "ipynb"])  # a notebook's kernel runs inside the same sandbox
+def test_network_state_folder_signing_key_and_other_datasets_are_out_of_reach(tight_node, tmp_path, kind):
     service = tight_node["service"]
     state = service.config.node.state_dir
     secrets = {"signing_key": str(state / "signing_key.pem"), "database": str(state / "node.sqlite"),
@@ -83,7 +84,9 @@ results["processes"] = sorted(p for p in os.listdir("/proc") if p.isdigit())
 with open(os.path.join(output_dir, "probe.json"), "w") as fh:
     json.dump(results, fh)
 """
-    job, view = run_job(tight_node, tmp_path, code, ["probe.json"], {"secrets": secrets})
+    if kind == "ipynb":
+        code = notebook_text(code, parameters="secrets = {}\ndata_path = ''\noutput_dir = ''")
+    job, view = run_job(tight_node, tmp_path, code, ["probe.json"], {"secrets": secrets}, name=f"probe.{kind}")
     assert view["status"] == "held", view["error"]
     probe = json.loads(results_of(view)["probe.json"]["preview"])
     allowed = [k for k, v in probe.items() if v == "ALLOWED"]
