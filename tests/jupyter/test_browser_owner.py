@@ -1,5 +1,6 @@
-"""The panel's owner view in a real JupyterLab and Chromium: approve an access request, read and approve a
-code job, then release its output; the analyst then collects it. (Real node, real bubblewrap.)"""
+"""The panel's owner view in a real JupyterLab and Chromium: approve an access request and a review item (SDV on
+real rows), read and approve a code job, then release its output; the analyst then collects what was approved.
+(Real node, real bubblewrap.)"""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 
 import pytest
+import tomli_w
 
 import workbench as wb
-from tests.conftest import launch
+from tests.conftest import RunningNode, make_config, provision, start_node
+from workbench.errors import NotAuthorized
 
 from .test_browser import lab, page, shot, widen_sidebar  # noqa: F401 - the fixtures, with our running_node
 
@@ -39,11 +43,23 @@ def summary_notebook(path):
     return path
 
 
+def launch_allowing_sdv(root):
+    """A real node whose owner allows SDV on the real rows of ``patients`` (results held for review)."""
+    config = make_config(root)
+    raw = tomllib.loads(config.read_text())
+    raw["datasets"]["patients"]["allow_sdv_on_real"] = True
+    config.write_text(tomli_w.dumps(raw))
+    accounts = provision(config)
+    process = start_node(config)
+    return RunningNode(f"http://127.0.0.1:{raw['node']['port']}", config, accounts.analyst_token,
+                       accounts.owner_token, process)
+
+
 @pytest.fixture
 def running_node(tmp_path):
     """A real node whose JupyterLab connection is an owner's (olga); the analyst's token kept aside, with a
-    pending access request and a pending code job."""
-    node = launch(tmp_path / "node")
+    pending access request, a pending review item and a pending code job."""
+    node = launch_allowing_sdv(tmp_path / "node")
     added = subprocess.run([sys.executable, "-m", "workbench.cli", "node", "user", "add", "olga", "--role", "owner",
                             "--config", str(node.config_path)], capture_output=True, text=True, timeout=120)
     assert added.returncode == 0, added.stderr
@@ -52,6 +68,7 @@ def running_node(tmp_path):
     node.request = ds.request_access("follow-up study", epsilon=1.0)
     notebook = summary_notebook(tmp_path / "by_sex.ipynb")
     node.job = ds.code_job(notebook, outputs=["summary.csv"]).submit(purpose="sex ratio")
+    node.sdv = ds.synthesize_sdv("GaussianCopula", rows=100, progress=False)  # a review item of another channel
     node.analyst = analyst
     node.analyst_token = added.stdout.strip().splitlines()[-1].strip()  # the panel's connection: olga
     yield node
@@ -83,6 +100,14 @@ def test_owner_approves_a_request_and_a_code_job_and_releases_its_output(lab, pa
     request.locator("button", has_text="Approve").click()
     wait_for(lambda: running_node.analyst.requests().set_index("request_id").loc[request_id, "status"] == "approved")
     expect(request).to_have_count(0, timeout=60_000)
+
+    review = panel.locator(f'[data-section="decisions"] [data-review="{running_node.sdv.review_id}"]')
+    expect(review).to_contain_text("sdv_real")
+    with pytest.raises(NotAuthorized):
+        running_node.sdv.collect()  # held until an owner approves it
+    review.locator("button", has_text="Approve").click()
+    expect(review).to_have_count(0, timeout=60_000)
+    assert len(running_node.sdv.collect().data) == 100  # the panel's approval reached the node
 
     jobs = panel.locator('[data-section="jobs"]')
     row = jobs.locator(f'[data-job="{job_id}"]')

@@ -242,6 +242,8 @@ def _mock_notebook(code: str, parameters: dict, folder: Path, timeout_s: float) 
                                    progress_bar=False, cwd=str(folder), execution_timeout=timeout_s)
     except papermill.PapermillExecutionError as exc:
         return f"{exc.ename}: {exc.evalue}", executed
+    except Exception as exc:  # noqa: BLE001 - a cell past the timeout, a dead kernel: the run failed, here only
+        return f"{type(exc).__name__}: {exc}"[:2000], executed
     return None, executed
 
 
@@ -249,8 +251,11 @@ def _mock_script(code: str, parameters: dict, folder: Path, timeout_s: float) ->
     source, log = folder / "job.py", folder / "job.log"
     source.write_text(runtime._script_header(parameters) + code)
     with open(log, "wb") as out:
-        done = subprocess.run([sys.executable, str(source)], cwd=folder, stdout=out, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL, timeout=timeout_s)
+        try:
+            done = subprocess.run([sys.executable, str(source)], cwd=folder, stdout=out, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return f"stopped: the script ran longer than {timeout_s:g} s", log
     return (None if done.returncode == 0 else f"the script exited with status {done.returncode}"), log
 
 
