@@ -84,3 +84,21 @@ def test_printed_rows_and_images_are_flagged(ctx, rows):
                            "outputs": [{"output_type": "stream", "name": "stdout",
                                         "text": rows.head(3).to_string()}]}]}
     assert "identifiers" in failed(disclosure.check("executed.ipynb", json.dumps(notebook).encode(), ctx))
+
+
+def test_the_smallest_cell_is_the_owners_setting_per_dataset(tmp_path, ctx, rows):
+    from workbench.node.service import NodeService
+    from workbench.node.settings import NodeConfig
+
+    from .conftest import jobs_config
+
+    table = rows.groupby(["diagnosis", "region", "sex"]).size().rename("patients").reset_index()
+    assert table["patients"].min() >= 10 and (table["patients"] < 500).any()  # the premise, on the demo data
+    assert "cell sizes" not in failed(disclosure.check("t.csv", csv(table), ctx))  # the default: 10
+    service = NodeService(NodeConfig.load(jobs_config(tmp_path, {"min_cell_count": 500})), start_workers=False)
+    try:
+        strict = disclosure.context(service.catalog.get("patients"))
+    finally:
+        service.close()
+    cell = next(c for c in disclosure.check("t.csv", csv(table), strict) if c.check == "cell sizes")
+    assert not cell.ok and f"{int((table['patients'] < 500).sum())} of {len(table)} rows" in cell.detail
