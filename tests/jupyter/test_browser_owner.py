@@ -15,6 +15,7 @@ import tomli_w
 
 import workbench as wb
 from tests.conftest import RunningNode, make_config, provision, start_node
+from workbench.demo.nodes import DEMO_PURPOSE
 from workbench.errors import NotAuthorized
 
 from .test_browser import lab, page, shot, widen_sidebar  # noqa: F401 - the fixtures, with our running_node
@@ -64,7 +65,7 @@ def running_node(tmp_path):
                             "--config", str(node.config_path)], capture_output=True, text=True, timeout=120)
     assert added.returncode == 0, added.stderr
     analyst = wb.connect(node.url, token=node.analyst_token)
-    ds = analyst.dataset("patients")
+    ds = analyst.dataset("patients", purpose=DEMO_PURPOSE)  # the request approved below adds a second grant
     node.request = ds.request_access("follow-up study", epsilon=1.0)
     notebook = summary_notebook(tmp_path / "by_sex.ipynb")
     node.job = ds.code_job(notebook, outputs=["summary.csv"]).submit(purpose="sex ratio")

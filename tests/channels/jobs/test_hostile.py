@@ -285,3 +285,13 @@ def test_a_forged_report_keeps_only_declared_outputs_once_and_no_message():
                            []) == []
     assert _generic(forged.error) == "the code raised ValueError"
     assert _generic("SecretError: P-000123") == "the code raised an error"
+
+
+def test_an_output_over_its_size_cap_is_neither_read_back_nor_held(tight_node, tmp_path):
+    code = 'import os\nopen(os.path.join(output_dir, "big.csv"), "w").write("a\\n" + "1\\n" * (3 * 2**20))\n'  # 6 MB
+    job, view = run_job(tight_node, tmp_path, code, ["big.csv"])
+    big = results_of(view)["big.csv"]
+    assert big["problem"] == f"larger than {int(TIGHT['max_output_mb'] * 2**20)} bytes", big
+    assert big["review_id"] is None and big["sha256"] is None and big["preview"] is None
+    assert [r["name"] for r in view["results"] if r["review_id"]] == ["job.log"]  # only the log waits for an owner
+    assert_nothing_left(tight_node, job)
