@@ -95,20 +95,21 @@ def test_owner_approves_a_request_and_a_code_job_and_releases_its_output(lab, pa
     panel = page.locator(".jp-WorkbenchPanel")
     widen_sidebar(page, 520)
 
-    request = panel.locator(f'[data-section="decisions"] [data-request="{request_id}"]')
-    expect(request).to_contain_text("follow-up study", timeout=90_000)
-    shot(page, "owner-decisions")
-    request.locator("button", has_text="Approve").click()
-    wait_for(lambda: running_node.analyst.requests().set_index("request_id").loc[request_id, "status"] == "approved")
-    expect(request).to_have_count(0, timeout=60_000)
-
     review = panel.locator(f'[data-section="decisions"] [data-review="{running_node.sdv.review_id}"]')
-    expect(review).to_contain_text("sdv_real")
+    expect(review).to_contain_text("sdv_real", timeout=90_000)
+    shot(page, "owner-decisions")
     with pytest.raises(NotAuthorized):
         running_node.sdv.collect()  # held until an owner approves it
     review.locator("button", has_text="Approve").click()
     expect(review).to_have_count(0, timeout=60_000)
+    # collected before the request below adds a second grant: a review's collect picks the analyst's only grant
     assert len(running_node.sdv.collect().data) == 100  # the panel's approval reached the node
+
+    request = panel.locator(f'[data-section="decisions"] [data-request="{request_id}"]')
+    expect(request).to_contain_text("follow-up study")
+    request.locator("button", has_text="Approve").click()
+    wait_for(lambda: running_node.analyst.requests().set_index("request_id").loc[request_id, "status"] == "approved")
+    expect(request).to_have_count(0, timeout=60_000)
 
     jobs = panel.locator('[data-section="jobs"]')
     row = jobs.locator(f'[data-job="{job_id}"]')
