@@ -25,9 +25,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from workbench.channels.jobs import disclosure, sandbox
-from workbench.channels.jobs.config import CodeJobSettings
 from workbench.channels.jobs.worker import execute
 from workbench.demo.data import patients
+from workbench.node.settings import CodeJobSettings
 
 SCRIPT = """import os, workbench_job
 df = workbench_job.load(data_path)
