@@ -102,7 +102,6 @@ def test_owner_approves_a_request_and_a_code_job_and_releases_its_output(lab, pa
         running_node.sdv.collect()  # held until an owner approves it
     review.locator("button", has_text="Approve").click()
     expect(review).to_have_count(0, timeout=60_000)
-    # collected before the request below adds a second grant: a review's collect picks the analyst's only grant
     assert len(running_node.sdv.collect().data) == 100  # the panel's approval reached the node
 
     request = panel.locator(f'[data-section="decisions"] [data-request="{request_id}"]')

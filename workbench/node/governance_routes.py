@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -86,17 +87,20 @@ class ReviewedRelease(BaseModel):
 
 
 @router.post("/reviews/{review_id}/collect", response_model=ReviewedRelease, tags=["governance"])
-def collect(review_id: int, service: Service, caller: Caller) -> ReviewedRelease:
-    """The requester collects an approved release. It passes the release gate (audited, naming a grant);
-    it spends no DP budget because it is not a DP release: the owner's approval is what allows it."""
+def collect(review_id: int, service: Service, caller: Caller, grant_id: int | None = None) -> ReviewedRelease:
+    """The requester collects an approved release. It passes the release gate (audited, naming a grant: the
+    ``grant_id`` given, else the one the release was asked under, else the caller's only live grant); it spends
+    no DP budget because it is not a DP release: the owner's approval is what allows it."""
     row, result = governance.approved_result(service.store, caller, review_id)
+    if grant_id is None:
+        grant_id = json.loads(row.spec_json).get("grant_id")
     entry = service.catalog.get(row.dataset)
     if entry.version != row.dataset_version:
         from ..errors import InvalidQuery
 
         raise InvalidQuery("The dataset changed since this release was reviewed; ask again.", code="stale_review")
     outcome = service.gate.release(caller, entry, "review", row.kind, {"review_id": review_id}, Cost(0.0, 0.0),
-                                   compute=lambda: result)
+                                   compute=lambda: result, grant_id=grant_id)
     return ReviewedRelease(review_id=review_id, release_id=outcome.release_id, grant_id=outcome.grant_id,
                            replayed=outcome.replayed, result=outcome.result)
 

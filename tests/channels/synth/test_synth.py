@@ -214,6 +214,7 @@ def test_sdv_on_real_refused_unless_allowed(node):
 def test_sdv_on_real_held_for_review_with_privacy_metrics(node):
     ds = analyst(node).dataset("clinic")
     before = spent(ds)
+    before_grant = ds.budget()["grant_id"]
     held = ds.synthesize_sdv("GaussianCopula", rows=300, progress=False)
     assert held.review["status"] == "pending"
     with pytest.raises(NotAuthorized) as exc:
@@ -224,12 +225,17 @@ def test_sdv_on_real_held_for_review_with_privacy_metrics(node):
     metrics = pending["summary"]["privacy_metrics"]
     assert 0.0 <= metrics["dcr_baseline_protection"] <= 1.0 and 0.0 <= metrics["new_row_synthesis"] <= 1.0
     own.request("POST", f"/reviews/{held.review_id}/approve", json={"reason": "DCR fine"})
+    me = ds.node.request("GET", "/me")["user"]    # a second live grant since: collected under the one asked under
+    second = own.request("POST", "/grants", json={"user": me, "dataset": "clinic", "purpose": "second study",
+                                                  "epsilon": 1})
     syn = held.collect()
+    own.request("DELETE", f"/grants/{second['grant_id']}")
     assert not syn.dp and len(syn.data) == 300
     assert syn.report.privacy_metrics == metrics
     assert "atlantis" not in set(syn.data["region"].astype(str))
     assert syn.data["age"].dropna().between(0, 100).all()
-    assert spent(ds) == before  # not DP: no epsilon, the approval is what allows it
+    first = analyst(node).dataset("clinic", grant_id=before_grant)
+    assert spent(first) == before  # not DP: no epsilon, the approval is what allows it
 
 
 def test_mock_published_once_free_and_identical(node):

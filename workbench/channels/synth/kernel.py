@@ -137,7 +137,9 @@ class HeldRelease:
 
     def collect(self) -> SyntheticData:
         """The rows, once an owner approved them (``not_approved`` before). Audited; spends no DP budget."""
-        raw = self.dataset.node.request("POST", f"/reviews/{self.review_id}/collect")
+        grant = self.dataset.grant_id
+        raw = self.dataset.node.request("POST", f"/reviews/{self.review_id}/collect",
+                                        params={"grant_id": grant} if grant is not None else None)
         result = raw["result"]
         report = FidelityReport(result["report"])
         frame = frame_from_table(Table(**result["table"]), self.dataset.schema)

@@ -205,8 +205,8 @@ def sdv_on_real(name: str, body: SDVRequest, service: Service, caller: Caller) -
         if body.spec.rows > entry.config.synth_max_rows:
             raise InvalidQuery(f"The owner allows at most {entry.config.synth_max_rows} synthetic rows.",
                                code="too_many_rows")
-        if entry.info.tier == "private":
-            _budget_left(service, caller, entry, body.grant_id)  # a live grant is needed to collect it later
+        grant_id = _budget_left(service, caller, entry, body.grant_id)[0] if entry.info.tier == "private" \
+            else body.grant_id   # a live grant is needed to collect it later: the one asked under is recorded
     except WorkbenchError as exc:
         service.gate.refuse(caller, entry.name, exc, channel=CHANNEL, kind="sdv_real")
         raise
@@ -222,7 +222,8 @@ def sdv_on_real(name: str, body: SDVRequest, service: Service, caller: Caller) -
         summary = {"what_leaves": f"{body.spec.rows} rows x {len(plan.columns)} columns from SDV "
                                   f"{body.spec.synthesizer} fitted on the real rows (not DP)",
                    "columns": plan.columns, "privacy_metrics": result["report"]["privacy_metrics"]}
-        review = governance.submit_review(service.store, caller, entry, CHANNEL, "sdv_real", spec, summary, result)
+        asked = {**spec, "grant_id": grant_id} if grant_id is not None else spec   # collected under that grant
+        review = governance.submit_review(service.store, caller, entry, CHANNEL, "sdv_real", asked, summary, result)
         job.review = review.model_dump(mode="json")
 
     job = jobs_of(service).submit(caller.name, entry.name, "sdv_real", body.request_id, work)
