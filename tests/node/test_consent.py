@@ -1,8 +1,8 @@
 """The data subject's say: opted-out people have no influence on anything the node computes or releases.
 
 The proof is two-fold. (1) Every channel's read path (DP engine and its columnar copy, HE/SMPC,
-synthesis, federated learning, open rows, the file a code job reads) yields exactly the same frame for two files that differ
-only in opted-out people's rows, so every mechanism (a function of that frame and fresh noise) has
+synthesis, federated learning, open rows, the file a code job reads) yields exactly the same frame
+for two files that differ only in opted-out people's rows, so every mechanism (a function of that frame and fresh noise) has
 the same output distribution on both. (2) On a real node, DP releases count consenting people only,
 and a new opt-out is a new dataset version (the columnar copy is rebuilt, old answers stop replaying).
 """
