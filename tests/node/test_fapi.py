@@ -161,6 +161,13 @@ def test_a_flood_of_bad_proofs_with_a_stolen_token_adds_few_audit_records(strict
     assert "a token of 'wb-dpop-svc'" in refusals[0]["details"]["reason"], "the owner sees whose token it was"
 
 
+def test_two_proofs_in_one_request(strict_node, bound_token, key):
+    me = strict_node.url + "/v1/me"
+    headers = [("Authorization", f"DPoP {bound_token}"), ("DPoP", key.proof("GET", me, bound_token)),
+               ("DPoP", key.proof("GET", me, bound_token))]
+    assert_refused(httpx.get(me, headers=headers, timeout=30), "dpop_malformed")
+
+
 def test_proof_for_another_url_or_method(strict_node, bound_token, key):
     me = strict_node.url + "/v1/me"
     assert_refused(call(strict_node, bound_token, key.proof("GET", strict_node.url + "/v1/catalog", bound_token)),

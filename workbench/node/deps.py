@@ -15,6 +15,7 @@ from ..errors import NotAuthenticated
 from ..protocol import PROTOCOL_VERSION, DatasetInfo
 from . import audit
 from .auth import Principal, credentials
+from .dpop import refused
 from .catalog import DatasetEntry
 from .service import NodeService
 
@@ -59,7 +60,10 @@ def _check_sender(service: NodeService, request: Request, scheme: str, token: st
     """
     public = service.config.node.public_url
     url = public.rstrip("/") + request.url.path if public else str(request.url.replace(query="", fragment=""))
-    service.authority.check_sender(principal, scheme, request.headers.get("dpop"), request.method, url, token)
+    proofs = request.headers.getlist("dpop")
+    if len(proofs) > 1:  # RFC 9449 section 4.3: exactly one proof
+        raise refused("dpop_malformed", "Send one DPoP header per request, not several.")
+    service.authority.check_sender(principal, scheme, proofs[0] if proofs else None, request.method, url, token)
     return principal
 
 
