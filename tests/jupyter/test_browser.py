@@ -77,6 +77,30 @@ class Lab:
                 pass
 
 
+AGREEMENT = {"id": "hospital-a/patients/2026-01", "purposes": [], "licence": "https://example.org/dsa/2026-01",
+             "expires": "2099-12-31"}
+
+
+@pytest.fixture
+def running_node(tmp_path):
+    """The demo node (a real ``workbench node serve``), its patients shared under a sharing agreement."""
+    import tomllib
+
+    import tomli_w
+
+    from tests.conftest import RunningNode, make_config, provision, start_node
+
+    config_path = make_config(tmp_path)
+    raw = tomllib.loads(config_path.read_text())
+    raw["datasets"]["patients"]["agreement"] = AGREEMENT
+    config_path.write_text(tomli_w.dumps(raw))
+    accounts = provision(config_path)
+    node = RunningNode(f"http://127.0.0.1:{raw['node']['port']}", config_path, accounts.analyst_token,
+                       accounts.owner_token, start_node(config_path))
+    yield node
+    node.stop()
+
+
 @pytest.fixture
 def lab(running_node, tmp_path):
     """``jupyter lab`` with the Workbench extensions, configured for ``running_node``."""
@@ -269,6 +293,11 @@ def test_panel_follows_releases_and_errors(lab, page, running_node):
     expect(schema.locator("table")).to_contain_text("patient_id")
     expect(schema.locator("table")).to_contain_text("diagnosis")
     expect(schema).to_contain_text("Privacy unit: one patient_id")
+    agreement = schema.locator(".jp-WorkbenchPanel-agreement")  # the sharing agreement, clause by clause
+    expect(agreement).to_contain_text(f"Sharing agreement {AGREEMENT['id']}")
+    expect(agreement).to_contain_text(f"Licence: {AGREEMENT['licence']}")
+    expect(agreement).to_contain_text("Ends: 2099-12-31")
+    expect(agreement).to_contain_text("Purposes: any")
 
     # The grant's gauge before anything is spent; no release yet.
     gauge = panel.locator('.jp-WorkbenchPanel-gauge[data-dataset="patients"]')

@@ -1,8 +1,8 @@
 """The data subject's say: opted-out people have no influence on anything the node computes or releases.
 
 The proof is two-fold. (1) Every channel's read path (DP engine and its columnar copy, HE/SMPC,
-synthesis, federated learning, open rows) yields exactly the same frame for two files that differ
-only in opted-out people's rows, so every mechanism (a function of that frame and fresh noise) has
+synthesis, federated learning, open rows, the file a code job reads) yields exactly the same frame
+for two files that differ only in opted-out people's rows, so every mechanism (a function of that frame and fresh noise) has
 the same output distribution on both. (2) On a real node, DP releases count consenting people only,
 and a new opt-out is a new dataset version (the columnar copy is rebuilt, old answers stop replaying).
 """
@@ -70,6 +70,7 @@ def read_paths(config: NodeConfig, tmp_path) -> dict[str, pl.DataFrame]:
     from workbench.node.catalog import Catalog, scan
     from workbench.node.data import scan_task
     from workbench.channels.synth.worker import _scan
+    from workbench.channels.jobs.worker import data_for_sandbox
 
     entry = Catalog(config).get("patients")
     path, fmt, info, consent = str(entry.path), entry.config.file_format, entry.info, consent_spec(entry.config)
@@ -85,7 +86,14 @@ def read_paths(config: NodeConfig, tmp_path) -> dict[str, pl.DataFrame]:
         "synth": _scan(task, info, [c.name for c in info.columns if c.type != "id"]).collect(),
         "fl": pl.DataFrame({"x0": X[:, 0], "x1": X[:, 1], "y": y}),
         "open-rows": consenting(scan(entry.config), entry.config).select(names).collect(),
+        # the one file a code job's sandbox may read
+        "code-jobs": pl.read_parquet(data_for_sandbox(entry, mkdir(tmp_path / "job-scratch"))).select(names),
     }
+
+
+def mkdir(path):
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def test_every_channel_reads_the_same_rows_whatever_the_opted_out_rows_say(twins, tmp_path):

@@ -51,3 +51,15 @@ def test_highest_common_protocol():
     assert highest_common("1") == "1"
     assert highest_common("2, 10") == "2"
     assert highest_common("7, 8") is None and highest_common("") is None
+
+
+def test_a_consortium_key_file_that_cannot_be_read_is_a_clear_error(tmp_path):
+    from workbench.client.directory import from_directory
+    from workbench.errors import InvalidQuery
+
+    (tmp_path / "broken.jwk").write_text("{not json")
+    (tmp_path / "list.jwk").write_text("[1, 2]")
+    for name in ("missing.jwk", "broken.jwk", "list.jwk"):
+        with pytest.raises(InvalidQuery) as bad:
+            from_directory("https://consortium.example/directory.jws", tmp_path / name)
+        assert bad.value.code == "invalid_query" and name in bad.value.message

@@ -148,6 +148,26 @@ def test_stolen_token_with_another_key(strict_node, bound_token):
     assert_refused(call(strict_node, bound_token, None), "dpop_missing")
 
 
+def test_a_flood_of_bad_proofs_with_a_stolen_token_adds_few_audit_records(strict_node, bound_token):
+    """Each refusal is evidence, but a thief replaying a stolen token must not grow the audit log per request."""
+    thief = DPoPKey.generate()
+    url = strict_node.url + "/v1/me"
+    for _ in range(30):
+        assert_refused(call(strict_node, bound_token, thief.proof("GET", url, bound_token)), "dpop_key_mismatch")
+    records = [json.loads(line) for line in cli(strict_node.config, "audit", "export").splitlines() if line.strip()]
+    refusals = [r for r in records if r["action"].startswith("auth_failed")
+                and r["details"].get("kind") == "dpop_key_mismatch"]
+    assert 1 <= len(refusals) <= 2, [r["action"] for r in refusals]
+    assert "a token of 'wb-dpop-svc'" in refusals[0]["details"]["reason"], "the owner sees whose token it was"
+
+
+def test_two_proofs_in_one_request(strict_node, bound_token, key):
+    me = strict_node.url + "/v1/me"
+    headers = [("Authorization", f"DPoP {bound_token}"), ("DPoP", key.proof("GET", me, bound_token)),
+               ("DPoP", key.proof("GET", me, bound_token))]
+    assert_refused(httpx.get(me, headers=headers, timeout=30), "dpop_malformed")
+
+
 def test_proof_for_another_url_or_method(strict_node, bound_token, key):
     me = strict_node.url + "/v1/me"
     assert_refused(call(strict_node, bound_token, key.proof("GET", strict_node.url + "/v1/catalog", bound_token)),

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from ..directory import Directory, Member, verify
-from ..errors import ConnectionFailed, NotAuthenticated
+from ..errors import ConnectionFailed, InvalidQuery, NotAuthenticated
 from .connection import Node, connect
 from .federation import Federation
 from .login import _check_url
@@ -69,11 +69,22 @@ def _get_json(url: str, timeout: float) -> Any:
     return response.json()
 
 
+def _read_key(path: Path) -> dict[str, Any]:
+    """The consortium's public JWK from a file (what ``workbench directory key`` printed)."""
+    try:
+        key = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidQuery(f"Cannot read the consortium key from {path}: {exc}", code="invalid_query") from None
+    if not isinstance(key, dict):
+        raise InvalidQuery(f"{path} does not hold a JWK (a JSON object).", code="invalid_query")
+    return key
+
+
 def from_directory(url: str, consortium_key: dict[str, Any] | str | Path, timeout: float = 30.0
                    ) -> ConsortiumDirectory:
     """Read the consortium directory at ``url`` and verify it against ``consortium_key`` (a public JWK, or a
     file holding one); refused (``directory_untrusted``) if another key signed it or it expired."""
-    key = consortium_key if isinstance(consortium_key, dict) else json.loads(Path(consortium_key).read_text())
+    key = consortium_key if isinstance(consortium_key, dict) else _read_key(Path(consortium_key).expanduser())
     _check_url(url, "directory URL")
     try:
         response = httpx.get(url, timeout=timeout, follow_redirects=False)

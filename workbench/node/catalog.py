@@ -135,11 +135,11 @@ class Catalog:
                 self._save_cache()
 
     def _version(self, name: str, ds: DatasetConfig, stamp: tuple[int, int]) -> str:
+        agreed = consent.fingerprint(ds)  # the opt-out list is part of the version: a new opt-out, a new version
         if ds.source is not None:
             from .sources import source_version
 
-            return source_version(ds.source)
-        agreed = consent.fingerprint(ds)  # the opt-out list is part of the version: a new opt-out, a new version
+            return source_version(ds.source, agreed)
         key = f"{ds.path}|{stamp[0]}|{stamp[1]}|{agreed}"
         cached = self._known.get(name)
         if cached and cached.get("key") == key:

@@ -15,6 +15,7 @@ from ..errors import NotAuthenticated
 from ..protocol import PROTOCOL_VERSION, DatasetInfo
 from . import audit
 from .auth import Principal, credentials
+from .dpop import refused
 from .catalog import DatasetEntry
 from .service import NodeService
 
@@ -43,9 +44,11 @@ def _sender_checked(service: NodeService, request: Request, scheme: str, token: 
 
 def _audit_sender_refusal(service: NodeService, request: Request, principal: Principal,
                           exc: NotAuthenticated) -> None:
-    with service.store.transaction("light") as session:
-        audit.append(session, principal.name, "auth_failed", None, reason=exc.message,
-                     client=request.client.host if request.client else None)
+    """Counted like every failed authentication (:mod:`workbench.node.auth_failures`): a flood of bad proofs
+    with a stolen token adds at most two audit records per source, reason and window, naming the token's user."""
+    service.auth_failures.record(request.client.host if request.client else None,
+                                 str(exc.details.get("reason") or "sender_constraint"),
+                                 f"{exc.message} (a token of {principal.name!r})")
 
 
 def _check_sender(service: NodeService, request: Request, scheme: str, token: str,
@@ -57,7 +60,10 @@ def _check_sender(service: NodeService, request: Request, scheme: str, token: st
     """
     public = service.config.node.public_url
     url = public.rstrip("/") + request.url.path if public else str(request.url.replace(query="", fragment=""))
-    service.authority.check_sender(principal, scheme, request.headers.get("dpop"), request.method, url, token)
+    proofs = request.headers.getlist("dpop")
+    if len(proofs) > 1:  # RFC 9449 section 4.3: exactly one proof
+        raise refused("dpop_malformed", "Send one DPoP header per request, not several.")
+    service.authority.check_sender(principal, scheme, proofs[0] if proofs else None, request.method, url, token)
     return principal
 
 

@@ -55,10 +55,11 @@ def public_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def source_version(source) -> str:
-    """The dataset version of a table: the owner's ``version`` label and where the table is (no credentials)."""
+def source_version(source, consent_fingerprint: str = "") -> str:
+    """The dataset version of a table: the owner's ``version`` label, where the table is (no credentials) and
+    the consent rule's fingerprint (a new opt-out is a new version)."""
     label = json.dumps([source.kind, public_url(source.url), source.table, source.parquet, source.version,
-                        source.decimals])
+                        source.decimals, *([consent_fingerprint] if consent_fingerprint else [])])
     return "table:" + hashlib.sha256(label.encode()).hexdigest()[:32]
 
 
@@ -109,6 +110,8 @@ def type_problems(config, present: dict[str, str]) -> list[str]:
     unit = config.privacy_unit.id_column
     if unit and unit not in wanted:
         wanted[unit] = None
+    if config.consent is not None and config.consent.column is not None:
+        problems += _consent_problems(config.consent.column, present)
     for name, column in wanted.items():
         if name not in present:
             problems.append(f"column {name!r} is in the config but not in the table")
@@ -118,6 +121,15 @@ def type_problems(config, present: dict[str, str]) -> list[str]:
         if accepted is not None and kind not in accepted:
             problems.append(f"column {name!r} is {present[name]}, not {column.type}")
     return problems
+
+
+def _consent_problems(name: str, present: dict[str, str]) -> list[str]:
+    """A consent column must be boolean: the SQL keeps a row only where it is true, and never casts it."""
+    if name not in present:
+        return [f"consent column {name!r} is not in the table"]
+    if re.sub(r"\(.*", "", present[name].lower()).strip() not in ACCEPTED["bool"]:
+        return [f"consent column {name!r} is {present[name]}, not boolean"]
+    return []
 
 
 def _accepted(column) -> set[str] | None:

@@ -45,7 +45,11 @@ def served(tmp_path_factory, pg_server):
     datasets = {"claims_file": {"path": str(root / "claims.parquet")},
                 "claims_folder": {"path": str(root / "lake")},
                 "claims_pg": {"source": {"url": pg_dsn(db_url), "table": "claims"}},
-                "claims_spark": {"source": {"url": "local[2]", "parquet": str(root / "lake")}}}
+                "claims_spark": {"source": {"url": "local[2]", "parquet": str(root / "lake")}},
+                "claims_spark_opt_out": {"source": {"url": "local[2]", "parquet": str(root / "lake")},
+                                         "consent": {"opt_out_file": str(root / "opt-out.txt")}}}
+    opted_out = frame["pid"].unique().sort().head(2_000).to_list()
+    (root / "opt-out.txt").write_text("\n".join(opted_out) + "\n")
     config = write_config(root, datasets, port=free_port(), workers=1)
     service = NodeService(NodeConfig.load(config), start_workers=False)
     try:
@@ -58,7 +62,7 @@ def served(tmp_path_factory, pg_server):
     port = int(config.read_text().split("port = ")[1].split()[0])
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}/v1", headers={"Authorization": f"Bearer {token}"},
                           timeout=600)
-    yield {"client": client, "frame": frame}
+    yield {"client": client, "frame": frame, "opted_out": opted_out}
     client.close()
     os.killpg(process.pid, 15)
     process.wait(timeout=60)
@@ -105,3 +109,13 @@ def test_node_check_reads_a_spark_sources_columns_at_start_up(tmp_path):
     assert "column 'sex' is in the config but not in the table" in problems["bad"]
     assert "column 'age' is string, not int" in problems["bad"]
     assert not catalog.entries()
+
+
+def test_spark_reads_only_the_rows_of_people_who_did_not_opt_out(served):
+    from tests.intervals import near
+
+    frame = served["frame"]
+    kept = frame.filter(~pl.col("pid").is_in(served["opted_out"])).height
+    stat = by_key(release(served["client"], "claims_spark_opt_out", {"kind": "count"}, epsilon=2.0)["table"])[()]
+    assert near(stat, kept), (stat, kept)
+    assert not near(stat, frame.height), "opted-out people were counted"

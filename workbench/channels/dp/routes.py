@@ -22,6 +22,7 @@ from workbench.protocol import (Accuracy, Budget, DPPreview, DPQuery, DPRelease,
 from workbench.node.auth import Principal
 from workbench.node import policy
 from workbench.node.catalog import DatasetEntry
+from workbench.node.consent import consent_spec
 from workbench.node.data import task_payload
 from workbench.node.gate import Outcome, spec_hash
 from workbench.node.ledger import Cost, choose_grant, left
@@ -65,7 +66,7 @@ def _task(service: NodeService, entry: DatasetEntry, body: DPRequest, mode: str)
     if entry.source is not None:  # a table in PostgreSQL or Spark (workbench.channels.dp.pushdown): no file, no copy
         return {"info": entry.info.model_dump(mode="json"), "query": spec, "epsilon": body.epsilon,
                 "delta": body.delta, "alpha": ALPHA, "mode": mode, "format": "table", "path": None, "stamp": None,
-                "columnar": None, "consent": None, "cache_key": key,
+                "columnar": None, "consent": consent_spec(entry.config), "cache_key": key,
                 "source": pushdown_task(entry, service.config.node.state_dir)}
     return task_payload(entry, query=spec, epsilon=body.epsilon, delta=body.delta, alpha=ALPHA, mode=mode,
                         columnar=_columnar(service), cache_key=key, source=None)

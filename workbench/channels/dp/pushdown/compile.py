@@ -99,7 +99,8 @@ def _literal(value, column_type: str) -> exp.Expression:
     return exp.Literal.string(str(value))
 
 
-def _table(name: str) -> exp.Table:
+def table_expression(name: str) -> exp.Table:
+    """A (possibly schema- or catalog-qualified) table name as a quoted SQL table."""
     parts = name.split(".")
     return exp.table_(parts[-1], db=parts[-2] if len(parts) > 1 else None,
                       catalog=parts[-3] if len(parts) > 2 else None, quoted=True)
@@ -126,7 +127,7 @@ class Rows:
     """Where a query reads its rows: the table, or the table with the query's derived columns computed in one
     inner select each; ``value(name)`` is the SQL expression of any column the query sees."""
 
-    def __init__(self, info: DatasetInfo, query: DPQuery, table: str):
+    def __init__(self, info: DatasetInfo, query: DPQuery, table: str | exp.Expression):
         self.info = info
         self.schema, self.env = language.derived_schema(info, query)
         declared = {c.name: _col(c.name) for c in info.columns}
@@ -136,7 +137,8 @@ class Rows:
         where = compiler.compile(query.where)[0] if query.where is not None else None
         self.names = {name: compiler.ref(name) for name in compiler.refs}
         self.where = where
-        self.source = compiler.layers(_table(table), list(declared.values()))
+        relation = table_expression(table) if isinstance(table, str) else table.copy()  # e.g. consenting rows
+        self.source = compiler.layers(relation, list(declared.values()))
         if not isinstance(self.source, exp.Table):
             self.source = self.source.subquery("wb_derived")
 
@@ -330,7 +332,8 @@ def moment_values(rows: Rows, columns: list[str], decimals: int) -> dict:
     return values
 
 
-def compile_query(info: DatasetInfo, query: DPQuery, table: str, secret: str, decimals: int) -> Compiled:
+def compile_query(info: DatasetInfo, query: DPQuery, table: str | exp.Expression, secret: str,
+                  decimals: int) -> Compiled:
     """The SQL tree of ``query`` over ``table`` (query already checked by :func:`workbench.query.validate.validate`);
     quantiles (the kind, and an ``agg``'s) are separate queries (:func:`compile_histogram`)."""
     rows = Rows(info, query, table)
@@ -356,7 +359,8 @@ def compile_query(info: DatasetInfo, query: DPQuery, table: str, secret: str, de
     return _assemble(rows, keys, computed, values, secret, labels)
 
 
-def compile_histogram(info: DatasetInfo, query: DPQuery, column: str, table: str, secret: str) -> Compiled:
+def compile_histogram(info: DatasetInfo, query: DPQuery, column: str, table: str | exp.Expression,
+                      secret: str) -> Compiled:
     """Counts per group and per cell of ``column``'s public quantile grid (:func:`workbench.channels.dp.quantiles.grid`):
     the histogram the quantiles of that column are read from."""
     rows = Rows(info, query, table)

@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import itertools
 
+from sqlglot import exp
+
 from workbench.errors import InvalidQuery
 from workbench.intervals import mean_interval
 from workbench.protocol import DatasetInfo, DPQuery
@@ -45,6 +47,7 @@ from workbench.query.validate import histogram_bins, validate
 from workbench.channels.dp.pushdown import several
 from workbench.channels.dp import quantiles
 from workbench.channels.dp.pushdown.compile import BIN, Compiled, compile_histogram, compile_query, render
+from workbench.channels.dp.pushdown.consent import consenting_relation
 from workbench.channels.dp.pushdown.noise import integer_vector
 
 
@@ -64,12 +67,14 @@ def check(info: DatasetInfo, query: DPQuery, decimals: int) -> None:
     compile_query(info, query, "wb_check", "", decimals)  # would_overflow, from public bounds only
 
 
-def relation(source: dict) -> str:
+def relation(task: dict) -> exp.Expression:
+    """What the task's query reads: the table (or Spark's view of a Parquet source), consenting rows only."""
+    source = task["source"]
     if source["kind"] == "spark" and source.get("parquet"):
         from workbench.channels.dp.pushdown.spark import view_name
 
-        return view_name(source["dataset"])
-    return source["table"]
+        return consenting_relation(view_name(source["dataset"]), task.get("consent"))
+    return consenting_relation(source["table"], task.get("consent"))
 
 
 def _mechanisms(info, query, compiled: Compiled, epsilon: float, delta: float, alpha: float) -> dict:
@@ -126,7 +131,7 @@ def run(task: dict) -> dict:
     schema = validate(info, query, delta)
     source = task["source"]
     check(info, query, source["decimals"])
-    compiled = compile_query(info, query, relation(source), source["secret"], source["decimals"])
+    compiled = compile_query(info, query, relation(task), source["secret"], source["decimals"])
     if query.kind in ("agg", "moments"):
         return _several(task, info, schema, query, compiled, epsilon, alpha)
     if query.kind == "quantile":
@@ -147,7 +152,7 @@ def _quantile(task: dict, info: DatasetInfo, schema: DatasetInfo, query: DPQuery
               alpha: float) -> dict:
     """A quantile (per group) read off a noisy histogram of its column's public grid, with an interval."""
     source = task["source"]
-    compiled = compile_histogram(info, query, query.column, relation(source), source["secret"])
+    compiled = compile_histogram(info, query, query.column, relation(task), source["secret"])
     noise = integer_vector(len(compiled.key_product()), info.privacy_unit.max_contributions, epsilon, 0.0, alpha)
     accuracy = [{"statistic": "quantile", "accuracy": None, "alpha": alpha}]
     note = _note(query)
@@ -177,7 +182,7 @@ def _several(task: dict, info: DatasetInfo, schema: DatasetInfo, query: DPQuery,
             return {"accuracy": accuracy, "note": note}
         table = several.moments_table(schema, query, main, _vectors(schema, main, _fetch(source, main)), mechanisms)
         return {"accuracy": accuracy, "note": note, "table": table}
-    histograms = {column: compile_histogram(info, query, column, relation(source), source["secret"])
+    histograms = {column: compile_histogram(info, query, column, relation(task), source["secret"])
                   for column in several.histogram_columns(query)}
     mechanisms = several.agg_mechanisms(info, query, main, histograms, epsilon, alpha)
     accuracy = several.agg_accuracy(query, main, mechanisms, alpha)
