@@ -33,13 +33,16 @@ def _grant(client, headers) -> dict:
     return client.get("/v1/datasets/patients/budget", headers=headers).json()
 
 
-def _charges(service) -> int:
+def _charges(service, user: str | None = None) -> int:
     from sqlalchemy import func, select
 
     from workbench.node.store import Charge
 
+    query = select(func.count()).select_from(Charge)
+    if user is not None:
+        query = query.where(Charge.user_name == user)
     with service.store.transaction("read") as session:
-        return session.execute(select(func.count()).select_from(Charge)).scalar_one()
+        return session.execute(query).scalar_one()
 
 
 def _second_analyst(service) -> dict:
@@ -511,6 +514,34 @@ def test_delta_is_charged_only_when_the_noise_uses_it(app_client):
 def test_unknown_protocol_in_synthesis_bodies_is_refused_the_same_way(app_client, path, body):
     r = app_client.post(path, json={**body, "protocol": "0.9"}, headers=app_client.analyst)
     assert r.status_code == 400 and r.json()["code"] == "protocol_unsupported", r.text
+
+
+def test_a_backlog_of_nearly_free_synthesis_jobs_is_bounded_per_user(app_client):
+    """Attack: queue synthesis jobs at the epsilon floor (1e-6 each: nearly free) so the node's synthesis slot
+    is busy for everyone. Beyond their share (per_user_synth_jobs) the attacker gets 429 + Retry-After before
+    anything is charged; another analyst's job is still accepted."""
+    from workbench.channels.synth.jobs import jobs_of
+
+    service, jobs = app_client.service, jobs_of(app_client.service)
+    body = {"spec": {"method": "independent", "rows": 5, "columns": ["sex", "region"]}, "epsilon": 1e-6}
+    spent = _grant(app_client, app_client.analyst)["epsilon_spent"]
+    hold = threading.Event()
+    held = [jobs.submit("analyst", "patients", "independent", None, lambda job: hold.wait(120))
+            for _ in range(service.fair.limits["synthesis"])]  # the attacker's backlog fills their share
+    try:
+        r = app_client.post("/v1/datasets/patients/synth/jobs", json=body, headers=app_client.analyst)
+        assert r.status_code == 429 and r.json()["code"] == "rate_limited", r.text
+        assert int(r.headers["Retry-After"]) >= 1 and r.json()["details"]["kind"] == "synthesis"
+        other = app_client.post("/v1/datasets/patients/synth/jobs", json=body, headers=_second_analyst(service))
+        assert other.status_code == 202, other.text
+    finally:
+        hold.set()
+    _poll(lambda: all(jobs.get(j.job_id, "analyst").status == "done" for j in held))
+    _poll(lambda: jobs.get(other.json()["job_id"], "analyst2").status == "done", deadline_s=300)
+    assert _grant(app_client, app_client.analyst)["epsilon_spent"] == spent and _charges(service, "analyst") == 0
+    again = app_client.post("/v1/datasets/patients/synth/jobs", json=body, headers=app_client.analyst)
+    assert again.status_code == 202, again.text  # the share is given back when the backlog is done
+    app_client.delete(f"/v1/synth/jobs/{again.json()['job_id']}", headers=app_client.analyst)
 
 
 def test_replayed_smpc_sum_cannot_pile_up_waiting_sessions(tmp_path):
