@@ -544,6 +544,33 @@ def test_a_backlog_of_nearly_free_synthesis_jobs_is_bounded_per_user(app_client)
     app_client.delete(f"/v1/synth/jobs/{again.json()['job_id']}", headers=app_client.analyst)
 
 
+def test_creating_free_training_jobs_never_pushes_out_another_users_job(app_client, monkeypatch):
+    """Attack: create training jobs in a loop (free: only the rounds are charged) until the node's job table is
+    full, so other analysts' jobs are forgotten mid-training. Only the creator's own oldest jobs are forgotten."""
+    from workbench.channels.fl import jobs as fl_jobs
+
+    monkeypatch.setattr(fl_jobs, "MAX_JOBS_PER_USER", 4)
+    monkeypatch.setattr(fl_jobs, "MAX_JOBS", 6)
+    spec = {"model": "logistic_regression", "y": "readmitted", "x": ["age", "bmi"], "rounds": 2, "epsilon": 1.0,
+            "delta": 1e-6}
+
+    def create(headers) -> str:
+        r = app_client.post("/v1/datasets/patients/fl/jobs", json={"spec": spec}, headers=headers)
+        assert r.status_code == 200, r.text
+        return r.json()["job_id"]
+
+    honest = create(app_client.analyst)
+    hostile = _second_analyst(app_client.service)
+    made = [create(hostile) for _ in range(8)]
+    alive = lambda job_id, headers: app_client.get(f"/v1/fl/jobs/{job_id}", headers=headers).status_code == 200
+    assert alive(honest, app_client.analyst)
+    assert [alive(j, hostile) for j in made] == [False] * 4 + [True] * 4  # the creator's share: its newest 4
+    monkeypatch.setattr(fl_jobs, "MAX_JOBS", 4)  # a full node forgets the heaviest holder's oldest job
+    made.append(create(hostile))
+    assert alive(honest, app_client.analyst)
+    assert [alive(j, hostile) for j in made[4:]] == [False, False, True, True, True]
+
+
 def test_replayed_smpc_sum_cannot_pile_up_waiting_sessions(tmp_path):
     """Attack (real node, real aggregator): pay for one SMPC sum, then replay it for free into many new
     sessions that never complete (the other party never joins). Only the user's session share waits (2),
