@@ -236,6 +236,36 @@ def test_free_previews_calibrate_in_their_own_low_priority_pool(app_client):
     assert app_client.post(PREVIEW, json=body, headers=app_client.analyst).status_code == 200  # from cache
 
 
+def test_open_rows_are_read_off_the_node_process_within_the_users_share(app_client):
+    """Attack: loop the download of a large open dataset (free; it took seconds of the node process's own CPU
+    per call and raised everyone's latency). The rows are read and encoded in the niced pool for free work,
+    the body's file is removed once sent, and beyond the user's share the download gets 429."""
+    import psutil
+
+    service = app_client.service
+    entry = service.catalog.get("iris")
+    from workbench.node.data import raw_scan
+
+    expected = raw_scan(entry.path, entry.config.file_format).select(list(entry.config.columns)).collect()
+    r = app_client.get("/v1/datasets/iris/rows", params={"limit": 7}, headers=app_client.analyst)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["table"]["columns"] == expected.columns and body["dataset_version"] == entry.version
+    assert body["table"]["data"] == [list(row) for row in expected.head(7).iter_rows()]
+    assert service.preview_pool._started == 1 and service.pool._started == 0
+    assert all(psutil.Process(w.process.pid).nice() >= 10 for w in service.preview_pool._idle)
+    assert not list((service.config.node.state_dir / "open_rows").iterdir())  # nothing left behind
+    holds = [service.fair.admit("analyst", "compute") for _ in range(service.fair.limits["compute"])]
+    for hold in holds:
+        hold.__enter__()
+    try:
+        r = app_client.get("/v1/datasets/iris/rows", headers=app_client.analyst)
+        assert r.status_code == 429 and r.json()["code"] == "rate_limited" and int(r.headers["Retry-After"]) >= 1
+    finally:
+        for hold in holds:
+            hold.__exit__(None, None, None)
+
+
 # ---------------------------------------------------------------- 2. no charge without an answer
 
 
