@@ -309,6 +309,19 @@ def _bad_types_config(root: Path) -> Path:
     return path
 
 
+@pytest.mark.parametrize("columns", [["sex"], ["age"]])
+def test_mst_on_one_column_is_refused_before_charging(app_client, columns):
+    """Found by random synthesis jobs against a real node: MST over a single synthesizable column passed the
+    checks, was charged, then failed inside OpenDP. Refused in the preview and at submission, nothing charged."""
+    spent = _grant(app_client, app_client.analyst)["epsilon_spent"]
+    for path in ("/v1/datasets/patients/synth/preview", "/v1/datasets/patients/synth/jobs"):
+        r = app_client.post(path, json={"spec": {"method": "mst", "rows": 5, "columns": columns}, "epsilon": 0.5},
+                            headers=app_client.analyst)
+        assert r.status_code == 422 and r.json()["code"] == "invalid_query", r.text
+        assert "independent" in r.json()["message"]
+    assert _grant(app_client, app_client.analyst)["epsilon_spent"] == spent and _charges(app_client.service) == 0
+
+
 def test_node_check_reads_every_value_against_its_declared_type(tmp_path):
     """Owner mistake: declared types the file does not hold. `node check` says which column and row (never a
     private value) and exits 1; the node refuses to serve those datasets (dataset_unavailable, no charge)."""
