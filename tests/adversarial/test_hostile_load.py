@@ -33,13 +33,16 @@ def _grant(client, headers) -> dict:
     return client.get("/v1/datasets/patients/budget", headers=headers).json()
 
 
-def _charges(service) -> int:
+def _charges(service, user: str | None = None) -> int:
     from sqlalchemy import func, select
 
     from workbench.node.store import Charge
 
+    query = select(func.count()).select_from(Charge)
+    if user is not None:
+        query = query.where(Charge.user_name == user)
     with service.store.transaction("read") as session:
-        return session.execute(select(func.count()).select_from(Charge)).scalar_one()
+        return session.execute(query).scalar_one()
 
 
 def _second_analyst(service) -> dict:
@@ -233,6 +236,36 @@ def test_free_previews_calibrate_in_their_own_low_priority_pool(app_client):
     assert app_client.post(PREVIEW, json=body, headers=app_client.analyst).status_code == 200  # from cache
 
 
+def test_open_rows_are_read_off_the_node_process_within_the_users_share(app_client):
+    """Attack: loop the download of a large open dataset (free; it took seconds of the node process's own CPU
+    per call and raised everyone's latency). The rows are read and encoded in the niced pool for free work,
+    the body's file is removed once sent, and beyond the user's share the download gets 429."""
+    import psutil
+
+    service = app_client.service
+    entry = service.catalog.get("iris")
+    from workbench.node.data import raw_scan
+
+    expected = raw_scan(entry.path, entry.config.file_format).select(list(entry.config.columns)).collect()
+    r = app_client.get("/v1/datasets/iris/rows", params={"limit": 7}, headers=app_client.analyst)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["table"]["columns"] == expected.columns and body["dataset_version"] == entry.version
+    assert body["table"]["data"] == [list(row) for row in expected.head(7).iter_rows()]
+    assert service.preview_pool._started == 1 and service.pool._started == 0
+    assert all(psutil.Process(w.process.pid).nice() >= 10 for w in service.preview_pool._idle)
+    assert not list((service.config.node.state_dir / "open_rows").iterdir())  # nothing left behind
+    holds = [service.fair.admit("analyst", "compute") for _ in range(service.fair.limits["compute"])]
+    for hold in holds:
+        hold.__enter__()
+    try:
+        r = app_client.get("/v1/datasets/iris/rows", headers=app_client.analyst)
+        assert r.status_code == 429 and r.json()["code"] == "rate_limited" and int(r.headers["Retry-After"]) >= 1
+    finally:
+        for hold in holds:
+            hold.__exit__(None, None, None)
+
+
 # ---------------------------------------------------------------- 2. no charge without an answer
 
 
@@ -274,6 +307,19 @@ def _bad_types_config(root: Path) -> Path:
     path = root / "node.toml"
     path.write_text(tomli_w.dumps(config))
     return path
+
+
+@pytest.mark.parametrize("columns", [["sex"], ["age"]])
+def test_mst_on_one_column_is_refused_before_charging(app_client, columns):
+    """Found by random synthesis jobs against a real node: MST over a single synthesizable column passed the
+    checks, was charged, then failed inside OpenDP. Refused in the preview and at submission, nothing charged."""
+    spent = _grant(app_client, app_client.analyst)["epsilon_spent"]
+    for path in ("/v1/datasets/patients/synth/preview", "/v1/datasets/patients/synth/jobs"):
+        r = app_client.post(path, json={"spec": {"method": "mst", "rows": 5, "columns": columns}, "epsilon": 0.5},
+                            headers=app_client.analyst)
+        assert r.status_code == 422 and r.json()["code"] == "invalid_query", r.text
+        assert "independent" in r.json()["message"]
+    assert _grant(app_client, app_client.analyst)["epsilon_spent"] == spent and _charges(app_client.service) == 0
 
 
 def test_node_check_reads_every_value_against_its_declared_type(tmp_path):
@@ -511,6 +557,61 @@ def test_delta_is_charged_only_when_the_noise_uses_it(app_client):
 def test_unknown_protocol_in_synthesis_bodies_is_refused_the_same_way(app_client, path, body):
     r = app_client.post(path, json={**body, "protocol": "0.9"}, headers=app_client.analyst)
     assert r.status_code == 400 and r.json()["code"] == "protocol_unsupported", r.text
+
+
+def test_a_backlog_of_nearly_free_synthesis_jobs_is_bounded_per_user(app_client):
+    """Attack: queue synthesis jobs at the epsilon floor (1e-6 each: nearly free) so the node's synthesis slot
+    is busy for everyone. Beyond their share (per_user_synth_jobs) the attacker gets 429 + Retry-After before
+    anything is charged; another analyst's job is still accepted."""
+    from workbench.channels.synth.jobs import jobs_of
+
+    service, jobs = app_client.service, jobs_of(app_client.service)
+    body = {"spec": {"method": "independent", "rows": 5, "columns": ["sex", "region"]}, "epsilon": 1e-6}
+    spent = _grant(app_client, app_client.analyst)["epsilon_spent"]
+    hold = threading.Event()
+    held = [jobs.submit("analyst", "patients", "independent", None, lambda job: hold.wait(120))
+            for _ in range(service.fair.limits["synthesis"])]  # the attacker's backlog fills their share
+    try:
+        r = app_client.post("/v1/datasets/patients/synth/jobs", json=body, headers=app_client.analyst)
+        assert r.status_code == 429 and r.json()["code"] == "rate_limited", r.text
+        assert int(r.headers["Retry-After"]) >= 1 and r.json()["details"]["kind"] == "synthesis"
+        other = app_client.post("/v1/datasets/patients/synth/jobs", json=body, headers=_second_analyst(service))
+        assert other.status_code == 202, other.text
+    finally:
+        hold.set()
+    _poll(lambda: all(jobs.get(j.job_id, "analyst").status == "done" for j in held))
+    _poll(lambda: jobs.get(other.json()["job_id"], "analyst2").status == "done", deadline_s=300)
+    assert _grant(app_client, app_client.analyst)["epsilon_spent"] == spent and _charges(service, "analyst") == 0
+    again = app_client.post("/v1/datasets/patients/synth/jobs", json=body, headers=app_client.analyst)
+    assert again.status_code == 202, again.text  # the share is given back when the backlog is done
+    app_client.delete(f"/v1/synth/jobs/{again.json()['job_id']}", headers=app_client.analyst)
+
+
+def test_creating_free_training_jobs_never_pushes_out_another_users_job(app_client, monkeypatch):
+    """Attack: create training jobs in a loop (free: only the rounds are charged) until the node's job table is
+    full, so other analysts' jobs are forgotten mid-training. Only the creator's own oldest jobs are forgotten."""
+    from workbench.channels.fl import jobs as fl_jobs
+
+    monkeypatch.setattr(fl_jobs, "MAX_JOBS_PER_USER", 4)
+    monkeypatch.setattr(fl_jobs, "MAX_JOBS", 6)
+    spec = {"model": "logistic_regression", "y": "readmitted", "x": ["age", "bmi"], "rounds": 2, "epsilon": 1.0,
+            "delta": 1e-6}
+
+    def create(headers) -> str:
+        r = app_client.post("/v1/datasets/patients/fl/jobs", json={"spec": spec}, headers=headers)
+        assert r.status_code == 200, r.text
+        return r.json()["job_id"]
+
+    honest = create(app_client.analyst)
+    hostile = _second_analyst(app_client.service)
+    made = [create(hostile) for _ in range(8)]
+    alive = lambda job_id, headers: app_client.get(f"/v1/fl/jobs/{job_id}", headers=headers).status_code == 200
+    assert alive(honest, app_client.analyst)
+    assert [alive(j, hostile) for j in made] == [False] * 4 + [True] * 4  # the creator's share: its newest 4
+    monkeypatch.setattr(fl_jobs, "MAX_JOBS", 4)  # a full node forgets the heaviest holder's oldest job
+    made.append(create(hostile))
+    assert alive(honest, app_client.analyst)
+    assert [alive(j, hostile) for j in made[4:]] == [False, False, True, True, True]
 
 
 def test_replayed_smpc_sum_cannot_pile_up_waiting_sessions(tmp_path):

@@ -49,13 +49,14 @@ def _expected(column: ColumnConfig) -> str | None:
 def _unreadable(name: str, dtype: pl.DataType, expected: str) -> pl.Expr:
     """True where a present value cannot be read as ``expected``."""
     value = pl.col(name)
-    if dtype == pl.String:
-        text = value.str.strip_chars()
-        if expected == "bool":
-            bad = ~text.str.to_lowercase().is_in(_TRUE_FALSE)
-        else:
-            bad = text.cast(pl.Int64 if expected == "int" else pl.Float64, strict=False).is_null()
-        return value.is_not_null() & (text != "") & bad
+    if dtype == pl.String:  # as the node's CSV reader parses: see tests/node/test_datacheck.py
+        if expected == "bool":  # true/false in any case, nothing around them
+            present, bad = value != "", ~value.str.to_lowercase().is_in(_TRUE_FALSE)
+        else:  # blanks alone are missing; blanks before a number are skipped, blanks after it are not
+            present = value.str.strip_chars() != ""
+            bad = value.str.strip_chars_start().cast(pl.Int64 if expected == "int" else pl.Float64,
+                                                     strict=False).is_null()
+        return value.is_not_null() & present & bad
     if expected == "bool":
         if dtype == pl.Boolean:
             return pl.lit(False)

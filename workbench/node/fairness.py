@@ -1,9 +1,10 @@
 """Each user's share of the node: how much heavy work one user may have in flight at once.
 
-Two kinds of heavy work are counted per user: ``compute`` (a task for the
-worker pool: a preview's calibration, a release, an HE/SMPC contribution) and
+Three kinds of heavy work are counted per user: ``compute`` (a task for the
+worker pool: a preview's calibration, a release, an HE/SMPC contribution),
 ``session`` (a contribution that waits on other parties through an
-aggregator). A user over their share gets :class:`~workbench.errors.RateLimited`
+aggregator) and ``synthesis`` (a synthesis job queued or running, see
+:mod:`workbench.channels.synth.jobs`). A user over their share gets :class:`~workbench.errors.RateLimited`
 (HTTP 429 with ``Retry-After``) *before* anything is charged or queued; other
 users are unaffected. Requests that arrive on the event loop (DP releases)
 first queue per user without holding a thread (:meth:`UserLimiter.queued`,
@@ -19,12 +20,12 @@ import threading
 from collections import defaultdict
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator, Callable, Iterator
 
 from ..errors import RateLimited
 
 #: Suggested wait (seconds) sent with a 429, per kind.
-RETRY_AFTER_S = {"compute": 1.0, "session": 5.0}
+RETRY_AFTER_S = {"compute": 1.0, "session": 5.0, "synthesis": 10.0}
 
 
 @dataclass
@@ -39,8 +40,8 @@ class _Line:
 class UserLimiter:
     """Counts each user's heavy work in flight; refuses work beyond ``limits[kind]`` per user."""
 
-    def __init__(self, compute: int = 8, session: int = 2, queue: int = 64):
-        self.limits = {"compute": compute, "session": session}
+    def __init__(self, compute: int = 8, session: int = 2, queue: int = 64, synthesis: int = 4):
+        self.limits = {"compute": compute, "session": session, "synthesis": synthesis}
         self.queue_limit = queue
         self._in_flight: dict[tuple[str, str], int] = defaultdict(int)
         self._lock = threading.Lock()
@@ -77,19 +78,28 @@ class UserLimiter:
         """Hold one of ``user``'s ``kind`` slots for the block, or raise :class:`RateLimited` now.
 
         ``counted_by_queue``: the slot was already granted by :meth:`queued` (counted, never refused)."""
+        give_back = self.take(user, kind, counted_by_queue)
+        try:
+            yield
+        finally:
+            give_back()
+
+    def take(self, user: str, kind: str, counted_by_queue: bool = False) -> Callable[[], None]:
+        """Take one of ``user``'s ``kind`` slots now (or raise :class:`RateLimited`), for work that outlives
+        the request (a synthesis job); returns the function that gives the slot back (call it once)."""
         key = (user, kind)
         with self._lock:
             if not counted_by_queue and self._in_flight[key] >= self.limits[kind]:
                 self.refused += 1
                 raise _refusal(kind, self._in_flight[key], self.limits[kind], "running or queued")
             self._in_flight[key] += 1
-        try:
-            yield
-        finally:
+
+        def give_back() -> None:
             with self._lock:
                 self._in_flight[key] -= 1
                 if self._in_flight[key] <= 0:
                     del self._in_flight[key]
+        return give_back
 
     def in_flight(self, user: str, kind: str = "compute") -> int:
         """How many ``kind`` requests of ``user`` hold a slot now."""

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.background import BackgroundTask
 
 from .._version import __version__
 from ..errors import PrivacyError
 from ..protocol import (PROTOCOL_VERSION, SUPPORTED_PROTOCOLS, BudgetInfo, DatasetInfo, GrantInfo, HistoryEntry,
-                        NodeInfo, RowsResponse, Table, for_protocol)
+                        NodeInfo, RowsResponse, for_protocol)
 from . import admin, audit
 from .deps import Caller, Service, dataset_entry, protocol_of, public_info
 from .agreement import agreements
-from .consent import consent_spec, consenting
-from .data import raw_scan
+from .data import task_payload
 from .gate import check_not_private
 from .ledger import choose_grant
 
@@ -76,8 +77,10 @@ def budget(name: str, service: Service, caller: Caller,
 
 @router.get("/datasets/{name}/rows", response_model=RowsResponse, tags=["open data"])
 def rows(name: str, service: Service, caller: Caller,
-         limit: Annotated[int, Query(ge=1, le=1_000_000)] = 100_000) -> RowsResponse:
-    """The rows of an open-tier dataset, with its licence. Any other tier: ``privacy_violation``."""
+         limit: Annotated[int, Query(ge=1, le=1_000_000)] = 100_000) -> FileResponse:
+    """The rows of an open-tier dataset, with its licence. Any other tier: ``privacy_violation``.
+
+    Free work: read and encoded in the niced pool for free work, within the caller's share (429 beyond)."""
     entry = dataset_entry(service, name)
     try:
         check_not_private(entry)
@@ -86,13 +89,16 @@ def rows(name: str, service: Service, caller: Caller,
         raise
     service.gate.check_agreement(caller, entry, "open")
     # Open rows: consenting rows only, as stored (no casts).
-    frame = consenting(raw_scan(entry.path, entry.config.file_format), consent_spec(entry.config)) \
-        .select(list(entry.config.columns)).head(limit).collect()
+    task = task_payload(entry, columns=list(entry.config.columns), limit=limit, dataset=entry.name,
+                        licence=entry.info.licence, version=entry.version,
+                        folder=str(service.config.node.state_dir / "open_rows"))
+    with service.fair.admit(caller.name, "compute"):
+        out = service.preview_pool.run("node.open_rows", task, user=caller.name)
     with service.store.transaction() as session:
-        audit.append(session, caller.name, "open_read", entry.name, rows=frame.height, licence=entry.info.licence,
+        audit.append(session, caller.name, "open_read", entry.name, rows=out["rows"], licence=entry.info.licence,
                      dataset_version=entry.version)
-    return RowsResponse(dataset=entry.name, licence=entry.info.licence, dataset_version=entry.version,
-                        table=Table(columns=frame.columns, data=[list(r) for r in frame.iter_rows()]))
+    return FileResponse(out["file"], media_type="application/json",
+                        background=BackgroundTask(Path(out["file"]).unlink, missing_ok=True))
 
 
 @router.get("/grants", response_model=list[GrantInfo], tags=["budget"])

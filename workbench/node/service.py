@@ -33,7 +33,8 @@ class NodeService:
                                         oidc=config.oidc,
                                         require_sender_constrained=config.node.require_sender_constrained)
         node = config.node
-        self.fair = UserLimiter(compute=node.per_user_compute, session=node.per_user_sessions)
+        self.fair = UserLimiter(compute=node.per_user_compute, session=node.per_user_sessions,
+                                synthesis=node.per_user_synth_jobs)
         self.gate = ReleaseGate(self.store, self.fair)
         self.pool = WorkerPool(node.workers, node.query_timeout_s)
         #: Free calibrations (previews) run here, at a lower CPU priority, never in a paid release's worker.

@@ -186,6 +186,8 @@ class NodeSection(_Config):
     #: calibrate free previews (never a paid release's worker).
     per_user_compute: int = Field(8, ge=1, le=1000)
     per_user_sessions: int = Field(2, ge=1, le=1000)
+    #: Synthesis jobs one user may have queued or running (more get 429; slots go round-robin by user).
+    per_user_synth_jobs: int = Field(4, ge=1, le=1000)
     preview_workers: int = Field(1, ge=1, le=16)
     #: Failed authentications: one record per source per window, then a count for the window.
     auth_failure_window_s: float = Field(60.0, gt=0)

@@ -28,6 +28,7 @@ TASKS: dict[str, str] = {
     "secagg.check_weights": "workbench.channels.secagg.he_evaluate:check_weights",
     "secagg.evaluate": "workbench.channels.secagg.he_evaluate:node_evaluate",
     "fl.local_round": "workbench.channels.fl.worker:local_round",
+    "node.open_rows": "workbench.node.open_rows:read",  # open data's rows, encoded off the node process
 }
 
 

@@ -143,6 +143,56 @@ def test_jobs_cancelled_in_the_queue_never_run(tmp_path):
     assert jobs.submit("ann", "d", "mst", "req-12345678", lambda job: None) is again  # a retried request
 
 
+def test_jobs_share_the_slot_round_robin_by_user_within_a_per_user_share(tmp_path):
+    """Issue 16: one user's backlog of fits (each epsilon >= 1e-6: nearly free) must not make another user wait
+    behind all of it, nor grow without bound. Beyond their share a user gets RateLimited and nothing is created;
+    a free slot goes to the user least recently served."""
+    from collections import defaultdict
+
+    from workbench.channels.synth.jobs import SynthJobs
+    from workbench.errors import RateLimited
+    from workbench.node.fairness import UserLimiter
+
+    fair = UserLimiter(synthesis=3)
+    jobs = SynthJobs(tmp_path, slots=1, fair=fair)
+    started, finish, order = defaultdict(threading.Event), defaultdict(threading.Event), []
+
+    def fit(job):
+        order.append(job.job_id)
+        started[job.job_id].set()
+        assert finish[job.job_id].wait(60)
+
+    e1 = jobs.submit("eve", "d", "mst", None, fit)
+    assert started[e1.job_id].wait(60), "the first job never started"
+    e2, e3 = (jobs.submit("eve", "d", "mst", None, fit) for _ in range(2))
+    with pytest.raises(RateLimited) as refused:
+        jobs.submit("eve", "d", "mst", None, fit)
+    assert refused.value.retry_after_s >= 1 and refused.value.details["kind"] == "synthesis"
+    assert len([j for j in jobs._jobs.values() if j.user == "eve"]) == 3  # the refused one was never created
+    a1 = jobs.submit("ana", "d", "mst", None, fit)  # another user is not limited by eve's share
+    finish[e1.job_id].set()
+    assert started[a1.job_id].wait(60), "ana waited behind eve's backlog"
+    assert order == [e1.job_id, a1.job_id] and jobs.get(e2.job_id, "eve").status == "queued"
+    jobs.cancel(e3.job_id, "eve", wait_s=60)  # a cancelled queued job gives its share back
+    _poll_until(lambda: fair.in_flight("eve", "synthesis") == 1)  # e1 done, e3 cancelled: e2 remains
+    e4 = jobs.submit("eve", "d", "mst", None, fit)
+    finish[a1.job_id].set()
+    assert started[e2.job_id].wait(60)
+    finish[e2.job_id].set()
+    assert started[e4.job_id].wait(60)
+    finish[e4.job_id].set()
+    _poll_until(lambda: fair.in_flight("eve", "synthesis") == 0 and fair.in_flight("ana", "synthesis") == 0)
+    assert order == [e1.job_id, a1.job_id, e2.job_id, e4.job_id]
+    assert jobs.submit("eve", "d", "mst", None, lambda job: None, queue=False)  # a replay takes no share
+
+
+def _poll_until(condition, deadline_s: float = 60.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
 def _tree_model(total: float = 3000.0):
     """A small fitted-looking mbi model: chain a - b - c - d with random potentials."""
     import jax.numpy as jnp

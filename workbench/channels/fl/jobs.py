@@ -27,6 +27,7 @@ import secrets
 import threading
 import time
 import weakref
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 __all__ = ["Job", "JobRegistry", "registry"]
 
 MAX_JOBS = 256
+#: Live jobs one user may hold; creating one more forgets that user's oldest job (never another user's).
+MAX_JOBS_PER_USER = 16
 JOB_TTL_S = 24 * 3600.0
 
 
@@ -117,16 +120,23 @@ class JobRegistry:
                   version=entry.version, spec=spec, fmap=fmap, hp=hp.model_dump(), plan=plan, nodes=request.nodes,
                   context=Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}))
         with self._lock:
-            self._expire()
+            self._make_room(caller.name)
             self._jobs[job.job_id] = job
         return job
 
-    def _expire(self) -> None:
+    def _make_room(self, user: str) -> None:
+        """Forget expired jobs, then ``user``'s oldest beyond their share, then (node full) the oldest job of
+        whoever holds the most: creating jobs, which is free, never pushes out another user's training."""
         now = time.time()
         for job_id in [j for j, job in self._jobs.items() if now - job.created > JOB_TTL_S]:
             del self._jobs[job_id]
+        mine = [j for j, job in self._jobs.items() if job.principal.name == user]
+        for job_id in mine[:max(len(mine) - MAX_JOBS_PER_USER + 1, 0)]:
+            del self._jobs[job_id]
         while len(self._jobs) >= MAX_JOBS:
-            del self._jobs[next(iter(self._jobs))]
+            held = Counter(job.principal.name for job in self._jobs.values())
+            heaviest = max(held, key=held.__getitem__)
+            del self._jobs[next(j for j, job in self._jobs.items() if job.principal.name == heaviest)]
 
     def jobs(self) -> list[Job]:
         """The jobs this node holds now (a copy)."""

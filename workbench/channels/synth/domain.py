@@ -147,8 +147,8 @@ class Plan:
         return math.prod(self.domains[c].cells for c in clique)
 
 
-def plan(info: DatasetInfo, spec: SynthSpec) -> Plan:
-    """Check a spec against the public metadata and fix its columns, domains and workload."""
+def _columns(info: DatasetInfo, spec: SynthSpec) -> tuple[list[str], dict[str, str]]:
+    """The columns to synthesize (the named ones, or every one with a public domain) and those left out."""
     id_col = info.privacy_unit.id_column
     dropped: dict[str, str] = {}
     if spec.columns is not None:
@@ -173,6 +173,16 @@ def plan(info: DatasetInfo, spec: SynthSpec) -> Plan:
                 names.append(col.name)
     if not names:
         raise InvalidQuery("No column of this dataset has a public domain to synthesize.", code="invalid_query")
+    if spec.method == "mst" and len(names) < 2:  # OpenDP's MST fails on one column, after the charge
+        raise InvalidQuery(f"MST picks pairs of columns and needs at least two; only '{names[0]}' can be "
+                           "synthesized here. Use method='independent' (or 'fixed') for one column.",
+                           code="invalid_query")
+    return names, dropped
+
+
+def plan(info: DatasetInfo, spec: SynthSpec) -> Plan:
+    """Check a spec against the public metadata and fix its columns, domains and workload."""
+    names, dropped = _columns(info, spec)
     domains = {n: column_domain(info.column(n), spec.bins) for n in names}
     if spec.method == "independent":
         if spec.marginals is not None:

@@ -5,7 +5,12 @@ polls ``GET /v1/synth/jobs/{id}``. Each job gets its own one-process
 :class:`~workbench.node.worker.WorkerPool`: a time-out, a crash or a
 cancellation kills only that process, and the DP query workers are never
 blocked by a long fit. At most ``[node] synth_workers`` fits run at once; the
-others wait, uncharged, in the queue.
+others wait, uncharged, in the queue. The queue is fair by user: a user has
+at most ``per_user_synth_jobs`` jobs queued or running (more get 429 with
+``Retry-After``, nothing charged), and a free slot goes to the waiting job
+whose user runs the fewest fits, then whose user started one least recently,
+then the oldest: one user's backlog never makes another user wait for more
+than one of its fits per slot.
 
 The charge is made by the release gate before the fit starts (inside
 ``work``); cancelling a running job kills its worker and the charge stands
@@ -31,11 +36,14 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from workbench.errors import ComputationFailed, NotFound, WorkbenchError
 from workbench.protocol import ErrorBody
 from workbench.channels.synth.wire import SynthJob, SynthRelease
+
+if TYPE_CHECKING:
+    from workbench.node.fairness import UserLimiter
 
 log = logging.getLogger(__name__)
 
@@ -84,39 +92,87 @@ class Job:
             return None
 
 
+class FairSlots:
+    """``slots`` fits at once; a free slot goes round-robin by user (fewest running, least recently served)."""
+
+    def __init__(self, slots: int, lock: threading.Lock):
+        self.slots = slots
+        self._changed = threading.Condition(lock)
+        self._waiting: list[Job] = []
+        self._running: dict[str, int] = {}
+        self._served = 0
+        self._last_served: dict[str, int] = {}
+
+    def acquire(self, job: Job) -> bool:
+        """Wait until ``job`` may run (True), or until it is cancelled while waiting (False)."""
+        with self._changed:
+            self._waiting.append(job)
+            try:
+                while not job.cancel_requested:
+                    if sum(self._running.values()) < self.slots and self._next() is job:
+                        self._running[job.user] = self._running.get(job.user, 0) + 1
+                        self._served += 1
+                        self._last_served[job.user] = self._served
+                        return True
+                    self._changed.wait(timeout=1.0)  # woken by release and cancel; the timeout is a safety net
+                return False
+            finally:
+                self._waiting.remove(job)
+
+    def release(self, job: Job) -> None:
+        with self._changed:
+            self._running[job.user] -= 1
+            if not self._running[job.user]:
+                del self._running[job.user]
+            self._changed.notify_all()
+
+    def wake(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def _next(self) -> Job | None:
+        live = [j for j in self._waiting if not j.cancel_requested]  # in arrival order: min keeps the oldest
+        return min(live, key=lambda j: (self._running.get(j.user, 0), self._last_served.get(j.user, 0)),
+                   default=None)
+
+
 class SynthJobs:
     """The node's synthesis jobs (in memory; finished ones also in ``store``, when given)."""
 
-    def __init__(self, state_dir: Path, slots: int, store=None):
+    def __init__(self, state_dir: Path, slots: int, store=None, fair: UserLimiter | None = None):
         self.store = store
+        self.fair = fair  # each user's share of synthesis jobs (queued or running)
         self.folder = state_dir / "synth" / "jobs"
         self.folder.mkdir(parents=True, exist_ok=True)
         self.jax_cache = str(state_dir / "synth" / "jax-cache")
         self._jobs: "OrderedDict[str, Job]" = OrderedDict()
         self._lock = threading.Lock()
-        self._slots = threading.BoundedSemaphore(slots)
+        self._slots = FairSlots(slots, self._lock)
 
     def submit(self, user: str, dataset: str, kind: str, request_id: str | None,
                work: Callable[[Job], None], queue: bool = True) -> Job:
-        """Start ``work(job)`` in a thread (or reuse the job of a retried ``request_id``)."""
+        """Start ``work(job)`` in a thread (or reuse the job of a retried ``request_id``).
+
+        A job that queues (``queue``) takes one of the user's synthesis slots first: :class:`RateLimited` when
+        they already have ``per_user_synth_jobs`` queued or running (nothing created, nothing charged)."""
         with self._lock:
             self._prune()
             if request_id is not None:
                 for job in self._jobs.values():
                     if job.user == user and job.request_id == request_id:
                         return job
+            give_back = self.fair.take(user, "synthesis") if queue and self.fair is not None else None
             job_id = secrets.token_hex(12)
             job = Job(job_id, user, dataset, kind, request_id, self.folder / f"{job_id}.json")
             self._jobs[job_id] = job
-        thread = threading.Thread(target=self._run, args=(job, work, queue), daemon=True,
+        thread = threading.Thread(target=self._run, args=(job, work, queue, give_back), daemon=True,
                                   name=f"workbench-synth-{job_id[:6]}")
         thread.start()
         return job
 
-    def _run(self, job: Job, work: Callable[[Job], None], queue: bool) -> None:
-        holding = False
-        while queue and not holding and not job.cancel_requested:
-            holding = self._slots.acquire(timeout=0.2)
+    def _run(self, job: Job, work: Callable[[Job], None], queue: bool,
+             give_back: Callable[[], None] | None) -> None:
+        holding = queue and self._slots.acquire(job)
         try:
             if job.cancel_requested:
                 job.status, job.phase = "cancelled", "cancelled before it started (nothing was charged)"
@@ -142,7 +198,9 @@ class SynthJobs:
             job.finished = time.monotonic()
             self._persist(job)
             if holding:
-                self._slots.release()
+                self._slots.release(job)
+            if give_back is not None:
+                give_back()
             try:
                 job.progress_path.unlink(missing_ok=True)
             except OSError:
@@ -215,6 +273,7 @@ class SynthJobs:
         if job.status in ("done", "failed", "cancelled"):
             return job
         job.cancel_requested = True
+        self._slots.wake()
         deadline = time.monotonic() + wait_s
         while job.status == "running" and time.monotonic() < deadline:
             pid = job.worker_pid()
@@ -241,7 +300,8 @@ class SynthJobs:
 def jobs_of(service) -> SynthJobs:
     """The job registry attached to a node service (created on first use)."""
     return service.state_of("synth", lambda s: SynthJobs(s.config.node.state_dir,
-                                                        getattr(s.config.node, "synth_workers", 1), store=s.store))
+                                                        getattr(s.config.node, "synth_workers", 1), store=s.store,
+                                                        fair=s.fair))
 
 
 def cancelled_error() -> ComputationFailed:

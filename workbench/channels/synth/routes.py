@@ -210,7 +210,7 @@ def sdv_on_real(name: str, body: SDVRequest, service: Service, caller: Caller) -
     except WorkbenchError as exc:
         service.gate.refuse(caller, entry.name, exc, channel=CHANNEL, kind="sdv_real")
         raise
-    spec_model = SynthSpec(method="mst", rows=1, columns=body.spec.columns)  # reuse the column checks
+    spec_model = SynthSpec(method="independent", rows=1, columns=body.spec.columns)  # the column checks
     plan = domain.plan(entry.info, spec_model)
     spec = body.spec.model_copy(update={"columns": plan.columns}).model_dump(mode="json")
     timeout = entry.config.synth_timeout_s
