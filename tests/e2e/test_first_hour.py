@@ -341,6 +341,42 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _demo(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               WORKBENCH_HOME=str(tmp_path / "wbhome"))
+    return subprocess.run([sys.executable, "-m", "workbench.cli", "demo", "--no-lab", "--root", str(tmp_path / "demo"),
+                           *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_a_second_demo_changes_nothing_while_one_runs(running_node, tmp_path):
+    """`workbench demo --reset` (or a second `workbench demo`) in another terminal while a demo serves: it used to
+    delete the running nodes' state, overwrite their tokens and die with a traceback; now it says why and stops."""
+    state = tmp_path / "demo" / "state" / "hospital_a"
+    state.mkdir(parents=True)
+    (state / "ledger.sqlite").write_text("the running demo's ledger")
+    port = int(running_node.url.rsplit(":", 1)[1])
+    done = _demo(tmp_path, "--reset", "--port", str(port))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr, done.stderr
+    assert f"A Workbench node already answers at {running_node.url}" in done.stderr
+    assert "Nothing was changed." in done.stderr and "Ctrl-C" in done.stderr
+    assert (state / "ledger.sqlite").read_text() == "the running demo's ledger"
+    me = httpx.get(running_node.url + "/v1/me", headers={"Authorization": f"Bearer {running_node.analyst_token}"},
+                   timeout=10)
+    assert me.status_code == 200 and me.json()["user"] == "analyst"
+
+
+def test_demo_on_a_port_another_program_holds_says_which(tmp_path):
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        done = _demo(tmp_path, "--port", str(port))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"Port {port} is in use by another program" in done.stderr and "--port N" in done.stderr
+    assert not (tmp_path / "demo" / "state").exists()
+
+
 @pytest.mark.slow
 def test_demo_keeps_its_nodes_when_jupyterlab_fails(tmp_path):
     """JupyterLab cannot start (its port is taken): the demo says why and how to fix it; the nodes stay up.
