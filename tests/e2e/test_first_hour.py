@@ -218,6 +218,36 @@ def test_every_release_path_returns_a_plottable_result(shared_node, plt):
     assert len(_errorbar_spans(ax)) == len(grouped)
 
 
+def test_crosstab_correlation_regression_and_describe_plot_their_intervals(shared_node, plt):
+    """Single-node analyses that used to come back as plain frames (pandas' line plot, no interval) or wide
+    (a cross-tab's plot drew its estimate, lower and upper columns as separate lines)."""
+    ds = _connect(shared_node).dataset("patients")
+    table = ds.crosstab("sex", "smoker").release(epsilon=0.3)
+    ax = table.plot()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["F / False", "F / True", "M / False", "M / True"]
+    assert ax.get_xlabel() == "sex / smoker" and ax.get_ylabel() == "count"
+    long = table.wb.long()
+    assert _errorbar_spans(ax) == [(round(lo, 6), round(hi, 6)) for lo, hi in zip(long["lower"], long["upper"])]
+
+    fit = ds.linear_regression(y="cost", x=["age"]).release(epsilon=0.5)
+    assert isinstance(fit, Released)
+    ax = fit.plot()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["intercept", "age"]  # not "intercept / 240.4 / ..."
+    assert ax.get_xlabel() == "term" and ax.get_ylabel() == "coefficient (y = cost)"
+    assert _errorbar_spans(ax) == [(round(lo, 6), round(hi, 6)) for lo, hi in zip(fit["lower"], fit["upper"])]
+
+    corr = ds.corr(["age", "bmi"]).release(epsilon=0.5)
+    ax = corr.plot()
+    assert isinstance(corr, Released) and ax.get_ylabel() == "correlation" and ax.get_xlabel() == "row / column"
+    assert "age / bmi" in [t.get_text() for t in ax.get_xticklabels()]
+    assert len(_errorbar_spans(ax)) == 4
+
+    summary = ds.describe(epsilon=1.0)
+    ax = summary.plot()
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(summary["statistic"])
+    assert ax.get_ylabel() == "estimate" and len(_errorbar_spans(ax)) == len(summary)
+
+
 # ---------------------------------------------------------------- item 9: the API docs work offline
 
 

@@ -154,8 +154,10 @@ def value_label(attrs: dict) -> str:
     query = attrs.get("query") or {}
     kind = attrs.get("kind") or query.get("kind")
     column = query.get("column")
-    if kind == "linear_regression":
+    if kind in ("linear_regression", "logistic_regression"):
         return f"coefficient (y = {attrs.get('y', '?')})"
+    if kind in ("corr", "cov"):
+        return {"corr": "correlation", "cov": "covariance"}[kind]
     if kind == "secure_sum":
         return "secure total"
     if kind in ("count", "histogram"):
@@ -169,7 +171,7 @@ def value_label(attrs: dict) -> str:
         return "count" if stat == "count" else _of(str(name), aggs[0].get("column"))
     if kind and column:
         return f"{kind} of {column}"
-    return str(kind or "estimate")
+    return "estimate" if kind in (None, "agg") else str(kind)
 
 
 def _quantile_name(p: float) -> str:
