@@ -207,6 +207,7 @@ def test_regression_secure_sum_and_quantile_plots(plt):
     median.attrs.update(kind="quantile", query={"kind": "quantile", "column": "age", "quantile": 0.5})
     ax = median.plot()
     assert [t.get_text() for t in ax.get_xticklabels()] == ["median of age"]
+    assert ax.get_legend() is None and not _errorbar_spans(ax)  # no interval: no "95% interval" legend
 
 
 def test_every_release_path_returns_a_plottable_result(shared_node, plt):

@@ -188,6 +188,8 @@ def _interval_errors(frame: Any, value: Any) -> Any:
         return None
     lower = frame["lower"].astype(float).to_numpy()
     upper = frame["upper"].astype(float).to_numpy()
+    if not any(math.isfinite(v) for v in (*lower, *upper)):
+        return None  # no interval was released (e.g. a DP-SGD model's coefficients): no error bars, no legend
     below = [max(0.0, e - lo) if math.isfinite(lo) and math.isfinite(e) else 0.0 for e, lo in zip(value, lower)]
     above = [max(0.0, hi - e) if math.isfinite(hi) and math.isfinite(e) else 0.0 for e, hi in zip(value, upper)]
     return [below, above]
