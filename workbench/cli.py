@@ -545,11 +545,6 @@ def demo(lab: bool, port: int, lab_port: int, root: str | None, reset: bool, lab
     """
     from .demo.launcher import run_demo
 
-    if reset:
-        from .demo.embedded import reset_embedded
-
-        for folder in reset_embedded():
-            click.echo(f"Reset: removed {folder} (the embedded node's ledger).")
     sys.exit(run_demo(lab=lab, first_port=port, lab_port=lab_port, root=Path(root) if root else None,
                       lab_args=tuple(lab_args), reset=reset))
 

@@ -207,6 +207,7 @@ def test_regression_secure_sum_and_quantile_plots(plt):
     median.attrs.update(kind="quantile", query={"kind": "quantile", "column": "age", "quantile": 0.5})
     ax = median.plot()
     assert [t.get_text() for t in ax.get_xticklabels()] == ["median of age"]
+    assert ax.get_legend() is None and not _errorbar_spans(ax)  # no interval: no "95% interval" legend
 
 
 def test_every_release_path_returns_a_plottable_result(shared_node, plt):
@@ -216,6 +217,36 @@ def test_every_release_path_returns_a_plottable_result(shared_node, plt):
     ax = grouped.plot()
     assert [t.get_text() for t in ax.get_xticklabels()] == list(grouped["diagnosis"])
     assert len(_errorbar_spans(ax)) == len(grouped)
+
+
+def test_crosstab_correlation_regression_and_describe_plot_their_intervals(shared_node, plt):
+    """Single-node analyses that used to come back as plain frames (pandas' line plot, no interval) or wide
+    (a cross-tab's plot drew its estimate, lower and upper columns as separate lines)."""
+    ds = _connect(shared_node).dataset("patients")
+    table = ds.crosstab("sex", "smoker").release(epsilon=0.3)
+    ax = table.plot()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["F / False", "F / True", "M / False", "M / True"]
+    assert ax.get_xlabel() == "sex / smoker" and ax.get_ylabel() == "count"
+    long = table.wb.long()
+    assert _errorbar_spans(ax) == [(round(lo, 6), round(hi, 6)) for lo, hi in zip(long["lower"], long["upper"])]
+
+    fit = ds.linear_regression(y="cost", x=["age"]).release(epsilon=0.5)
+    assert isinstance(fit, Released)
+    ax = fit.plot()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["intercept", "age"]  # not "intercept / 240.4 / ..."
+    assert ax.get_xlabel() == "term" and ax.get_ylabel() == "coefficient (y = cost)"
+    assert _errorbar_spans(ax) == [(round(lo, 6), round(hi, 6)) for lo, hi in zip(fit["lower"], fit["upper"])]
+
+    corr = ds.corr(["age", "bmi"]).release(epsilon=0.5)
+    ax = corr.plot()
+    assert isinstance(corr, Released) and ax.get_ylabel() == "correlation" and ax.get_xlabel() == "row / column"
+    assert "age / bmi" in [t.get_text() for t in ax.get_xticklabels()]
+    assert len(_errorbar_spans(ax)) == 4
+
+    summary = ds.describe(epsilon=1.0)
+    ax = summary.plot()
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(summary["statistic"])
+    assert ax.get_ylabel() == "estimate" and len(_errorbar_spans(ax)) == len(summary)
 
 
 # ---------------------------------------------------------------- item 9: the API docs work offline
@@ -339,6 +370,42 @@ def _healthy(url: str) -> bool:
         return httpx.get(url + "/v1/health", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def _demo(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               WORKBENCH_HOME=str(tmp_path / "wbhome"))
+    return subprocess.run([sys.executable, "-m", "workbench.cli", "demo", "--no-lab", "--root", str(tmp_path / "demo"),
+                           *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_a_second_demo_changes_nothing_while_one_runs(running_node, tmp_path):
+    """`workbench demo --reset` (or a second `workbench demo`) in another terminal while a demo serves: it used to
+    delete the running nodes' state, overwrite their tokens and die with a traceback; now it says why and stops."""
+    state = tmp_path / "demo" / "state" / "hospital_a"
+    state.mkdir(parents=True)
+    (state / "ledger.sqlite").write_text("the running demo's ledger")
+    port = int(running_node.url.rsplit(":", 1)[1])
+    done = _demo(tmp_path, "--reset", "--port", str(port))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr, done.stderr
+    assert f"A Workbench node already answers at {running_node.url}" in done.stderr
+    assert "Nothing was changed." in done.stderr and "Ctrl-C" in done.stderr
+    assert (state / "ledger.sqlite").read_text() == "the running demo's ledger"
+    me = httpx.get(running_node.url + "/v1/me", headers={"Authorization": f"Bearer {running_node.analyst_token}"},
+                   timeout=10)
+    assert me.status_code == 200 and me.json()["user"] == "analyst"
+
+
+def test_demo_on_a_port_another_program_holds_says_which(tmp_path):
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        done = _demo(tmp_path, "--port", str(port))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"Port {port} is in use by another program" in done.stderr and "--port N" in done.stderr
+    assert not (tmp_path / "demo" / "state").exists()
 
 
 @pytest.mark.slow

@@ -159,6 +159,23 @@ def test_05_federated_learning(federation, tmp_path):
     assert bars, "job.progress() showed no progress bar"
 
 
+@pytest.mark.slow
+def test_05_runs_with_nothing_running(jupyter_dirs, tmp_path, monkeypatch):  # noqa: F811
+    """A fresh papermill run with no demo and no parameters (issue 15, item 11): ``wb.demo_federation()``
+    starts three loopback nodes and an aggregator for the kernel, with fresh grants."""
+    monkeypatch.delenv("WORKBENCH_DEMO_NODES", raising=False)
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "wbhome"))
+    nb = run_notebook("05_federated_learning.ipynb", tmp_path, rounds=2)
+    assert not errors_in(nb)
+    printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "Starting three demo hospital nodes and an aggregator on loopback for this kernel" in printed
+    assert "DEBUG" not in printed and "Warning" not in printed, printed[-2000:]
+    s = summary_of(nb)
+    assert s["privacy_nodes"] == ["hospital-a", "hospital-b", "hospital-c"] and s["rounds"] == [1, 2]
+    assert s["privacy_epsilon_spent"] == pytest.approx([2.0] * 3, abs=1e-6)  # a fresh federation's grants
+    # the nodes stop with the kernel: tests/e2e/test_first_hour.py::test_demo_federation_runs_anywhere_and_stops_at_exit
+
+
 # ---------------------------------------------------------------- 03: synthetic data (one real node, a published mock)
 
 

@@ -129,3 +129,26 @@ def test_schedule_prints_a_cron_line(tmp_path):
     # reports/ does not exist yet: the line creates it before appending its log there.
     folder = str(Path("reports").resolve())
     assert f"mkdir -p {folder} && " in line and line.index("mkdir -p") < line.index(f">> {folder}/schedule.log")
+
+
+def test_report_bars_keep_numeric_bin_order():
+    """The report's grouped bars (its figure cell, run as written) keep the bins in the node's numeric order:
+    ``pivot`` alone sorts labels as text and drew ``[5, 10)`` after ``[45, 50)``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import nbformat
+    import pandas as pd
+
+    cell = next(c.source for c in nbformat.read(NOTEBOOK, as_version=4).cells if "def grouped_bars" in c.source)
+    scope: dict = {}
+    exec(cell.split("\n\nfig, axes")[0], scope)  # only the function: the rest draws the report's own tables
+    bins = [f"[{lo}, {lo + 5})" for lo in range(0, 50, 5)]
+    table = pd.DataFrame([{"node": node, "bin": b, "estimate": 10.0 + i, "lower": 8.0 + i, "upper": 12.0 + i}
+                          for node in ("hospital-b", "hospital-c") for i, b in enumerate(bins)])
+    fig, ax = plt.subplots()
+    scope["grouped_bars"](table, "bin", ax, "ages")
+    assert [t.get_text() for t in ax.get_xticklabels()] == bins
+    assert [round(p.get_height(), 6) for p in ax.patches[:len(bins)]] == [10.0 + i for i in range(len(bins))]
+    plt.close(fig)

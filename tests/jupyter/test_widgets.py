@@ -150,3 +150,22 @@ def test_preview_widget_against_a_real_node(shared_node):
         assert query.widget().children[0].value == pytest.approx(1.0)
     finally:
         node.close()
+
+
+def test_confidence_is_shown_unrounded():
+    """A mean's sum and count are each bounded at 97.5% (its interval holds at 95%): the widget said "98%"."""
+    protocol = pytest.importorskip("workbench.protocol")
+    from workbench.client.display import preview_html
+    from workbench.jupyter.widgets import accuracy_table
+
+    preview = protocol.DPPreview(
+        dataset="d", dataset_version="1", query=protocol.DPQuery(kind="mean", column="cost"), epsilon=1.0,
+        delta=0.0, grant_id=1, alpha=0.05,
+        accuracy=[protocol.Accuracy(statistic="sum", accuracy=9.0, alpha=0.025),
+                  protocol.Accuracy(statistic="count", accuracy=3.0, alpha=0.025)])
+    assert accuracy_table(preview)["confidence"].tolist() == ["97.5%", "97.5%"]
+
+    class _Shown:
+        body = preview
+
+    assert "97.5%" in preview_html(_Shown()) and "98%" not in preview_html(_Shown())

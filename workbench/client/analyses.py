@@ -31,6 +31,7 @@ import pandas as pd
 
 from ..errors import InvalidQuery, NotSupported
 from .dataset import Query
+from .results import as_released
 
 DRAWS = 2_000
 Z95 = 1.959963984540054
@@ -207,8 +208,9 @@ class Moments(Query):
         table = super().release(epsilon, delta, accuracy=accuracy)
         out = analysis_table(NoisyMoments.from_table(table, list(self.spec.columns)), self.analysis, self.y, self.x)
         out.attrs.update({k: v for k, v in table.attrs.items() if k not in out.attrs})
+        out.attrs.update(kind="linear_regression" if self.analysis == "ols" else self.analysis, y=self.y)
         out.attrs["moments"] = table[["moment", "estimate", "scale"]].to_dict("records")
-        return out
+        return as_released(out)
 
 
 class Crosstab(Query):
@@ -252,5 +254,6 @@ class LogisticRegression:
         coef = model.coefficients()
         out = pd.DataFrame({"term": list(coef.index), "estimate": coef.to_numpy(dtype=float),
                             "lower": np.nan, "upper": np.nan})
-        out.attrs.update({"model": model, "epsilon": epsilon, "delta": delta, "rounds": rounds})
-        return out
+        out.attrs.update({"model": model, "epsilon": epsilon, "delta": delta, "rounds": rounds,
+                          "kind": "logistic_regression", "y": self.y})
+        return as_released(out)

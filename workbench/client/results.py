@@ -72,12 +72,18 @@ class _ResultPlot:
         self._frame = frame
 
     def __call__(self, *args, ax=None, title: str | None = None, **kwargs):
-        """The estimate with its interval; with pandas' own arguments (``kind=``, ``x=``...), pandas' plot."""
-        if args or kwargs or not {"estimate", "coef"} & set(self._frame.columns):
+        """The estimate with its interval; with pandas' own arguments (``kind=``, ``x=``...), pandas' plot.
+
+        A wide cross-tab is drawn from its long form (one bar per pair); standard errors are not bar labels.
+        """
+        frame = ResultAccessor(self._frame).long()
+        if args or kwargs or not {"estimate", "coef"} & set(frame.columns):
             return pd.plotting.PlotAccessor(self._frame)(*args, ax=ax, title=title, **kwargs)
         from ..jupyter.widgets import plot_result
 
-        return plot_result(self._frame, ax=ax, title=title)
+        frame = frame.drop(columns=[c for c in _EXTRA if c != "statistic" and c in frame.columns])
+        frame.attrs = dict(self._frame.attrs)
+        return plot_result(frame, ax=ax, title=title)
 
     def __getattr__(self, name: str):
         return getattr(pd.plotting.PlotAccessor(self._frame), name)

@@ -99,6 +99,32 @@ def wait_healthy(url: str, timeout_s: float = 60.0) -> None:
     raise RuntimeError(f"node at {url} did not become healthy in {timeout_s:g} s")
 
 
+def taken_port_message(urls: dict[str, str]) -> str | None:
+    """Why the demo nodes cannot start at ``urls`` (a running demo or another program listens there), or None.
+
+    Checked before anything is reset or written: a second ``workbench demo`` would otherwise rewrite the
+    running demo's tokens and state under it and die with a traceback.
+    """
+    import socket
+
+    for url in urls.values():
+        try:
+            socket.create_connection(("127.0.0.1", _port(url)), timeout=2).close()
+        except OSError:
+            continue  # nobody listens: free
+        try:
+            ours = httpx.get(url + "/v1/health", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            ours = False
+        if ours:
+            return (f"A Workbench node already answers at {url}: a demo is probably running in another terminal. "
+                    "Use it as it is, or stop it (Ctrl-C in its terminal) before starting or resetting the demo "
+                    "(`workbench demo --reset` resets a stopped demo). Nothing was changed.")
+        return (f"Port {_port(url)} is in use by another program. Start the demo on other ports: "
+                "`workbench demo --port N` (nodes on N..N+2). Nothing was changed.")
+    return None
+
+
 def _port_free(port: int) -> bool:
     import socket
 
@@ -261,11 +287,19 @@ def _explain_lab_exit(code: int) -> None:
 def run_demo(lab: bool = True, first_port: int = 8765, lab_port: int = 8888, root: Path | None = None,
              lab_args: tuple[str, ...] = (), reset: bool = False) -> int:
     root = root or data_home() / "demo"
-    if reset:
-        for folder in reset_state(root):
-            print(f"Reset: removed {folder} (ledger, grants, releases, mocks).", flush=True)
-    print(f"Preparing demo nodes under {root} (first start: publishing a DP mock per node) ...", flush=True)
     urls = node_urls(first_port)
+    taken = taken_port_message(urls)
+    if taken:
+        print(taken, file=sys.stderr, flush=True)
+        return 1
+    if reset:
+        from .embedded import reset_embedded
+
+        for folder in reset_embedded():
+            print(f"Reset: removed {folder} (the embedded node's ledger).", flush=True)
+        for folder in reset_state(root):
+            print(f"Reset: removed {folder} (demo budgets, grants, releases, mocks; the data stays).", flush=True)
+    print(f"Preparing demo nodes under {root} (first start: publishing a DP mock per node) ...", flush=True)
     demo = start_demo(root, urls, first_port + len(HOSPITALS))
     stopping = False
 

@@ -154,8 +154,10 @@ def value_label(attrs: dict) -> str:
     query = attrs.get("query") or {}
     kind = attrs.get("kind") or query.get("kind")
     column = query.get("column")
-    if kind == "linear_regression":
+    if kind in ("linear_regression", "logistic_regression"):
         return f"coefficient (y = {attrs.get('y', '?')})"
+    if kind in ("corr", "cov"):
+        return {"corr": "correlation", "cov": "covariance"}[kind]
     if kind == "secure_sum":
         return "secure total"
     if kind in ("count", "histogram"):
@@ -169,7 +171,7 @@ def value_label(attrs: dict) -> str:
         return "count" if stat == "count" else _of(str(name), aggs[0].get("column"))
     if kind and column:
         return f"{kind} of {column}"
-    return str(kind or "estimate")
+    return "estimate" if kind in (None, "agg") else str(kind)
 
 
 def _quantile_name(p: float) -> str:
@@ -186,6 +188,8 @@ def _interval_errors(frame: Any, value: Any) -> Any:
         return None
     lower = frame["lower"].astype(float).to_numpy()
     upper = frame["upper"].astype(float).to_numpy()
+    if not any(math.isfinite(v) for v in (*lower, *upper)):
+        return None  # no interval was released (e.g. a DP-SGD model's coefficients): no error bars, no legend
     below = [max(0.0, e - lo) if math.isfinite(lo) and math.isfinite(e) else 0.0 for e, lo in zip(value, lower)]
     above = [max(0.0, hi - e) if math.isfinite(hi) and math.isfinite(e) else 0.0 for e, hi in zip(value, upper)]
     return [below, above]

@@ -80,8 +80,8 @@ export interface IRelease {
   dataset?: string | null;
   channel?: string | null;
   kind?: string | null;
-  /** The question in readable form, when the node sends it (e.g. "mean(cost) where age >= 65 by sex"). */
-  question?: string | null;
+  /** The question in readable form, as the node sends it (e.g. "mean(cost) where age >= 65 by sex"). */
+  text?: string | null;
   column?: string | null;
   by?: string[] | null;
   epsilon?: number | null;

@@ -7,20 +7,33 @@ import { pager, sectionBody } from '../table';
 /** Releases shown per page of the history. */
 export const HISTORY_PAGE_SIZE = 8;
 
+/** Longest question shown whole; a longer one is cut (its full text is the tooltip). */
+export const QUESTION_CHARS = 120;
+
 /**
- * The question of a release in readable form: the node's own `question`
- * text when it sends one, else built from kind / column / by
- * ("mean(cost) by region"), else the channel and kind.
+ * The question of a release in readable form: the node's own text when it
+ * sends one (`text` in `GET /v1/history`, e.g. "mean(cost) by region"),
+ * else built from kind / column / by, else the channel and kind.
  */
 export function readableQuestion(r: IRelease): string {
-  if (r.question) {
-    return String(r.question);
+  if (r.text) {
+    return String(r.text);
   }
   const kind = formatValue(r.kind);
   const call = r.column ? `${kind}(${r.column})` : kind;
   const by = Array.isArray(r.by) && r.by.length ? ` by ${r.by.join(', ')}` : '';
   const channel = r.channel && r.channel !== 'dp' ? `${r.channel} · ` : '';
   return `${channel}${call}${by}`;
+}
+
+/** ``question`` cut to QUESTION_CHARS (at a word break where there is one) with an ellipsis. */
+export function shortQuestion(question: string): string {
+  if (question.length <= QUESTION_CHARS) {
+    return question;
+  }
+  const cut = question.slice(0, QUESTION_CHARS);
+  const space = cut.lastIndexOf(' ');
+  return (space > QUESTION_CHARS / 2 ? cut.slice(0, space) : cut).replace(/[,\s]+$/, '') + ' …';
 }
 
 /** My releases, newest first, a page at a time; each wraps to the sidebar's width. */
@@ -54,6 +67,7 @@ export class HistorySection implements IPanelSection {
 
 function releaseItem(r: IRelease): HTMLElement {
   const replayed = !!r.replayed;
+  const question = readableQuestion(r);
   const cost = replayed
     ? 'replay · free'
     : `ε ${formatAmount(r.epsilon)}` + (Number(r.delta) > 0 ? ` · δ ${formatAmount(r.delta)}` : '');
@@ -63,7 +77,7 @@ function releaseItem(r: IRelease): HTMLElement {
       class: 'jp-WorkbenchPanel-release' + (replayed ? ' jp-mod-replayed' : ''),
       title: `${r.time ?? ''}${r.grant_id ? ` · grant ${r.grant_id}` : ''}`
     },
-    h('div', { class: 'jp-WorkbenchPanel-question' }, readableQuestion(r)),
+    h('div', { class: 'jp-WorkbenchPanel-question', title: question }, shortQuestion(question)),
     h(
       'div',
       { class: 'jp-WorkbenchPanel-releaseMeta' },
