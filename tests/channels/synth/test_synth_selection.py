@@ -1,7 +1,8 @@
-"""MST chooses a pair for its dependence above the noise it would be measured with (issue 20): at a few hundred rows
-a weakly tied pair of two 16-bin columns (256 cells) is left to the model and the tree connects through a small
-pair; at tens of thousands of rows the same weak tie is worth measuring and is chosen. Real fits in worker
-processes, as the node runs them."""
+"""MST chooses a pair for its error over all its cells, above the noise it would be measured with (issue 20,
+:mod:`workbench.channels.synth.selection`): at a few hundred rows a weakly tied pair of two 16-bin columns (256
+cells) is left to the model and the tree connects through a small pair; at tens of thousands of rows the same
+tie is worth measuring and is chosen (OpenDP 0.16's own score, a matrix norm, chose ``c x d`` or ``b x c``
+there). Real fits in worker processes, as the node runs them."""
 
 from __future__ import annotations
 
@@ -51,5 +52,19 @@ def test_mst_leaves_a_weak_many_celled_pair_to_the_model_at_few_rows_and_measure
         small = _measured_pairs(tmp_path, 500)
         assert ("a", "c") in small and ("b", "d") in small, small
         assert ("a", "b") not in small, small
-    # at 40,000 rows the same tie (~8,000 rows) is well above the noise: chosen
+    # at 40,000 rows the same tie (L1 error ~15,000 rows) is well above the noise: chosen
     assert ("a", "b") in _measured_pairs(tmp_path, 40_000)
+
+
+def test_pair_score_is_the_error_over_every_cell_net_of_the_noise():
+    from workbench.channels.synth.selection import expected_noise_per_cell, pair_score
+
+    exact = np.zeros((16, 16))
+    np.fill_diagonal(exact, 10.0)
+    model = np.full((16, 16), 160.0 / 256)
+    error = np.abs(exact - model).sum()
+    assert error > 5 * np.abs(exact - model).sum(axis=0).max()     # what a matrix norm would have scored
+    assert pair_score(exact, model, 0.0) == pytest.approx(error)
+    assert pair_score(exact, model, 0.5) == pytest.approx(error - 0.5 * 256)
+    # epsilon 0.54 over 7 pairs, one row per person: Laplace scale 12.96 (the stddev OpenDP reports is sqrt(2) x)
+    assert expected_noise_per_cell(0.54, 7, 1) == pytest.approx(12.96, rel=1e-3)
