@@ -202,7 +202,8 @@ def _sample(model, p: Plan, rows: int, fines: dict, fine_noisy: dict, measured: 
     from workbench.channels.synth import sampling
 
     rng = np.random.default_rng()
-    supports = {n: shapes.widened(fines[n], shapes.supported(fine_noisy[n]["noisy"], fine_noisy[n]["noise_std"]))
+    supports = {n: shapes.widened(fines[n], shapes.supported(fine_noisy[n]["noisy"], fine_noisy[n]["noise_std"]),
+                                  shapes.margin_bins(fine_noisy[n]["noisy"], fine_noisy[n]["noise_std"]))
                 for n in fines}
     allowed = {n: shapes.coarse_allowed(fines[n], supports[n]) for n in fines}
     allowed |= _null_cells_allowed(p, measured)
