@@ -12,7 +12,7 @@ import os as _os
 from ._version import __version__
 
 #: Set in the node's worker processes (:mod:`workbench.node.worker`): they run one registered task each and
-#: need none of the analyst's side (the client, pandas, httpx, every channel's kernel: ~1.5 s of a fresh
+#: need none of the analyst's side (the client, pandas, httpx, every channel's kernel: ~1 s of CPU of a fresh
 #: process's start). There the public names below are imported on first use instead (``__getattr__``).
 LEAN_IMPORT_ENV = "WORKBENCH_LEAN_IMPORT"
 
