@@ -5,33 +5,31 @@
 >>> node.dataset("patients").count().release(epsilon=0.1)  # doctest: +SKIP
 """
 
-from ._version import __version__
-from .client import GroupBy, Node, Preview, Query, RemoteDataset, connect
-from .client.expressions import Expr, col, count, lit, mean, median, quantile, std, var
-from .client.expressions import sum  # noqa: A004 - the statistic wb.sum(column)
-from .client.directory import from_directory
-from .client.federation import FederatedDataset, Federation, federation
-from .client import connection as _connection
-from .client.login import login
-from .demo.federation import demo_federation
-from .demo.embedded import connect_embedded as _connect_embedded
-from .errors import (
-    BudgetExceeded,
-    ComputationFailed,
-    ConnectionFailed,
-    InvalidQuery,
-    NotAuthenticated,
-    NotAuthorized,
-    NotFound,
-    NotSupported,
-    PayloadTooLarge,
-    PrivacyError,
-    ProtocolMismatch,
-    RateLimited,
-    WorkbenchError,
-)
+from __future__ import annotations
 
-federation.from_directory = from_directory  # wb.federation.from_directory(url, consortium_key)
+import os as _os
+
+from ._version import __version__
+
+#: Set in the node's worker processes (:mod:`workbench.node.worker`): they run one registered task each and
+#: need none of the analyst's side (the client, pandas, httpx, every channel's kernel: ~1 s of CPU of a fresh
+#: process's start). There the public names below are imported on first use instead (``__getattr__``).
+LEAN_IMPORT_ENV = "WORKBENCH_LEAN_IMPORT"
+
+
+def _load_face() -> None:
+    """Import the analyst's side into the package namespace and register every channel's handle methods."""
+    from . import _face
+
+    globals().update({name: getattr(_face, name) for name in __all__})
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        _load_face()
+        return globals()[name]
+    raise AttributeError(f"module 'workbench' has no attribute {name!r}")
+
 
 __all__ = [
     "BudgetExceeded",
@@ -71,13 +69,5 @@ __all__ = [
     "var",
 ]
 
-# Each channel's notebook side registers its handle methods (workbench.client.handles) on import.
-from .channels.dp import federated as _federated_dp  # noqa: E402,F401
-from .channels.jobs import kernel as _jobs_kernel  # noqa: E402,F401
-from .channels.fl import kernel as _fl_kernel  # noqa: E402,F401
-from .channels.secagg import kernel as _he_kernel  # noqa: E402,F401
-from .channels.secagg import he_evaluate as _he_evaluate  # noqa: E402,F401
-from .channels.secagg import smpc_kernel as _smpc_kernel  # noqa: E402,F401
-from .channels.synth import kernel as _synth_kernel  # noqa: E402,F401
-
-_connection.embedded_node = _connect_embedded  # connect() with no address: the in-process demo node
+if not _os.environ.get(LEAN_IMPORT_ENV):
+    _load_face()

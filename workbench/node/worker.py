@@ -20,6 +20,7 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .. import LEAN_IMPORT_ENV
 from ..errors import ComputationFailed, WorkbenchError, error_class_for
 from . import tasks
 
@@ -62,7 +63,7 @@ class _Worker:
         # what it allocates, not also every page of the file it scanned (at 100M rows: 0.49 vs 1.14 GiB a worker).
         env = dict(os.environ, POLARS_MAX_THREADS=os.environ.get("POLARS_MAX_THREADS", "2"),
                    POLARS_AUTO_NEW_STREAMING=os.environ.get("POLARS_AUTO_NEW_STREAMING", "1") if streaming else "0",
-                   WORKBENCH_WORKER_NICE=str(nice))
+                   WORKBENCH_WORKER_NICE=str(nice), **{LEAN_IMPORT_ENV: "1"})  # no client side in a worker
         if streaming:
             env.setdefault("POLARS_FORCE_ASYNC", "1")
         self.process = subprocess.Popen(

@@ -41,7 +41,7 @@ def test_the_engine_resolves_a_measurement_opendp_accepts():
 
 def test_the_synthesis_patch_finds_its_targets():
     for module, names in {"opendp.extras.mbi._table": ["binary_search_param", "prior"],
-                          "opendp.extras.mbi._mst": ["binary_search_chain", "prior"],
+                          "opendp.extras.mbi._mst": ["binary_search_chain", "prior", "_make_mst_scores"],
                           "opendp.extras.mbi._fixed": ["binary_search_chain"],
                           "opendp.extras.mbi._aim": ["binary_search_chain", "prior"],
                           "opendp.mod": ["binary_search_param"]}.items():

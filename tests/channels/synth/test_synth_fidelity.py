@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow
 
 ROWS = 4000
 #: Fits per method: one MST fit's 2-way TVD swings (0.063-0.078 in nine fits; one CI fit drew 0.091, as bad as
-#: independent's 0.083-0.093), so the pairs test compares MST's median fit with independent's mean.
+#: independent's 0.083-0.093; since MST's pair score was fixed, 0.053-0.067 in eight), so the pairs test compares
+#: MST's median fit with independent's mean.
 FITS = 3
 COLUMNS = {
     "cid": {"type": "id"},
@@ -118,7 +119,9 @@ def test_mst_keeps_more_of_the_pairs_than_independent_columns(fits):
     mst = float(np.median([tvd_2way(plan, real, rows) for rows in out["mst"]]))
     independent = float(np.mean([tvd_2way(plan, real, rows) for rows in out["independent"]]))
     floor = tvd_2way(plan, real, second)                 # two honest samples of this size already differ
-    assert mst < 0.95 * independent, (mst, independent)      # measured: 0.80-0.91 of independent's (typical fits)
+    # measured: 0.61-0.77 of independent's since MST scores pairs on their whole error net of noise (0.65-0.97
+    # before, docs/decisions.md, issue 20 third round)
+    assert mst < 0.95 * independent, (mst, independent)
     assert mst < 2.0 * floor, (mst, floor)
 
 

@@ -110,6 +110,22 @@ def test_supported_range_is_not_captured_by_a_noise_spike_and_keeps_a_margin_of_
         assert not wide[5]                                         # the margin is public bins, not the spike
 
 
+def test_margin_is_one_public_bin_when_the_noise_is_a_small_share_of_the_rows():
+    """Many rows against the noise: a tail the range rule can cut is thin, one bin of margin; few rows: two."""
+    rng = np.random.default_rng(4)
+    visits = _column("visits", "int", [0, 50])                  # one fine cell per value, 51 cells
+    fine = shapes.fine_bins(visits)
+    shape = np.exp(-0.35 * np.arange(51))
+    for rows, std, margin in ((30_000, 28.3, 1), (4_000, 35.4, 2), (10_000, 28.3, 2)):
+        for _ in range(20):
+            noisy = rows * shape / shape.sum() + rng.laplace(0, std / np.sqrt(2), 51)
+            assert shapes.margin_bins(noisy, std) == margin, (rows, std)
+            mask = shapes.supported(noisy, std)
+            kept = np.unique(np.asarray(fine.parent)[mask])
+            wide = np.unique(np.asarray(fine.parent)[shapes.widened(fine, mask, margin)])
+            assert wide[-1] == min(kept[-1] + margin, 15)
+
+
 def test_budget_shares_add_up_to_the_charged_epsilon_and_are_stated():
     from workbench.channels.synth import worker as fit
 

@@ -25,7 +25,8 @@ from workbench.channels.synth.sampling import rounded_counts
 RANGE_WINDOW = 16        # a column's range grows while the next RANGE_WINDOW fine cells together hold
 TAIL_NOISE_STDS = 1.0    # ... at least this many standard deviations of their summed noise
 NULL_NOISE_STDS = 4.0    # a categorical column's null cell is kept only above this many noise stds
-RANGE_MARGIN_BINS = 2    # public bins kept beyond each end of the supported range (docs/synthesis.md)
+RANGE_MARGIN_BINS = 2    # public bins kept beyond each end of the supported range (docs/synthesis.md) ...
+NARROW_MARGIN_SHARE = 0.01  # ... 1 bin when a window of noise is under this share of the rows
 FINE_PER_BIN = 8          # fine cells per coarse bin (16 coarse bins -> 128 fine cells)
 MAX_INT_CELLS = 256       # an integer column keeps one fine cell per value up to this many values
 
@@ -207,6 +208,19 @@ def coarse_measurements(fines: dict[str, FineBins], fine_noisy: dict[str, dict])
         std = fine_noisy[name]["noise_std"] * float(np.sqrt(np.bincount(parent).max()))
         out.append(LinearMeasurement(noisy, clique=(name,), stddev=std))
     return out
+
+
+def margin_bins(noisy: np.ndarray, noise_std: float) -> int:
+    """Public bins of margin for a column (:func:`widened`): :data:`RANGE_MARGIN_BINS`, or 1 when the most a cut
+    tail can hold (one window of cells under ``TAIL_NOISE_STDS`` stds of their summed noise) is under
+    :data:`NARROW_MARGIN_SHARE` of the rows (the noisy total). Many rows against the noise: the cut tails are
+    thin and a wide margin only adds noise beyond the data (30k patients: SDMetrics quality 0.872 with 1 bin,
+    0.854 with 2); few rows: the cut tails matter (4k bank customers: 2-way TVD 0.060 with 2 bins, 0.066 with 1).
+    Post-processing of the DP fine marginal."""
+    noisy = np.asarray(noisy, dtype=float)
+    rows = max(float(noisy.sum()), 1.0)
+    cut_at_most = TAIL_NOISE_STDS * noise_std * np.sqrt(min(RANGE_WINDOW, len(noisy)))
+    return 1 if cut_at_most < NARROW_MARGIN_SHARE * rows else RANGE_MARGIN_BINS
 
 
 def widened(fine: FineBins, support: np.ndarray, margin: int | None = None) -> np.ndarray:

@@ -126,6 +126,14 @@ def _algorithm(dp, spec: SynthSpec, p: Plan, estimator):
     return dp.mbi.Fixed(estimator=estimator, queries=[Count(c) for c in p.cliques], oneway="unkeyed")
 
 
+def _noise_aware_selection(shares: dict[str, float], columns: int, contributions: int) -> None:
+    """MST picks a pair for its error above the noise it would be measured with (:mod:`.selection`)."""
+    from workbench.channels.synth import selection
+
+    pairs_epsilon = shares["model_epsilon"] * (1 - MST_ONEWAY_SPLIT) * MST_MEASURE_SPLIT
+    selection.install(selection.expected_noise_per_cell(pairs_epsilon, max(columns - 1, 1), contributions))
+
+
 def expected_fits(spec: SynthSpec, p: Plan) -> int:
     if spec.method == "mst":
         return 2
@@ -162,6 +170,8 @@ def run(task: dict) -> dict:
     p = make_plan(info, spec)
     fines = {n: f for n in p.columns if (f := shapes.fine_bins(p.domains[n])) is not None}
     shares = budget_shares(spec.method, epsilon, len(fines))
+    if spec.method == "mst":
+        _noise_aware_selection(shares, len(p.columns), info.privacy_unit.max_contributions)
     ctx = compositor(dp, _scan(task, info, p.columns), info, shares)
     progress.write("measuring marginals", 0.02, force=True)
     fine_noisy = _measure_shapes(dp, ctx, fines) if fines else {}
@@ -192,7 +202,8 @@ def _sample(model, p: Plan, rows: int, fines: dict, fine_noisy: dict, measured: 
     from workbench.channels.synth import sampling
 
     rng = np.random.default_rng()
-    supports = {n: shapes.widened(fines[n], shapes.supported(fine_noisy[n]["noisy"], fine_noisy[n]["noise_std"]))
+    supports = {n: shapes.widened(fines[n], shapes.supported(fine_noisy[n]["noisy"], fine_noisy[n]["noise_std"]),
+                                  shapes.margin_bins(fine_noisy[n]["noisy"], fine_noisy[n]["noise_std"]))
                 for n in fines}
     allowed = {n: shapes.coarse_allowed(fines[n], supports[n]) for n in fines}
     allowed |= _null_cells_allowed(p, measured)
