@@ -32,8 +32,10 @@ stable ``code``; the client re-raises it as the same class::
     ├── RateLimited        rate_limited (HTTP 429, ``retry_after_s`` in details)
     ├── NotSupported       not_supported, sandbox_unavailable
     └── ComputationFailed  computation_failed, computation_timeout,
-                           dataset_unavailable, internal_error, synthesis_cancelled,
-                           session_incomplete
+        │                  dataset_unavailable (a transient cause: HTTP 503),
+        │                  internal_error, synthesis_cancelled, session_incomplete
+        └── DatasetUnavailable  dataset_unavailable (served as configured it
+                           cannot be: HTTP 409)
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ __all__ = [
     "BudgetExceeded",
     "ComputationFailed",
     "ConnectionFailed",
+    "DatasetUnavailable",
     "InvalidQuery",
     "NotAuthenticated",
     "NotAuthorized",
@@ -142,6 +145,14 @@ class ComputationFailed(WorkbenchError):
     default_code = "computation_failed"
 
 
+class DatasetUnavailable(ComputationFailed):
+    """The owner's dataset cannot be served as configured (a file that does not match its declared types, a
+    missing file or column): HTTP 409, the node's state and not a server fault; nothing was charged."""
+
+    status = 409
+    default_code = "dataset_unavailable"
+
+
 _BY_CODE: dict[str, type[WorkbenchError]] = {
     "node_unreachable": ConnectionFailed,
     "protocol_unsupported": ProtocolMismatch,
@@ -192,7 +203,7 @@ _BY_CODE: dict[str, type[WorkbenchError]] = {
     "rate_limited": RateLimited,
     "not_supported": NotSupported,
     "computation_failed": ComputationFailed,
-    "dataset_unavailable": ComputationFailed,
+    "dataset_unavailable": DatasetUnavailable,
     "computation_timeout": ComputationFailed,
     "internal_error": ComputationFailed,
     "session_incomplete": ComputationFailed,

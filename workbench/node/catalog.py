@@ -28,7 +28,7 @@ from pathlib import Path
 
 import polars as pl
 
-from ..errors import ComputationFailed, NotFound, NotSupported
+from ..errors import DatasetUnavailable, NotFound, NotSupported
 from ..protocol import DatasetInfo
 from . import consent, datafiles
 from .data import check_stamp, file_stamp, raw_scan
@@ -197,8 +197,8 @@ class Catalog:
         if entry is not None:
             return entry
         if name in self._problems:
-            raise ComputationFailed(f"Dataset '{name}' is temporarily unavailable; the owner has been told why.",
-                                    code="dataset_unavailable")
+            raise DatasetUnavailable(f"Dataset '{name}' cannot be served as configured; the owner has been told "
+                                     "why (workbench node check).")
         raise NotFound(f"Unknown dataset '{name}'.", code="unknown_dataset")
 
     def problems(self) -> dict[str, str]:
