@@ -33,6 +33,7 @@ from workbench.protocol import DatasetInfo
 
 CODE_TYPE = pl.UInt32
 FORMAT = "c2"  # bump when the encoding changes (c2: LZ4 pages)
+PREFETCH_ROW_GROUPS = 2  # row groups of the owner's file read ahead while the copy is written
 
 
 def coded_columns(info: DatasetInfo) -> dict[str, list]:
@@ -53,10 +54,12 @@ def schema_frame(info: DatasetInfo, columns: list[str]) -> pl.LazyFrame:
 
 def _sink(path: str, file_format: str, info_json: dict, consent: dict | None, tmp: str) -> None:
     """Write the copy: categories as codes, streamed (Polars reads, encodes and writes one morsel at a time)."""
-    # The owner's file is read memory-mapped here, not by the buffered reader the workers use for releases:
-    # writing a copy of 1B rows, the buffered reader allocated 2.6 GiB, the mapped one 0.67 GiB (its resident
-    # memory also counts the file's pages, which are page cache the kernel can drop).
-    os.environ.pop("POLARS_FORCE_ASYNC", None)
+    # The owner's file is read into buffers (not memory-mapped: a mapped file's pages count in the resident memory
+    # of the process, 8.9 GiB of a 9.5 GB file at 1B rows), a few row groups ahead (Polars' default prefetches 128
+    # row groups, ~1.2 GB of this benchmark's file): at 100M rows the writer peaked at 0.86 GiB resident instead
+    # of 1.50 GiB mapped or 1.67 GiB with the default prefetch (docs/scale.md).
+    os.environ["POLARS_FORCE_ASYNC"] = "1"
+    os.environ["POLARS_ROW_GROUP_PREFETCH_SIZE"] = str(PREFETCH_ROW_GROUPS)
     info = DatasetInfo.model_validate(info_json)
     codes = []
     for column, values in coded_columns(info).items():
