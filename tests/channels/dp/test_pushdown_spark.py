@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 
 from tests.conftest import free_port, start_node
-from tests.pushdown_data import load_postgres, make_frame, write_config
+from tests.pushdown_data import PRIVATE_REGION, load_postgres, make_frame, write_config
 from tests.channels.dp.test_pushdown_postgres import (LANGUAGE, QUERIES, assert_agree, by_key, pg_dsn, query_id,
                                                       release)
 
@@ -26,6 +26,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres,
               pytest.mark.skipif(shutil.which("java") is None, reason="Spark needs Java (scripts/setup --test)")]
 
 BACKENDS = ["claims_folder", "claims_pg", "claims_spark"]
+PRIVATE_KEYS = [{"kind": "count", "by": ["region", "sex"]}, {"kind": "histogram", "column": "age", "bins": 4,
+                                                             "by": ["region"]}]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,10 @@ def served(tmp_path_factory, pg_server):
     datasets = {"claims_file": {"path": str(root / "claims.parquet")},
                 "claims_folder": {"path": str(root / "lake")},
                 "claims_pg": {"source": {"url": pg_dsn(db_url), "table": "claims"}},
-                "claims_spark": {"source": {"url": "local[2]", "parquet": str(root / "lake")}}}
+                "claims_spark": {"source": {"url": "local[2]", "parquet": str(root / "lake")}},
+                "claims_file_private": {"path": str(root / "claims.parquet"), "columns": PRIVATE_REGION},
+                "claims_spark_private": {"source": {"url": "local[2]", "parquet": str(root / "lake")},
+                                         "columns": PRIVATE_REGION}}
     config = write_config(root, datasets, port=free_port(), workers=1)
     service = NodeService(NodeConfig.load(config), start_workers=False)
     try:
@@ -105,3 +110,14 @@ def test_node_check_reads_a_spark_sources_columns_at_start_up(tmp_path):
     assert "column 'sex' is in the config but not in the table" in problems["bad"]
     assert "column 'age' is string, not int" in problems["bad"]
     assert not catalog.entries()
+
+
+@pytest.mark.parametrize("query", PRIVATE_KEYS, ids=lambda q: f"{q['kind']}-{'-'.join(q['by'])}")
+def test_counts_by_a_private_key_on_spark_agree_with_the_file(served, query):
+    """region declared without its categories: Spark's bounded counts, OpenDP's threshold, the file's keys."""
+    client = served["client"]
+    on_file = release(client, "claims_file_private", query, epsilon=2.0, delta=1e-6)
+    on_spark = release(client, "claims_spark_private", query, epsilon=2.0, delta=1e-6)
+    assert on_spark["table"]["columns"] == on_file["table"]["columns"]
+    assert_agree(on_file, on_spark)
+    assert {key[0] for key in by_key(on_spark["table"])} == {"north", "south", "east", "west"}
