@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from workbench.errors import InvalidQuery
+from workbench.errors import ComputationFailed, InvalidQuery
 
 
 def _dp():
@@ -119,5 +119,5 @@ def thresholded_counts(contributions: int, epsilon: float, delta: float, alpha: 
     threshold = lowest if fits(lowest) else dp.binary_search(fits, bounds=(lowest, 2 ** 30), T=int)
     measurement = make(scale, threshold)
     if not measurement.check(d_in, d_out):  # never expected: OpenDP's own check is the last word
-        raise ValueError("no threshold meets the privacy loss asked")
+        raise ComputationFailed("No noise threshold meets the privacy loss asked.", code="computation_failed")
     return Thresholded(measurement, float(dp.discrete_laplacian_scale_to_accuracy(scale, alpha)), scale, threshold)
