@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -238,6 +239,7 @@ def measure(path: Path, rows: int, repeat: int, spark: bool, data_dir: Path) -> 
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=120)
+        shutil.rmtree(root, ignore_errors=True)  # the node's state and columnar copy (~the data's size)
     return result
 
 

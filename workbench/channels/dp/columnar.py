@@ -34,9 +34,6 @@ from workbench.protocol import DatasetInfo
 
 CODE_TYPE = pl.UInt32
 FORMAT = "c2"  # bump when the encoding changes (c2: LZ4 pages)
-#: The writer's allocator (Polars' jemalloc) gives freed pages back after half a second instead of keeping them:
-#: at 100M rows 0.57 instead of 0.86 GiB peak RSS, for ~45% more CPU while the copy is written (once a version).
-WRITER_MALLOC_CONF = "dirty_decay_ms:500,muzzy_decay_ms:0"
 
 
 def coded_columns(info: DatasetInfo) -> dict[str, list]:
@@ -94,7 +91,6 @@ def _write(folder: Path, target: Path, name: str, path: str, file_format: str, i
     try:
         # In a child process that exits when the copy is written: what the writer allocated (and the allocator
         # keeps) is given back, so the worker that answers the next releases stays small (docs/scale.md).
-        os.environ.setdefault("_RJEM_MALLOC_CONF", WRITER_MALLOC_CONF)  # read when the child starts
         child = multiprocessing.get_context("spawn").Process(
             target=_sink, args=(path, file_format, info.model_dump(mode="json"), consent, tmp), daemon=True)
         child.start()
