@@ -33,7 +33,7 @@ from .consent import consent_spec, consenting
 if TYPE_CHECKING:  # the catalogue imports this module
     from .catalog import DatasetEntry
 
-__all__ = ["POLARS_TYPES", "check_stamp", "file_stamp", "raw_scan", "scan", "scan_task", "task_payload", "typed"]
+__all__ = ["POLARS_TYPES", "check_stamp", "file_stamp", "raw_scan", "scan", "scan_task", "task_payload"]
 
 #: The Polars type each declared column type is read as.
 POLARS_TYPES: dict[str, pl.DataType] = {"int": pl.Int64, "float": pl.Float64, "category": pl.String,
@@ -57,27 +57,14 @@ def scan(path: str | Path, file_format: str, info: DatasetInfo, columns: list[st
          consent: dict | None = None) -> pl.LazyFrame:
     """The owner's file, consenting rows only, ``columns`` (default: all declared) cast to their declared types,
     read lazily. ``consent``: the dataset's rule as :func:`workbench.node.consent.consent_spec` gives it."""
-    wanted = _wanted(info, columns)
+    wanted = {c.name: POLARS_TYPES[c.type] for c in info.columns if columns is None or c.name in columns}
+    if columns is not None:  # keep the caller's order
+        wanted = {n: wanted[n] for n in columns if n in wanted}
     if file_format == "csv":
         lf = pl.scan_csv(path, schema_overrides=wanted)
     else:
         lf = pl.scan_parquet(path)
-    return typed(lf, info, columns, consent)
-
-
-def typed(lf: pl.LazyFrame, info: DatasetInfo, columns: list[str] | None = None,
-          consent: dict | None = None) -> pl.LazyFrame:
-    """Rows of the owner's data as :func:`scan` gives them (consenting rows only, ``columns`` cast to their
-    declared types), from any frame of the file's rows: a chunk of them read by another reader too."""
-    wanted = _wanted(info, columns)
     return consenting(lf, consent).select([pl.col(n).cast(t) for n, t in wanted.items()])
-
-
-def _wanted(info: DatasetInfo, columns: list[str] | None) -> dict[str, pl.DataType]:
-    wanted = {c.name: POLARS_TYPES[c.type] for c in info.columns if columns is None or c.name in columns}
-    if columns is not None:  # keep the caller's order
-        wanted = {n: wanted[n] for n in columns if n in wanted}
-    return wanted
 
 
 def task_payload(entry: DatasetEntry, **extra: Any) -> dict[str, Any]:
