@@ -10,7 +10,8 @@ For each ``--rows`` size (the file is generated in chunks of ``--chunk`` rows,
   checks of the file), the first release (it writes the node's columnar copy,
   streamed), then the median of ``--repeat`` DP group-by means (each a new
   question), and the peak resident memory summed over the node and all its
-  child processes, sampled every 50 ms (``psutil``), during each phase;
+  child processes, sampled every 50 ms (``psutil``), during each phase, and the CPU time a release takes in
+  the node process (HTTP, gate, ledger, audit) and in its workers (OpenDP), beside raw Polars' CPU time;
 * with ``--spark``: the same DP query on a dataset whose source is the same
   Parquet file read by Spark ``local[2]`` (first, with the session start, and warm).
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -54,7 +56,8 @@ RAW = """
 import resource, sys, time, polars as pl
 start = time.perf_counter()
 out = pl.scan_parquet(sys.argv[1]).group_by("region").agg(pl.col("cost").mean()).collect(engine="streaming")
-print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(time.perf_counter() - start, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime)
 """
 
 
@@ -119,6 +122,20 @@ class PeakRSS:
         self._thread.join()
 
 
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU time (user + system) used so far by the node process itself and by all its child processes (the
+    workers): where a release's time goes, HTTP/gate/ledger vs OpenDP, whatever the machine's load."""
+    root = psutil.Process(pid)
+    own = sum(root.cpu_times()[:2])
+    children = 0.0
+    for proc in root.children(recursive=True):
+        try:
+            children += sum(proc.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return own, children
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -171,10 +188,11 @@ def release(client, name: str, epsilon: float) -> float:
     return time.perf_counter() - start
 
 
-def raw_polars(path: Path) -> tuple[float, int]:
+def raw_polars(path: Path) -> tuple[float, int, float]:
+    """(wall seconds, peak RSS bytes, CPU seconds) of raw Polars streaming in a fresh process."""
     out = subprocess.run([sys.executable, "-c", RAW, str(path)], capture_output=True, text=True, check=True)
-    seconds, rss = out.stdout.split()
-    return float(seconds), int(rss)
+    seconds, rss, cpu = out.stdout.split()
+    return float(seconds), int(rss), float(cpu)
 
 
 def measure(path: Path, rows: int, repeat: int, spark: bool, data_dir: Path) -> dict:
@@ -183,7 +201,8 @@ def measure(path: Path, rows: int, repeat: int, spark: bool, data_dir: Path) -> 
     result = {"rows": rows, "file_gb": path.stat().st_size / 1e9}
     raw = [raw_polars(path) for _ in range(repeat)]
     result["raw_s"], result["raw_rss"] = statistics.median(r[0] for r in raw), max(r[1] for r in raw)
-    note("raw Polars streaming", seconds=result["raw_s"], rss_gib=result["raw_rss"] / 2 ** 30)
+    result["raw_cpu"] = statistics.median(r[2] for r in raw)
+    note("raw Polars streaming", seconds=result["raw_s"], rss_gib=result["raw_rss"] / 2 ** 30, cpu_s=result["raw_cpu"])
     datasets = {"file": {"path": str(path), "max_rows": rows, "columns": COLUMNS,
                          "budget": {"epsilon": 1e6, "delta": 1e-3}}}
     if spark:
@@ -199,12 +218,16 @@ def measure(path: Path, rows: int, repeat: int, spark: bool, data_dir: Path) -> 
         result["first_rss"], result["first_anon"] = first.peak, first.anon_peak
         note("first release (columnar copy)", seconds=result["first_s"], rss_gib=first.peak / 2 ** 30,
              anon_gib=first.anon_peak / 2 ** 30)
+        own_before, workers_before = cpu_seconds(proc.pid)
         with PeakRSS(proc.pid) as steady:
             times = [release(client, "file", 1.0 + (i + 1) * 1e-3) for i in range(repeat)]
+        own_after, workers_after = cpu_seconds(proc.pid)
+        result["node_cpu"] = (own_after - own_before) / repeat  # HTTP, gate, ledger, audit, hand-off
+        result["workers_cpu"] = (workers_after - workers_before) / repeat  # the DP computation
         result["node_s"], result["node_rss"], result["node_anon"] = statistics.median(times), steady.peak, \
             steady.anon_peak
         note("DP group-by mean via the node", seconds=result["node_s"], rss_gib=steady.peak / 2 ** 30,
-             anon_gib=steady.anon_peak / 2 ** 30)
+             anon_gib=steady.anon_peak / 2 ** 30, node_cpu_s=result["node_cpu"], workers_cpu_s=result["workers_cpu"])
         if spark:
             with PeakRSS(proc.pid) as spark_peak:
                 result["spark_first_s"] = release(client, "spark", 1.0)
@@ -216,6 +239,7 @@ def measure(path: Path, rows: int, repeat: int, spark: bool, data_dir: Path) -> 
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=120)
+        shutil.rmtree(root, ignore_errors=True)  # the node's state and columnar copy (~the data's size)
     return result
 
 
@@ -223,6 +247,13 @@ def print_table(results: list[dict], load_before, load_after) -> None:
     gib = 2 ** 30
     print(f"\nload average before {load_before[0]:.1f}/{load_before[1]:.1f}/{load_before[2]:.1f}, "
           f"after {load_after[0]:.1f}/{load_after[1]:.1f}/{load_after[2]:.1f} (1/5/15 min; 2 cores, shared)")
+    print("CPU s: per release, the node process (HTTP, gate, ledger) + its workers (OpenDP), vs raw Polars; "
+          "CPU time does not stretch with the machine's load as wall time does")
+    print(f"{'rows':>14} {'raw CPU s':>10} {'node CPU s':>11} {'workers CPU s':>14} {'CPU ratio':>10}")
+    for r in results:
+        total = r["node_cpu"] + r["workers_cpu"]
+        print(f"{r['rows']:>14,} {r['raw_cpu']:>10.2f} {r['node_cpu']:>11.3f} {r['workers_cpu']:>14.2f} "
+              f"{total / r['raw_cpu']:>9.2f}x")
     print(f"{'rows':>14} {'file GB':>8} {'raw s':>7} {'raw GiB':>8} {'node s':>7} {'node/raw':>9} "
           f"{'node GiB':>9} {'anon GiB':>9} {'start s':>8} {'1st s':>7} {'1st GiB':>8} {'1st anon':>9} "
           f"{'spark 1st s':>12} {'spark s':>8} {'spark GiB':>10}")

@@ -17,6 +17,8 @@ COLUMNS = {
     "cost": {"type": "float", "bounds": [0.0, 1000.0]},
 }
 UNIT = {"id_column": "pid", "max_contributions": 2}
+#: The same columns with ``region`` declared without its category list: a private key set.
+PRIVATE_REGION = {**COLUMNS, "region": {"type": "category"}}
 
 
 def make_frame(people: int = 10_000, seed: int = 3) -> pl.DataFrame:
@@ -50,11 +52,12 @@ def load_postgres(url: str, table: str, frame: pl.DataFrame) -> None:
 
 
 def write_config(root: Path, datasets: dict[str, dict], port: int, workers: int = 2) -> Path:
-    """A node config serving ``datasets`` (name -> ``{"path": ...}`` or ``{"source": {...}}``)."""
+    """A node config serving ``datasets`` (name -> ``{"path": ...}`` or ``{"source": {...}}``, and any other
+    dataset setting to override, e.g. ``columns``)."""
     config = {"node": {"name": "scale-test", "state_dir": "state", "port": port, "workers": workers,
                        "query_timeout_s": 300},
-              "datasets": {name: {**where, "tier": "private", "max_rows": 1_000_000, "privacy_unit": UNIT,
-                                  "budget": {"epsilon": 1000.0, "delta": 1e-3}, "columns": COLUMNS}
+              "datasets": {name: {"tier": "private", "max_rows": 1_000_000, "privacy_unit": UNIT,
+                                  "budget": {"epsilon": 1000.0, "delta": 1e-3}, "columns": COLUMNS, **where}
                            for name, where in datasets.items()}}
     path = root / "node.toml"
     path.write_text(tomli_w.dumps(config))

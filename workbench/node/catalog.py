@@ -85,6 +85,7 @@ def scan(config: DatasetConfig) -> pl.LazyFrame:
 
 class Catalog:
     def __init__(self, config: NodeConfig):
+        datafiles.buffered_reads()  # the checks below stream whole files through Polars in this process
         self.config = config
         self._lock = threading.Lock()
         self._entries: dict[str, DatasetEntry] = {}

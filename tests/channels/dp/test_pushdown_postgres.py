@@ -186,9 +186,10 @@ def test_unsupported_queries_are_refused_before_any_charge(served):
     client = served["client"]
     before = client.post("/datasets/claims_pg/dp/preview",
                          json={"query": {"kind": "count"}, "epsilon": 0.5}).json()["budget_left_before"]
-    # pid has no public category list: a private key set, which table sources do not answer.
+    # pid has no public category list: a private key set, on which a table answers counts and histograms only.
     response = client.post("/datasets/claims_pg/dp/release",
-                           json={"query": {"kind": "count", "by": ["pid"]}, "epsilon": 0.5, "delta": 1e-6})
+                           json={"query": {"kind": "agg", "by": ["pid"], "aggs": [{"name": "n", "stat": "count"}]},
+                                 "epsilon": 0.5, "delta": 1e-6})
     assert response.status_code == 422 and response.json()["code"] == "invalid_query"
     after = client.post("/datasets/claims_pg/dp/preview",
                         json={"query": {"kind": "count"}, "epsilon": 0.5}).json()["budget_left_before"]

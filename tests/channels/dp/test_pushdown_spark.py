@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 
 from tests.conftest import free_port, start_node
-from tests.pushdown_data import load_postgres, make_frame, write_config
+from tests.pushdown_data import PRIVATE_REGION, load_postgres, make_frame, write_config
 from tests.channels.dp.test_pushdown_postgres import (LANGUAGE, QUERIES, assert_agree, by_key, pg_dsn, query_id,
                                                       release)
 
@@ -26,6 +26,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres,
               pytest.mark.skipif(shutil.which("java") is None, reason="Spark needs Java (scripts/setup --test)")]
 
 BACKENDS = ["claims_folder", "claims_pg", "claims_spark"]
+PRIVATE_KEYS = [{"kind": "count", "by": ["region", "sex"]}, {"kind": "histogram", "column": "age", "bins": 4,
+                                                             "by": ["region"]}]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,10 @@ def served(tmp_path_factory, pg_server):
                 "claims_pg": {"source": {"url": pg_dsn(db_url), "table": "claims"}},
                 "claims_spark": {"source": {"url": "local[2]", "parquet": str(root / "lake")}},
                 "claims_spark_opt_out": {"source": {"url": "local[2]", "parquet": str(root / "lake")},
-                                         "consent": {"opt_out_file": str(root / "opt-out.txt")}}}
+                                         "consent": {"opt_out_file": str(root / "opt-out.txt")}},
+                "claims_file_private": {"path": str(root / "claims.parquet"), "columns": PRIVATE_REGION},
+                "claims_spark_private": {"source": {"url": "local[2]", "parquet": str(root / "lake")},
+                                         "columns": PRIVATE_REGION}}
     opted_out = frame["pid"].unique().sort().head(2_000).to_list()
     (root / "opt-out.txt").write_text("\n".join(opted_out) + "\n")
     config = write_config(root, datasets, port=free_port(), workers=1)
@@ -119,3 +124,14 @@ def test_spark_reads_only_the_rows_of_people_who_did_not_opt_out(served):
     stat = by_key(release(served["client"], "claims_spark_opt_out", {"kind": "count"}, epsilon=2.0)["table"])[()]
     assert near(stat, kept), (stat, kept)
     assert not near(stat, frame.height), "opted-out people were counted"
+
+
+@pytest.mark.parametrize("query", PRIVATE_KEYS, ids=lambda q: f"{q['kind']}-{'-'.join(q['by'])}")
+def test_counts_by_a_private_key_on_spark_agree_with_the_file(served, query):
+    """region declared without its categories: Spark's bounded counts, OpenDP's threshold, the file's keys."""
+    client = served["client"]
+    on_file = release(client, "claims_file_private", query, epsilon=2.0, delta=1e-6)
+    on_spark = release(client, "claims_spark_private", query, epsilon=2.0, delta=1e-6)
+    assert on_spark["table"]["columns"] == on_file["table"]["columns"]
+    assert_agree(on_file, on_spark)
+    assert {key[0] for key in by_key(on_spark["table"])} == {"north", "south", "east", "west"}

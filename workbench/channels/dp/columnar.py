@@ -28,6 +28,7 @@ from pathlib import Path
 import polars as pl
 
 from workbench.errors import ComputationFailed
+from workbench.node import datafiles
 from workbench.node.data import POLARS_TYPES, scan
 from workbench.protocol import DatasetInfo
 
@@ -53,10 +54,11 @@ def schema_frame(info: DatasetInfo, columns: list[str]) -> pl.LazyFrame:
 
 def _sink(path: str, file_format: str, info_json: dict, consent: dict | None, tmp: str) -> None:
     """Write the copy: categories as codes, streamed (Polars reads, encodes and writes one morsel at a time)."""
-    # The owner's file is read memory-mapped here, not by the buffered reader the workers use for releases:
-    # writing a copy of 1B rows, the buffered reader allocated 2.6 GiB, the mapped one 0.67 GiB (its resident
-    # memory also counts the file's pages, which are page cache the kernel can drop).
-    os.environ.pop("POLARS_FORCE_ASYNC", None)
+    # The owner's file is read into buffers (not memory-mapped: a mapped file's pages count in the resident memory
+    # of the process, 8.9 GiB of a 9.5 GB file at 1B rows), two row groups ahead (Polars' default prefetches 128
+    # row groups, ~1.2 GB of this benchmark's file): at 100M rows the writer peaked at 0.86 GiB resident instead
+    # of 1.50 GiB mapped or 1.67 GiB with the default prefetch (docs/scale.md).
+    datafiles.buffered_reads()
     info = DatasetInfo.model_validate(info_json)
     codes = []
     for column, values in coded_columns(info).items():

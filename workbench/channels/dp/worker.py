@@ -124,19 +124,23 @@ class _Plan:
         """Build the public key frame of a group-by; False when a key set is private."""
         key_columns: dict[str, list] = {}
         key_types: dict[str, Any] = {}
+        private = False
         for name in self.by:
             if name == "bin":
                 key_columns[name], key_types[name] = list(range(len(self.labels["bin"]))), pl.Int64
                 continue
             column = info.column(name)
             if column.categories is None:
-                return False
+                private = True  # the other keys' codes are still decoded to their labels
+                continue
             if name in coded:
                 self.labels[name] = list(coded[name])
                 key_columns[name], key_types[name] = list(range(len(coded[name]))), CODE_TYPE
             else:  # a cut's labels join as Categorical (String keys fail to join)
                 key_columns[name] = list(column.categories)
                 key_types[name] = pl.Categorical if env[name].cut else POLARS_TYPES[column.type]
+        if private:
+            return False
         if self.by:
             product = list(itertools.product(*key_columns.values()))
             self.keys = pl.DataFrame(

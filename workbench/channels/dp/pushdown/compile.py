@@ -55,7 +55,8 @@ BIGINT_LIMIT = 2 ** 62  # largest |sum| of scaled integers a query may produce (
 class Compiled:
     """One pushed-down query: its SQL tree and what the worker needs to read the rows it returns.
 
-    ``keys``: (output column, public values) for every group key, in order; ``values``: the aggregate columns
+    ``keys``: (output column, public values, or None for a key without a public category list) for every group
+    key, in order; ``values``: the aggregate columns
     in the order the SQL returns them (``count``, ``sum``, or ``<statistic>__<part>`` of an ``agg``);
     ``parts``: for each value, (the largest |integer| one row adds to it, its fixed-point scale);
     ``labels``: key column -> public labels for ``wb_bin``/``wb_cell`` codes."""
@@ -73,6 +74,11 @@ class Compiled:
     @property
     def sum_bound(self) -> int:
         return self.parts.get("sum", (0, 1))[0]
+
+    @property
+    def private(self) -> bool:
+        """Some group key has no public category list: its values come from the data (a private key set)."""
+        return any(values is None for _, values in self.keys)
 
     def key_product(self) -> list[tuple]:
         return list(itertools.product(*[values for _, values in self.keys]))
@@ -197,10 +203,13 @@ def bin_expression(rows: Rows, name: str, edges: list[float]) -> exp.Expression:
 
 
 def _row_filter(rows: Rows, keys: list[str]) -> exp.Expression | None:
-    """Rows kept before bounding: the query's filter, and group keys inside their public category lists."""
+    """Rows kept before bounding: the query's filter, and group keys inside their public category lists (a key
+    without one keeps every value: the noisy counts' threshold decides which of them are released)."""
     conditions = [exp.Paren(this=rows.where)] if rows.where is not None else []
     for name in keys:
         col = rows.column(name)
+        if col.categories is None:
+            continue
         conditions.append(exp.In(this=rows.value(name), expressions=[_literal(v, col.type) for v in col.categories]))
     return exp.and_(*conditions) if conditions else None
 
@@ -257,6 +266,11 @@ def _assemble(rows: Rows, keys: list[tuple[str, list]], computed: dict[str, exp.
 
 
 COUNT = (None, (1, 1))
+
+
+def key_values(col: ColumnInfo) -> list | None:
+    """A group key's public values, or None when it has no public category list (a private key set)."""
+    return None if col.categories is None else list(col.categories)
 
 
 def _overflow(name: str, max_rows: int, decimals: int) -> InvalidQuery:
@@ -338,7 +352,7 @@ def compile_query(info: DatasetInfo, query: DPQuery, table: str | exp.Expression
     quantiles (the kind, and an ``agg``'s) are separate queries (:func:`compile_histogram`)."""
     rows = Rows(info, query, table)
     kind = query.kind
-    keys = [(name, list(rows.column(name).categories)) for name in query.by]
+    keys = [(name, key_values(rows.column(name))) for name in query.by]
     computed: dict[str, exp.Expression] = {}
     labels: dict[str, list] = {}
     values: dict = {"count": COUNT}
@@ -365,7 +379,7 @@ def compile_histogram(info: DatasetInfo, query: DPQuery, column: str, table: str
     the histogram the quantiles of that column are read from."""
     rows = Rows(info, query, table)
     edges, _ = quantiles.grid(rows.column(column))
-    keys = [(name, list(rows.column(name).categories)) for name in query.by]
+    keys = [(name, key_values(rows.column(name))) for name in query.by]
     keys.append((BIN, list(range(len(edges) - 1))))
     computed = {BIN: grid_index(rows.clean(column), edges[0], edges[-1], len(edges) - 1)}
     return _assemble(rows, keys, computed, {"count": COUNT}, secret, {BIN: edges})

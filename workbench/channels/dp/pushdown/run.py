@@ -44,7 +44,7 @@ from workbench.intervals import mean_interval
 from workbench.protocol import DatasetInfo, DPQuery
 from workbench.query import language
 from workbench.query.validate import histogram_bins, validate
-from workbench.channels.dp.pushdown import several
+from workbench.channels.dp.pushdown import private_keys, several
 from workbench.channels.dp import quantiles
 from workbench.channels.dp.pushdown.compile import BIN, Compiled, compile_histogram, compile_query, render
 from workbench.channels.dp.pushdown.consent import consenting_relation
@@ -54,11 +54,11 @@ from workbench.channels.dp.pushdown.noise import integer_vector
 def check(info: DatasetInfo, query: DPQuery, decimals: int) -> None:
     """What a table source cannot answer, refused before any budget moves (public metadata only)."""
     schema, _ = language.derived_schema(info, query)
-    for name in query.by:
-        if schema.column(name) is not None and schema.column(name).categories is None:
-            raise InvalidQuery(f"Dataset '{info.name}' is a table: group-by column '{name}' needs a public "
-                               "category list (private key sets are answered on file datasets only).",
-                               code="invalid_query")
+    private = [n for n in query.by if schema.column(n) is not None and schema.column(n).categories is None]
+    if private and query.kind not in ("count", "histogram"):
+        raise InvalidQuery(f"Dataset '{info.name}' is a table: a {query.kind} grouped by '{private[0]}' (no public "
+                           "category list) is not answered; ask for a count, or group by public categories.",
+                           code="invalid_query")
     if query.kind == "histogram" and query.column:
         col = schema.column(query.column)
         if col is not None and col.type in ("category", "bool") and col.categories is None:
@@ -136,6 +136,8 @@ def run(task: dict) -> dict:
         return _several(task, info, schema, query, compiled, epsilon, alpha)
     if query.kind == "quantile":
         return _quantile(task, info, schema, query, epsilon, alpha)
+    if compiled.private:
+        return _private(task, info, schema, query, compiled, (epsilon, delta, alpha))
     mechanisms = _mechanisms(info, query, compiled, epsilon, delta, alpha)
     stat_alpha = alpha / 2 if query.kind == "mean" else alpha
     accuracy = [{"statistic": name, "alpha": stat_alpha,
@@ -146,6 +148,18 @@ def run(task: dict) -> dict:
         return {"accuracy": accuracy, "note": note}
     vectors = _vectors(schema, compiled, _fetch(source, compiled))
     return {"accuracy": accuracy, "note": note, "table": _table(schema, query, compiled, mechanisms, vectors)}
+
+
+def _private(task: dict, info: DatasetInfo, schema: DatasetInfo, query: DPQuery, compiled: Compiled,
+             loss: tuple[float, float, float]) -> dict:
+    """Counts over a private key set: OpenDP's thresholded Laplace mechanism (:mod:`.private_keys`)."""
+    noise = private_keys.mechanism(info, *loss)
+    accuracy = [{"statistic": "count", "alpha": loss[2], "accuracy": noise.accuracy}]
+    note = private_keys.note(noise)
+    if task["mode"] == "preview":
+        return {"accuracy": accuracy, "note": note}
+    released = noise(private_keys.exact_counts(schema, compiled, _fetch(task["source"], compiled)))
+    return {"accuracy": accuracy, "note": note, "table": private_keys.table(schema, query, compiled, noise, released)}
 
 
 def _quantile(task: dict, info: DatasetInfo, schema: DatasetInfo, query: DPQuery, epsilon: float,
