@@ -276,8 +276,9 @@ os.kill(os.getppid(), signal.SIGKILL)  # so the runner would write nothing after
 
 
 def test_the_job_cannot_write_into_the_runners_result_stream(tight_node, tmp_path):
-    """The stream the node reads is a pipe the node (root) created: the job's uid cannot reopen it through
-    /proc, so it cannot forge the runner's report (the node validates that report anyway: see below)."""
+    """The stream the node reads is a pipe the node created, held by a non-dumpable runner: the job (the
+    sandbox uid under a root node, the node's own uid otherwise) cannot reopen it through /proc, so it cannot forge the
+    runner's report (the node validates that report anyway: see below)."""
     job, view = run_job(tight_node, tmp_path, FORGER, ["out.csv"])
     assert view["status"] == "failed" and job.info.error == "the script exited with status 1"
     assert "PermissionError" in results_of(view)["job.log"]["preview"]
