@@ -408,6 +408,26 @@ def test_demo_on_a_port_another_program_holds_says_which(tmp_path):
     assert not (tmp_path / "demo" / "state").exists()
 
 
+def test_a_port_taken_after_the_check_fails_the_demo_as_soon_as_its_node_exits(tmp_path):
+    """Another program (a concurrent run) takes a node's port between the demo's check and the node's bind:
+    the demo says which server exited, without waiting for its health check to time out, and stops the rest."""
+    from tests.conftest import free_port
+    from workbench.demo.data import HOSPITALS
+    from workbench.demo.launcher import start_demo
+
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        taken = blocker.getsockname()[1]
+        ports = [taken, *(free_port() for _ in list(HOSPITALS)[1:])]
+        urls = {h: f"http://127.0.0.1:{p}" for h, p in zip(HOSPITALS, ports)}
+        with pytest.raises(RuntimeError, match=f"server for http://127.0.0.1:{taken} exited"):
+            start_demo(tmp_path / "demo", urls, free_port(), save=False, quiet=True, mock=False)
+    for port in ports[1:]:  # the nodes that did start were stopped again
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=5)
+
+
 @pytest.mark.slow
 def test_demo_keeps_its_nodes_when_jupyterlab_fails(tmp_path):
     """JupyterLab cannot start (its port is taken): the demo says why and how to fix it; the nodes stay up.

@@ -87,9 +87,13 @@ def publish_demo_mock(service, dataset: str = "patients") -> None:
     mocks.publish_with_progress(service, dataset, spec, DEMO_MOCK["epsilon"], None, progress=False)
 
 
-def wait_healthy(url: str, timeout_s: float = 60.0) -> None:
+def wait_healthy(url: str, timeout_s: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    """Wait until ``url`` answers its health check; fail at once if ``proc`` (the server meant to answer) ended,
+    e.g. because another program took its port meanwhile."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server for {url} exited with status {proc.returncode} (its output is above)")
         try:
             if httpx.get(url + "/v1/health", timeout=2).status_code == 200:
                 return
@@ -216,9 +220,9 @@ def start_demo(root: Path, urls: dict[str, str], aggregator_port: int, *, save: 
     try:
         agg_proc, demo.aggregator, agg_tokens = start_aggregator(root, aggregator_port, quiet)
         demo.procs.append(agg_proc)
-        for url in urls.values():
-            wait_healthy(url, 120)
-        wait_healthy(demo.aggregator, 120)
+        for url, proc in zip(urls.values(), demo.procs):
+            wait_healthy(url, 120, proc)
+        wait_healthy(demo.aggregator, 120, agg_proc)
         trust_aggregator(configs, demo.aggregator, agg_tokens, urls)
     except BaseException:
         demo.stop()

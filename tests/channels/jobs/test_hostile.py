@@ -9,11 +9,13 @@ release.
 from __future__ import annotations
 
 import json
-import subprocess
+import os
 import time
+from pathlib import Path
 
 import pytest
 
+from workbench.channels.jobs.sandbox import SANDBOX_UID
 from workbench.errors import NotAuthorized, NotSupported
 
 from .conftest import TIGHT, _close, _node, needs_bwrap
@@ -58,8 +60,21 @@ def assert_nothing_left(nodes, job) -> None:
     assert nodes["analyst"].dataset("patients").count().release(epsilon=0.01) is not None
 
 
+def job_uid() -> int:
+    """The uid a job runs as: the sandbox uid under a root node, the node's own uid otherwise."""
+    return SANDBOX_UID if os.geteuid() == 0 else os.getuid()
+
+
 def no_sandbox_processes_left() -> bool:
-    return subprocess.run(["pgrep", "-u", "65534"], capture_output=True).returncode == 1
+    """No process of the job's uid is alive in another PID namespace (every sandbox has its own)."""
+    own = os.readlink("/proc/self/ns/pid")
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and proc.stat().st_uid == job_uid() and os.readlink(proc / "ns/pid") != own:
+                return False
+        except OSError:  # gone meanwhile
+            continue
+    return True
 
 
 @pytest.mark.parametrize("kind", ["py", "ipynb"])  # a notebook's kernel runs inside the same sandbox
@@ -91,7 +106,7 @@ with open(os.path.join(output_dir, "probe.json"), "w") as fh:
     probe = json.loads(results_of(view)["probe.json"]["preview"])
     allowed = [k for k, v in probe.items() if v == "ALLOWED"]
     assert allowed == [], probe
-    assert probe["uid"] == 65534
+    assert probe["uid"] == job_uid()
     assert "WORKBENCH_TOKEN" not in probe["environment"] and len(probe["processes"]) < 10
     assert_nothing_left(tight_node, job)
 
@@ -261,8 +276,9 @@ os.kill(os.getppid(), signal.SIGKILL)  # so the runner would write nothing after
 
 
 def test_the_job_cannot_write_into_the_runners_result_stream(tight_node, tmp_path):
-    """The stream the node reads is a pipe the node (root) created: the job's uid cannot reopen it through
-    /proc, so it cannot forge the runner's report (the node validates that report anyway: see below)."""
+    """The stream the node reads is a pipe the node created, held by a non-dumpable runner: the job (the
+    sandbox uid under a root node, the node's own uid otherwise) cannot reopen it through /proc, so it cannot forge the
+    runner's report (the node validates that report anyway: see below)."""
     job, view = run_job(tight_node, tmp_path, FORGER, ["out.csv"])
     assert view["status"] == "failed" and job.info.error == "the script exited with status 1"
     assert "PermissionError" in results_of(view)["job.log"]["preview"]

@@ -119,7 +119,19 @@ def _read(path: str, limit: int) -> dict:
         return {"b64": base64.b64encode(fh.read(limit + 1)[:limit]).decode()}
 
 
+def _not_dumpable() -> None:
+    """Make this runner non-dumpable: the job's processes (the same uid under a non-root node, and under a root
+    one after the drop) then cannot open its ``/proc`` fds (the result stream) nor ptrace it, which would need
+    CAP_SYS_PTRACE, and the sandbox has no capability. Its children are dumpable again after their exec."""
+    import ctypes
+
+    pr_set_dumpable = 4
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_dumpable, 0, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+
+
 def main() -> None:
+    _not_dumpable()
     os.makedirs(os.path.join(WORK, "tmp"), exist_ok=True)
     result_stream = os.fdopen(os.dup(1), "w")  # non-inheritable: the job's processes never get it
     log_fd = os.open(LOG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
