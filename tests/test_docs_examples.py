@@ -89,7 +89,7 @@ def _public_names() -> set[str]:
         tree = ast.parse(_dedent(cls))
         names |= {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
                   and isinstance(node.ctx, ast.Store) and isinstance(node.value, ast.Name) and node.value.id == "self"}
-    return names | set(dir(wb))
+    return names | set(dir(wb)) | set(dir(wb.federation))   # wb.federation.from_directory(...)
 
 
 def _dedent(cls: type) -> str:
