@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import httpx
 import polars as pl
 import tomli_w
 
@@ -62,3 +66,32 @@ def write_config(root: Path, datasets: dict[str, dict], port: int, workers: int 
     path = root / "node.toml"
     path.write_text(tomli_w.dumps(config))
     return path
+
+
+@contextmanager
+def analyst_on_node(config: Path, datasets, purpose: str, *, epsilon: float = 1000.0,
+                    timeout_s: float = 300) -> Iterator[httpx.Client]:
+    """Provision analyst ``ana`` with a grant on each of ``datasets``, start the node of ``config`` and yield an
+    HTTP client with ana's token; the node is stopped (by process group) afterwards."""
+    from tests.conftest import start_node
+    from workbench.node import admin
+    from workbench.node.service import NodeService
+    from workbench.node.settings import NodeConfig
+
+    service = NodeService(NodeConfig.load(config), start_workers=False)
+    try:
+        token = admin.add_user(service.store, service.authority, "ana", "analyst", actor="test")
+        for name in datasets:
+            admin.add_grant(service.store, "ana", name, purpose, epsilon=epsilon, delta=1e-3, actor="test")
+    finally:
+        service.close()
+    process = start_node(config)
+    port = int(config.read_text().split("port = ")[1].split()[0])
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}/v1", headers={"Authorization": f"Bearer {token}"},
+                          timeout=timeout_s)
+    try:
+        yield client
+    finally:
+        client.close()
+        os.killpg(process.pid, 15)
+        process.wait(timeout=60)

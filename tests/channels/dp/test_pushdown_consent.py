@@ -8,19 +8,17 @@ people only, a new opt-out is a new dataset version, and a consent column that i
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 
-import httpx
 import numpy as np
 import polars as pl
 import pytest
 
 from tests.channels.dp.test_pushdown_postgres import LANGUAGE, QUERIES, exact, pg_dsn, query_id
-from tests.conftest import free_port, start_node
+from tests.conftest import free_port
 from tests.intervals import near
-from tests.pushdown_data import make_frame, write_config
+from tests.pushdown_data import analyst_on_node, make_frame, write_config
 from workbench.channels.dp.pushdown.consent import consenting_relation
 
 pytestmark = pytest.mark.postgres
@@ -96,9 +94,6 @@ def test_counts_are_of_consenting_rows_only(tables):
 
 @pytest.fixture(scope="module")
 def node(tables):
-    from workbench.node import admin
-    from workbench.node.service import NodeService
-    from workbench.node.settings import NodeConfig
 
     root, dsn = tables["root"], pg_dsn(tables["db_url"])
     opt_out = root / "node-opt-out.txt"  # the node's own copy: the last test adds to it
@@ -110,21 +105,8 @@ def node(tables):
                                  "text_consent": {"source": {"url": dsn, "table": "people"},
                                                   "consent": {"column": "sex"}}},
                           port=free_port())
-    service = NodeService(NodeConfig.load(config), start_workers=False)
-    try:
-        token = admin.add_user(service.store, service.authority, "ana", "analyst", actor="test")
-        for name in ("by_column", "by_list"):
-            admin.add_grant(service.store, "ana", name, "testing consent", epsilon=100.0, delta=1e-3, actor="test")
-    finally:
-        service.close()
-    process = start_node(config)
-    port = int(config.read_text().split("port = ")[1].split()[0])
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}/v1", headers={"Authorization": f"Bearer {token}"},
-                          timeout=300)
-    yield {"client": client, "config": config, "opt_out": opt_out}
-    client.close()
-    os.killpg(process.pid, 15)
-    process.wait(timeout=30)
+    with analyst_on_node(config, ("by_column", "by_list"), "testing consent", epsilon=100.0) as client:
+        yield {"client": client, "config": config, "opt_out": opt_out}
 
 
 def test_a_real_node_releases_counts_of_consenting_people(tables, node):

@@ -9,16 +9,15 @@ from the environment and never sit in the config.
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import httpx
 import polars as pl
 import pytest
 
-from tests.conftest import free_port, start_node
+from tests.conftest import free_port
 from tests.intervals import near
-from tests.pushdown_data import load_postgres, make_frame, write_config
+from tests.pushdown_data import analyst_on_node, load_postgres, make_frame, write_config
 
 pytestmark = pytest.mark.postgres
 
@@ -85,9 +84,6 @@ def pg_dsn(url: str) -> str:
 def served(tmp_path_factory, pg_server):
     """A real node serving one dataset as a Parquet file and as a PostgreSQL table; an analyst with budget."""
     from tests import pg
-    from workbench.node import admin
-    from workbench.node.service import NodeService
-    from workbench.node.settings import NodeConfig
 
     root = tmp_path_factory.mktemp("pushdown")
     frame = make_frame()
@@ -97,21 +93,8 @@ def served(tmp_path_factory, pg_server):
     config = write_config(root, {"claims_file": {"path": str(root / "claims.parquet")},
                                  "claims_pg": {"source": {"url": pg_dsn(db_url), "table": "claims"}}},
                           port=free_port())
-    service = NodeService(NodeConfig.load(config), start_workers=False)
-    try:
-        token = admin.add_user(service.store, service.authority, "ana", "analyst", actor="test")
-        for name in ("claims_file", "claims_pg"):
-            admin.add_grant(service.store, "ana", name, "testing pushdown", epsilon=1000.0, delta=1e-3, actor="test")
-    finally:
-        service.close()
-    process = start_node(config)
-    port = int(config.read_text().split("port = ")[1].split()[0])
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}/v1", headers={"Authorization": f"Bearer {token}"},
-                          timeout=300)
-    yield {"client": client, "frame": frame, "db_url": db_url, "root": root, "config": config}
-    client.close()
-    os.killpg(process.pid, 15)
-    process.wait(timeout=30)
+    with analyst_on_node(config, ("claims_file", "claims_pg"), "testing pushdown") as client:
+        yield {"client": client, "frame": frame, "db_url": db_url, "root": root, "config": config}
 
 
 def release(client: httpx.Client, dataset: str, query: dict, epsilon: float = 2.0, delta: float = 0.0) -> dict:

@@ -9,15 +9,13 @@ out of the table, however many rows that person has and however often the analys
 from __future__ import annotations
 
 import json
-import os
 import uuid
 
-import httpx
 import polars as pl
 import pytest
 
-from tests.conftest import free_port, start_node
-from tests.pushdown_data import COLUMNS, PRIVATE_REGION, load_postgres, make_frame, write_config
+from tests.conftest import free_port
+from tests.pushdown_data import analyst_on_node, COLUMNS, PRIVATE_REGION, load_postgres, make_frame, write_config
 from tests.channels.dp.test_pushdown_postgres import assert_agree, by_key, pg_dsn, release
 
 pytestmark = pytest.mark.postgres
@@ -36,9 +34,6 @@ def rare_rows() -> pl.DataFrame:
 def served(tmp_path_factory, pg_server):
     """A node serving the rows (with the rare keys) as a Parquet file and as a table, region a private key."""
     from tests import pg
-    from workbench.node import admin
-    from workbench.node.service import NodeService
-    from workbench.node.settings import NodeConfig
 
     root = tmp_path_factory.mktemp("private-keys")
     frame = pl.concat([make_frame(people=4_000, seed=5), rare_rows()])
@@ -50,21 +45,8 @@ def served(tmp_path_factory, pg_server):
     datasets = {"file": {"path": str(root / "claims.parquet"), "columns": PRIVATE_REGION},
                 "table": {"source": {"url": pg_dsn(db_url), "table": "claims"}, "columns": PRIVATE_REGION}}
     config = write_config(root, datasets, port=free_port())
-    service = NodeService(NodeConfig.load(config), start_workers=False)
-    try:
-        token = admin.add_user(service.store, service.authority, "ana", "analyst", actor="test")
-        for name in datasets:
-            admin.add_grant(service.store, "ana", name, "private keys", epsilon=1000.0, delta=1e-3, actor="test")
-    finally:
-        service.close()
-    process = start_node(config)
-    port = int(config.read_text().split("port = ")[1].split()[0])
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}/v1", headers={"Authorization": f"Bearer {token}"},
-                          timeout=300)
-    yield {"client": client, "frame": frame, "db_url": db_url}
-    client.close()
-    os.killpg(process.pid, 15)
-    process.wait(timeout=30)
+    with analyst_on_node(config, datasets, "private keys") as client:
+        yield {"client": client, "frame": frame, "db_url": db_url}
 
 
 QUERIES = [

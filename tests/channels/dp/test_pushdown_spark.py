@@ -9,16 +9,14 @@ whole module.
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 
-import httpx
 import polars as pl
 import pytest
 
-from tests.conftest import free_port, start_node
-from tests.pushdown_data import PRIVATE_REGION, load_postgres, make_frame, write_config
+from tests.conftest import free_port
+from tests.pushdown_data import analyst_on_node, PRIVATE_REGION, load_postgres, make_frame, write_config
 from tests.channels.dp.test_pushdown_postgres import (LANGUAGE, QUERIES, assert_agree, by_key, pg_dsn, query_id,
                                                       release)
 
@@ -34,9 +32,6 @@ PRIVATE_KEYS = [{"kind": "count", "by": ["region", "sex"]}, {"kind": "histogram"
 def served(tmp_path_factory, pg_server):
     pytest.importorskip("pyspark")
     from tests import pg
-    from workbench.node import admin
-    from workbench.node.service import NodeService
-    from workbench.node.settings import NodeConfig
 
     root = tmp_path_factory.mktemp("backends")
     frame = make_frame(people=6_000, seed=11)
@@ -56,21 +51,8 @@ def served(tmp_path_factory, pg_server):
     opted_out = frame["pid"].unique().sort().head(2_000).to_list()
     (root / "opt-out.txt").write_text("\n".join(opted_out) + "\n")
     config = write_config(root, datasets, port=free_port(), workers=1)
-    service = NodeService(NodeConfig.load(config), start_workers=False)
-    try:
-        token = admin.add_user(service.store, service.authority, "ana", "analyst", actor="test")
-        for name in datasets:
-            admin.add_grant(service.store, "ana", name, "testing backends", epsilon=1000.0, delta=1e-3, actor="test")
-    finally:
-        service.close()
-    process = start_node(config)
-    port = int(config.read_text().split("port = ")[1].split()[0])
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}/v1", headers={"Authorization": f"Bearer {token}"},
-                          timeout=600)
-    yield {"client": client, "frame": frame, "opted_out": opted_out}
-    client.close()
-    os.killpg(process.pid, 15)
-    process.wait(timeout=60)
+    with analyst_on_node(config, datasets, "testing backends", timeout_s=600) as client:
+        yield {"client": client, "frame": frame, "opted_out": opted_out}
 
 
 @pytest.mark.parametrize("query", QUERIES + LANGUAGE, ids=query_id)
