@@ -16,7 +16,7 @@ import pytest
 
 import workbench as wb
 from tests.conftest import launch, start_aggregator
-from tests.intervals import near
+from tests.intervals import near, near_interval
 from workbench.aggregator.app import add_node
 
 HOSPITALS = ("hospital_a", "hospital_b", "hospital_c")
@@ -82,7 +82,6 @@ def test_federated_mean_count_charged_once_and_replay_free(env):
     df = ds.mean("age").release(epsilon=0.2)
     truth = pooled["age"].mean()
     est = df["estimate"].iloc[0]
-    assert abs(est - truth) < 1.0
     assert near(df.iloc[0], truth)
     assert df.attrs["nodes"] == [n.url for n in env["nodes"]] and df.attrs["missing_nodes"] == []
     after = [_spent(h) for h in env["handles"]]
@@ -93,9 +92,7 @@ def test_federated_mean_count_charged_once_and_replay_free(env):
     assert [_spent(h) for h in env["handles"]] == pytest.approx(after), "a replay is free"
 
     count = ds.count().release(epsilon=0.3)
-    assert abs(count["estimate"].iloc[0] - pooled.height) < 150
-    c = count.iloc[0]
-    assert within(c["lower"], c["estimate"], c["upper"], pooled.height), c
+    assert near(count.iloc[0], pooled.height), count
 
 
 def test_federated_group_by_histogram_quantile(env):
@@ -103,9 +100,9 @@ def test_federated_group_by_histogram_quantile(env):
     pooled = env["pooled"]
     by_sex = ds.group_by("sex").count().release(epsilon=0.2)
     truth = dict(pooled.group_by("sex").len().iter_rows())
-    for row in by_sex.itertuples():
-        assert abs(row.estimate - truth[row.sex]) < 150
-        assert row.nodes_reporting == 3
+    for _, row in by_sex.iterrows():
+        assert near(row, truth[row["sex"]]), (row, truth)
+        assert row["nodes_reporting"] == 3
     hist = ds.histogram("diagnosis").release(epsilon=0.2)
     assert hist["estimate"].sum() == pytest.approx(pooled.height, abs=400)
     median = ds.median("age").release(epsilon=0.3)
@@ -113,19 +110,11 @@ def test_federated_group_by_histogram_quantile(env):
     assert median["lower"].iloc[0] <= median["estimate"].iloc[0] <= median["upper"].iloc[0]
     means = ds.group_by("smoker").mean("bmi").release(epsilon=0.2)
     truth_bmi = dict(pooled.group_by("smoker").agg(pl.col("bmi").mean()).iter_rows())
-    for row in means.itertuples():
-        assert abs(row.estimate - truth_bmi[row.smoker]) < 0.5
+    for _, row in means.iterrows():
+        assert near(row, truth_bmi[row["smoker"]]), (row, truth_bmi)
 
 
 # ---------------------------------------------------------------- secure aggregation (HE)
-
-
-def within(lower: float, estimate: float, upper: float, value: float) -> bool:
-    """``value`` lies within twice the half-width of a 95% interval around ``estimate``.
-
-    A single 95% interval misses one run in twenty by design; a suite with many such checks would fail
-    often. Twice the half-width keeps the check meaningful (a Laplace tail of about e^-6 per check)."""
-    return abs(estimate - value) <= (upper - lower)
 
 
 def test_secure_sum_matches_pooled_total(env):
@@ -136,17 +125,13 @@ def test_secure_sum_matches_pooled_total(env):
     after = [_spent(h) for h in env["handles"]]
     assert [a - b for a, b in zip(after, before)] == pytest.approx([0.2] * 3)
     truth = {"sum(cost)": pooled["cost"].sum(), "sum(visits)": pooled["visits"].sum(), "count": pooled.height}
-    for row in df.itertuples():
-        assert within(row.lower, row.estimate, row.upper, truth[row.statistic]), row
-    cost = df.set_index("statistic").loc["sum(cost)", "estimate"]
-    # Laplace scale here is ~0.27% of the total; 2% is ~7 scales (a miss about once in 2,000 runs).
-    assert abs(cost - truth["sum(cost)"]) / truth["sum(cost)"] < 0.02
+    for _, row in df.iterrows():
+        assert near(row, truth[row["statistic"]]), row
     assert df.attrs["aggregator"] == env["agg_url"] and df.attrs["mode"] == "distributed"
     assert df.attrs["parties"] == ["hospital-a", "hospital-b", "hospital-c"]
 
     conservative = ds.secure_sum("visits", epsilon=0.2, mode="conservative")
-    c = conservative.iloc[0]
-    assert within(c["lower"], c["estimate"], c["upper"], truth["sum(visits)"]), c
+    assert near(conservative.iloc[0], truth["sum(visits)"]), conservative
 
 
 def test_secure_sum_replay_is_free_and_same_total(env):
@@ -176,7 +161,7 @@ def test_linear_regression_close_to_pooled_ols(env):
     for term, b, s in zip(fit.index, beta, se):
         # The DP noise moves the intercept by ~450 EUR on average here (more than its sampling error, ~130):
         # the tolerance combines both, as the interval does.
-        tolerance = 4 * math.hypot(s, fit.loc[term, "dp_std_err"])
+        tolerance = 5 * math.hypot(s, fit.loc[term, "dp_std_err"])
         assert abs(fit.loc[term, "coef"] - b) < tolerance, (term, fit.loc[term, "coef"], b, s)
         assert fit.loc[term, "std_err"] == pytest.approx(s, rel=0.5)
     assert fit.attrs["epsilon_charged"] == {n.url: 0.5 for n in env["nodes"]}
@@ -203,7 +188,7 @@ def test_regression_question_pooled_by_secure_aggregation(env):
             assert near(row, b), (protocol, row["term"], row["estimate"], b)
     corr = ds.corr(["age", "cost"]).release(epsilon=0.6, protocol="smpc")
     pair = corr[(corr["row"] == "age") & (corr["column"] == "cost")].iloc[0]
-    assert abs(pair["estimate"] - frame[["age", "cost"]].corr().iloc[0, 1]) < 0.05
+    assert near(pair, frame[["age", "cost"]].corr().iloc[0, 1]), pair
     assert corr.attrs["protocol"] == "smpc"
     with pytest.raises(wb.WorkbenchError) as caught:
         ds.filter(wb.col("age") >= 65).corr(["age", "cost"]).release(epsilon=0.6, protocol="he")
@@ -347,8 +332,8 @@ def test_smpc_secure_sum_and_regression_match_pooled_truth(env):
     after = [_spent(h) for h in env["handles"]]
     assert [a - b for a, b in zip(after, before)] == pytest.approx([0.2] * 3), "each ledger charged once"
     truth = {"sum(cost)": pooled["cost"].sum(), "sum(visits)": pooled["visits"].sum(), "count": pooled.height}
-    for row in df.itertuples():
-        assert within(row.lower, row.estimate, row.upper, truth[row.statistic]), row
+    for _, row in df.iterrows():
+        assert near(row, truth[row["statistic"]]), row
     assert df.attrs["protocol"] == "smpc" and df.attrs["parties"] == ["hospital-a", "hospital-b", "hospital-c"]
     again = ds.secure_sum(["cost", "visits"], epsilon=0.2, count=True, protocol="smpc")
     assert all(again.attrs["replayed"].values()) and list(again["estimate"]) == list(df["estimate"])
@@ -360,7 +345,7 @@ def test_smpc_secure_sum_and_regression_match_pooled_truth(env):
     beta, *_ = np.linalg.lstsq(design, y, rcond=None)
     se = np.sqrt(np.diag(((y - design @ beta) ** 2).sum() / (len(y) - 3) * np.linalg.inv(design.T @ design)))
     for term, b, s in zip(fit.index, beta, se):
-        tolerance = 4 * math.hypot(s, fit.loc[term, "dp_std_err"])  # sampling and DP noise
+        tolerance = 5 * math.hypot(s, fit.loc[term, "dp_std_err"])  # sampling and DP noise
         assert abs(fit.loc[term, "coef"] - b) < tolerance, (term, fit.loc[term, "coef"], b, s)
     assert fit.attrs["protocol"] == "smpc"
 
@@ -448,8 +433,7 @@ def test_evaluate_sse_matches_plaintext_within_dp_error(env):
     assert [_spent(h) - b for h, b in zip(env["handles"], before)] == pytest.approx([1.0] * 3)
     res = out.set_index("statistic")
     assert near(res.loc["sse total"], truth), (res, truth)
-    assert abs(res.loc["sse total", "estimate"] - truth) / truth < 0.25
-    assert abs(res.loc["count", "estimate"] - len(y)) < 200
+    assert near(res.loc["count"], len(y)), res
     assert near(res.loc["sse mean"], truth / len(y))
     # A second model on the same variables, metric and epsilon: post-processing of the same noisy moments.
     worse = ds.evaluate({"age": 0.0, "bmi": 0.0}, float(y.mean()), y="cost", metric="sse", epsilon=1.0)
@@ -472,7 +456,8 @@ def test_evaluate_logloss_matches_plaintext_within_dp_and_approximation_error(en
     res = out.set_index("statistic")
     slack = out.attrs["approximation_bound_total"]
     assert res.loc["logloss total", "lower"] - slack <= truth <= res.loc["logloss total", "upper"] + slack
-    assert abs(res.loc["logloss mean", "estimate"] - truth / len(y)) < 0.03
+    mean, slack_mean = res.loc["logloss mean"], slack / len(y)
+    assert near_interval(mean["lower"] - slack_mean, mean["upper"] + slack_mean, truth / len(y)), (mean, slack_mean)
     assert out.attrs["degree"] == 6 and out.attrs["moments"] == 31
 
 

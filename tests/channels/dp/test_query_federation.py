@@ -81,7 +81,6 @@ def test_correlation_and_regression_over_nodes(federation):
     true = frame[["age", "bmi", "cost"]].corr()
     for a, b in (("age", "cost"), ("age", "bmi"), ("bmi", "cost")):
         pair = corr[(corr["row"] == a) & (corr["column"] == b)].iloc[0]
-        assert abs(pair["estimate"] - true.loc[a, b]) < 0.05, (a, b, pair["estimate"], true.loc[a, b])
         assert near(pair, true.loc[a, b]), (a, b, pair.to_dict(), true.loc[a, b])
     assert corr.wb.matrix().shape == (3, 3)
 
@@ -161,7 +160,6 @@ def test_spread_and_quantiles_over_nodes(federation):
             row = rows.loc[name]
             assert near(row, true), (sex, name, row.to_dict(), true)
         assert abs(rows.loc["p50", "estimate"] - checks["p50"]) <= 3
-        assert abs(rows.loc["sd", "estimate"] - checks["sd"]) / checks["sd"] < 0.1
     again = old.group_by("sex").agg(p90=wb.quantile("age", 0.9), n=wb.count(), cost=wb.mean("cost"),
                                     v=wb.var("bmi"), p50=wb.median("age"), sd=wb.std("cost")).release(epsilon=3.0)
     assert again.attrs["replayed"] and spent(handles) == pytest.approx([b + 3.0 for b in before])

@@ -69,13 +69,13 @@ def test_correlation_regression_crosstab_describe(ds, truth):
     frame = truth.to_pandas()
     true = frame[["age", "bmi", "cost"]].corr()
     pair = corr[(corr["row"] == "age") & (corr["column"] == "cost")].iloc[0]
-    assert abs(pair["estimate"] - true.loc["age", "cost"]) < 0.05 and pair["lower"] < pair["upper"]
+    assert near(pair, true.loc["age", "cost"]) and pair["lower"] < pair["upper"], pair
     assert corr.wb.matrix().shape == (3, 3)
     fit = ds.linear_regression(y="cost", x=["age", "bmi"]).release(epsilon=1.0)
     design = np.c_[np.ones(len(frame)), frame["age"], frame["bmi"]]
     beta = np.linalg.lstsq(design, frame["cost"], rcond=None)[0]
     age = fit.set_index("term").loc["age"]
-    assert abs(age["estimate"] - beta[1]) < 4 * age["se"] and age["se"] >= age["se_sampling"]
+    assert abs(age["estimate"] - beta[1]) < 5 * age["se"] and age["se"] >= age["se_sampling"]
     tab = ds.crosstab("sex", "diagnosis").release(epsilon=0.2)
     assert list(tab.index) == ["F", "M"] and set(tab.columns.get_level_values(0)) == {"estimate", "lower", "upper"}
     summary = ds.describe(epsilon=1.0)
