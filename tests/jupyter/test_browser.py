@@ -198,7 +198,7 @@ def lab(running_node, tmp_path):
 
 @pytest.fixture
 def page(lab, tmp_path):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
@@ -211,6 +211,7 @@ def page(lab, tmp_path):
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.errors = errors
         page.set_default_timeout(30_000)
+        expect.set_options(timeout=30_000)  # assertions wait as long as actions: a loaded machine renders late
         try:
             yield page
         finally:
@@ -236,6 +237,16 @@ def widen_sidebar(page, width: int) -> None:
     page.mouse.down()
     page.mouse.move(width, y, steps=8)
     page.mouse.up()
+
+
+def open_panel(page, lab, width: int):
+    """Open JupyterLab fresh, click the Workbench tab in the left sidebar and widen the sidebar: the panel."""
+    page.goto(f"{lab.url}/lab?reset&token={lab.token}")
+    page.wait_for_selector("#jp-main-dock-panel")
+    page.locator('.lm-TabBar-tab[data-id="workbench-lab-panel"]').click()
+    page.wait_for_selector(".jp-WorkbenchPanel")
+    widen_sidebar(page, width)
+    return page.locator(".jp-WorkbenchPanel")
 
 
 def panel_text(page, selector: str) -> str:
@@ -272,12 +283,8 @@ def test_panel_follows_releases_and_errors(lab, page, running_node):
     from playwright.sync_api import expect
 
     _T0[0] = time.monotonic()
-    page.goto(f"{lab.url}/lab?reset&token={lab.token}")
-    page.wait_for_selector("#jp-main-dock-panel")
-    page.locator('.lm-TabBar-tab[data-id="workbench-lab-panel"]').click()
-    panel = page.locator(".jp-WorkbenchPanel")
+    panel = open_panel(page, lab, 400)
     expect(panel).to_be_visible()
-    widen_sidebar(page, 400)
 
     # Nodes: the real node up, with its version and who I am there.
     node = panel.locator('.jp-WorkbenchPanel-node[data-node="hospital-a"]')

@@ -18,7 +18,7 @@ from tests.conftest import RunningNode, make_config, provision, start_node
 from workbench.demo.nodes import DEMO_PURPOSE
 from workbench.errors import NotAuthorized
 
-from .test_browser import lab, page, shot, widen_sidebar  # noqa: F401 - the fixtures, with our running_node
+from .test_browser import lab, open_panel, page, shot  # noqa: F401 - the fixtures, with our running_node
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(1200),
               pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")]
@@ -89,11 +89,7 @@ def test_owner_approves_a_request_and_a_code_job_and_releases_its_output(lab, pa
     from playwright.sync_api import expect
 
     job_id, request_id = running_node.job.job_id, running_node.request["request_id"]
-    page.goto(f"{lab.url}/lab?reset&token={lab.token}")
-    page.wait_for_selector("#jp-main-dock-panel")
-    page.locator('.lm-TabBar-tab[data-id="workbench-lab-panel"]').click()
-    panel = page.locator(".jp-WorkbenchPanel")
-    widen_sidebar(page, 520)
+    panel = open_panel(page, lab, 520)
 
     review = panel.locator(f'[data-section="decisions"] [data-review="{running_node.sdv.review_id}"]')
     expect(review).to_contain_text("sdv_real", timeout=90_000)

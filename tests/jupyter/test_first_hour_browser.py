@@ -103,6 +103,8 @@ def _copy_notebooks(target: Path, *names: str) -> None:
 
 class _Browser:
     def __init__(self, playwright, profile: Path):
+        from playwright.sync_api import expect
+
         self.context = playwright.chromium.launch_persistent_context(
             str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
             viewport={"width": 1400, "height": 900})
@@ -110,6 +112,7 @@ class _Browser:
         self.errors: list[str] = []
         self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
         self.page.set_default_timeout(30_000)
+        expect.set_options(timeout=30_000)  # assertions wait as long as actions: a loaded machine renders late
 
 
 def shot(target, name: str) -> Path:
