@@ -33,15 +33,18 @@ CONTEXT = {
 }
 ACCESS_RIGHTS = "http://publications.europa.eu/resource/authority/access-right/"
 SPDX = "https://spdx.org/licenses/"
+LANGUAGE = "http://publications.europa.eu/resource/authority/language/"
+FILE_TYPE = "http://publications.europa.eu/resource/authority/file-type/"
+CATALOGUE_LICENCE = "CC0-1.0"  # the catalogue's own metadata (names, titles, licences): free to harvest and reuse
 _SPDX_IDS = {"CC-BY-4.0", "CC0-1.0", "CC-BY-SA-4.0", "ODbL-1.0", "MIT", "Apache-2.0", "PDDL-1.0"}
 
 
 def licence_node(text: str) -> dict[str, Any]:
     """A licence as DCAT-AP wants it: an IRI (a URL, or an SPDX id) or a labelled ``dct:LicenseDocument``."""
     if text.startswith(("http://", "https://")):
-        return {"@id": text}
+        return {"@id": text, "@type": "dct:LicenseDocument"}
     if text in _SPDX_IDS:
-        return {"@id": SPDX + text}
+        return {"@id": SPDX + text, "@type": "dct:LicenseDocument"}
     return {"@type": "dct:LicenseDocument", "rdfs:label": text or "not stated"}
 
 
@@ -91,7 +94,8 @@ def dcat_catalogue(datasets: list[DatasetInfo], base_url: str, node_name: str) -
         "dct:title": f"Workbench node {node_name}",
         "dcat:endpointURL": {"@id": f"{base_url}/v1"},
         "dcat:endpointDescription": {"@id": f"{base_url}/v1/openapi.json"},
-        "dct:conformsTo": {"@id": "https://w3id.org/workbench/protocol/2"},
+        "dct:conformsTo": {"@id": "https://w3id.org/workbench/protocol/2", "@type": "dct:Standard"},
+        "dct:publisher": {"@id": base_url},
         "dcat:servesDataset": [{"@id": f"{base_url}/v1/datasets/{d.name}"} for d in datasets],
     }
     return {
@@ -102,7 +106,9 @@ def dcat_catalogue(datasets: list[DatasetInfo], base_url: str, node_name: str) -
         "dct:description": f"The datasets the Workbench node {node_name} answers privacy-safe questions about; "
                            "rows never leave it.",
         "dct:publisher": publisher,
-        "foaf:homepage": {"@id": base_url},
+        "foaf:homepage": {"@id": f"{base_url}/v1/docs", "@type": "foaf:Document"},
+        "dct:language": {"@id": LANGUAGE + "ENG", "@type": "dct:LinguisticSystem"},
+        "dct:license": licence_node(CATALOGUE_LICENCE),
         "dcat:service": [service],
         "dcat:dataset": [_dataset(d, base_url, node_name, publisher) for d in datasets],
     }
@@ -119,7 +125,7 @@ def _dataset(info: DatasetInfo, base_url: str, node_name: str, publisher: dict) 
         "dct:title": info.name,
         "dct:description": info.description or info.name,
         "dct:publisher": {"@id": publisher["@id"]},
-        "dct:accessRights": {"@id": ACCESS_RIGHTS + access},
+        "dct:accessRights": {"@id": ACCESS_RIGHTS + access, "@type": "dct:RightsStatement"},
         "dct:license": licence,
         "dcat:version": info.version,
         "dcat:keyword": [c.name for c in info.columns],
@@ -130,8 +136,14 @@ def _dataset(info: DatasetInfo, base_url: str, node_name: str, publisher: dict) 
             "dct:title": f"{info.name} through the Workbench API ("
                          + ("open rows" if info.tier == "open" else "differentially private answers only") + ")",
             "dcat:accessURL": {"@id": url},
+            "dct:description": ("Open rows, read through the node's API under the dataset's licence."
+                                if info.tier == "open" else
+                                "Rows stay on the node: only differentially private answers (and the other "
+                                "privacy-safe channels of the dataset's agreement) within a grant."),
             "dcat:accessService": {"@id": f"{base_url}/v1"},
+            "dct:format": {"@id": FILE_TYPE + "JSON", "@type": "dct:MediaTypeOrExtent"},
             "dct:license": licence,
-            "dcat:mediaType": {"@id": "https://www.iana.org/assignments/media-types/application/json"},
+            "dcat:mediaType": {"@id": "https://www.iana.org/assignments/media-types/application/json",
+                               "@type": "dct:MediaType"},
         }],
     }
