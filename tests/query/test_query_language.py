@@ -98,6 +98,16 @@ def test_derived_bounds_come_only_from_clip_or_declared_metadata():
     assert kept.column("a").bounds == (0, 100)
 
 
+def test_a_share_of_true_rows_is_a_mean_of_a_cast_and_the_error_says_so():
+    info = DatasetInfo(name="people", tier="private", max_rows=10_000,
+                       columns=[{"name": "smoker", "type": "bool", "categories": [False, True]}])
+    as_type = validate(info, spec(kind="mean", column="s", derive=derive(s=col("smoker").cast(int))), 0.0)
+    assert as_type.column("s").bounds == (0, 1)  # the Python type spells the same cast as "int"
+    with pytest.raises(InvalidQuery) as refused:
+        validate(info, spec(kind="mean", column="smoker"), 0.0)
+    assert refused.value.code == "wrong_type" and "col('smoker').cast('int')" in refused.value.message
+
+
 @pytest.mark.parametrize("expr,code", [
     (col("sex") > "F", "wrong_type"),
     (col("age") == "old", "wrong_type"),

@@ -175,8 +175,10 @@ class Expr:
     def fill_null(self, value: Any) -> "Expr":
         return Expr({"op": "fill_null", "arg": self.tree, "value": _value(value)})
 
-    def cast(self, to: str) -> "Expr":
-        """``"int"``, ``"float"`` or ``"bool"`` (a boolean cast to a number is 0/1, with bounds [0, 1])."""
+    def cast(self, to: str | type) -> "Expr":
+        """``"int"``, ``"float"`` or ``"bool"`` (or the Python types; a boolean cast to a number is 0/1, with
+        bounds [0, 1])."""
+        to = {int: "int", float: "float", bool: "bool"}.get(to, to) if isinstance(to, type) else to
         if to not in ("int", "float", "bool"):
             raise _unsupported(f"cast to {to!r}")
         return Expr({"op": "cast", "arg": self.tree, "to": to})

@@ -40,8 +40,8 @@ def validate(info: DatasetInfo, query: DPQuery, delta: float) -> DatasetInfo:
         col = column(info, query.column)
         if kind in ("sum", "mean", "quantile"):
             if col.type not in ("int", "float"):
-                raise InvalidQuery(f"Column '{col.name}' is {col.type}; a {kind} needs a numeric column.",
-                                   code="wrong_type")
+                raise InvalidQuery(f"Column '{col.name}' is {col.type}; a {kind} needs a numeric column."
+                                   + (_share_hint(col.name) if col.type == "bool" else ""), code="wrong_type")
             if col.bounds is None:
                 raise InvalidQuery(f"Column '{col.name}' has no public bounds: the owner declares them for a "
                                    "dataset column; a derived column gets them from clip(low, high).",
@@ -108,6 +108,11 @@ def delta_used(info: DatasetInfo, query: DPQuery, delta: float) -> float:
     query adds pure Laplace noise and is priced, charged and computed at delta = 0."""
     private_keys = any((col := info.column(name)) is not None and col.categories is None for name in query.by)
     return delta if private_keys else 0.0
+
+
+def _share_hint(name: str) -> str:
+    return (f" For the share of rows where it is true, cast it to 0/1: "
+            f"with_columns({name}_share=col('{name}').cast('int')), then the mean of '{name}_share'.")
 
 
 def column(info: DatasetInfo, name: str):
