@@ -15,7 +15,7 @@ import pandas as pd
 from ..errors import BudgetExceeded, InvalidQuery, PrivacyError
 from ..protocol import BudgetInfo, DatasetInfo, DPPreview, DPQuery, DPRelease, RowsResponse
 from .expressions import Expr, Stat, check_p, col
-from . import checks
+from . import checks, habits
 from .results import Preview, release_frame
 
 if TYPE_CHECKING:
@@ -79,7 +79,17 @@ class RemoteDataset:
             raise AttributeError(name)
         if name in self.columns:
             return col(name)
-        raise AttributeError(f"'RemoteDataset' has no attribute or column {name!r}")
+        methods = [m for m in dir(type(self)) if not m.startswith("_")]
+        raise habits.unknown_attribute(name, self.schema, methods, self.columns)
+
+    def __len__(self) -> int:
+        raise habits.row_level("len(ds) (the exact row count)", self.schema)
+
+    def __iter__(self):
+        raise habits.row_level("Iterating over ds", self.schema)
+
+    def __bool__(self) -> bool:
+        return True  # a handle is always a handle: truth never asks for the (private) row count
 
     def column(self, name: str) -> Expr:
         """``col(name)``, checked against the dataset's columns (with a "did you mean")."""

@@ -13,6 +13,7 @@ from typing import Sequence
 from ..errors import InvalidQuery, NotSupported
 from ..protocol import DatasetInfo
 from .connection import Node, connect
+from . import habits
 from .dataset import RemoteDataset
 
 
@@ -90,6 +91,22 @@ class FederatedDataset:
         if first._where is not None or first._derive:
             raise NotSupported(f"{what} reads the whole dataset: it does not take filters or derived columns.",
                                code="not_supported")
+
+    def __getattr__(self, name: str):
+        """A pandas or Polars habit (``fds.head()``, ``fds.groupby``) or a typo: a clear error, see ``habits``."""
+        if name.startswith("_") or name in ("federation", "handles"):
+            raise AttributeError(name)
+        methods = [m for m in dir(type(self)) if not m.startswith("_")]
+        raise habits.unknown_attribute(name, self.schema, methods, [c.name for c in self.schema.columns])
+
+    def __len__(self) -> int:
+        raise habits.row_level("len(fds) (the exact row count)", self.schema)
+
+    def __iter__(self):
+        raise habits.row_level("Iterating over a federated dataset", self.schema)
+
+    def __bool__(self) -> bool:
+        return True
 
     def __repr__(self) -> str:
         return f"<FederatedDataset {self.name!r} on {len(self.handles)} nodes>"
