@@ -84,33 +84,51 @@ def make_data(rows: int, folder: Path, chunk: int) -> Path:
     return path
 
 
+def role(proc: psutil.Process) -> str:
+    """Which of the node's processes this is: the node itself, a worker, or a child a worker started (the writer of
+    a part of the columnar copy)."""
+    cmdline = " ".join(proc.cmdline())
+    if "multiprocessing" in cmdline:
+        return "writer"
+    return "worker" if "workbench.node.worker" in cmdline else "node"
+
+
 class PeakRSS:
     """Peaks of the summed memory of a process and all its descendants, sampled in a thread.
 
     ``peak``: resident set size (``RSS``), which counts the pages of the Parquet files Polars memory-maps
     (shared, reclaimable page cache); ``anon_peak``: anonymous memory (``RssAnon``), what the processes
-    themselves allocated."""
+    themselves allocated; ``roles``: the peak RSS of each kind of process (:func:`role`) summed over its processes
+    alive at the same moment."""
 
     def __init__(self, pid: int, every_s: float = 0.05):
         self.root, self.every, self.peak, self.anon_peak = psutil.Process(pid), every_s, 0, 0
+        self.roles: dict[str, int] = {}
+        self._role: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> tuple[int, int]:
+    def _sample(self) -> tuple[int, int, dict[str, int]]:
         rss = anon = 0
+        by_role: dict[str, int] = {}
         for proc in [self.root, *self.root.children(recursive=True)]:
             try:
-                rss += proc.memory_info().rss
+                kind = self._role.get(proc.pid) or self._role.setdefault(proc.pid, role(proc))
+                used = proc.memory_info().rss
                 with open(f"/proc/{proc.pid}/status") as fh:
                     anon += next(int(line.split()[1]) * 1024 for line in fh if line.startswith("RssAnon:"))
+                rss += used
+                by_role[kind] = by_role.get(kind, 0) + used
             except (psutil.Error, OSError, StopIteration):
                 pass
-        return rss, anon
+        return rss, anon, by_role
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            rss, anon = self._sample()
+            rss, anon, by_role = self._sample()
             self.peak, self.anon_peak = max(self.peak, rss), max(self.anon_peak, anon)
+            for kind, used in by_role.items():
+                self.roles[kind] = max(self.roles.get(kind, 0), used)
             self._stop.wait(self.every)
 
     def __enter__(self) -> "PeakRSS":
@@ -216,8 +234,9 @@ def measure(path: Path, rows: int, repeat: int, spark: bool, data_dir: Path) -> 
         with PeakRSS(proc.pid) as first:
             result["first_s"] = release(client, "file", 1.0)
         result["first_rss"], result["first_anon"] = first.peak, first.anon_peak
+        result["first_roles"] = first.roles
         note("first release (columnar copy)", seconds=result["first_s"], rss_gib=first.peak / 2 ** 30,
-             anon_gib=first.anon_peak / 2 ** 30)
+             anon_gib=first.anon_peak / 2 ** 30, **{f"{k}_gib": v / 2 ** 30 for k, v in sorted(first.roles.items())})
         own_before, workers_before = cpu_seconds(proc.pid)
         with PeakRSS(proc.pid) as steady:
             times = [release(client, "file", 1.0 + (i + 1) * 1e-3) for i in range(repeat)]
