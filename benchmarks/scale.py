@@ -52,6 +52,9 @@ COLUMNS = {
     "cost": {"type": "float", "bounds": [0.0, 50_000.0]},
 }
 QUERY = {"kind": "mean", "column": "cost", "by": ["region"]}
+#: Raw Polars runs with this process's environment as it started: the node's modules, once imported, set Polars'
+#: read options (workbench.node.datafiles.BUFFERED_READS) in ``os.environ``, which raw Polars must not inherit.
+RAW_ENV = dict(os.environ)
 RAW = """
 import resource, sys, time, polars as pl
 start = time.perf_counter()
@@ -84,13 +87,13 @@ def make_data(rows: int, folder: Path, chunk: int) -> Path:
     return path
 
 
-def role(proc: psutil.Process) -> str:
-    """Which of the node's processes this is: the node itself, a worker, or a child a worker started (the writer of
-    a part of the columnar copy)."""
-    cmdline = " ".join(proc.cmdline())
-    if "multiprocessing" in cmdline:
-        return "writer"
-    return "worker" if "workbench.node.worker" in cmdline else "node"
+def role(proc: psutil.Process, node_pid: int) -> str:
+    """Which of the node's processes this is: the node itself, one of its workers, or a process a worker started
+    (the writer of a part of the columnar copy). By parentage: a freshly started child still shows its parent's
+    command line until it executes its own."""
+    if proc.pid == node_pid:
+        return "node"
+    return "worker" if proc.ppid() == node_pid else "writer"
 
 
 class PeakRSS:
@@ -113,7 +116,7 @@ class PeakRSS:
         by_role: dict[str, int] = {}
         for proc in [self.root, *self.root.children(recursive=True)]:
             try:
-                kind = self._role.get(proc.pid) or self._role.setdefault(proc.pid, role(proc))
+                kind = self._role.get(proc.pid) or self._role.setdefault(proc.pid, role(proc, self.root.pid))
                 used = proc.memory_info().rss
                 with open(f"/proc/{proc.pid}/status") as fh:
                     anon += next(int(line.split()[1]) * 1024 for line in fh if line.startswith("RssAnon:"))
@@ -208,7 +211,8 @@ def release(client, name: str, epsilon: float) -> float:
 
 def raw_polars(path: Path) -> tuple[float, int, float]:
     """(wall seconds, peak RSS bytes, CPU seconds) of raw Polars streaming in a fresh process."""
-    out = subprocess.run([sys.executable, "-c", RAW, str(path)], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", RAW, str(path)], capture_output=True, text=True, check=True,
+                         env=RAW_ENV)
     seconds, rss, cpu = out.stdout.split()
     return float(seconds), int(rss), float(cpu)
 
