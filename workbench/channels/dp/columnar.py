@@ -40,7 +40,7 @@ FORMAT = "c3"  # bump when the encoding changes (c2: LZ4 pages; c3: a folder of 
 #: Rows of the owner's data per part of the copy. One process writing a whole 1B-row copy grew from 0.85 to 1.67
 #: GiB resident (a new ``sink_parquet`` per slice in the same process: 1.54 GiB); a fresh process per part keeps
 #: the writer's peak that of one part, whatever the row count (docs/scale.md).
-ROWS_PER_PART = 50_000_000
+ROWS_PER_PART = 25_000_000
 
 
 def coded_columns(info: DatasetInfo) -> dict[str, list]:
