@@ -11,7 +11,8 @@ For each ``--rows`` size (the file is generated in chunks of ``--chunk`` rows,
   streamed), then the median of ``--repeat`` DP group-by means (each a new
   question), and the peak resident memory summed over the node and all its
   child processes, sampled every 50 ms (``psutil``), during each phase, and the CPU time a release takes in
-  the node process (HTTP, gate, ledger, audit) and in its workers (OpenDP), beside raw Polars' CPU time;
+  the node process (HTTP, gate, ledger, audit) and in its workers (OpenDP), beside raw Polars' CPU time, and
+  how often a busy worker had two or more threads runnable ("2+ threads": whether a release uses both cores);
 * with ``--spark``: the same DP query on a dataset whose source is the same
   Parquet file read by Spark ``local[2]`` (first, with the session start, and warm).
 
@@ -52,6 +53,9 @@ COLUMNS = {
     "cost": {"type": "float", "bounds": [0.0, 50_000.0]},
 }
 QUERY = {"kind": "mean", "column": "cost", "by": ["region"]}
+#: Raw Polars runs with this process's environment as it started: the node's modules, once imported, set Polars'
+#: read options (workbench.node.datafiles.BUFFERED_READS) in ``os.environ``, which raw Polars must not inherit.
+RAW_ENV = dict(os.environ)
 RAW = """
 import resource, sys, time, polars as pl
 start = time.perf_counter()
@@ -84,33 +88,71 @@ def make_data(rows: int, folder: Path, chunk: int) -> Path:
     return path
 
 
+def role(proc: psutil.Process, node_pid: int) -> str:
+    """Which of the node's processes this is: the node itself, one of its workers, or a process a worker started
+    (the writer of a part of the columnar copy). By parentage: a freshly started child still shows its parent's
+    command line until it executes its own."""
+    if proc.pid == node_pid:
+        return "node"
+    return "worker" if proc.ppid() == node_pid else "writer"
+
+
 class PeakRSS:
     """Peaks of the summed memory of a process and all its descendants, sampled in a thread.
 
     ``peak``: resident set size (``RSS``), which counts the pages of the Parquet files Polars memory-maps
     (shared, reclaimable page cache); ``anon_peak``: anonymous memory (``RssAnon``), what the processes
-    themselves allocated."""
+    themselves allocated; ``roles``: the peak RSS of each kind of process (:func:`role`) summed over its processes
+    alive at the same moment; :attr:`parallel`: how often a busy worker had two or more threads runnable."""
 
     def __init__(self, pid: int, every_s: float = 0.05):
         self.root, self.every, self.peak, self.anon_peak = psutil.Process(pid), every_s, 0, 0
+        self.roles: dict[str, int] = {}
+        self._role: dict[int, str] = {}
+        self._busy = [0, 0]  # samples of a worker with one runnable thread, with two or more
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> tuple[int, int]:
+    def _sample(self) -> tuple[int, int, dict[str, int]]:
         rss = anon = 0
+        by_role: dict[str, int] = {}
         for proc in [self.root, *self.root.children(recursive=True)]:
             try:
-                rss += proc.memory_info().rss
+                kind = self._role.get(proc.pid) or self._role.setdefault(proc.pid, role(proc, self.root.pid))
+                used = proc.memory_info().rss
                 with open(f"/proc/{proc.pid}/status") as fh:
                     anon += next(int(line.split()[1]) * 1024 for line in fh if line.startswith("RssAnon:"))
+                rss += used
+                by_role[kind] = by_role.get(kind, 0) + used
+                if kind == "worker":
+                    self._count_runnable(proc.pid)
             except (psutil.Error, OSError, StopIteration):
                 pass
-        return rss, anon
+        return rss, anon, by_role
+
+    def _count_runnable(self, pid: int) -> None:
+        runnable = 0
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/stat") as fh:
+                    runnable += fh.read().rsplit(")", 1)[1].split()[0] == "R"
+            except OSError:
+                pass
+        if runnable:
+            self._busy[min(runnable, 2) - 1] += 1
+
+    @property
+    def parallel(self) -> float:
+        """The share of the samples with a busy worker in which two or more of its threads were runnable (running
+        or waiting for a core): near 1 when a release keeps both cores busy, near 0 when it runs on one."""
+        return self._busy[1] / max(1, sum(self._busy))
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            rss, anon = self._sample()
+            rss, anon, by_role = self._sample()
             self.peak, self.anon_peak = max(self.peak, rss), max(self.anon_peak, anon)
+            for kind, used in by_role.items():
+                self.roles[kind] = max(self.roles.get(kind, 0), used)
             self._stop.wait(self.every)
 
     def __enter__(self) -> "PeakRSS":
@@ -190,7 +232,8 @@ def release(client, name: str, epsilon: float) -> float:
 
 def raw_polars(path: Path) -> tuple[float, int, float]:
     """(wall seconds, peak RSS bytes, CPU seconds) of raw Polars streaming in a fresh process."""
-    out = subprocess.run([sys.executable, "-c", RAW, str(path)], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", RAW, str(path)], capture_output=True, text=True, check=True,
+                         env=RAW_ENV)
     seconds, rss, cpu = out.stdout.split()
     return float(seconds), int(rss), float(cpu)
 
@@ -216,8 +259,9 @@ def measure(path: Path, rows: int, repeat: int, spark: bool, data_dir: Path) -> 
         with PeakRSS(proc.pid) as first:
             result["first_s"] = release(client, "file", 1.0)
         result["first_rss"], result["first_anon"] = first.peak, first.anon_peak
+        result["first_roles"] = first.roles
         note("first release (columnar copy)", seconds=result["first_s"], rss_gib=first.peak / 2 ** 30,
-             anon_gib=first.anon_peak / 2 ** 30)
+             anon_gib=first.anon_peak / 2 ** 30, **{f"{k}_gib": v / 2 ** 30 for k, v in sorted(first.roles.items())})
         own_before, workers_before = cpu_seconds(proc.pid)
         with PeakRSS(proc.pid) as steady:
             times = [release(client, "file", 1.0 + (i + 1) * 1e-3) for i in range(repeat)]
@@ -226,8 +270,10 @@ def measure(path: Path, rows: int, repeat: int, spark: bool, data_dir: Path) -> 
         result["workers_cpu"] = (workers_after - workers_before) / repeat  # the DP computation
         result["node_s"], result["node_rss"], result["node_anon"] = statistics.median(times), steady.peak, \
             steady.anon_peak
+        result["parallel"] = steady.parallel
         note("DP group-by mean via the node", seconds=result["node_s"], rss_gib=steady.peak / 2 ** 30,
-             anon_gib=steady.anon_peak / 2 ** 30, node_cpu_s=result["node_cpu"], workers_cpu_s=result["workers_cpu"])
+             anon_gib=steady.anon_peak / 2 ** 30, node_cpu_s=result["node_cpu"], workers_cpu_s=result["workers_cpu"],
+             worker_2_threads_share=steady.parallel)
         if spark:
             with PeakRSS(proc.pid) as spark_peak:
                 result["spark_first_s"] = release(client, "spark", 1.0)
@@ -249,11 +295,12 @@ def print_table(results: list[dict], load_before, load_after) -> None:
           f"after {load_after[0]:.1f}/{load_after[1]:.1f}/{load_after[2]:.1f} (1/5/15 min; 2 cores, shared)")
     print("CPU s: per release, the node process (HTTP, gate, ledger) + its workers (OpenDP), vs raw Polars; "
           "CPU time does not stretch with the machine's load as wall time does")
-    print(f"{'rows':>14} {'raw CPU s':>10} {'node CPU s':>11} {'workers CPU s':>14} {'CPU ratio':>10}")
+    print(f"{'rows':>14} {'raw CPU s':>10} {'node CPU s':>11} {'workers CPU s':>14} {'CPU ratio':>10} "
+          f"{'2+ threads':>11}")
     for r in results:
         total = r["node_cpu"] + r["workers_cpu"]
         print(f"{r['rows']:>14,} {r['raw_cpu']:>10.2f} {r['node_cpu']:>11.3f} {r['workers_cpu']:>14.2f} "
-              f"{total / r['raw_cpu']:>9.2f}x")
+              f"{total / r['raw_cpu']:>9.2f}x {r['parallel']:>11.0%}")
     print(f"{'rows':>14} {'file GB':>8} {'raw s':>7} {'raw GiB':>8} {'node s':>7} {'node/raw':>9} "
           f"{'node GiB':>9} {'anon GiB':>9} {'start s':>8} {'1st s':>7} {'1st GiB':>8} {'1st anon':>9} "
           f"{'spark 1st s':>12} {'spark s':>8} {'spark GiB':>10}")

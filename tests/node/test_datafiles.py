@@ -85,3 +85,36 @@ def test_columnar_copy_of_a_folder_codes_public_categories_and_nulls_the_rest(tm
     copy = columnar_frame(tmp_path / "columnar", str(lake), "parquet", info, ["region", "x"]).collect()
     assert dict(zip(copy["x"].to_list(), copy["region"].to_list())) == {1: 1, 2: 0, 3: None, 4: 0}
     assert copy.schema["region"] == pl.UInt32
+
+
+@pytest.mark.parametrize("source", ["file", "folder"])
+def test_columnar_copy_in_parts_holds_the_same_rows_in_order_as_in_one_part(tmp_path, monkeypatch, source):
+    """The copy is written in parts of ROWS_PER_PART owner rows (each by its own process): the same rows, order and
+    types as one part, the consent rule applied to every part, and an older copy of the dataset deleted."""
+    from workbench.channels.dp import columnar
+    from workbench.protocol import DatasetInfo
+
+    n = 25  # three parts of at most 10 rows
+    frame = pl.DataFrame({"region": [["n", "s", "mars"][i % 3] for i in range(n)], "x": list(range(n)),
+                          "ok": [i % 5 != 0 for i in range(n)]})
+    path = tmp_path / "lake"
+    if source == "folder":
+        write_folder(path, frame)
+    else:
+        frame.write_parquet(path)
+    info = DatasetInfo(name="lake", tier="private", max_rows=1000, version="sha256:0123",
+                       columns=[{"name": "region", "type": "category", "categories": ["s", "n"]},
+                                {"name": "x", "type": "int", "bounds": [0, 1000]}])
+    consent = {"column": "ok", "id_column": None, "opt_out_file": None}
+    whole = columnar.columnar_frame(tmp_path / "one", str(path), "parquet", info, ["region", "x"], consent).collect()
+    monkeypatch.setattr(columnar, "ROWS_PER_PART", 10)
+    old = tmp_path / "parts" / "lake-0000-c3"
+    old.mkdir(parents=True)
+    parts = columnar.columnar_frame(tmp_path / "parts", str(path), "parquet", info, ["region", "x"], consent).collect()
+    written = sorted((tmp_path / "parts").rglob("*.parquet"))
+    assert len(written) == 3 and all(p.parent.name == "lake-0123-c3" for p in written)
+    assert not old.exists()  # the previous version's copy is gone
+    assert parts.equals(whole) and parts.schema == whole.schema
+    expected = frame.filter(pl.col("ok")) if source == "file" else frame.filter(pl.col("ok")).sort("region", maintain_order=True)
+    assert parts["x"].to_list() == expected["x"].to_list()
+    assert parts["region"].to_list() == [{"s": 0, "n": 1}.get(r) for r in expected["region"]]

@@ -54,9 +54,10 @@ def raw_scan(path: str | Path, file_format: str) -> pl.LazyFrame:
 
 
 def scan(path: str | Path, file_format: str, info: DatasetInfo, columns: list[str] | None = None,
-         consent: dict | None = None) -> pl.LazyFrame:
+         consent: dict | None = None, rows: tuple[int, int] | None = None) -> pl.LazyFrame:
     """The owner's file, consenting rows only, ``columns`` (default: all declared) cast to their declared types,
-    read lazily. ``consent``: the dataset's rule as :func:`workbench.node.consent.consent_spec` gives it."""
+    read lazily. ``consent``: the dataset's rule as :func:`workbench.node.consent.consent_spec` gives it;
+    ``rows``: (offset, count) of the file's rows to read, counted before the consent rule removes any."""
     wanted = {c.name: POLARS_TYPES[c.type] for c in info.columns if columns is None or c.name in columns}
     if columns is not None:  # keep the caller's order
         wanted = {n: wanted[n] for n in columns if n in wanted}
@@ -64,6 +65,8 @@ def scan(path: str | Path, file_format: str, info: DatasetInfo, columns: list[st
         lf = pl.scan_csv(path, schema_overrides=wanted)
     else:
         lf = pl.scan_parquet(path)
+    if rows is not None:
+        lf = lf.slice(*rows)
     return consenting(lf, consent).select([pl.col(n).cast(t) for n, t in wanted.items()])
 
 
