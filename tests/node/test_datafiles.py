@@ -118,3 +118,29 @@ def test_columnar_copy_in_parts_holds_the_same_rows_in_order_as_in_one_part(tmp_
     expected = frame.filter(pl.col("ok")) if source == "file" else frame.filter(pl.col("ok")).sort("region", maintain_order=True)
     assert parts["x"].to_list() == expected["x"].to_list()
     assert parts["region"].to_list() == [{"s": 0, "n": 1}.get(r) for r in expected["region"]]
+
+
+def test_the_copy_is_written_before_the_charge_so_a_copy_that_times_out_costs_nothing(tmp_path):
+    """A billion-row file takes minutes to copy: the node writes the copy before the gate charges, under its own
+    time limit (``copy_timeout_s``), so a first release that cannot wait for it fails without spending."""
+    from starlette.testclient import TestClient
+
+    from tests.conftest import make_config
+    from workbench.demo.nodes import ensure_accounts
+    from workbench.node.service import NodeService
+    from workbench.node.settings import NodeConfig
+    from workbench.server import create_app
+
+    service = NodeService(NodeConfig.load(make_config(tmp_path, copy_timeout_s=0.01)), start_workers=False)
+    try:
+        client = TestClient(create_app(service), raise_server_exceptions=False)
+        analyst = {"Authorization": f"Bearer {ensure_accounts(service).analyst_token}"}
+        budget = lambda: client.get("/v1/datasets/patients/budget", headers=analyst).json()  # noqa: E731
+        before = budget()
+        answer = client.post("/v1/datasets/patients/dp/release", headers=analyst,
+                             json={"query": {"kind": "count"}, "epsilon": 0.5})
+        assert answer.status_code == 503 and answer.json()["code"] == "computation_timeout", answer.text  # transient
+        assert budget() == before, "no charge for a release whose copy could not be written in time"
+        assert not list((service.config.node.state_dir / "columnar").glob("patients-*-c*")), "no copy left"
+    finally:
+        service.close()

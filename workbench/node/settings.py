@@ -176,6 +176,7 @@ class NodeSection(_Config):
     port: int = 8765
     max_body_bytes: int = Field(1_000_000, ge=1024)
     query_timeout_s: float = Field(120.0, gt=0)
+    copy_timeout_s: float = Field(3600.0, gt=0)  # a file's columnar copy, written before its first release is charged
     workers: int = Field(2, ge=1, le=32)
     token_ttl_days: float = Field(90.0, gt=0)
     max_epsilon_per_release: float = Field(10.0, gt=0)

@@ -18,6 +18,7 @@ __all__ = ["TASKS", "resolve"]
 TASKS: dict[str, str] = {
     "dp.query": "workbench.channels.dp.worker:run",
     "dp.pushdown": "workbench.channels.dp.pushdown.run:run",  # tables in PostgreSQL or Spark
+    "dp.copy": "workbench.channels.dp.columnar:ensure",  # a file's columnar copy, before a release is charged
     "synth.fit": "workbench.channels.synth.worker:run",
     "synth.sdv_fit": "workbench.channels.synth.sdv_real:run",
     "secagg.contribution": "workbench.channels.secagg.worker:noisy_contribution",

@@ -78,10 +78,13 @@ class _Worker:
         self.tasks.send_bytes(json.dumps(message).encode())
 
     def kill(self) -> None:
-        try:
-            self.process.kill()
+        try:  # the whole process group: a worker's own children (a columnar copy's part writer) go with it
+            os.killpg(self.process.pid, signal.SIGKILL)
         except Exception:  # noqa: BLE001
-            pass
+            try:
+                self.process.kill()
+            except Exception:  # noqa: BLE001
+                pass
         try:
             self.process.wait(timeout=5)
         except Exception:  # noqa: BLE001

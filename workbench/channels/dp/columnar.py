@@ -90,15 +90,32 @@ def _slices(path: str, file_format: str) -> list[tuple[int, int] | None]:
     return [(start, ROWS_PER_PART) for start in range(0, max(total, 1), ROWS_PER_PART)]
 
 
+def _safe_name(info: DatasetInfo) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", info.name)
+
+
+def copy_path(folder: str | Path, info: DatasetInfo) -> Path:
+    """Where the copy of this dataset version lives (a folder of parts once written)."""
+    return Path(folder) / f"{_safe_name(info)}-{info.version.split(':')[-1]}-{FORMAT}"
+
+
 def columnar_frame(folder: str | Path, path: str, file_format: str, info: DatasetInfo, columns: list[str],
                    consent: dict | None = None) -> pl.LazyFrame:
     """The copy of ``path`` at this dataset version (written first if missing), reading ``columns``."""
-    folder = Path(folder)
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", info.name)
-    target = folder / f"{name}-{info.version.split(':')[-1]}-{FORMAT}"
+    target = copy_path(folder, info)
     if not target.exists():
-        _write(folder, target, name, path, file_format, info, consent)
+        _write(Path(folder), target, _safe_name(info), path, file_format, info, consent)
     return pl.scan_parquet(datafiles.data_files(target)).select(columns)
+
+
+def ensure(task: dict) -> dict:
+    """Worker task ``dp.copy``: write this dataset version's copy if it is missing. The node runs it before the gate
+    charges a release, under its own time limit (``copy_timeout_s``): at a billion rows the copy takes minutes, and
+    a release that timed out while copying would keep its charge. Releases nothing."""
+    info = DatasetInfo.model_validate(task["info"])
+    datafiles.check_stamp(task["path"], task.get("stamp"))
+    columnar_frame(task["columnar"], task["path"], task["format"], info, [], task.get("consent"))
+    return {"copy": copy_path(task["columnar"], info).name}
 
 
 def _write(folder: Path, target: Path, name: str, path: str, file_format: str, info: DatasetInfo,

@@ -15,6 +15,7 @@ from collections import OrderedDict
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from workbench.errors import InvalidQuery
 from workbench.protocol import (Accuracy, Budget, DPPreview, DPQuery, DPRelease, DPRequest, Table, dp_answer_for_protocol,
@@ -30,6 +31,7 @@ from workbench.node.deps import Caller, Service, protocol_of
 from workbench.node.service import NodeService
 from workbench.query.validate import delta_used, validate
 from workbench.query import language
+from workbench.channels.dp.columnar import copy_path
 from workbench.channels.dp.pushdown.run import check as pushdown_check
 from workbench.node.sources import pushdown_task
 from workbench.query.sql import compile_sql
@@ -75,6 +77,29 @@ def _task(service: NodeService, entry: DatasetEntry, body: DPRequest, mode: str)
 def _target(entry: DatasetEntry) -> str:
     """The worker task that answers a query on this dataset: OpenDP on Polars, or the SQL pushdown."""
     return "dp.pushdown" if entry.source is not None else "dp.query"
+
+
+class CopyLocks:
+    """One lock per dataset version, so concurrent first releases wait for one copy instead of writing several."""
+
+    def __init__(self, _service: NodeService | None = None):
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def of(self, name: str, version: str) -> threading.Lock:
+        with self._lock:
+            return self._locks.setdefault((name, version), threading.Lock())
+
+
+def _copied(service: NodeService, entry: DatasetEntry, task: dict, user: str) -> None:
+    """A file dataset's columnar copy, written before the gate charges anything: at a billion rows it takes minutes
+    (``copy_timeout_s``, not the release's ``query_timeout_s``), and a failure or a timeout here costs nothing."""
+    if task.get("columnar") is None or copy_path(task["columnar"], entry.info).exists():
+        return
+    with service.state_of("dp.copies", CopyLocks).of(entry.name, entry.version):
+        if not copy_path(task["columnar"], entry.info).exists():
+            with service.fair.admit(user, "compute"):
+                service.pool.run("dp.copy", task, timeout_s=service.config.node.copy_timeout_s, user=user)
 
 
 def _columnar(service: NodeService) -> str:
@@ -158,6 +183,7 @@ async def release(name: str, body: DPRequest, request: Request, service: Service
     """Release a DP query: charged once, through the gate; the identical question again is free."""
     entry, body = _checked(service, name, body)
     task = _task(service, entry, body, "release")
+    await run_in_threadpool(_copied, service, entry, task, caller.name)
     outcome = await service.gate.release_async(
         caller, entry, "dp", body.query.kind, identity(body.query), Cost(body.epsilon, body.delta),
         compute=lambda: service.pool.run(_target(entry), task, user=caller.name), grant_id=body.grant_id,
@@ -170,6 +196,7 @@ def released(service: NodeService, principal: Principal, name: str, body: DPRequ
     the same checks, the same task, the same gate."""
     entry, body = _checked(service, name, body)
     task = _task(service, entry, body, "release")
+    _copied(service, entry, task, principal.name)
     outcome = service.gate.release(
         principal, entry, "dp", body.query.kind, identity(body.query), Cost(body.epsilon, body.delta),
         compute=lambda: service.pool.run(_target(entry), task, user=principal.name), grant_id=body.grant_id,
