@@ -27,6 +27,7 @@ TAIL_NOISE_STDS = 1.0    # ... at least this many standard deviations of their s
 NULL_NOISE_STDS = 4.0    # a categorical column's null cell is kept only above this many noise stds
 RANGE_MARGIN_BINS = 2    # public bins kept beyond each end of the supported range (docs/synthesis.md) ...
 NARROW_MARGIN_SHARE = 0.01  # ... 1 bin when a window of noise is under this share of the rows
+TAIL_MAX_RATIO = 0.1     # a margin bin holds at least its inner neighbour's mass times the tail's ratio, <= this
 FINE_PER_BIN = 8          # fine cells per coarse bin (16 coarse bins -> 128 fine cells)
 MAX_INT_CELLS = 256       # an integer column keeps one fine cell per value up to this many values
 
@@ -234,3 +235,46 @@ def widened(fine: FineBins, support: np.ndarray, margin: int | None = None) -> n
     if len(kept) == 0:
         return np.asarray(support, dtype=bool)
     return (parent >= kept[0] - margin) & (parent <= kept[-1] + margin)
+
+
+def tapered(fine: FineBins, noisy: np.ndarray, support: np.ndarray, wide: np.ndarray,
+            mass: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(fine_counts, coarse_weights)``: how a numeric column is sampled inside its widened range ``wide``
+    (:func:`widened`), given ``mass``, the fitted model's one-way marginal of the column over its public bins.
+
+    In the public bins holding supported cells the fine counts are the noisy ones clipped at zero (zero
+    outside ``wide``) and the model's mass is kept (weight 1). The margin bins beyond them hold a tail thinner
+    than the noise, where both the model's mass and the fine counts are mostly clipped noise: a fit put 0 or
+    twice the real rows there, so the synthetic maximum jumped from fit to fit. There the tail *tapers off*: a
+    margin bin ``j`` bins past the last supported bin gets that bin's model mass times ``r ** j`` (``r``: the
+    ratio of the model's last two supported bins, at most :data:`TAIL_MAX_RATIO`), spread inside the bin by
+    the same decay per fine cell. The weights tilt the model's one-way mass to that (0 outside ``wide``).
+
+    Post-processing of the DP fine marginal and of the model fitted to DP measurements.
+    """
+    parent = np.asarray(fine.parent)
+    support, wide = np.asarray(support, dtype=bool), np.asarray(wide, dtype=bool)
+    counts = np.where(wide, np.clip(np.asarray(noisy, dtype=float), 0.0, None), 0.0)
+    weights = coarse_allowed(fine, wide).astype(float)
+    mass = np.clip(np.asarray(mass, dtype=float), 0.0, None)
+    _taper_up(counts, weights, parent, support, wide, mass)
+    down_counts, down_weights = counts[::-1].copy(), weights[::-1].copy()   # the lower tail, mirrored
+    _taper_up(down_counts, down_weights, len(weights) - 1 - parent[::-1], support[::-1], wide[::-1], mass[::-1])
+    return down_counts[::-1].copy(), down_weights[::-1].copy()
+
+
+def _taper_up(counts: np.ndarray, weights: np.ndarray, parent: np.ndarray, support: np.ndarray,
+              wide: np.ndarray, mass: np.ndarray) -> None:
+    """The upper tail of :func:`tapered`, in place (the lower one runs on the mirrored arrays)."""
+    hi = int(np.flatnonzero(support)[-1])
+    edge = int(parent[hi])
+    first = int(parent[support].min())
+    ratio = TAIL_MAX_RATIO
+    if edge > first and mass[edge - 1] > 0:
+        ratio = min(mass[edge] / mass[edge - 1], TAIL_MAX_RATIO)
+    floor = mass[edge]
+    for b in range(edge + 1, int(parent[wide].max()) + 1):
+        floor *= ratio
+        cells = np.flatnonzero(parent == b)
+        counts[cells] = ratio ** (np.arange(len(cells)) / len(cells))   # falling inside the bin too
+        weights[b] = max(mass[b], floor) / max(mass[b], 1e-12)

@@ -197,27 +197,38 @@ def run(task: dict) -> dict:
 
 
 def _sample(model, p: Plan, rows: int, fines: dict, fine_noisy: dict, measured: list[dict]):
-    """Cells from the model (restricted to cells the DP measurements support), then values: numeric columns
-    with fine cells follow their fine marginal inside each coarse cell, the others decode uniformly."""
+    """Cells from the model (restricted to cells the DP measurements support, tails tapered: :func:`_tapered`),
+    then values: numeric columns with fine cells follow their fine counts inside each coarse cell, the others
+    decode uniformly."""
     from workbench.channels.synth import sampling
 
     rng = np.random.default_rng()
-    supports = {n: shapes.widened(fines[n], shapes.supported(fine_noisy[n]["noisy"], fine_noisy[n]["noise_std"]),
-                                  shapes.margin_bins(fine_noisy[n]["noisy"], fine_noisy[n]["noise_std"]))
-                for n in fines}
-    allowed = {n: shapes.coarse_allowed(fines[n], supports[n]) for n in fines}
+    tails = {n: _tapered(model, n, fines[n], fine_noisy[n]) for n in fines}
+    allowed = {n: weights for n, (_, weights) in tails.items()}
     allowed |= _null_cells_allowed(p, measured)
     indices = sampling.synthetic_rows(model, rows, rng, allowed=allowed)
     cells = {n: indices[n].astype(np.int64) for n in p.columns}
     data, fine_cells = {}, {}
     for n in p.columns:
         if n in fines:
-            shares = shapes.conditional_shares(fines[n], fine_noisy[n]["noisy"], supports[n])
+            counts, weights = tails[n]
+            shares = shapes.conditional_shares(fines[n], counts, weights[np.asarray(fines[n].parent)] > 0)
             fine_cells[n] = shapes.within_bin_cells(cells[n], fines[n], shares, rng)
             data[n] = fines[n].decode(fine_cells[n], rng).tolist()
         else:
             data[n] = p.domains[n].decode(cells[n], rng)
     return cells, fine_cells, data
+
+
+def _tapered(model, name: str, fine: shapes.FineBins, fine_noisy: dict) -> tuple[np.ndarray, np.ndarray]:
+    """A numeric column's fine counts and coarse weights (:func:`shapes.tapered`): its supported range, widened
+    by the margin of public bins, with tails that taper off beyond the support. Post-processing."""
+    from workbench.channels.synth import sampling
+
+    noisy, std = fine_noisy["noisy"], fine_noisy["noise_std"]
+    support = shapes.supported(noisy, std)
+    wide = shapes.widened(fine, support, shapes.margin_bins(noisy, std))
+    return shapes.tapered(fine, noisy, support, wide, sampling.project(model, (name,)))
 
 
 def _null_cells_allowed(p: Plan, measured: list[dict]) -> dict[str, np.ndarray]:
