@@ -126,6 +126,38 @@ def test_margin_is_one_public_bin_when_the_noise_is_a_small_share_of_the_rows():
             assert wide[-1] == min(kept[-1] + margin, 15)
 
 
+def test_a_tail_past_the_supported_range_tapers_off_instead_of_stopping_dead_or_following_noise():
+    """A thin real tail (visits 16-18: 15 of 30k rows) is below the noise: the model's mass for its margin bin was
+    the clipped noise (0 in half the fits, so the synthetic maximum jumped between 15 and 18) and the fine counts
+    left holes. The margin bin now holds at least the last supported bin's mass times the tail's ratio, falling
+    inside the bin; a margin bin the model already fills keeps its mass; nothing lies outside the widened range."""
+    rng = np.random.default_rng(5)
+    visits = _column("visits", "int", [0, 50])                  # public bins 0-2, 3-5, ..., fine cell per value
+    fine = shapes.fine_bins(visits)
+    parent = np.asarray(fine.parent)
+    real = np.array([1762, 4190, 5086, 4625, 3595, 2727, 2225, 1790, 1395, 1036, 710, 394, 232, 136, 54, 27,
+                     10, 3, 2, 0, 1] + [0] * 30, dtype=float)
+    for _ in range(20):
+        noisy = real + rng.laplace(0, 20, 51)
+        support = shapes.supported(noisy, 28.3)
+        wide = shapes.widened(fine, support, 1)
+        edge = int(parent[np.flatnonzero(support)[-1]])
+        mass = np.bincount(parent, weights=real, minlength=16)
+        mass[edge + 1:] = 1e-6                                   # the model put ~nothing past the edge bin
+        counts, weights = shapes.tapered(fine, noisy, support, wide, mass)
+        tilted = mass * weights
+        ratio = min(mass[edge] / mass[edge - 1], shapes.TAIL_MAX_RATIO)
+        assert tilted[edge + 1] == pytest.approx(mass[edge] * ratio) and tilted[edge + 1] > 0
+        assert (weights[:edge + 1][np.unique(parent[support])] == 1).all()        # supported bins: the model's mass
+        assert (weights[np.setdiff1d(np.arange(16), np.unique(parent[wide]))] == 0).all()
+        assert (counts[~wide] == 0).all()
+        inside = counts[parent == edge + 1]
+        assert (inside > 0).all() and (np.diff(inside) < 0).all()                 # no holes, falling
+        full = mass.copy()
+        full[edge + 1] = 10 * mass[edge]                          # a margin bin the model fills is left alone
+        assert shapes.tapered(fine, noisy, support, wide, full)[1][edge + 1] == 1.0
+
+
 def test_budget_shares_add_up_to_the_charged_epsilon_and_are_stated():
     from workbench.channels.synth import worker as fit
 

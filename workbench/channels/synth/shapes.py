@@ -27,7 +27,8 @@ TAIL_NOISE_STDS = 1.0    # ... at least this many standard deviations of their s
 NULL_NOISE_STDS = 4.0    # a categorical column's null cell is kept only above this many noise stds
 RANGE_MARGIN_BINS = 2    # public bins kept beyond each end of the supported range (docs/synthesis.md) ...
 NARROW_MARGIN_SHARE = 0.01  # ... 1 bin when a window of noise is under this share of the rows
-TAIL_MAX_RATIO = 0.1     # a margin bin holds at least its inner neighbour's mass times the tail's ratio, <= this
+TAIL_FALLING = 0.5       # a tail falling at least this much over its last two supported public bins ...
+TAIL_MAX_RATIO = 0.1     # ... gives a margin bin at least its inner neighbour's mass times that ratio, <= this
 FINE_PER_BIN = 8          # fine cells per coarse bin (16 coarse bins -> 128 fine cells)
 MAX_INT_CELLS = 256       # an integer column keeps one fine cell per value up to this many values
 
@@ -245,10 +246,12 @@ def tapered(fine: FineBins, noisy: np.ndarray, support: np.ndarray, wide: np.nda
     In the public bins holding supported cells the fine counts are the noisy ones clipped at zero (zero
     outside ``wide``) and the model's mass is kept (weight 1). The margin bins beyond them hold a tail thinner
     than the noise, where both the model's mass and the fine counts are mostly clipped noise: a fit put 0 or
-    twice the real rows there, so the synthetic maximum jumped from fit to fit. There the tail *tapers off*: a
-    margin bin ``j`` bins past the last supported bin gets that bin's model mass times ``r ** j`` (``r``: the
-    ratio of the model's last two supported bins, at most :data:`TAIL_MAX_RATIO`), spread inside the bin by
-    the same decay per fine cell. The weights tilt the model's one-way mass to that (0 outside ``wide``).
+    twice the real rows there, so the synthetic maximum jumped from fit to fit. When the tail is falling (the
+    model's last supported bin holds at most :data:`TAIL_FALLING` of the one before: ratio ``r``), a margin bin
+    ``j`` bins past it holds *at least* that bin's mass times ``min(r, TAIL_MAX_RATIO) ** j``, falling by the
+    same ratio across its fine cells; a margin bin the model fills more keeps the model's mass. A column still
+    dense at its edge (a hard bound in the data) gets no such floor. The weights tilt the model's one-way mass
+    to that (0 outside ``wide``; the model's mass is positive everywhere, a log-linear model).
 
     Post-processing of the DP fine marginal and of the model fitted to DP measurements.
     """
@@ -269,9 +272,9 @@ def _taper_up(counts: np.ndarray, weights: np.ndarray, parent: np.ndarray, suppo
     hi = int(np.flatnonzero(support)[-1])
     edge = int(parent[hi])
     first = int(parent[support].min())
-    ratio = TAIL_MAX_RATIO
-    if edge > first and mass[edge - 1] > 0:
-        ratio = min(mass[edge] / mass[edge - 1], TAIL_MAX_RATIO)
+    if edge <= first or mass[edge - 1] <= 0 or mass[edge] > TAIL_FALLING * mass[edge - 1]:
+        return   # no falling tail to continue: a column still dense at its edge may stop there
+    ratio = min(mass[edge] / mass[edge - 1], TAIL_MAX_RATIO)
     floor = mass[edge]
     for b in range(edge + 1, int(parent[wide].max()) + 1):
         floor *= ratio
