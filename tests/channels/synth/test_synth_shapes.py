@@ -130,7 +130,8 @@ def test_a_tail_past_the_supported_range_tapers_off_instead_of_stopping_dead_or_
     """A thin real tail (visits 16-18: 15 of 30k rows) is below the noise: the model's mass for its margin bin was
     the clipped noise (0 in half the fits, so the synthetic maximum jumped between 15 and 18) and the fine counts
     left holes. The margin bin now holds at least the last supported bin's mass times the tail's ratio, falling
-    inside the bin; a margin bin the model already fills keeps its mass; nothing lies outside the widened range."""
+    inside the bin, and one public bin past the margin holds that floor alone; a margin bin the model already fills
+    keeps its mass; nothing lies further out."""
     rng = np.random.default_rng(5)
     visits = _column("visits", "int", [0, 50])                  # public bins 0-2, 3-5, ..., fine cell per value
     fine = shapes.fine_bins(visits)
@@ -149,8 +150,9 @@ def test_a_tail_past_the_supported_range_tapers_off_instead_of_stopping_dead_or_
         ratio = min(mass[edge] / mass[edge - 1], shapes.TAIL_MAX_RATIO)
         assert tilted[edge + 1] == pytest.approx(mass[edge] * ratio) and tilted[edge + 1] > 0
         assert (weights[:edge + 1][np.unique(parent[support])] == 1).all()        # supported bins: the model's mass
-        assert (weights[np.setdiff1d(np.arange(16), np.unique(parent[wide]))] == 0).all()
-        assert (counts[~wide] == 0).all()
+        last = int(parent[wide].max())                            # one more bin carries the floor alone
+        assert tilted[last + 1] == pytest.approx(mass[edge] * ratio ** (last + 1 - edge))
+        assert (weights[last + 2:] == 0).all() and (counts[parent > last + 1] == 0).all()
         inside = counts[parent == edge + 1]
         assert (inside > 0).all() and (np.diff(inside) < 0).all()                 # no holes, falling
         full = mass.copy()

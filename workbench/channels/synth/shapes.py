@@ -27,6 +27,7 @@ TAIL_NOISE_STDS = 1.0    # ... at least this many standard deviations of their s
 NULL_NOISE_STDS = 4.0    # a categorical column's null cell is kept only above this many noise stds
 RANGE_MARGIN_BINS = 2    # public bins kept beyond each end of the supported range (docs/synthesis.md) ...
 NARROW_MARGIN_SHARE = 0.01  # ... 1 bin when a window of noise is under this share of the rows
+TAIL_EXTRA_BINS = 1      # ... and the floor alone continues it this many public bins past the margin
 TAIL_FALLING = 0.5       # a tail falling at least this much over its last two supported public bins ...
 TAIL_MAX_RATIO = 0.1     # ... gives a margin bin at least its inner neighbour's mass times that ratio, <= this
 FINE_PER_BIN = 8          # fine cells per coarse bin (16 coarse bins -> 128 fine cells)
@@ -276,8 +277,9 @@ def _taper_up(counts: np.ndarray, weights: np.ndarray, parent: np.ndarray, suppo
         return   # no falling tail to continue: a column still dense at its edge may stop there
     ratio = min(mass[edge] / mass[edge - 1], TAIL_MAX_RATIO)
     floor = mass[edge]
-    for b in range(edge + 1, int(parent[wide].max()) + 1):
+    last = int(parent[wide].max())
+    for b in range(edge + 1, min(last + TAIL_EXTRA_BINS, int(parent.max())) + 1):
         floor *= ratio
         cells = np.flatnonzero(parent == b)
         counts[cells] = ratio ** (np.arange(len(cells)) / len(cells))   # falling inside the bin too
-        weights[b] = max(mass[b], floor) / max(mass[b], 1e-12)
+        weights[b] = (max(mass[b], floor) if b <= last else floor) / max(mass[b], 1e-12)
