@@ -250,9 +250,11 @@ def tapered(fine: FineBins, noisy: np.ndarray, support: np.ndarray, wide: np.nda
     twice the real rows there, so the synthetic maximum jumped from fit to fit. When the tail is falling (the
     model's last supported bin holds at most :data:`TAIL_FALLING` of the one before: ratio ``r``), a margin bin
     ``j`` bins past it holds *at least* that bin's mass times ``min(r, TAIL_MAX_RATIO) ** j``, falling by the
-    same ratio across its fine cells; a margin bin the model fills more keeps the model's mass. A column still
-    dense at its edge (a hard bound in the data) gets no such floor. The weights tilt the model's one-way mass
-    to that (0 outside ``wide``; the model's mass is positive everywhere, a log-linear model).
+    same ratio across its fine cells; a margin bin the model fills more keeps the model's mass; and
+    :data:`TAIL_EXTRA_BINS` public bins past ``wide`` hold the floor alone (the thin real tail beyond a range
+    the noise cut short). A column still dense at its edge (a hard bound in the data) gets no such floor. The
+    weights tilt the model's one-way mass to that (0 elsewhere; the model's mass is positive everywhere, a
+    log-linear model).
 
     Post-processing of the DP fine marginal and of the model fitted to DP measurements.
     """
