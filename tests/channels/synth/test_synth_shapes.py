@@ -410,3 +410,22 @@ def test_published_mock_uses_the_same_sampler(service):
     # values spread by the DP fine marginal: many distinct fine cells are used inside the public bins
     fine = shapes.fine_bins(domain.column_domain(service.catalog.get("patients").info.column("cost"), 16))
     assert len(np.unique(fine.encode(cost))) > 16
+
+
+def test_the_sampler_weights_cells_so_a_tapered_tail_gets_the_rows_it_was_given():
+    """``allowed`` weights tilt the model's shares (a tapered tail the model left near empty gets its floor);
+    weight 0 removes a cell."""
+    from mbi import Domain, LinearMeasurement
+
+    from workbench.channels.synth import estimation, sampling
+
+    dom = Domain(["x"], [4])
+    model = estimation.oneway_model(dom, [LinearMeasurement(np.array([1000.0, 1000.0, 1000.0, 0.0]), clique=("x",),
+                                                            stddev=1.0)])
+    near_empty = float(sampling.project(model, ("x",))[3])
+    assert near_empty < 1.0                                         # the model's tail: ~nothing
+    weights = np.array([1.0, 1.0, 0.0, 500.0 / near_empty])        # tail tilted to 500 rows' worth, cell 2 removed
+    rows = sampling.synthetic_rows(model, 10_000, np.random.default_rng(6), allowed={"x": weights})["x"]
+    counts = np.bincount(rows, minlength=4)
+    assert counts[2] == 0
+    assert abs(counts[3] - 10_000 * 500 / 2500) <= 1 and abs(counts[0] - counts[1]) <= 1
