@@ -160,6 +160,24 @@ def test_a_tail_past_the_supported_range_tapers_off_instead_of_stopping_dead_or_
         assert shapes.tapered(fine, noisy, support, wide, full)[1][edge + 1] == 1.0
 
 
+def test_with_many_rows_the_supported_range_rarely_runs_on_into_an_empty_tail():
+    """A window of empty cells passes 1 noise std with probability 16% and the next windows share all but one
+    cell, so a range that passes once runs on (at 30k patients `visits` reached 25-42 where the data stop at 20).
+    With the noise a small share of the rows (margin 1) the range needs 2 stds; with few rows it keeps 1."""
+    rng = np.random.default_rng(7)
+    real = np.array([1762, 4190, 5086, 4625, 3595, 2727, 2225, 1790, 1395, 1036, 710, 394, 232, 136, 54, 27,
+                     10, 3, 2, 0, 1] + [0] * 30, dtype=float)
+    std = 28.3
+    assert shapes.tail_stds(shapes.margin_bins(real, std)) == shapes.THIN_TAIL_NOISE_STDS
+    assert shapes.tail_stds(shapes.margin_bins(real / 8, std)) == shapes.TAIL_NOISE_STDS
+    ran_on = {1.0: 0, 2.0: 0}
+    for _ in range(300):
+        noisy = real + rng.laplace(0, std / np.sqrt(2), len(real))
+        for stds in ran_on:
+            ran_on[stds] += int(np.flatnonzero(shapes.supported(noisy, std, stds))[-1] > 22)
+    assert ran_on[2.0] <= 0.04 * 300 and ran_on[1.0] >= 2 * ran_on[2.0] + 5, ran_on
+
+
 def test_budget_shares_add_up_to_the_charged_epsilon_and_are_stated():
     from workbench.channels.synth import worker as fit
 

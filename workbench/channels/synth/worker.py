@@ -244,8 +244,9 @@ def _tapered(model, name: str, fine: shapes.FineBins, fine_noisy: dict) -> tuple
     from workbench.channels.synth import sampling
 
     noisy, std = fine_noisy["noisy"], fine_noisy["noise_std"]
-    support = shapes.supported(noisy, std)
-    wide = shapes.widened(fine, support, shapes.margin_bins(noisy, std))
+    margin = shapes.margin_bins(noisy, std)
+    support = shapes.supported(noisy, std, shapes.tail_stds(margin))
+    wide = shapes.widened(fine, support, margin)
     return shapes.tapered(fine, noisy, support, wide, sampling.project(model, (name,)))
 
 
