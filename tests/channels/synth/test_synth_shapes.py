@@ -126,6 +126,58 @@ def test_margin_is_one_public_bin_when_the_noise_is_a_small_share_of_the_rows():
             assert wide[-1] == min(kept[-1] + margin, 15)
 
 
+def test_a_tail_past_the_supported_range_tapers_off_instead_of_stopping_dead_or_following_noise():
+    """A thin real tail (visits 16-18: 15 of 30k rows) is below the noise: the model's mass for its margin bin was
+    the clipped noise (0 in half the fits, so the synthetic maximum jumped between 15 and 18) and the fine counts
+    left holes. The margin bin now holds at least the last supported bin's mass times the tail's ratio, falling
+    inside the bin, and one public bin past the margin holds that floor alone; a margin bin the model already fills
+    keeps its mass; nothing lies further out."""
+    rng = np.random.default_rng(5)
+    visits = _column("visits", "int", [0, 50])                  # public bins 0-2, 3-5, ..., fine cell per value
+    fine = shapes.fine_bins(visits)
+    parent = np.asarray(fine.parent)
+    real = np.array([1762, 4190, 5086, 4625, 3595, 2727, 2225, 1790, 1395, 1036, 710, 394, 232, 136, 54, 27,
+                     10, 3, 2, 0, 1] + [0] * 30, dtype=float)
+    for _ in range(20):
+        noisy = real + rng.laplace(0, 20, 51)
+        support = shapes.supported(noisy, 28.3)
+        wide = shapes.widened(fine, support, 1)
+        edge = int(parent[np.flatnonzero(support)[-1]])
+        mass = np.bincount(parent, weights=real, minlength=16)
+        mass[edge + 1:] = 1e-6                                   # the model put ~nothing past the edge bin
+        counts, weights = shapes.tapered(fine, noisy, support, wide, mass)
+        tilted = mass * weights
+        ratio = min(mass[edge] / mass[edge - 1], shapes.TAIL_MAX_RATIO)
+        assert tilted[edge + 1] == pytest.approx(mass[edge] * ratio) and tilted[edge + 1] > 0
+        assert (weights[:edge + 1][np.unique(parent[support])] == 1).all()        # supported bins: the model's mass
+        last = int(parent[wide].max())                            # one more bin carries the floor alone
+        assert tilted[last + 1] == pytest.approx(mass[edge] * ratio ** (last + 1 - edge))
+        assert (weights[last + 2:] == 0).all() and (counts[parent > last + 1] == 0).all()
+        inside = counts[parent == edge + 1]
+        assert (inside > 0).all() and (np.diff(inside) < 0).all()                 # no holes, falling
+        full = mass.copy()
+        full[edge + 1] = 10 * mass[edge]                          # a margin bin the model fills is left alone
+        assert shapes.tapered(fine, noisy, support, wide, full)[1][edge + 1] == 1.0
+
+
+def test_with_many_rows_the_supported_range_rarely_runs_on_into_an_empty_tail():
+    """A window of empty cells passes 1 noise std with probability 16% and the next windows share all but one
+    cell, so a range that passes once runs on (at 30k patients `visits` reached 25-42 where the data stop at 20).
+    With the noise a small share of the rows (margin 1) the range needs 2 stds; with few rows it keeps 1."""
+    rng = np.random.default_rng(7)
+    real = np.array([1762, 4190, 5086, 4625, 3595, 2727, 2225, 1790, 1395, 1036, 710, 394, 232, 136, 54, 27,
+                     10, 3, 2, 0, 1] + [0] * 30, dtype=float)
+    std = 28.3
+    assert shapes.tail_stds(shapes.margin_bins(real, std)) == shapes.THIN_TAIL_NOISE_STDS
+    assert shapes.tail_stds(shapes.margin_bins(real / 8, std)) == shapes.TAIL_NOISE_STDS
+    ran_on = {1.0: 0, 2.0: 0}
+    for _ in range(300):
+        noisy = real + rng.laplace(0, std / np.sqrt(2), len(real))
+        for stds in ran_on:
+            ran_on[stds] += int(np.flatnonzero(shapes.supported(noisy, std, stds))[-1] > 22)
+    assert ran_on[2.0] <= 0.04 * 300 and ran_on[1.0] >= 2 * ran_on[2.0] + 5, ran_on
+
+
 def test_budget_shares_add_up_to_the_charged_epsilon_and_are_stated():
     from workbench.channels.synth import worker as fit
 
@@ -376,3 +428,22 @@ def test_published_mock_uses_the_same_sampler(service):
     # values spread by the DP fine marginal: many distinct fine cells are used inside the public bins
     fine = shapes.fine_bins(domain.column_domain(service.catalog.get("patients").info.column("cost"), 16))
     assert len(np.unique(fine.encode(cost))) > 16
+
+
+def test_the_sampler_weights_cells_so_a_tapered_tail_gets_the_rows_it_was_given():
+    """``allowed`` weights tilt the model's shares (a tapered tail the model left near empty gets its floor);
+    weight 0 removes a cell."""
+    from mbi import Domain, LinearMeasurement
+
+    from workbench.channels.synth import estimation, sampling
+
+    dom = Domain(["x"], [4])
+    model = estimation.oneway_model(dom, [LinearMeasurement(np.array([1000.0, 1000.0, 1000.0, 0.0]), clique=("x",),
+                                                            stddev=1.0)])
+    near_empty = float(sampling.project(model, ("x",))[3])
+    assert near_empty < 1.0                                         # the model's tail: ~nothing
+    weights = np.array([1.0, 1.0, 0.0, 500.0 / near_empty])        # tail tilted to 500 rows' worth, cell 2 removed
+    rows = sampling.synthetic_rows(model, 10_000, np.random.default_rng(6), allowed={"x": weights})["x"]
+    counts = np.bincount(rows, minlength=4)
+    assert counts[2] == 0
+    assert abs(counts[3] - 10_000 * 500 / 2500) <= 1 and abs(counts[0] - counts[1]) <= 1

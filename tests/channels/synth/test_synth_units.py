@@ -327,3 +327,23 @@ def test_stratified_rows_follow_a_model_with_cycles():
         shape = tuple(dom[x] for x in q)
         counts = np.bincount(np.ravel_multi_index(tuple(data[x] for x in q), shape), minlength=int(np.prod(shape)))
         assert 0.5 * np.abs(counts / rows - sampling.project(model, q).ravel()).sum() < 0.01, q
+
+
+def test_a_worker_gets_scipys_own_disjoint_set_without_loading_scipy_cluster():
+    """The worker binds ``scipy.cluster.hierarchy.DisjointSet`` (all mbi and OpenDP's MST import from it) to SciPy's
+    class without loading k-means and scipy.spatial; the class is the one SciPy exports there."""
+    import subprocess
+    import sys
+
+    from scipy._lib._disjoint_set import DisjointSet
+    from scipy.cluster.hierarchy import DisjointSet as exported
+
+    assert DisjointSet is exported
+    code = ("import sys; from workbench.channels.synth import worker; worker._light_disjoint_set(); "
+            "import mbi.approximate_oracles as o; from opendp.extras.mbi import _mst; "
+            "from scipy._lib._disjoint_set import DisjointSet; "
+            "assert o.DisjointSet is DisjointSet and 'scipy.spatial' not in sys.modules and "
+            "'scipy.cluster.vq' not in sys.modules; d = DisjointSet([1, 2, 3]); d.merge(1, 2); "
+            "assert d.connected(1, 2) and not d.connected(1, 3); print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "ok", done.stderr[-2000:]

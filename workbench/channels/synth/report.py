@@ -29,8 +29,8 @@ NOT_COVERED = (
     "shape every output. The report compares synthetic rows with NOISY marginals, not with the real data: "
     "a small TVD means 'as good as the noise allows', and pairs the method did not measure are not checked. "
     "Real values outside the public domain were folded into the outermost bin or the null cell. Synthetic "
-    "values stay inside the range the DP fine marginals support, so a real tail thinner than their noise is "
-    "cut. "
+    "values stay inside the range the DP fine marginals support, widened by a margin of public bins where a "
+    "falling tail tapers off geometrically, so a real tail thinner than their noise is cut or extrapolated. "
     "Fit time is visible to you and depends mostly on the dataset's shape, not its values."
 )
 

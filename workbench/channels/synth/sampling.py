@@ -119,13 +119,14 @@ def _extra_stratum(data: dict[str, np.ndarray], parents: tuple[str, ...], domain
 
 
 def _allowed_only(probs: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
-    """``probs`` (last axis: the column's cells) restricted to the allowed cells and renormalised; a row with
-    no mass left on them becomes uniform over the allowed cells."""
+    """``probs`` (last axis: the column's cells) times the cells' weights ``allowed`` and renormalised; a row
+    with no mass left becomes uniform over the cells of positive weight."""
     if allowed is None:
         return probs
-    mask = np.asarray(allowed, dtype=float)
-    kept = probs * mask
+    weights = np.asarray(allowed, dtype=float)
+    kept = probs * weights
     total = kept.sum(axis=-1, keepdims=True)
+    mask = (weights > 0).astype(float)
     return np.where(total > 0, kept / np.where(total > 0, total, 1.0), mask / mask.sum())
 
 
@@ -135,8 +136,9 @@ def synthetic_rows(model: Any, rows: int, rng: np.random.Generator | None = None
 
     Columns are sampled in the reverse of the junction tree's elimination order; each column is drawn
     conditionally on its already-sampled neighbours in the triangulated graph (which separate it from the
-    other sampled columns, so the conditional is exact). ``allowed`` (optional, per column) names the cells a
-    column may take: the model is conditioned on them (cells the DP measurements put below the noise).
+    other sampled columns, so the conditional is exact). ``allowed`` (optional, per column) weights the cells a
+    column may take (0: never; cells the DP measurements put below the noise): each conditional is multiplied by
+    the weights and renormalised, which conditions the model on the allowed cells and tilts their shares.
 
     Privacy guarantee: reads only the fitted model (post-processing of the pure epsilon-DP measurement) and
     fresh randomness, never the data; the rows keep the measurement's epsilon.

@@ -87,6 +87,23 @@ def _configure_jax(cache_dir: str | None) -> None:
             pass
 
 
+def _light_disjoint_set() -> None:
+    """mbi and OpenDP's MST import only ``DisjointSet`` from ``scipy.cluster.hierarchy``, whose package also loads
+    k-means and ``scipy.spatial`` (0.35-0.55 s of CPU of a ~4 s fit). In this dedicated process the two names
+    are bound to light modules holding SciPy's own class, from the module that defines it (a test checks it is
+    the class ``scipy.cluster.hierarchy`` exports). Does nothing if SciPy's cluster package is already loaded."""
+    import types
+
+    if "scipy.cluster" in sys.modules:
+        return
+    from scipy._lib._disjoint_set import DisjointSet
+
+    cluster, hierarchy = types.ModuleType("scipy.cluster"), types.ModuleType("scipy.cluster.hierarchy")
+    hierarchy.DisjointSet = DisjointSet  # type: ignore[attr-defined]
+    cluster.hierarchy = hierarchy  # type: ignore[attr-defined]
+    sys.modules["scipy.cluster"], sys.modules["scipy.cluster.hierarchy"] = cluster, hierarchy
+
+
 def _scan(task: dict, info: DatasetInfo, columns: list[str]):
     """The checked, typed scan of the file the node priced and labelled; NaN reads as missing."""
     import polars as pl
@@ -154,6 +171,7 @@ def run(task: dict) -> dict:
     # scikit-learn (~2 s of CPU), which no fit uses. OpenDP imports it as an optional dependency, so marking it
     # absent in this (dedicated) process makes OpenDP skip it.
     sys.modules.setdefault("sklearn", None)  # type: ignore[arg-type]
+    _light_disjoint_set()
     progress = Progress(task.get("progress_path"))
     _configure_jax(task.get("jax_cache"))
     dp = _opendp()
@@ -197,27 +215,39 @@ def run(task: dict) -> dict:
 
 
 def _sample(model, p: Plan, rows: int, fines: dict, fine_noisy: dict, measured: list[dict]):
-    """Cells from the model (restricted to cells the DP measurements support), then values: numeric columns
-    with fine cells follow their fine marginal inside each coarse cell, the others decode uniformly."""
+    """Cells from the model (restricted to cells the DP measurements support, tails tapered: :func:`_tapered`),
+    then values: numeric columns with fine cells follow their fine counts inside each coarse cell, the others
+    decode uniformly."""
     from workbench.channels.synth import sampling
 
     rng = np.random.default_rng()
-    supports = {n: shapes.widened(fines[n], shapes.supported(fine_noisy[n]["noisy"], fine_noisy[n]["noise_std"]),
-                                  shapes.margin_bins(fine_noisy[n]["noisy"], fine_noisy[n]["noise_std"]))
-                for n in fines}
-    allowed = {n: shapes.coarse_allowed(fines[n], supports[n]) for n in fines}
+    tails = {n: _tapered(model, n, fines[n], fine_noisy[n]) for n in fines}
+    allowed = {n: weights for n, (_, weights) in tails.items()}
     allowed |= _null_cells_allowed(p, measured)
     indices = sampling.synthetic_rows(model, rows, rng, allowed=allowed)
     cells = {n: indices[n].astype(np.int64) for n in p.columns}
     data, fine_cells = {}, {}
     for n in p.columns:
         if n in fines:
-            shares = shapes.conditional_shares(fines[n], fine_noisy[n]["noisy"], supports[n])
+            counts, weights = tails[n]
+            shares = shapes.conditional_shares(fines[n], counts, weights[np.asarray(fines[n].parent)] > 0)
             fine_cells[n] = shapes.within_bin_cells(cells[n], fines[n], shares, rng)
             data[n] = fines[n].decode(fine_cells[n], rng).tolist()
         else:
             data[n] = p.domains[n].decode(cells[n], rng)
     return cells, fine_cells, data
+
+
+def _tapered(model, name: str, fine: shapes.FineBins, fine_noisy: dict) -> tuple[np.ndarray, np.ndarray]:
+    """A numeric column's fine counts and coarse weights (:func:`shapes.tapered`): its supported range, widened
+    by the margin of public bins, with tails that taper off beyond the support. Post-processing."""
+    from workbench.channels.synth import sampling
+
+    noisy, std = fine_noisy["noisy"], fine_noisy["noise_std"]
+    margin = shapes.margin_bins(noisy, std)
+    support = shapes.supported(noisy, std, shapes.tail_stds(margin))
+    wide = shapes.widened(fine, support, margin)
+    return shapes.tapered(fine, noisy, support, wide, sampling.project(model, (name,)))
 
 
 def _null_cells_allowed(p: Plan, measured: list[dict]) -> dict[str, np.ndarray]:
