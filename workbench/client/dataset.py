@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .connection import Node
 
 
-class RemoteDataset:
+class RemoteDataset(habits.RowlessHandle):
     """A handle to a dataset on a node. Holds no rows."""
 
     def __init__(self, node: "Node", info: DatasetInfo, grant_id: int | None = None, *,
@@ -79,17 +79,7 @@ class RemoteDataset:
             raise AttributeError(name)
         if name in self.columns:
             return col(name)
-        methods = [m for m in dir(type(self)) if not m.startswith("_")]
-        raise habits.unknown_attribute(name, self.schema, methods, self.columns)
-
-    def __len__(self) -> int:
-        raise habits.row_level("len(ds) (the exact row count)", self.schema)
-
-    def __iter__(self):
-        raise habits.row_level("Iterating over ds", self.schema)
-
-    def __bool__(self) -> bool:
-        return True  # a handle is always a handle: truth never asks for the (private) row count
+        raise self._unknown(name, self.columns)  # derived columns too
 
     def column(self, name: str) -> Expr:
         """``col(name)``, checked against the dataset's columns (with a "did you mean")."""

@@ -53,7 +53,7 @@ def check_same_schema(handles: list[RemoteDataset]) -> None:
                 code="schema_mismatch")
 
 
-class FederatedDataset:
+class FederatedDataset(habits.RowlessHandle):
     """The same-named dataset on every node of a federation. Holds no rows."""
 
     def __init__(self, federation: Federation, handles: list[RemoteDataset]):
@@ -96,17 +96,7 @@ class FederatedDataset:
         """A pandas or Polars habit (``fds.head()``, ``fds.groupby``) or a typo: a clear error, see ``habits``."""
         if name.startswith("_") or name in ("federation", "handles"):
             raise AttributeError(name)
-        methods = [m for m in dir(type(self)) if not m.startswith("_")]
-        raise habits.unknown_attribute(name, self.schema, methods, [c.name for c in self.schema.columns])
-
-    def __len__(self) -> int:
-        raise habits.row_level("len(fds) (the exact row count)", self.schema)
-
-    def __iter__(self):
-        raise habits.row_level("Iterating over a federated dataset", self.schema)
-
-    def __bool__(self) -> bool:
-        return True
+        raise self._unknown(name)
 
     def __repr__(self) -> str:
         return f"<FederatedDataset {self.name!r} on {len(self.handles)} nodes>"

@@ -75,3 +75,24 @@ def unknown_attribute(name: str, info: DatasetInfo, methods: list[str], columns:
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     return NotOnRemoteHandle(f"'{info.name}' has no method or column {name!r}.{hint} Columns: {', '.join(columns)}.",
                              code="unknown_column")
+
+
+class RowlessHandle:
+    """What every remote handle (single-node or federated, with a ``schema``) answers to row-level Python:
+    ``len`` and iteration are refused with :func:`row_level`; truth never asks for the (private) row count."""
+
+    schema: DatasetInfo
+
+    def __len__(self) -> int:
+        raise row_level("len(ds) (the exact row count)", self.schema)
+
+    def __iter__(self):
+        raise row_level("Iterating over ds", self.schema)
+
+    def __bool__(self) -> bool:
+        return True
+
+    def _unknown(self, name: str, columns: list[str] | None = None) -> AttributeError:
+        """The error for ``handle.<name>``; ``columns`` (default: the dataset's) are the names to suggest."""
+        methods = [m for m in dir(type(self)) if not m.startswith("_")]
+        return unknown_attribute(name, self.schema, methods, columns or [c.name for c in self.schema.columns])
